@@ -1,0 +1,242 @@
+"""The HTTP layer: routes, client auth, body limits, and turning errors into responses.
+
+The only module that knows Starlette; frontends, router and providers do not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import orjson
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import BaseRoute, Route
+
+from lmgate import tokens
+from lmgate.accumulate import accumulate
+from lmgate.canonical import Start
+from lmgate.catalog import Catalog
+from lmgate.config import Config, load_config
+from lmgate.errors import ErrorKind, GatewayError
+from lmgate.frontends import openai_chat
+from lmgate.providers import build_provider
+from lmgate.router import Router
+
+log = logging.getLogger("lmgate")
+
+_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+class Gateway:
+    """Everything a running gateway holds: providers, catalog, router, client keys."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.providers = {name: build_provider(name, raw) for name, raw in config.providers.items()}
+        self.catalog = Catalog.from_config(config, self.providers)
+        self.router = Router()
+        self.api_keys = [key.encode() for key in config.server.api_keys]
+        self.max_body = int(config.server.max_body_mb * 1024 * 1024)
+        self.ready = False
+
+    async def startup(self) -> None:
+        for provider in self.providers.values():
+            await provider.start()
+        # Load the tokenizer off the event loop so the first request does not pay for it.
+        await asyncio.to_thread(tokens.encoding)
+        self.ready = True
+
+    async def shutdown(self) -> None:
+        self.ready = False
+        for provider in self.providers.values():
+            await provider.close()
+
+    def authenticate(self, request: Request) -> None:
+        if not self.api_keys:
+            return
+        header = request.headers.get("authorization", "")
+        key = header[7:].strip() if header[:7].lower() == "bearer " else ""
+        key = key or request.headers.get("x-api-key", "")
+        if not key:
+            raise GatewayError(
+                "authentication",
+                "missing API key: send 'Authorization: Bearer KEY' or 'x-api-key: KEY'",
+                code="missing_api_key",
+            )
+        given = key.encode()
+        matched = False
+        for known in self.api_keys:  # no early exit: the time taken says nothing
+            matched |= hmac.compare_digest(given, known)
+        if not matched:
+            raise GatewayError("authentication", "invalid API key", code="invalid_api_key")
+
+    async def read_body(self, request: Request) -> bytes:
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > self.max_body:
+            raise self._too_large()
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self.max_body:
+                raise self._too_large()
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _too_large(self) -> GatewayError:
+        limit = self.config.server.max_body_mb
+        return GatewayError(
+            "request_too_large",
+            f"the request body is larger than server.max_body_mb ({limit:g} MB)",
+            code="request_too_large",
+        )
+
+    # ---- handlers --------------------------------------------------------------
+
+    async def chat_completions(self, request: Request) -> Response:
+        request_id = _request_id(request)
+        try:
+            self.authenticate(request)
+            chat = openai_chat.parse_request(await self.read_body(request))
+            entry = self.catalog.resolve(chat.model)
+            events = self.router.stream(chat, entry)
+            completion_id = f"chatcmpl-{request_id}"
+            created = int(time.time())
+            if not chat.stream:
+                reply = await accumulate(events)
+                body = openai_chat.reply_body(reply, completion_id, created)
+                return Response(body, media_type="application/json", headers=_ids(request_id))
+            # Wait for the upstream to accept before sending 200, so that an early
+            # failure still gets its real status.
+            try:
+                start = await anext(events)
+            except BaseException:
+                await events.aclose()
+                raise
+            assert isinstance(start, Start)
+            frames = openai_chat.stream_frames(
+                start, events, completion_id, created, chat.include_usage
+            )
+            headers = {**_SSE_HEADERS, **_ids(request_id)}
+            return StreamingResponse(frames, media_type="text/event-stream", headers=headers)
+        except GatewayError as error:
+            return _openai_error(error, request_id)
+        except Exception:
+            log.exception("request %s failed", request_id)
+            return _openai_error(GatewayError("internal", "internal error"), request_id)
+
+    async def list_models(self, request: Request) -> Response:
+        request_id = _request_id(request)
+        try:
+            self.authenticate(request)
+        except GatewayError as error:
+            return _openai_error(error, request_id)
+        body = openai_chat.models_body(self.catalog)
+        return Response(body, media_type="application/json", headers=_ids(request_id))
+
+    async def get_model(self, request: Request) -> Response:
+        request_id = _request_id(request)
+        try:
+            self.authenticate(request)
+            model_id = request.path_params["model_id"]
+            entry = self.catalog.get(model_id)
+            if entry is None:
+                raise GatewayError(
+                    "not_found",
+                    f"The model {model_id!r} does not exist",
+                    param="model",
+                    code="model_not_found",
+                )
+        except GatewayError as error:
+            return _openai_error(error, request_id)
+        body = orjson.dumps(openai_chat.model_object(entry))
+        return Response(body, media_type="application/json", headers=_ids(request_id))
+
+    async def health(self, request: Request) -> Response:
+        return Response(b'{"status":"ok"}', media_type="application/json")
+
+    async def ready_check(self, request: Request) -> Response:
+        if self.ready:
+            return Response(b'{"status":"ready"}', media_type="application/json")
+        return Response(b'{"status":"starting"}', status_code=503, media_type="application/json")
+
+    def routes(self) -> list[BaseRoute]:
+        routes: list[BaseRoute] = [
+            Route("/health", self.health, methods=["GET"]),
+            Route("/ready", self.ready_check, methods=["GET"]),
+        ]
+        for prefix in ["", *self.config.server.route_prefixes]:
+            routes += [
+                Route(f"{prefix}/v1/models", self.list_models, methods=["GET"]),
+                Route(f"{prefix}/v1/models/{{model_id:path}}", self.get_model, methods=["GET"]),
+                Route(f"{prefix}/v1/chat/completions", self.chat_completions, methods=["POST"]),
+            ]
+        return routes
+
+
+def _request_id(request: Request) -> str:
+    given = request.headers.get("x-request-id")
+    if given and len(given) <= 128 and given.isprintable():
+        return given
+    return uuid.uuid4().hex
+
+
+def _ids(request_id: str) -> dict[str, str]:
+    return {"x-request-id": request_id}
+
+
+def _openai_error(error: GatewayError, request_id: str) -> Response:
+    headers = _ids(request_id)
+    if error.retry_after is not None:
+        headers["Retry-After"] = str(max(1, round(error.retry_after)))
+    return Response(
+        openai_chat.error_body(error),
+        status_code=error.status,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    kind: ErrorKind = "not_found" if exc.status_code == 404 else "invalid_request"
+    message = (
+        f"no route {request.method} {request.url.path}"
+        if exc.status_code in (404, 405)
+        else str(exc.detail)
+    )
+    error = GatewayError(kind, message, status=exc.status_code)
+    return _openai_error(error, _request_id(request))
+
+
+def build_app(config: Config) -> Starlette:
+    gateway = Gateway(config)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await gateway.startup()
+        try:
+            yield
+        finally:
+            await gateway.shutdown()
+
+    app = Starlette(
+        routes=gateway.routes(),
+        lifespan=lifespan,
+        exception_handlers={HTTPException: _http_error},
+    )
+    app.state.gateway = gateway
+    return app
+
+
+def app_from_env() -> Starlette:
+    """uvicorn factory: the config named by ``LMGATE_CONFIG``, or the built-in default."""
+    return build_app(load_config(os.environ.get("LMGATE_CONFIG") or None))

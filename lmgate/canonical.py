@@ -1,0 +1,182 @@
+"""The hub: protocol-neutral request, message and event types.
+
+Frontends parse client protocols into these and render events back; providers
+turn them into upstream calls and upstream replies into events. Nothing here
+knows a wire protocol.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Role = Literal["system", "user", "assistant", "tool"]
+FinishReason = Literal["stop", "length", "tool_calls", "stop_sequence", "content_filter"]
+
+
+# ---- message parts -------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class TextPart:
+    text: str
+
+
+@dataclass(slots=True)
+class ImagePart:
+    """An image given inline (``data`` + ``media_type``) or by ``url``."""
+
+    url: str | None = None
+    data: bytes | None = None
+    media_type: str | None = None
+    detail: str | None = None
+
+
+@dataclass(slots=True)
+class ToolCallPart:
+    id: str
+    name: str
+    arguments: str  # JSON text, exactly as the model produced it
+
+
+@dataclass(slots=True)
+class ToolResultPart:
+    call_id: str
+    content: list[TextPart | ImagePart]
+    is_error: bool = False
+
+
+@dataclass(slots=True)
+class ReasoningPart:
+    text: str
+    signature: str | None = None
+
+
+Part = TextPart | ImagePart | ToolCallPart | ToolResultPart | ReasoningPart
+
+
+@dataclass(slots=True)
+class Message:
+    """One turn. ``system`` appears here only for instructions placed mid-conversation;
+    leading instructions live in ``ChatRequest.system``."""
+
+    role: Role
+    parts: list[Part]
+    name: str | None = None
+
+
+@dataclass(slots=True)
+class Tool:
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None  # JSON schema
+
+
+@dataclass(slots=True)
+class ChatRequest:
+    model: str
+    messages: list[Message]
+    system: str | None = None
+    stream: bool = False
+    include_usage: bool = False
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    stop: list[str] | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    seed: int | None = None
+    response_format: dict[str, Any] | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    tools: list[Tool] | None = None
+    # "auto" | "none" | "required" | {"name": tool}
+    tool_choice: str | dict[str, str] | None = None
+    parallel_tool_calls: bool | None = None
+    thinking: bool | None = None
+    thinking_budget: int | None = None
+    user: str | None = None
+    # Fields the frontend did not recognise; passed to upstreams that take them.
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# ---- events --------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Start:
+    """The upstream accepted the request. Providers set ``model`` to the upstream's
+    model name; the router replaces it with the catalog id that serves the reply."""
+
+    model: str
+
+
+@dataclass(slots=True)
+class TextDelta:
+    text: str
+    logprobs: list[dict[str, Any]] | None = None  # OpenAI token-logprob objects
+
+
+@dataclass(slots=True)
+class ReasoningDelta:
+    text: str
+    signature: str | None = None
+
+
+@dataclass(slots=True)
+class ToolCallStart:
+    index: int  # position among this reply's tool calls
+    id: str
+    name: str
+
+
+@dataclass(slots=True)
+class ToolCallDelta:
+    index: int
+    arguments: str
+
+
+@dataclass(slots=True)
+class Finish:
+    reason: FinishReason
+    stop_sequence: str | None = None
+
+
+@dataclass(slots=True)
+class Usage:
+    """Token counts. ``input_tokens`` includes cached tokens (OpenAI's convention)."""
+
+    input_tokens: int
+    output_tokens: int
+    cache_read_tokens: int | None = None
+    cache_write_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    estimated: bool = False  # counted by lmgate, not reported by the upstream
+
+
+Event = Start | TextDelta | ReasoningDelta | ToolCallStart | ToolCallDelta | Finish | Usage
+
+
+# ---- the folded reply ----------------------------------------------------------
+
+
+@dataclass(slots=True)
+class ToolCall:
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(slots=True)
+class Reply:
+    """A whole reply, folded from events by ``accumulate``."""
+
+    model: str = ""
+    text: str = ""
+    reasoning: str = ""
+    reasoning_signature: str | None = None
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    finish: Finish | None = None
+    usage: Usage | None = None
+    logprobs: list[dict[str, Any]] | None = None

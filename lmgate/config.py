@@ -1,0 +1,250 @@
+"""Configuration: YAML with ``${ENV_VAR}`` interpolation, validated with pydantic.
+
+Every problem is reported with the dotted path of the bad key, so a typo in a
+200-line file points at its line's key rather than at a stack trace.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from lmgate import __version__
+
+
+class ConfigError(Exception):
+    """A config problem, already phrased for the user (path: what is wrong)."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServerConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(7860, ge=0, le=65535)
+    api_keys: list[str] = []
+    route_prefixes: list[str] = ["/api"]
+    max_body_mb: float = Field(32, gt=0)
+
+    @field_validator("api_keys")
+    @classmethod
+    def _drop_empty(cls, keys: list[str]) -> list[str]:
+        # "${LMGATE_KEY:-}" with the variable unset must not become a valid empty key.
+        return [key for key in keys if key]
+
+    @field_validator("route_prefixes")
+    @classmethod
+    def _normalise_prefixes(cls, prefixes: list[str]) -> list[str]:
+        out = []
+        for prefix in prefixes:
+            prefix = "/" + prefix.strip("/")
+            if prefix != "/":
+                out.append(prefix)
+        return out
+
+
+class CatalogInfo(_Strict):
+    """The top-level fields of ``GET /v1/models``."""
+
+    name: str = "lmgate"
+    provider: str = "lmgate"
+    version: str = __version__
+    default_locale: str = "en-US"
+
+
+class DeploymentConfig(_Strict):
+    provider: str
+    model: str | None = None  # upstream model name; defaults to the entry id
+    params: dict[str, Any] = {}  # merged into every upstream request body
+    weight: float = Field(1.0, gt=0)
+
+
+class ModelConfig(_Strict):
+    id: str = Field(min_length=1)
+    name: str | None = None
+    owned_by: str = "lmgate"
+    description: str = ""
+    support: Literal["text", "image"] = "text"
+    tip: str | None = None
+    created: int | None = None
+    context_window: int | None = Field(None, gt=0)
+    aliases: list[str] = []
+    deployments: list[DeploymentConfig] = []
+    # Shorthand for a single deployment.
+    provider: str | None = None
+    model: str | None = None
+    params: dict[str, Any] = {}
+
+    def all_deployments(self) -> list[DeploymentConfig]:
+        if self.provider:
+            shorthand = DeploymentConfig(
+                provider=self.provider, model=self.model, params=self.params
+            )
+            return [shorthand, *self.deployments]
+        return self.deployments
+
+
+class RoutingConfig(_Strict):
+    auto: list[str] = []
+
+
+class Config(_Strict):
+    server: ServerConfig = ServerConfig()
+    catalog: CatalogInfo = CatalogInfo()
+    providers: dict[str, dict[str, Any]] = {}
+    models: list[ModelConfig] = []
+    routing: RoutingConfig = RoutingConfig()
+    path: Path | None = Field(None, exclude=True)
+
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def interpolate(node: Any, path: str = "") -> Any:
+    """Replace ``${VAR}`` / ``${VAR:-default}`` in every string of a parsed YAML tree."""
+    if isinstance(node, str):
+
+        def lookup(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            value = os.environ.get(name)
+            if value is None:
+                if default is None:
+                    raise ConfigError(
+                        f"{path or '<root>'}: environment variable {name} is not set "
+                        f"(write ${{{name}:-}} to allow it to be empty)"
+                    )
+                return default
+            return value
+
+        return _ENV.sub(lookup, node)
+    if isinstance(node, dict):
+        return {key: interpolate(value, _join(path, key)) for key, value in node.items()}
+    if isinstance(node, list):
+        return [interpolate(value, _join(path, index)) for index, value in enumerate(node)]
+    return node
+
+
+def _join(path: str, key: object) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def format_validation_error(error: ValidationError, prefix: str = "") -> str:
+    lines = []
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"])
+        where = _join(prefix, where) if where else prefix or "<root>"
+        lines.append(f"{where}: {item['msg']}")
+    return "\n".join(lines)
+
+
+def parse_config(raw: Any, path: Path | None = None) -> Config:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError("<root>: the config file must be a mapping of sections")
+    try:
+        config = Config.model_validate(interpolate(raw))
+    except ValidationError as error:
+        raise ConfigError(format_validation_error(error)) from None
+    config.path = path
+    _check_references(config)
+    return config
+
+
+def _check_references(config: Config) -> None:
+    problems = []
+    for name, provider in config.providers.items():
+        if not isinstance(provider, dict) or "type" not in provider:
+            problems.append(f"providers.{name}.type: a provider needs a type")
+    seen: dict[str, int] = {}
+    for index, model in enumerate(config.models):
+        where = f"models.{index}"
+        if model.id in seen:
+            problems.append(
+                f"{where}.id: {model.id!r} is already the id of models.{seen[model.id]}"
+            )
+        seen.setdefault(model.id, index)
+        deployments = model.all_deployments()
+        if not deployments:
+            problems.append(f"{where}.deployments: a model needs at least one deployment")
+        for number, deployment in enumerate(deployments):
+            if deployment.provider not in config.providers:
+                problems.append(
+                    f"{where}.deployments.{number}.provider: unknown provider "
+                    f"{deployment.provider!r}"
+                )
+    for index, model_id in enumerate(config.routing.auto):
+        if model_id not in seen:
+            problems.append(f"routing.auto.{index}: unknown model {model_id!r}")
+    if problems:
+        raise ConfigError("\n".join(problems))
+
+
+def load_config(path: str | os.PathLike[str] | None) -> Config:
+    """Load ``path``, or the built-in default when it is None."""
+    if path is None:
+        return parse_config(default_config_dict())
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"{file}: cannot read the config file ({error.strerror})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{file}: not valid YAML: {error}") from None
+    return parse_config(raw, file)
+
+
+def default_config_dict() -> dict[str, Any]:
+    """The offline default: the echo model, plus DeepSeek when a key is in the environment."""
+    config: dict[str, Any] = {
+        "providers": {"echo": {"type": "echo"}},
+        "models": [
+            {
+                "id": "echo",
+                "name": "Echo (offline)",
+                "owned_by": "lmgate",
+                "description": "Repeats the conversation back, word by word; needs no network",
+                "support": "image",
+                "tip": "Echo (offline)",
+                "provider": "echo",
+            }
+        ],
+        "routing": {"auto": ["echo"]},
+    }
+    if os.environ.get("DEEPSEEK_API_KEY"):
+        config["providers"]["deepseek"] = {
+            "type": "openai",
+            "base_url": "https://api.deepseek.com",
+            "api_key": "${DEEPSEEK_API_KEY}",
+        }
+        config["models"] = [
+            {
+                "id": "deepseek-chat",
+                "name": "DeepSeek V3.1",
+                "owned_by": "deepseek",
+                "description": "Suitable for reasoning and writing",
+                "tip": "DeepSeek V3.1",
+                "context_window": 128000,
+                "provider": "deepseek",
+            },
+            {
+                "id": "deepseek-reasoner",
+                "name": "DeepSeek R1",
+                "owned_by": "deepseek",
+                "description": "Strong writing and coding skills",
+                "tip": "DeepSeek R1",
+                "context_window": 128000,
+                "provider": "deepseek",
+            },
+            *config["models"],
+        ]
+        config["routing"]["auto"] = ["deepseek-chat", "echo"]
+    return config

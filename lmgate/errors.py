@@ -1,0 +1,78 @@
+"""One gateway error type, mapped to each client protocol's error shape at the edge."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+ErrorKind = Literal[
+    "invalid_request",
+    "authentication",
+    "permission",
+    "not_found",
+    "request_too_large",
+    "rate_limit",
+    "upstream",
+    "timeout",
+    "overloaded",
+    "internal",
+]
+
+_DEFAULT_STATUS: dict[str, int] = {
+    "invalid_request": 400,
+    "authentication": 401,
+    "permission": 403,
+    "not_found": 404,
+    "request_too_large": 413,
+    "rate_limit": 429,
+    "upstream": 502,
+    "timeout": 504,
+    "overloaded": 503,
+    "internal": 500,
+}
+
+
+class GatewayError(Exception):
+    """A failure with the status a client should see.
+
+    ``retryable`` says whether the router may try another deployment (only ever
+    before the first byte reached the client).
+    """
+
+    def __init__(
+        self,
+        kind: ErrorKind,
+        message: str,
+        *,
+        status: int | None = None,
+        param: str | None = None,
+        code: str | None = None,
+        retryable: bool = False,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.kind: ErrorKind = kind
+        self.message = message
+        self.status = status or _DEFAULT_STATUS[kind]
+        self.param = param
+        self.code = code
+        self.retryable = retryable
+        self.retry_after = retry_after
+
+
+def invalid(message: str, param: str | None = None) -> GatewayError:
+    return GatewayError("invalid_request", message, param=param)
+
+
+# Credentials that upstreams like to echo back ("Incorrect API key provided: sk-…").
+_SECRET_PATTERNS = re.compile(
+    r"(sk-[A-Za-z0-9_\-*]{6,}|Bearer\s+[A-Za-z0-9._\-~+/=*]+|eyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-.]+)"
+)
+
+
+def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
+    """Remove known secrets and anything shaped like an API key or bearer token."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "[redacted]")
+    return _SECRET_PATTERNS.sub("[redacted]", text)

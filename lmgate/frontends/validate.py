@@ -1,0 +1,93 @@
+"""Small typed readers for JSON request bodies; each error names the offending field."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from lmgate.errors import invalid
+
+
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    if not body:
+        raise invalid("the request body is empty; send a JSON object")
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as error:
+        raise invalid(f"the request body is not valid JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise invalid("the request body must be a JSON object")
+    return data
+
+
+def string(value: Any, where: str, *, allow_empty: bool = True) -> str:
+    if not isinstance(value, str) or (not allow_empty and not value):
+        raise invalid(f"{where}: expected a {'' if allow_empty else 'non-empty '}string", where)
+    return value
+
+
+def optional_string(data: dict[str, Any], key: str, where: str = "") -> str | None:
+    value = data.get(key)
+    return None if value is None else string(value, where or key)
+
+
+def optional_bool(data: dict[str, Any], key: str, where: str = "") -> bool | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, bool):
+        raise invalid(f"{where or key}: expected true or false", where or key)
+    return value
+
+
+def optional_int(
+    data: dict[str, Any], key: str, low: int | None = None, high: int | None = None
+) -> int | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise invalid(f"{key}: expected an integer", key)
+    _check_range(key, value, low, high)
+    return value
+
+
+def optional_number(
+    data: dict[str, Any], key: str, low: float | None = None, high: float | None = None
+) -> float | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise invalid(f"{key}: expected a number", key)
+    _check_range(key, value, low, high)
+    return value
+
+
+def optional_object(data: dict[str, Any], key: str, where: str = "") -> dict[str, Any] | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise invalid(f"{where or key}: expected an object", where or key)
+    return value
+
+
+def optional_list(data: dict[str, Any], key: str, where: str = "") -> list[Any] | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise invalid(f"{where or key}: expected an array", where or key)
+    return value
+
+
+def _check_range(key: str, value: float, low: float | None, high: float | None) -> None:
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = (
+            f"between {low:g} and {high:g}"
+            if low is not None and high is not None
+            else (f"at least {low:g}" if low is not None else f"at most {high:g}")
+        )
+        raise invalid(f"{key}: {value!r} is out of range; it must be {bounds}", key)

@@ -1,0 +1,54 @@
+"""The provider interface: a canonical request in, canonical events out."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from lmgate.canonical import ChatRequest, Event
+
+
+class Timeouts(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    connect: float = Field(10.0, gt=0)
+    first_byte: float = Field(120.0, gt=0)  # until the upstream's response headers
+    idle: float = Field(120.0, gt=0)  # longest silence between two chunks of a reply
+    total: float | None = Field(None, gt=0)
+
+
+class ProviderConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: str
+
+
+@dataclass(slots=True)
+class Target:
+    """What a deployment asks of its provider: the upstream model and fixed params."""
+
+    model: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+class Provider(ABC):
+    config_class: ClassVar[type[ProviderConfig]] = ProviderConfig
+
+    def __init__(self, name: str, config: ProviderConfig) -> None:
+        self.name = name
+        self.config = config
+
+    async def start(self) -> None:
+        """Open pooled resources; called once inside the running event loop."""
+
+    async def close(self) -> None:
+        """Release pooled resources."""
+
+    @abstractmethod
+    def stream(self, request: ChatRequest, target: Target) -> AsyncGenerator[Event, None]:
+        """Yield ``Start`` once the upstream accepted the request, then the reply's
+        events, ``Finish`` and, when known, ``Usage``. Raise ``GatewayError`` on failure."""

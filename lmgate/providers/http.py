@@ -1,0 +1,191 @@
+"""Plumbing shared by providers that talk HTTP: pooled session, timeouts, error mapping."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import orjson
+
+from lmgate.errors import GatewayError, redact
+from lmgate.providers.base import Provider, ProviderConfig, Timeouts
+from lmgate.sse import SSEDecoder
+
+_MAX_ERROR_BODY = 64 * 1024
+
+
+class HttpProviderConfig(ProviderConfig):
+    base_url: str
+    api_key: str | None = None
+    headers: dict[str, str] = {}
+    timeouts: Timeouts = Timeouts()
+    max_connections: int = 256
+
+
+class HttpProvider(Provider):
+    config: HttpProviderConfig
+
+    def __init__(self, name: str, config: ProviderConfig) -> None:
+        super().__init__(name, config)
+        self._session: aiohttp.ClientSession | None = None
+        self._secrets = tuple(s for s in (self.config.api_key,) if s)
+
+    async def start(self) -> None:
+        timeouts = self.config.timeouts
+        connector = aiohttp.TCPConnector(
+            limit=self.config.max_connections,
+            ttl_dns_cache=300,
+            keepalive_timeout=60,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(
+                total=None, connect=timeouts.connect, sock_connect=timeouts.connect
+            ),
+            json_serialize=lambda obj: orjson.dumps(obj).decode(),
+            skip_auto_headers=("User-Agent",),
+            auto_decompress=True,
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.config.api_key}"} if self.config.api_key else {}
+
+    async def post(self, url: str, body: dict[str, Any]) -> tuple[aiohttp.ClientResponse, float]:
+        """POST JSON and wait for a 2xx response's headers; returns it with its deadline.
+
+        Failures before the first byte are retryable ``GatewayError``s.
+        """
+        if self._session is None:
+            raise GatewayError("internal", f"provider {self.name} is not started")
+        timeouts = self.config.timeouts
+        deadline = time.monotonic() + timeouts.total if timeouts.total else float("inf")
+        headers = {"Content-Type": "application/json", **self.auth_headers(), **self.config.headers}
+        try:
+            async with asyncio.timeout(min(timeouts.first_byte, deadline - time.monotonic())):
+                response = await self._session.post(url, data=orjson.dumps(body), headers=headers)
+        except TimeoutError:
+            raise GatewayError(
+                "timeout",
+                f"upstream {self.name} did not answer within {timeouts.first_byte:g}s",
+                retryable=True,
+            ) from None
+        except aiohttp.ClientError as error:
+            raise GatewayError(
+                "upstream",
+                f"cannot reach upstream {self.name}: {redact(str(error), self._secrets)}",
+                retryable=True,
+            ) from None
+        if response.status >= 300:
+            try:
+                async with asyncio.timeout(timeouts.idle):
+                    raw = await response.content.read(_MAX_ERROR_BODY)
+            except (TimeoutError, aiohttp.ClientError):
+                raw = b""
+            finally:
+                response.release()
+            raise self.status_error(response.status, raw, response.headers.get("Retry-After"))
+        return response, deadline
+
+    async def read_body(self, response: aiohttp.ClientResponse, deadline: float) -> bytes:
+        try:
+            async with asyncio.timeout(self._read_timeout(deadline)):
+                return await response.read()
+        except TimeoutError:
+            raise self.stall_error() from None
+        except aiohttp.ClientError as error:
+            raise self.broken_error(error) from None
+        finally:
+            response.release()
+
+    async def iter_sse(
+        self, response: aiohttp.ClientResponse, deadline: float
+    ) -> AsyncIterator[bytes]:
+        """The ``data`` payloads of an SSE response, each read bounded by the idle timeout."""
+        decoder = SSEDecoder()
+        content = response.content
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(self._read_timeout(deadline)):
+                        chunk = await content.readany()
+                except TimeoutError:
+                    raise self.stall_error() from None
+                except aiohttp.ClientError as error:
+                    raise self.broken_error(error) from None
+                if not chunk:
+                    break
+                for _event, data in decoder.feed(chunk):
+                    yield data
+            for _event, data in decoder.flush():
+                yield data
+        finally:
+            # Closing (not releasing) drops a connection whose reply was cut short,
+            # which is also how a client disconnect cancels the upstream request.
+            response.close()
+
+    def _read_timeout(self, deadline: float) -> float:
+        return min(self.config.timeouts.idle, deadline - time.monotonic())
+
+    def stall_error(self) -> GatewayError:
+        return GatewayError(
+            "timeout", f"upstream {self.name} stopped sending (idle or total timeout)"
+        )
+
+    def broken_error(self, error: Exception) -> GatewayError:
+        detail = redact(str(error) or type(error).__name__, self._secrets)
+        return GatewayError("upstream", f"upstream {self.name} broke off the reply: {detail}")
+
+    def status_error(self, status: int, raw: bytes, retry_after: str | None) -> GatewayError:
+        """Map an upstream error status to what the client should see."""
+        detail = redact(_error_message(raw) or f"HTTP {status}", self._secrets)
+        message = f"upstream {self.name}: {detail}"
+        wait = _parse_retry_after(retry_after)
+        if status in (400, 422):
+            return GatewayError("invalid_request", message, code="upstream_rejected")
+        if status == 413:
+            return GatewayError("request_too_large", message)
+        if status == 429:
+            return GatewayError("rate_limit", message, retryable=True, retry_after=wait)
+        if status in (408, 504):
+            return GatewayError("timeout", message, retryable=True)
+        if status in (503, 529):
+            return GatewayError("overloaded", message, retryable=True, retry_after=wait)
+        if status in (401, 403):
+            # The gateway's upstream credentials failed, not the client's.
+            return GatewayError(
+                "upstream", f"upstream {self.name} refused the gateway's credentials: {detail}"
+            )
+        return GatewayError("upstream", message, retryable=status >= 500)
+
+
+def _error_message(raw: bytes) -> str:
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return raw.decode("utf-8", "replace").strip()[:500]
+    if isinstance(data, dict):
+        error = data.get("error", data)
+        if isinstance(error, dict):
+            for key in ("message", "msg", "detail", "error_msg"):
+                if isinstance(error.get(key), str):
+                    return str(error[key])[:2000]
+        if isinstance(error, str):
+            return error[:2000]
+    return raw.decode("utf-8", "replace")[:500]
+
+
+def _parse_retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None

@@ -1,0 +1,275 @@
+"""Upstreams that speak OpenAI Chat Completions: OpenAI, DeepSeek, vLLM, Ollama, Qwen, Doubao…"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import orjson
+
+from lmgate.canonical import (
+    ChatRequest,
+    Event,
+    Finish,
+    FinishReason,
+    ImagePart,
+    Message,
+    ReasoningDelta,
+    Start,
+    TextDelta,
+    TextPart,
+    ToolCallDelta,
+    ToolCallPart,
+    ToolCallStart,
+    ToolResultPart,
+    Usage,
+)
+from lmgate.errors import GatewayError
+from lmgate.providers.base import Target
+from lmgate.providers.http import HttpProvider, HttpProviderConfig
+
+_FINISH: dict[str, FinishReason] = {
+    "stop": "stop",
+    "length": "length",
+    "tool_calls": "tool_calls",
+    "function_call": "tool_calls",
+    "content_filter": "content_filter",
+    "insufficient_system_resource": "length",  # DeepSeek: cut short by the server
+}
+
+# Canonical request fields sent under the same name when set.
+_PLAIN_FIELDS = (
+    "temperature",
+    "top_p",
+    "frequency_penalty",
+    "presence_penalty",
+    "seed",
+    "response_format",
+    "logprobs",
+    "top_logprobs",
+    "parallel_tool_calls",
+    "user",
+)
+
+
+class OpenAICompatConfig(HttpProviderConfig):
+    # Ask for usage in streams even when the client did not, so usage is always real.
+    stream_usage: bool = True
+
+
+class OpenAICompatProvider(HttpProvider):
+    config_class = OpenAICompatConfig
+    config: OpenAICompatConfig
+
+    async def stream(self, request: ChatRequest, target: Target) -> AsyncGenerator[Event, None]:
+        url = self.config.base_url.rstrip("/") + "/chat/completions"
+        response, deadline = await self.post(url, self.build_body(request, target))
+        if not request.stream:
+            raw = await self.read_body(response, deadline)
+            for event in self.parse_reply(raw, target):
+                yield event
+            return
+        yield Start(target.model)
+        parser = _StreamParser(self.name)
+        async for payload in self.iter_sse(response, deadline):
+            if payload == b"[DONE]":
+                break
+            for event in parser.feed(payload):
+                yield event
+        for event in parser.end():
+            yield event
+
+    def build_body(self, request: ChatRequest, target: Target) -> dict[str, Any]:
+        messages: list[dict[str, Any]] = []
+        if request.system:
+            messages.append({"role": "system", "content": request.system})
+        for message in request.messages:
+            messages.extend(_message_out(message))
+        body: dict[str, Any] = {"model": target.model, "messages": messages}
+        for name in _PLAIN_FIELDS:
+            value = getattr(request, name)
+            if value is not None:
+                body[name] = value
+        if request.max_tokens is not None:
+            body["max_tokens"] = request.max_tokens
+        if request.stop:
+            body["stop"] = request.stop
+        if request.tools:
+            body["tools"] = [
+                {
+                    "type": "function",
+                    "function": {
+                        "name": tool.name,
+                        **({"description": tool.description} if tool.description else {}),
+                        "parameters": tool.parameters or {"type": "object", "properties": {}},
+                    },
+                }
+                for tool in request.tools
+            ]
+        if isinstance(request.tool_choice, dict):
+            body["tool_choice"] = {"type": "function", "function": request.tool_choice}
+        elif request.tool_choice is not None:
+            body["tool_choice"] = request.tool_choice
+        body["stream"] = request.stream
+        if request.stream and (request.include_usage or self.config.stream_usage):
+            body["stream_options"] = {"include_usage": True}
+        if request.extra:
+            body.update(request.extra)
+        if target.params:
+            body.update(target.params)
+        return body
+
+    def parse_reply(self, raw: bytes, target: Target) -> list[Event]:
+        try:
+            data = orjson.loads(raw)
+            choice = data["choices"][0]
+            message = choice["message"]
+        except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
+            raise GatewayError(
+                "upstream", f"upstream {self.name} sent a reply that is not a chat completion"
+            ) from None
+        events: list[Event] = [Start(data.get("model") or target.model)]
+        if message.get("reasoning_content"):
+            events.append(ReasoningDelta(message["reasoning_content"]))
+        logprobs = (choice.get("logprobs") or {}).get("content")
+        if message.get("content") or logprobs:
+            events.append(TextDelta(message.get("content") or "", logprobs))
+        for index, call in enumerate(message.get("tool_calls") or ()):
+            function = call.get("function") or {}
+            events.append(ToolCallStart(index, call.get("id") or "", function.get("name") or ""))
+            events.append(ToolCallDelta(index, function.get("arguments") or ""))
+        events.append(Finish(_FINISH.get(choice.get("finish_reason") or "stop", "stop")))
+        if isinstance(data.get("usage"), dict):
+            events.append(_usage(data["usage"]))
+        return events
+
+
+class _StreamParser:
+    """Turns ``chat.completion.chunk`` payloads into events. Usage is held back and
+    emitted once at the end: some servers repeat it on every chunk."""
+
+    __slots__ = ("_calls", "_finished", "_provider", "_usage")
+
+    def __init__(self, provider: str) -> None:
+        self._provider = provider
+        self._usage: Usage | None = None
+        self._finished = False
+        self._calls: dict[int, bool] = {}
+
+    def feed(self, payload: bytes) -> list[Event]:
+        try:
+            data = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            raise GatewayError(
+                "upstream", f"upstream {self._provider} sent a stream chunk that is not JSON"
+            ) from None
+        if not isinstance(data, dict):
+            return []
+        if data.get("error"):
+            error = data["error"]
+            message = error.get("message") if isinstance(error, dict) else str(error)
+            raise GatewayError("upstream", f"upstream {self._provider}: {message}")
+        if isinstance(data.get("usage"), dict):
+            self._usage = _usage(data["usage"])
+        events: list[Event] = []
+        for choice in data.get("choices") or ():
+            if choice.get("index", 0) != 0:
+                continue
+            delta = choice.get("delta") or {}
+            if delta.get("reasoning_content"):
+                events.append(ReasoningDelta(delta["reasoning_content"]))
+            content = delta.get("content")
+            logprobs = (choice.get("logprobs") or {}).get("content")
+            if content or logprobs:
+                events.append(TextDelta(content or "", logprobs))
+            for position, call in enumerate(delta.get("tool_calls") or ()):
+                index = call.get("index", position)
+                function = call.get("function") or {}
+                if index not in self._calls:
+                    self._calls[index] = True
+                    events.append(
+                        ToolCallStart(index, call.get("id") or "", function.get("name") or "")
+                    )
+                if function.get("arguments"):
+                    events.append(ToolCallDelta(index, function["arguments"]))
+            reason = choice.get("finish_reason")
+            if reason and not self._finished:
+                self._finished = True
+                events.append(Finish(_FINISH.get(reason, "stop")))
+        return events
+
+    def end(self) -> list[Event]:
+        if not self._finished:
+            raise GatewayError(
+                "upstream", f"upstream {self._provider} ended the stream before the reply finished"
+            )
+        return [self._usage] if self._usage else []
+
+
+def _usage(data: dict[str, Any]) -> Usage:
+    prompt = data.get("prompt_tokens") or 0
+    details = data.get("prompt_tokens_details") or {}
+    cached = data.get("prompt_cache_hit_tokens", details.get("cached_tokens"))
+    reasoning = (data.get("completion_tokens_details") or {}).get("reasoning_tokens")
+    return Usage(prompt, data.get("completion_tokens") or 0, cached, None, reasoning)
+
+
+def _message_out(message: Message) -> list[dict[str, Any]]:
+    """One canonical message as OpenAI messages (tool results become one each)."""
+    if message.role == "tool":
+        return [
+            {"role": "tool", "tool_call_id": part.call_id, "content": _text_of(part.content)}
+            for part in message.parts
+            if isinstance(part, ToolResultPart)
+        ]
+    out: dict[str, Any] = {"role": message.role}
+    if message.name:
+        out["name"] = message.name
+    if message.role == "assistant":
+        text = "".join(part.text for part in message.parts if isinstance(part, TextPart))
+        calls = [
+            {
+                "id": part.id,
+                "type": "function",
+                "function": {"name": part.name, "arguments": part.arguments},
+            }
+            for part in message.parts
+            if isinstance(part, ToolCallPart)
+        ]
+        # Reasoning is not sent back: DeepSeek rejects reasoning_content in input.
+        out["content"] = text if text or not calls else None
+        if calls:
+            out["tool_calls"] = calls
+        return [out]
+    out["content"] = _content_out(
+        [part for part in message.parts if isinstance(part, TextPart | ImagePart)]
+    )
+    return [out]
+
+
+def _content_out(parts: list[TextPart | ImagePart]) -> str | list[dict[str, Any]]:
+    # Text-only content goes as a plain string: every OpenAI-compatible server takes it.
+    if all(isinstance(part, TextPart) for part in parts):
+        return "\n".join(part.text for part in parts if isinstance(part, TextPart))
+    out: list[dict[str, Any]] = []
+    for part in parts:
+        if isinstance(part, TextPart):
+            out.append({"type": "text", "text": part.text})
+        else:
+            image: dict[str, Any] = {"url": _image_url(part)}
+            if part.detail:
+                image["detail"] = part.detail
+            out.append({"type": "image_url", "image_url": image})
+    return out
+
+
+def _image_url(part: ImagePart) -> str:
+    if part.data is not None:
+        encoded = base64.b64encode(part.data).decode()
+        return f"data:{part.media_type or 'image/png'};base64,{encoded}"
+    return part.url or ""
+
+
+def _text_of(parts: list[TextPart | ImagePart]) -> str:
+    return "\n".join(part.text for part in parts if isinstance(part, TextPart))

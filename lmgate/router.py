@@ -1,0 +1,93 @@
+"""Picks a deployment for a catalog entry, fails over before the first byte, meters usage."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
+
+from lmgate import tokens
+from lmgate.canonical import (
+    ChatRequest,
+    Event,
+    ReasoningDelta,
+    Start,
+    TextDelta,
+    ToolCallDelta,
+    ToolCallStart,
+    Usage,
+)
+from lmgate.catalog import Deployment, ModelEntry
+from lmgate.errors import GatewayError
+
+
+class Router:
+    def __init__(self, rng: random.Random | None = None) -> None:
+        self._rng = rng or random.Random()
+
+    def order(self, deployments: list[Deployment]) -> list[Deployment]:
+        """Deployments in the order to try them: weighted random first, the rest after."""
+        if len(deployments) < 2:
+            return deployments
+        remaining = list(deployments)
+        ordered = []
+        while remaining:
+            pick = self._rng.choices(remaining, weights=[d.weight for d in remaining])[0]
+            remaining.remove(pick)
+            ordered.append(pick)
+        return ordered
+
+    async def stream(self, request: ChatRequest, entry: ModelEntry) -> AsyncGenerator[Event, None]:
+        """The reply's events, starting with ``Start(entry.id)`` and always ending with
+        ``Usage`` (counted offline when the upstream reported none)."""
+        failure: GatewayError | None = None
+        for deployment in self.order(entry.deployments):
+            events = deployment.provider.stream(request, deployment.target)
+            async with aclosing(events):
+                try:
+                    first = await anext(events)
+                except StopAsyncIteration:
+                    failure = GatewayError(
+                        "upstream", "upstream sent an empty reply", retryable=True
+                    )
+                    continue
+                except GatewayError as error:
+                    if not error.retryable:
+                        raise
+                    failure = error
+                    continue
+                yield Start(entry.id)
+                async for event in _metered(request, first, events):
+                    yield event
+                return
+        assert failure is not None
+        raise failure
+
+
+async def _metered(
+    request: ChatRequest, first: Event, events: AsyncGenerator[Event, None]
+) -> AsyncGenerator[Event, None]:
+    output: list[str] = []
+    usage_seen = False
+
+    def note(event: Event) -> None:
+        nonlocal usage_seen
+        if isinstance(event, TextDelta | ReasoningDelta):
+            output.append(event.text)
+        elif isinstance(event, ToolCallDelta):
+            output.append(event.arguments)
+        elif isinstance(event, ToolCallStart):
+            output.append(event.name)
+        elif isinstance(event, Usage):
+            usage_seen = True
+
+    if not isinstance(first, Start):
+        note(first)
+        yield first
+    async for event in events:
+        note(event)
+        yield event
+    if not usage_seen:
+        yield Usage(
+            tokens.count_request(request), tokens.count_text("".join(output)), estimated=True
+        )

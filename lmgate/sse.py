@@ -1,0 +1,58 @@
+"""Server-sent events: a tolerant decoder for upstream streams."""
+
+from __future__ import annotations
+
+
+class SSEDecoder:
+    """Feed raw bytes, get complete ``data`` payloads.
+
+    Tolerates what real upstreams send: ``\\r\\n`` line ends, ``data:`` with or
+    without a space, comment and blank keep-alive lines, payloads split across
+    reads, multi-line data, and a last event with no blank line after it
+    (``flush``). Event names are returned with their data.
+    """
+
+    __slots__ = ("_buffer", "_data", "_event")
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._data: list[bytes] = []
+        self._event: bytes | None = None
+
+    def feed(self, chunk: bytes) -> list[tuple[bytes | None, bytes]]:
+        buffer = self._buffer + chunk if self._buffer else chunk
+        out: list[tuple[bytes | None, bytes]] = []
+        start = 0
+        while True:
+            end = buffer.find(b"\n", start)
+            if end < 0:
+                break
+            line = buffer[start:end]
+            start = end + 1
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            self._line(line, out)
+        self._buffer = buffer[start:]
+        return out
+
+    def flush(self) -> list[tuple[bytes | None, bytes]]:
+        out: list[tuple[bytes | None, bytes]] = []
+        if self._buffer:
+            self._line(self._buffer.rstrip(b"\r"), out)
+            self._buffer = b""
+        self._line(b"", out)
+        return out
+
+    def _line(self, line: bytes, out: list[tuple[bytes | None, bytes]]) -> None:
+        if not line:
+            if self._data:
+                out.append((self._event, b"\n".join(self._data)))
+            self._data = []
+            self._event = None
+            return
+        if line.startswith(b"data:"):
+            value = line[5:]
+            self._data.append(value[1:] if value.startswith(b" ") else value)
+        elif line.startswith(b"event:"):
+            self._event = line[6:].strip()
+        # ":" comments, "id:", "retry:" and anything else are ignored.

