@@ -1,0 +1,165 @@
+from __future__ import annotations
+
+import http.client
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import openai
+import orjson
+import pytest
+import uvicorn
+
+from lmgate.app import build_app
+from lmgate.config import parse_config
+from tests.fakes.upstream import FakeUpstream
+
+API_KEY = "sk-test-client-key"
+UPSTREAM_KEY = "sk-upstream-secret-0123456789"
+
+
+class RunningGateway:
+    """The real app, served by uvicorn on a loopback port in a background thread."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.app = build_app(parse_config(config))
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        self.port = sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(
+            uvicorn.Config(
+                self.app, loop="uvloop", http="httptools", log_level="warning", lifespan="on"
+            )
+        )
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [sock]}, daemon=True
+        )
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("gateway did not start")
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(15)
+
+    def client(self, api_key: str = API_KEY, prefix: str = "/v1") -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.url + prefix, api_key=api_key, max_retries=0, timeout=20)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+        api_key: str | None = API_KEY,
+    ) -> Raw:
+        """A raw HTTP exchange, for what an SDK would hide (status, headers, exact bytes)."""
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=20)
+        all_headers = {"Content-Type": "application/json"}
+        if api_key:
+            all_headers["Authorization"] = f"Bearer {api_key}"
+        all_headers.update(headers or {})
+        data = orjson.dumps(body) if isinstance(body, dict) else body
+        try:
+            connection.request(method, path, body=data, headers=all_headers)
+            response = connection.getresponse()
+            return Raw(
+                response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+            )
+        finally:
+            connection.close()
+
+
+@dataclass
+class Raw:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return orjson.loads(self.body)
+
+
+def upstream_config(upstream: FakeUpstream, **provider: Any) -> dict[str, Any]:
+    """A catalog in front of the fake upstream, plus the echo model."""
+    return {
+        "server": {"api_keys": [API_KEY], "max_body_mb": 1},
+        "providers": {
+            "up": {
+                "type": "openai",
+                "base_url": upstream.url + "/v1",
+                "api_key": UPSTREAM_KEY,
+                "timeouts": {"connect": 2, "first_byte": 2, "idle": 1},
+                **provider,
+            },
+            "echo": {"type": "echo"},
+        },
+        "models": [
+            {
+                "id": "chat-model",
+                "name": "Chat Model (Fake)",
+                "owned_by": "fake",
+                "description": "the fake upstream's chat model",
+                "support": "text",
+                "tip": "Chat tip",
+                "created": 1755952008000,
+                "deployments": [{"provider": "up", "model": "up-model"}],
+            },
+            {"id": "reasoner", "name": "Reasoner", "provider": "up", "model": "up-reasoner"},
+            {"id": "echo", "name": "Echo", "provider": "echo", "support": "image"},
+        ],
+        "routing": {"auto": ["chat-model", "echo"]},
+    }
+
+
+@pytest.fixture(scope="session")
+def upstream_server() -> Iterator[FakeUpstream]:
+    server = FakeUpstream().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def upstream(upstream_server: FakeUpstream) -> Iterator[FakeUpstream]:
+    upstream_server.reset()
+    yield upstream_server
+    upstream_server.reset()
+
+
+@pytest.fixture(scope="session")
+def session_gateway(upstream_server: FakeUpstream) -> Iterator[RunningGateway]:
+    gateway = RunningGateway(upstream_config(upstream_server))
+    yield gateway
+    gateway.stop()
+
+
+@pytest.fixture
+def gateway(session_gateway: RunningGateway, upstream: FakeUpstream) -> RunningGateway:
+    return session_gateway
+
+
+@pytest.fixture
+def client(gateway: RunningGateway) -> openai.OpenAI:
+    return gateway.client()
+
+
+@pytest.fixture
+def start_gateway() -> Iterator[Any]:
+    """Start a gateway with a config of the test's own; stopped after the test."""
+    started: list[RunningGateway] = []
+
+    def start(config: dict[str, Any]) -> RunningGateway:
+        gateway = RunningGateway(config)
+        started.append(gateway)
+        return gateway
+
+    yield start
+    for gateway in started:
+        gateway.stop()
