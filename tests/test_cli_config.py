@@ -1,0 +1,323 @@
+"""The command line and config files, run as a user runs them: in a subprocess."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import orjson
+import pytest
+
+from lmgate.config import ConfigError, default_config_dict, parse_config
+
+# The config of the issue, exactly as written.
+ISSUE_CONFIG = """\
+server:
+  port: 7860
+  api_keys: ["${LMGATE_KEY}"]
+providers:
+  deepseek:
+    type: openai
+    base_url: https://api.deepseek.com
+    api_key: ${DEEPSEEK_API_KEY}
+models:
+  - id: deepseek-chat
+    name: DeepSeek V3.1
+    owned_by: deepseek
+    description: Suitable for reasoning and writing
+    support: text
+    tip: DeepSeek V3.1
+    deployments:
+      - provider: deepseek
+        model: deepseek-chat
+routing:
+  auto: [deepseek-chat]
+"""
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "lmgate", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Served:
+    def __init__(self, process: subprocess.Popen[str], port: int) -> None:
+        self.process, self.port = process, port
+
+    def request(
+        self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, bytes]:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=20)
+        try:
+            data = orjson.dumps(body) if body is not None else None
+            connection.request(
+                method,
+                path,
+                body=data,
+                headers={"Content-Type": "application/json", **(headers or {})},
+            )
+            response = connection.getresponse()
+            return response.status, response.read()
+        finally:
+            connection.close()
+
+
+@pytest.fixture
+def serve() -> Iterator[Any]:
+    processes: list[subprocess.Popen[str]] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> Served:
+        port = free_port()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "lmgate", "serve", "--port", str(port), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
+        processes.append(process)
+        served = Served(process, port)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(
+                    f"serve exited: {process.stdout.read() if process.stdout else ''}"
+                )
+            try:
+                if served.request("GET", "/ready")[0] == 200:
+                    return served
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError("serve did not become ready")
+
+    yield start
+    for process in processes:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        if process.stdout:
+            process.stdout.close()
+
+
+def test_default_serves_the_reference_curls_offline(serve: Any) -> None:
+    env = {"DEEPSEEK_API_KEY": "", "LMGATE_CONFIG": ""}
+    served = serve(env=env)
+    status, body = served.request("GET", "/api/v1/models")
+    assert status == 200
+    models = orjson.loads(body)
+    assert [m["id"] for m in models["data"]] == ["echo"]
+    ask = {"model": "auto", "messages": [{"role": "user", "content": "你是什么模型?"}]}
+    status, body = served.request(
+        "POST",
+        "/api/v1/chat/completions",
+        {**ask, "stream": False},
+        {"Authorization": "Bearer YOUR_API_KEY"},
+    )
+    assert status == 200
+    reply = orjson.loads(body)
+    assert reply["object"] == "chat.completion" and reply["model"] == "echo"
+    assert reply["choices"][0]["message"]["content"] == "Echo: 你是什么模型?"
+    assert reply["usage"]["prompt_tokens"] > 0
+    status, body = served.request("POST", "/api/v1/chat/completions", {**ask, "stream": True})
+    frames = [f for f in body.decode().split("\n\n") if f]
+    assert frames[-1] == "data: [DONE]"
+    chunks = [orjson.loads(f[6:]) for f in frames[:-1]]
+    assert (
+        "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
+        == "Echo: 你是什么模型?"
+    )
+    # the OpenAI SDK against the same process
+    sdk = openai.OpenAI(
+        base_url=f"http://127.0.0.1:{served.port}/api/v1", api_key="unused", max_retries=0
+    )
+    assert (
+        sdk.chat.completions.create(
+            model="auto", messages=[{"role": "user", "content": "hey"}]
+        ).model
+        == "echo"
+    )
+
+
+def test_issue_config_file_as_written(serve: Any, tmp_path: Path) -> None:
+    path = tmp_path / "lmgate.yaml"
+    path.write_text(ISSUE_CONFIG)
+    env = {"LMGATE_KEY": "team-key", "DEEPSEEK_API_KEY": "sk-deepseek-test"}
+    check = run_cli("check", "--config", str(path), env=env)
+    assert check.returncode == 0, check.stderr
+    served = serve("--config", str(path), env=env)
+    assert served.request("GET", "/api/v1/models")[0] == 401
+    status, body = served.request(
+        "GET", "/api/v1/models", headers={"Authorization": "Bearer team-key"}
+    )
+    assert status == 200
+    [entry] = orjson.loads(body)["data"]
+    assert entry["id"] == "deepseek-chat" and entry["name"] == "DeepSeek V3.1"
+    assert b"sk-deepseek-test" not in body
+
+
+def test_config_from_environment_variable(serve: Any, tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "providers: {e: {type: echo}}\nmodels: [{id: only-echo, provider: e}]\nrouting: {auto: [only-echo]}\n"
+    )
+    served = serve(env={"LMGATE_CONFIG": str(path)})
+    status, body = served.request("GET", "/v1/models")
+    assert [m["id"] for m in orjson.loads(body)["data"]] == ["only-echo"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("server: {port: seventy}", "server.port"),
+        ("server: {bogus: 1}", "server.bogus"),
+        (
+            "providers: {p: {type: warp}}\nmodels: [{id: m, provider: p}]",
+            "providers.p.type: unknown provider type 'warp'",
+        ),
+        ("providers: {p: {type: openai}}\nmodels: [{id: m, provider: p}]", "providers.p.base_url"),
+        (
+            "providers: {p: {type: openai, base_url: 'http://x', timeouts: {idle: -1}}}\nmodels: [{id: m, provider: p}]",
+            "providers.p.timeouts.idle",
+        ),
+        (
+            "providers: {p: {type: echo}}\nmodels: [{id: m, provider: q}]",
+            "models.0.deployments.0.provider: unknown provider 'q'",
+        ),
+        (
+            "providers: {p: {type: echo}}\nmodels: [{id: m, provider: p}, {id: m, provider: p}]",
+            "models.1.id",
+        ),
+        ("providers: {p: {type: echo}}\nmodels: [{id: m}]", "models.0.deployments"),
+        (
+            "providers: {p: {type: echo}}\nmodels: [{id: m, provider: p, support: video}]",
+            "models.0.support",
+        ),
+        (
+            "providers: {p: {type: echo}}\nmodels: [{id: m, provider: p}]\nrouting: {auto: [x]}",
+            "routing.auto.0: unknown model 'x'",
+        ),
+        (
+            "server: {api_keys: ['${LMGATE_TEST_UNSET_VAR}']}",
+            "server.api_keys.0: environment variable LMGATE_TEST_UNSET_VAR is not set",
+        ),
+        ("server: [1, 2", "not valid YAML"),
+        ("- a list", "must be a mapping"),
+    ],
+)
+def test_bad_config_names_the_key_and_exits_non_zero(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    for command in ("check", "serve"):
+        result = run_cli(command, "--config", str(path))
+        assert result.returncode == 2
+        assert message in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    result = run_cli("check", "--config", str(tmp_path / "nope.yaml"))
+    assert result.returncode == 2 and "cannot read the config file" in result.stderr
+
+
+def test_models_command_prints_a_table(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(ISSUE_CONFIG)
+    result = run_cli(
+        "models", "--config", str(path), env={"LMGATE_KEY": "k", "DEEPSEEK_API_KEY": "sk-x"}
+    )
+    assert result.returncode == 0, result.stderr
+    header, row = result.stdout.strip().splitlines()
+    assert header.split() == ["ID", "NAME", "SUPPORT", "OWNED", "BY", "DEPLOYMENTS"]
+    assert row.split()[0] == "deepseek-chat" and row.endswith("deepseek/deepseek-chat")
+
+
+def test_env_interpolation_with_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LMGATE_TEST_PORT", "9999")
+    monkeypatch.delenv("LMGATE_TEST_MISSING", raising=False)
+    config = parse_config(
+        {
+            "server": {
+                "port": "${LMGATE_TEST_PORT}",
+                "api_keys": ["${LMGATE_TEST_MISSING:-}", "k-${LMGATE_TEST_PORT}"],
+            },
+        }
+    )
+    assert config.server.port == 9999
+    assert config.server.api_keys == ["k-9999"]  # an empty key never becomes valid
+
+
+def test_default_catalog_adds_deepseek_when_key_is_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DEEPSEEK_API_KEY", raising=False)
+    assert [m["id"] for m in default_config_dict()["models"]] == ["echo"]
+    monkeypatch.setenv("DEEPSEEK_API_KEY", "sk-abc")
+    config = parse_config(default_config_dict())
+    assert [m.id for m in config.models] == ["deepseek-chat", "deepseek-reasoner", "echo"]
+    assert config.providers["deepseek"]["api_key"] == "sk-abc"
+    assert config.routing.auto[0] == "deepseek-chat"
+
+
+def test_unique_ids_are_enforced() -> None:
+    with pytest.raises(ConfigError, match="already the id"):
+        parse_config(
+            {"providers": {"e": {"type": "echo"}}, "models": [{"id": "a", "provider": "e"}] * 2}
+        )
+
+
+def test_serve_warns_when_open_on_a_public_host(tmp_path: Path) -> None:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "lmgate", "serve", "--host", "0.0.0.0", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        lines = []
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            line = process.stdout.readline()
+            lines.append(line)
+            if "api_keys is empty" in line or "Application startup complete" in line:
+                break
+        assert any("api_keys is empty" in line for line in lines), lines
+    finally:
+        process.terminate()
+        process.wait(10)
+        if process.stdout:
+            process.stdout.close()
+
+
+def test_workers_option_serves_from_several_processes(serve: Any) -> None:
+    served = serve("--workers", "2", env={"DEEPSEEK_API_KEY": "", "LMGATE_CONFIG": ""})
+    for _ in range(4):
+        status, _ = served.request(
+            "POST",
+            "/v1/chat/completions",
+            {"model": "echo", "messages": [{"role": "user", "content": "x"}]},
+        )
+        assert status == 200
