@@ -54,7 +54,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _config_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--config", default=os.environ.get("LMGATE_CONFIG") or None, help="YAML config (or $LMGATE_CONFIG)"
+        "--config",
+        default=os.environ.get("LMGATE_CONFIG") or None,
+        help="YAML config file (default: $LMGATE_CONFIG, else the built-in offline default)",
     )
 
 

@@ -184,6 +184,7 @@ def test_config_from_environment_variable(serve: Any, tmp_path: Path) -> None:
     )
     served = serve(env={"LMGATE_CONFIG": str(path)})
     status, body = served.request("GET", "/v1/models")
+    assert status == 200
     assert [m["id"] for m in orjson.loads(body)["data"]] == ["only-echo"]
 
 

@@ -1,0 +1,227 @@
+"""Gateway vs direct upstream, measured in one run.
+
+    python bench/run.py [--seconds 5] [--stream-requests 500]
+
+Starts bench/upstream.py and `lmgate serve --config bench/bench.yaml` (one
+worker), then drives both with wrk (non-stream requests/s and latency at
+concurrency 1, 16, 64) and with a small uvloop client (stream time to first
+chunk and to the end, one request at a time). The gateway is pinned to CPU 0;
+the upstream and the load generators to CPU 1, so the gateway's figures are one
+core's. Needs wrk (apt-get install wrk). Prints a table; writes
+bench/results/latest.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import uvloop
+
+HERE = Path(__file__).resolve().parent
+BODY = json.dumps(
+    {
+        "model": "bench",
+        "messages": [{"role": "user", "content": "Say twenty words."}],
+        "stream": False,
+    },
+    separators=(",", ":"),
+)
+STREAM_BODY = BODY.replace('"stream":false', '"stream":true')
+PIN = shutil.which("taskset") is not None and (os.cpu_count() or 1) >= 2
+
+
+def pinned(cpu: int, command: list[str]) -> list[str]:
+    return ["taskset", "-c", str(cpu), *command] if PIN else command
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_ready(url: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up")
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def wrk(url: str, body: str, connections: int, seconds: int) -> dict[str, float]:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(
+            'wrk.method = "POST"\n'
+            'wrk.headers["Content-Type"] = "application/json"\n'
+            f"wrk.body = {json.dumps(body)}\n"
+        )
+    try:
+        command = [
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--latency",
+            "-s",
+            script.name,
+            url,
+        ]
+        out = subprocess.run(pinned(1, command), capture_output=True, text=True, check=True).stdout
+    finally:
+        os.unlink(script.name)
+    if "Non-2xx" in out or "Socket errors" in out:
+        raise RuntimeError(f"wrk saw errors:\n{out}")
+
+    def latency(percent: str) -> float:
+        match = re.search(rf"^\s+{percent}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        assert match, out
+        return float(match.group(1)) * _UNITS[match.group(2)]
+
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    return {"rps": rps, "p50_ms": latency("50"), "p99_ms": latency("99")}
+
+
+async def _stream_latency(port: int, path: str, requests: int) -> dict[str, float]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    body = STREAM_BODY.encode()
+    request = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    first: list[float] = []
+    total: list[float] = []
+    for _ in range(requests):
+        started = time.perf_counter()
+        writer.write(request)
+        buffer = b""
+        first_at = 0.0
+        while not buffer.endswith(b"\r\n0\r\n\r\n"):
+            data = await reader.read(65536)
+            if not data:
+                raise RuntimeError("connection closed mid-stream")
+            buffer += data
+            if not first_at and b"data:" in buffer:
+                first_at = time.perf_counter()
+        if b"[DONE]" not in buffer or buffer.count(b'"content":"word "') != 20:
+            raise RuntimeError("incomplete stream")
+        first.append((first_at - started) * 1000)
+        total.append((time.perf_counter() - started) * 1000)
+    writer.close()
+    return {
+        "first_chunk_p50_ms": statistics.median(first),
+        "full_stream_p50_ms": statistics.median(total),
+        "full_stream_p99_ms": statistics.quantiles(total, n=100)[98],
+    }
+
+
+def stream_latency(port: int, path: str, requests: int) -> dict[str, float]:
+    return uvloop.run(_stream_latency(port, path, requests))
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--stream-requests", type=int, default=500)
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        print("bench needs wrk: apt-get install wrk", file=sys.stderr)
+        return 2
+    up_port, gw_port = free_port(), free_port()
+    env = {**os.environ, "BENCH_UPSTREAM_PORT": str(up_port)}
+    upstream = subprocess.Popen(
+        pinned(1, [sys.executable, str(HERE / "upstream.py"), str(up_port)])
+    )
+    gateway = subprocess.Popen(
+        pinned(0, [sys.executable, "-m", "lmgate", "serve", "--config", str(HERE / "bench.yaml"),
+                   "--port", str(gw_port), "--log-level", "warning"]),
+        env=env,
+    )  # fmt: skip
+    try:
+        wait_ready(f"http://127.0.0.1:{gw_port}/ready")
+        direct = f"http://127.0.0.1:{up_port}/v1/chat/completions"
+        through = f"http://127.0.0.1:{gw_port}/v1/chat/completions"
+        wrk(through, BODY, 16, 1)  # warm-up
+        results: dict[str, Any] = {"non_stream": {}, "stream": {}}
+        for connections in (1, 16, 64):
+            results["non_stream"][connections] = {
+                "direct": wrk(direct, BODY, connections, args.seconds),
+                "gateway": wrk(through, BODY, connections, args.seconds),
+            }
+        results["stream"]["rps_c16"] = {
+            "direct": wrk(direct, STREAM_BODY, 16, args.seconds)["rps"],
+            "gateway": wrk(through, STREAM_BODY, 16, args.seconds)["rps"],
+        }
+        results["stream"]["c1"] = {
+            "direct": stream_latency(up_port, "/v1/chat/completions", args.stream_requests),
+            "gateway": stream_latency(gw_port, "/v1/chat/completions", args.stream_requests),
+        }
+        results["gateway_rss_mb"] = rss_mb(gateway.pid)
+    finally:
+        for process in (gateway, upstream):
+            process.terminate()
+            process.wait(10)
+    report(results)
+    out = HERE / "results"
+    out.mkdir(exist_ok=True)
+    (out / "latest.json").write_text(json.dumps(results, indent=2))
+    return 0
+
+
+def report(results: dict[str, Any]) -> None:
+    print("\nnon-stream, one gateway worker (wrk, 1 thread)")
+    print(
+        f"{'conc':>5} {'direct rps':>11} {'gateway rps':>12} {'ratio':>6} {'direct p50':>11} {'gateway p50':>12} {'added p50':>10} {'gateway p99':>12}"
+    )
+    for connections, row in results["non_stream"].items():
+        d, g = row["direct"], row["gateway"]
+        print(
+            f"{connections:>5} {d['rps']:>11.0f} {g['rps']:>12.0f} {g['rps'] / d['rps']:>6.2f} "
+            f"{d['p50_ms']:>9.3f}ms {g['p50_ms']:>10.3f}ms {g['p50_ms'] - d['p50_ms']:>8.3f}ms {g['p99_ms']:>10.3f}ms"
+        )
+    s = results["stream"]
+    d, g = s["c1"]["direct"], s["c1"]["gateway"]
+    print("\nstream of 20 chunks, one request at a time")
+    print(
+        f"  first chunk p50: direct {d['first_chunk_p50_ms']:.3f}ms, gateway {g['first_chunk_p50_ms']:.3f}ms"
+    )
+    print(
+        f"  whole stream p50: direct {d['full_stream_p50_ms']:.3f}ms, gateway {g['full_stream_p50_ms']:.3f}ms,"
+        f" added {g['full_stream_p50_ms'] - d['full_stream_p50_ms']:.3f}ms"
+    )
+    print(
+        f"  stream rps at c=16: direct {s['rps_c16']['direct']:.0f}, gateway {s['rps_c16']['gateway']:.0f}"
+    )
+    print(f"\ngateway RSS after the run: {results['gateway_rss_mb']:.1f} MB")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
