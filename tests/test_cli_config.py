@@ -322,3 +322,14 @@ def test_workers_option_serves_from_several_processes(serve: Any) -> None:
             {"model": "echo", "messages": [{"role": "user", "content": "x"}]},
         )
         assert status == 200
+
+
+def test_readme_config_example_is_valid(tmp_path: Path) -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    example = readme.split("## Configuration", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    path = tmp_path / "readme.yaml"
+    path.write_text(example)
+    result = run_cli(
+        "check", "--config", str(path), env={"LMGATE_KEY": "k", "DEEPSEEK_API_KEY": "sk-x"}
+    )
+    assert result.returncode == 0, result.stderr

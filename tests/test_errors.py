@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from tests.conftest import API_KEY, UPSTREAM_KEY, RunningGateway, upstream_config
-from tests.fakes.upstream import FakeUpstream, Script, chunk, text_stream
+from tests.fakes.upstream import FakeUpstream, Script, chunk, completion, text_stream
 
 HI = [{"role": "user", "content": "hi"}]
 
@@ -348,15 +348,24 @@ def test_broken_streams_end_with_a_protocol_error(
             pass
 
 
-def test_wrong_content_type_stream_is_handled(
+def test_wrong_content_type_is_a_502_before_the_stream_starts(
     gateway: RunningGateway, upstream: FakeUpstream
 ) -> None:
     upstream.push(Script(raw=b"<html>maintenance</html>", content_type="text/html"))
     raw = gateway.request(
         "POST", "/v1/chat/completions", {"model": "chat-model", "messages": HI, "stream": True}
     )
-    payloads = sse_payloads(raw.body)
-    assert payloads[-1]["error"]["type"] == "upstream_error"
+    assert raw.status == 502
+    assert "text/html instead of an event stream" in error_of(raw)["message"]
+
+
+def test_json_reply_to_a_stream_request_is_streamed(
+    client: openai.OpenAI, upstream: FakeUpstream
+) -> None:
+    upstream.push(Script(json=completion("whole reply")))
+    chunks = list(client.chat.completions.create(model="chat-model", messages=HI, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "whole reply"
+    assert chunks[-1].choices[0].finish_reason == "stop"
 
 
 def test_client_disconnect_cancels_upstream(

@@ -65,11 +65,19 @@ class OpenAICompatProvider(HttpProvider):
     async def stream(self, request: ChatRequest, target: Target) -> AsyncGenerator[Event, None]:
         url = self.config.base_url.rstrip("/") + "/chat/completions"
         response, deadline = await self.post(url, self.build_body(request, target))
-        if not request.stream:
+        if not request.stream or response.content_type == "application/json":
+            # Some servers answer a stream request with one JSON reply; take it as one.
             raw = await self.read_body(response, deadline)
             for event in self.parse_reply(raw, target):
                 yield event
             return
+        if response.content_type not in ("text/event-stream", "text/plain"):
+            response.close()
+            raise GatewayError(
+                "upstream",
+                f"upstream {self.name} sent {response.content_type} instead of an event stream",
+                retryable=True,
+            )
         yield Start(target.model)
         parser = _StreamParser(self.name)
         async for payload in self.iter_sse(response, deadline):
