@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager
 import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
@@ -34,6 +34,7 @@ from lmgate.router import Router
 log = logging.getLogger("lmgate")
 
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+_UPSTREAM_KINDS = frozenset({"upstream", "timeout", "overloaded"})
 
 
 class Gateway:
@@ -108,7 +109,7 @@ class Gateway:
             chat = openai_chat.parse_request(await self.read_body(request))
             entry = self.catalog.resolve(chat.model)
             events = self.router.stream(chat, entry)
-            completion_id = f"chatcmpl-{request_id}"
+            completion_id = f"chatcmpl-{uuid.uuid4().hex}"
             created = int(time.time())
             if not chat.stream:
                 reply = await accumulate(events)
@@ -128,7 +129,11 @@ class Gateway:
             headers = {**_SSE_HEADERS, **_ids(request_id)}
             return StreamingResponse(frames, media_type="text/event-stream", headers=headers)
         except GatewayError as error:
+            if error.kind in _UPSTREAM_KINDS:
+                log.warning("request %s: %s", request_id, error.message)
             return _openai_error(error, request_id)
+        except ClientDisconnect:
+            return Response(status_code=499)  # the client left while sending its body
         except Exception:
             log.exception("request %s failed", request_id)
             return _openai_error(GatewayError("internal", "internal error"), request_id)

@@ -442,3 +442,18 @@ def test_echo_honours_max_tokens_and_stop(client: openai.OpenAI) -> None:
     )
     assert stopped.choices[0].message.content == "Echo: a b "
     assert stopped.choices[0].finish_reason == "stop"
+
+
+def test_upstream_connections_are_pooled(client: openai.OpenAI, upstream: FakeUpstream) -> None:
+    for stream in (False, True, False, True, False):
+        if stream:
+            list(
+                client.chat.completions.create(
+                    model="chat-model", messages=[{"role": "user", "content": "x"}], stream=True
+                )
+            )
+        else:
+            client.chat.completions.create(
+                model="chat-model", messages=[{"role": "user", "content": "x"}]
+            )
+    assert len({request.peer for request in upstream.requests}) == 1

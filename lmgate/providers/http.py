@@ -45,9 +45,7 @@ class HttpProvider(Provider):
             timeout=aiohttp.ClientTimeout(
                 total=None, connect=timeouts.connect, sock_connect=timeouts.connect
             ),
-            json_serialize=lambda obj: orjson.dumps(obj).decode(),
             skip_auto_headers=("User-Agent",),
-            auto_decompress=True,
         )
 
     async def close(self) -> None:

@@ -25,6 +25,7 @@ class Recorded:
     path: str
     headers: dict[str, str]
     body: Any
+    peer: tuple[str, int]  # the client's address: one port for many requests = keep-alive
 
 
 @dataclass
@@ -165,9 +166,10 @@ class FakeUpstream:
             body = orjson.loads(raw) if raw else None
         except orjson.JSONDecodeError:
             body = raw
+        peer = request.transport.get_extra_info("peername") if request.transport else ("", 0)
         with self._lock:
             self.requests.append(
-                Recorded(request.method, request.path, dict(request.headers), body)
+                Recorded(request.method, request.path, dict(request.headers), body, peer)
             )
             script = self.scripts.popleft() if self.scripts else None
         if script is None:
