@@ -20,6 +20,8 @@ FinishReason = Literal["stop", "length", "tool_calls", "stop_sequence", "content
 @dataclass(slots=True)
 class TextPart:
     text: str
+    # Anthropic prompt-caching marker; kept for Anthropic upstreams, dropped elsewhere.
+    cache_control: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -44,12 +46,14 @@ class ToolResultPart:
     call_id: str
     content: list[TextPart | ImagePart]
     is_error: bool = False
+    cache_control: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
 class ReasoningPart:
     text: str
     signature: str | None = None
+    redacted: str | None = None  # Anthropic's encrypted redacted_thinking data
 
 
 Part = TextPart | ImagePart | ToolCallPart | ToolResultPart | ReasoningPart
@@ -58,7 +62,7 @@ Part = TextPart | ImagePart | ToolCallPart | ToolResultPart | ReasoningPart
 @dataclass(slots=True)
 class Message:
     """One turn. ``system`` appears here only for instructions placed mid-conversation;
-    leading instructions live in ``ChatRequest.system``."""
+    leading instructions live in ``ChatRequest.system``. Tool results are ``tool`` turns."""
 
     role: Role
     parts: list[Part]
@@ -70,13 +74,14 @@ class Tool:
     name: str
     description: str | None = None
     parameters: dict[str, Any] | None = None  # JSON schema
+    cache_control: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
 class ChatRequest:
     model: str
     messages: list[Message]
-    system: str | None = None
+    system: list[TextPart] = field(default_factory=list)
     stream: bool = False
     include_usage: bool = False
     max_tokens: int | None = None
@@ -96,6 +101,7 @@ class ChatRequest:
     parallel_tool_calls: bool | None = None
     thinking: bool | None = None
     thinking_budget: int | None = None
+    reasoning_effort: str | None = None  # "low" | "medium" | "high"
     user: str | None = None
     # Fields the frontend did not recognise; passed to upstreams that take them.
     extra: dict[str, Any] = field(default_factory=dict)
@@ -155,7 +161,14 @@ class Usage:
     estimated: bool = False  # counted by lmgate, not reported by the upstream
 
 
-Event = Start | TextDelta | ReasoningDelta | ToolCallStart | ToolCallDelta | Finish | Usage
+@dataclass(slots=True)
+class Heartbeat:
+    """The upstream is alive but silent; frontends send a keep-alive."""
+
+
+Event = (
+    Start | TextDelta | ReasoningDelta | ToolCallStart | ToolCallDelta | Finish | Usage | Heartbeat
+)
 
 
 # ---- the folded reply ----------------------------------------------------------

@@ -29,6 +29,7 @@ class ModelEntry:
     created: int  # milliseconds, as in the reference catalog
     deployments: list[Deployment]
     context_window: int | None = None
+    max_output_tokens: int | None = None
     aliases: list[str] = field(default_factory=list)
 
 
@@ -69,6 +70,7 @@ class Catalog:
                     created=model.created if model.created is not None else now_ms,
                     deployments=deployments,
                     context_window=model.context_window,
+                    max_output_tokens=model.max_output_tokens,
                     aliases=list(model.aliases),
                 )
             )

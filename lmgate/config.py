@@ -74,6 +74,7 @@ class ModelConfig(_Strict):
     tip: str | None = None
     created: int | None = None
     context_window: int | None = Field(None, gt=0)
+    max_output_tokens: int | None = Field(None, gt=0)  # caps what clients ask for
     aliases: list[str] = []
     deployments: list[DeploymentConfig] = []
     # Shorthand for a single deployment.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
+from dataclasses import replace
 
 from lmgate import tokens
 from lmgate.canonical import (
@@ -40,6 +41,9 @@ class Router:
     async def stream(self, request: ChatRequest, entry: ModelEntry) -> AsyncGenerator[Event, None]:
         """The reply's events, starting with ``Start(entry.id)`` and always ending with
         ``Usage`` (counted offline when the upstream reported none)."""
+        cap = entry.max_output_tokens
+        if cap is not None and request.max_tokens is not None and request.max_tokens > cap:
+            request = replace(request, max_tokens=cap)
         failure: GatewayError | None = None
         for deployment in self.order(entry.deployments):
             events = deployment.provider.stream(request, deployment.target)

@@ -53,8 +53,7 @@ def count_request(request: ChatRequest) -> int:
     """Prompt tokens of a request: system, messages, and tool definitions."""
     pieces: list[str] = []
     images = 0
-    if request.system:
-        pieces.append(request.system)
+    pieces.extend(part.text for part in request.system)
     for message in request.messages:
         for part in message.parts:
             if isinstance(part, TextPart | ReasoningPart):

@@ -13,6 +13,7 @@ from lmgate.canonical import (
     ChatRequest,
     Event,
     Finish,
+    Heartbeat,
     ImagePart,
     Message,
     Part,
@@ -47,7 +48,7 @@ _KNOWN_FIELDS = frozenset(
         "model", "messages", "stream", "stream_options", "max_tokens", "max_completion_tokens",
         "temperature", "top_p", "n", "stop", "frequency_penalty", "presence_penalty", "seed",
         "response_format", "logprobs", "top_logprobs", "tools", "tool_choice",
-        "parallel_tool_calls", "user",
+        "parallel_tool_calls", "user", "reasoning_effort",
     }
 )  # fmt: skip
 
@@ -101,14 +102,15 @@ def parse_request(body: bytes) -> ChatRequest:
         tool_choice=_parse_tool_choice(data.get("tool_choice")),
         parallel_tool_calls=optional_bool(data, "parallel_tool_calls"),
         user=optional_string(data, "user"),
+        reasoning_effort=optional_string(data, "reasoning_effort"),
         extra={key: value for key, value in data.items() if key not in _KNOWN_FIELDS},
     )
 
 
-def _parse_messages(raw: Any) -> tuple[str | None, list[Message]]:
+def _parse_messages(raw: Any) -> tuple[list[TextPart], list[Message]]:
     if not isinstance(raw, list) or not raw:
         raise invalid("messages: expected a non-empty array of messages", "messages")
-    system: list[str] = []
+    system: list[TextPart] = []
     messages: list[Message] = []
     for index, item in enumerate(raw):
         where = f"messages[{index}]"
@@ -119,7 +121,7 @@ def _parse_messages(raw: Any) -> tuple[str | None, list[Message]]:
         if role in ("system", "developer"):
             text = _text_content(content, f"{where}.content")
             if not messages:
-                system.append(text)  # leading instructions
+                system.append(TextPart(text))  # leading instructions
             else:
                 messages.append(Message("system", [TextPart(text)]))
         elif role == "user":
@@ -140,7 +142,7 @@ def _parse_messages(raw: Any) -> tuple[str | None, list[Message]]:
             )
     if not messages:
         raise invalid("messages: no user or assistant message, only instructions", "messages")
-    return ("\n\n".join(system) if system else None), messages
+    return system, messages
 
 
 def _name(item: dict[str, Any], where: str) -> str | None:
@@ -354,6 +356,8 @@ async def stream_frames(
                     yield chunk({"tool_calls": [call]})
                 elif isinstance(event, Finish):
                     yield chunk({}, _FINISH_OUT.get(event.reason, event.reason))
+                elif isinstance(event, Heartbeat):
+                    yield b": keep-alive\n\n"
                 elif isinstance(event, Usage) and include_usage:
                     yield (
                         head

@@ -9,6 +9,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+from pydantic import Field
 
 from lmgate.errors import GatewayError, redact
 from lmgate.providers.base import Provider, ProviderConfig, Timeouts
@@ -23,6 +24,8 @@ class HttpProviderConfig(ProviderConfig):
     headers: dict[str, str] = {}
     timeouts: Timeouts = Timeouts()
     max_connections: int = 256
+    # Seconds of upstream silence mid-reply after which clients get a keep-alive.
+    heartbeat: float = Field(15.0, gt=0)
 
 
 class HttpProvider(Provider):
@@ -105,25 +108,32 @@ class HttpProvider(Provider):
 
     async def iter_sse(
         self, response: aiohttp.ClientResponse, deadline: float
-    ) -> AsyncIterator[bytes]:
-        """The ``data`` payloads of an SSE response, each read bounded by the idle timeout."""
+    ) -> AsyncIterator[tuple[bytes | None, bytes] | None]:
+        """``(event name, data)`` of each SSE event, every read bounded by the idle
+        timeout; ``None`` after each ``heartbeat`` seconds of silence."""
         decoder = SSEDecoder()
         content = response.content
+        heartbeat = self.config.heartbeat
         try:
             while True:
-                try:
-                    async with asyncio.timeout(self._read_timeout(deadline)):
-                        chunk = await content.readany()
-                except TimeoutError:
-                    raise self.stall_error() from None
-                except aiohttp.ClientError as error:
-                    raise self.broken_error(error) from None
+                silent_until = time.monotonic() + self._read_timeout(deadline)
+                while True:
+                    try:
+                        async with asyncio.timeout(min(heartbeat, silent_until - time.monotonic())):
+                            chunk = await content.readany()
+                        break
+                    except TimeoutError:
+                        if time.monotonic() >= silent_until:
+                            raise self.stall_error() from None
+                    except aiohttp.ClientError as error:
+                        raise self.broken_error(error) from None
+                    yield None
                 if not chunk:
                     break
-                for _event, data in decoder.feed(chunk):
-                    yield data
-            for _event, data in decoder.flush():
-                yield data
+                for event in decoder.feed(chunk):
+                    yield event
+            for event in decoder.flush():
+                yield event
         finally:
             # Closing (not releasing) drops a connection whose reply was cut short,
             # which is also how a client disconnect cancels the upstream request.

@@ -13,6 +13,7 @@ from lmgate.canonical import (
     Event,
     Finish,
     FinishReason,
+    Heartbeat,
     ImagePart,
     Message,
     ReasoningDelta,
@@ -50,6 +51,7 @@ _PLAIN_FIELDS = (
     "top_logprobs",
     "parallel_tool_calls",
     "user",
+    "reasoning_effort",
 )
 
 
@@ -80,7 +82,11 @@ class OpenAICompatProvider(HttpProvider):
             )
         yield Start(target.model)
         parser = _StreamParser(self.name)
-        async for payload in self.iter_sse(response, deadline):
+        async for item in self.iter_sse(response, deadline):
+            if item is None:
+                yield Heartbeat()
+                continue
+            payload = item[1]
             if payload == b"[DONE]":
                 break
             for event in parser.feed(payload):
@@ -91,7 +97,9 @@ class OpenAICompatProvider(HttpProvider):
     def build_body(self, request: ChatRequest, target: Target) -> dict[str, Any]:
         messages: list[dict[str, Any]] = []
         if request.system:
-            messages.append({"role": "system", "content": request.system})
+            # One system message: some chat templates accept no more than one.
+            text = "\n\n".join(part.text for part in request.system)
+            messages.append({"role": "system", "content": text})
         for message in request.messages:
             messages.extend(_message_out(message))
         body: dict[str, Any] = {"model": target.model, "messages": messages}
