@@ -9,10 +9,10 @@ import asyncio
 import hmac
 import logging
 import os
-import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Protocol
 
 import orjson
 from starlette.applications import Starlette
@@ -23,11 +23,11 @@ from starlette.routing import BaseRoute, Route
 
 from lmgate import tokens
 from lmgate.accumulate import accumulate
-from lmgate.canonical import Start
+from lmgate.canonical import ChatRequest, Event, Reply, Start
 from lmgate.catalog import Catalog
 from lmgate.config import Config, load_config
 from lmgate.errors import ErrorKind, GatewayError
-from lmgate.frontends import openai_chat
+from lmgate.frontends import anthropic_messages, openai_chat
 from lmgate.providers import build_provider
 from lmgate.router import Router
 
@@ -103,17 +103,21 @@ class Gateway:
     # ---- handlers --------------------------------------------------------------
 
     async def chat_completions(self, request: Request) -> Response:
+        return await self._chat(request, openai_chat)
+
+    async def messages(self, request: Request) -> Response:
+        return await self._chat(request, anthropic_messages)
+
+    async def _chat(self, request: Request, frontend: Frontend) -> Response:
+        """One handler for every client protocol; ``frontend`` does the wire format."""
         request_id = _request_id(request)
         try:
             self.authenticate(request)
-            chat = openai_chat.parse_request(await self.read_body(request))
+            chat = frontend.parse_request(await self.read_body(request))
             entry = self.catalog.resolve(chat.model)
             events = self.router.stream(chat, entry)
-            completion_id = f"chatcmpl-{uuid.uuid4().hex}"
-            created = int(time.time())
             if not chat.stream:
-                reply = await accumulate(events)
-                body = openai_chat.reply_body(reply, completion_id, created)
+                body = frontend.reply_body(await accumulate(events), chat)
                 return Response(body, media_type="application/json", headers=_ids(request_id))
             # Wait for the upstream to accept before sending 200, so that an early
             # failure still gets its real status.
@@ -123,28 +127,42 @@ class Gateway:
                 await events.aclose()
                 raise
             assert isinstance(start, Start)
-            frames = openai_chat.stream_frames(
-                start, events, completion_id, created, chat.include_usage
-            )
+            frames = frontend.stream_frames(start, events, chat)
             headers = {**_SSE_HEADERS, **_ids(request_id)}
             return StreamingResponse(frames, media_type="text/event-stream", headers=headers)
         except GatewayError as error:
             if error.kind in _UPSTREAM_KINDS:
                 log.warning("request %s: %s", request_id, error.message)
-            return _openai_error(error, request_id)
+            return _error(frontend, error, request_id)
         except ClientDisconnect:
             return Response(status_code=499)  # the client left while sending its body
         except Exception:
             log.exception("request %s failed", request_id)
-            return _openai_error(GatewayError("internal", "internal error"), request_id)
+            return _error(frontend, GatewayError("internal", "internal error"), request_id)
 
-    async def list_models(self, request: Request) -> Response:
+    async def count_tokens(self, request: Request) -> Response:
         request_id = _request_id(request)
         try:
             self.authenticate(request)
+            body = await self.read_body(request)
+            chat = anthropic_messages.parse_request(body, for_counting=True)
+            self.catalog.resolve(chat.model)
         except GatewayError as error:
-            return _openai_error(error, request_id)
-        body = openai_chat.models_body(self.catalog)
+            return _error(anthropic_messages, error, request_id)
+        except ClientDisconnect:
+            return Response(status_code=499)
+        body = anthropic_messages.count_body(chat)
+        return Response(body, media_type="application/json", headers=_ids(request_id))
+
+    async def list_models(self, request: Request) -> Response:
+        request_id = _request_id(request)
+        anthropic = "anthropic-version" in request.headers
+        try:
+            self.authenticate(request)
+        except GatewayError as error:
+            return _error(anthropic_messages if anthropic else openai_chat, error, request_id)
+        frontend = anthropic_messages if anthropic else openai_chat
+        body = frontend.models_body(self.catalog)
         return Response(body, media_type="application/json", headers=_ids(request_id))
 
     async def get_model(self, request: Request) -> Response:
@@ -161,7 +179,7 @@ class Gateway:
                     code="model_not_found",
                 )
         except GatewayError as error:
-            return _openai_error(error, request_id)
+            return _error(openai_chat, error, request_id)
         body = orjson.dumps(openai_chat.model_object(entry))
         return Response(body, media_type="application/json", headers=_ids(request_id))
 
@@ -183,6 +201,8 @@ class Gateway:
                 Route(f"{prefix}/v1/models", self.list_models, methods=["GET"]),
                 Route(f"{prefix}/v1/models/{{model_id:path}}", self.get_model, methods=["GET"]),
                 Route(f"{prefix}/v1/chat/completions", self.chat_completions, methods=["POST"]),
+                Route(f"{prefix}/v1/messages", self.messages, methods=["POST"]),
+                Route(f"{prefix}/v1/messages/count_tokens", self.count_tokens, methods=["POST"]),
             ]
         return routes
 
@@ -198,13 +218,25 @@ def _ids(request_id: str) -> dict[str, str]:
     return {"x-request-id": request_id}
 
 
-def _openai_error(error: GatewayError, request_id: str) -> Response:
+class Frontend(Protocol):
+    """What a client-protocol module provides (see lmgate/frontends/)."""
+
+    def parse_request(self, body: bytes) -> ChatRequest: ...
+    def reply_body(self, reply: Reply, request: ChatRequest) -> bytes: ...
+    def stream_frames(
+        self, start: Start, events: AsyncGenerator[Event, None], request: ChatRequest
+    ) -> AsyncIterator[bytes]: ...
+    def error_status(self, error: GatewayError) -> int: ...
+    def error_body(self, error: GatewayError) -> bytes: ...
+
+
+def _error(frontend: Frontend, error: GatewayError, request_id: str) -> Response:
     headers = _ids(request_id)
     if error.retry_after is not None:
         headers["Retry-After"] = str(max(1, round(error.retry_after)))
     return Response(
-        openai_chat.error_body(error),
-        status_code=error.status,
+        frontend.error_body(error),
+        status_code=frontend.error_status(error),
         media_type="application/json",
         headers=headers,
     )
@@ -219,7 +251,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         else str(exc.detail)
     )
     error = GatewayError(kind, message, status=exc.status_code)
-    return _openai_error(error, _request_id(request))
+    return _error(openai_chat, error, _request_id(request))
 
 
 def build_app(config: Config) -> Starlette:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import time
+import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from typing import Any
@@ -277,7 +279,11 @@ def usage_body(usage: Usage) -> dict[str, Any]:
     return body
 
 
-def reply_body(reply: Reply, completion_id: str, created: int) -> bytes:
+def _completion_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex}"
+
+
+def reply_body(reply: Reply, request: ChatRequest) -> bytes:
     message: dict[str, Any] = {
         "role": "assistant",
         "content": reply.text if reply.text or not reply.tool_calls else None,
@@ -295,9 +301,9 @@ def reply_body(reply: Reply, completion_id: str, created: int) -> bytes:
         ]
     reason = reply.finish.reason if reply.finish else "stop"
     body: dict[str, Any] = {
-        "id": completion_id,
+        "id": _completion_id(),
         "object": "chat.completion",
-        "created": created,
+        "created": int(time.time()),
         "model": reply.model,
         "choices": [
             {
@@ -316,14 +322,13 @@ def reply_body(reply: Reply, completion_id: str, created: int) -> bytes:
 async def stream_frames(
     start: Start,
     events: AsyncGenerator[Event, None],
-    completion_id: str,
-    created: int,
-    include_usage: bool,
+    request: ChatRequest,
 ) -> AsyncIterator[bytes]:
     """SSE frames for a reply whose ``Start`` was already received."""
+    include_usage = request.include_usage
     head = (
-        b'data: {"id":' + orjson.dumps(completion_id) + b',"object":"chat.completion.chunk",'
-        b'"created":' + str(created).encode() + b',"model":' + orjson.dumps(start.model)
+        b'data: {"id":' + orjson.dumps(_completion_id()) + b',"object":"chat.completion.chunk",'
+        b'"created":' + str(int(time.time())).encode() + b',"model":' + orjson.dumps(start.model)
     )
 
     def chunk(delta: dict[str, Any], finish: str | None = None, logprobs: Any = None) -> bytes:
@@ -342,7 +347,8 @@ async def stream_frames(
                 if isinstance(event, TextDelta):
                     yield chunk({"content": event.text}, logprobs=event.logprobs)
                 elif isinstance(event, ReasoningDelta):
-                    yield chunk({"reasoning_content": event.text})
+                    if event.text:  # a bare signature means nothing to OpenAI clients
+                        yield chunk({"reasoning_content": event.text})
                 elif isinstance(event, ToolCallStart):
                     call = {
                         "index": event.index,
@@ -389,6 +395,10 @@ _ERROR_TYPES = {
     "overloaded": "server_overloaded",
     "internal": "server_error",
 }
+
+
+def error_status(error: GatewayError) -> int:
+    return error.status
 
 
 def error_body(error: GatewayError) -> bytes:

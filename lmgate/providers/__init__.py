@@ -7,12 +7,14 @@ from typing import Any
 from pydantic import ValidationError
 
 from lmgate.config import ConfigError, format_validation_error
+from lmgate.providers.anthropic import AnthropicProvider
 from lmgate.providers.base import Provider
 from lmgate.providers.echo import EchoProvider
 from lmgate.providers.openai_compat import OpenAICompatProvider
 
 PROVIDER_TYPES: dict[str, type[Provider]] = {
     "openai": OpenAICompatProvider,
+    "anthropic": AnthropicProvider,
     "echo": EchoProvider,
 }
 

@@ -1,0 +1,525 @@
+"""The Anthropic Messages protocol, client side: parse requests, render replies."""
+
+from __future__ import annotations
+
+import binascii
+import logging
+import uuid
+from base64 import b64decode
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from lmgate import tokens
+from lmgate.canonical import (
+    ChatRequest,
+    Event,
+    Finish,
+    Heartbeat,
+    ImagePart,
+    Message,
+    Part,
+    ReasoningDelta,
+    ReasoningPart,
+    Reply,
+    Start,
+    TextDelta,
+    TextPart,
+    Tool,
+    ToolCallDelta,
+    ToolCallPart,
+    ToolCallStart,
+    ToolResultPart,
+    Usage,
+)
+from lmgate.catalog import Catalog
+from lmgate.errors import GatewayError, invalid
+from lmgate.frontends.validate import (
+    optional_bool,
+    optional_int,
+    optional_list,
+    optional_number,
+    optional_object,
+    optional_string,
+    parse_json_object,
+    string,
+)
+
+log = logging.getLogger("lmgate")
+
+_KNOWN_FIELDS = frozenset(
+    {
+        "model", "max_tokens", "messages", "system", "stop_sequences", "temperature", "top_p",
+        "top_k", "tools", "tool_choice", "metadata", "thinking", "stream",
+    }
+)  # fmt: skip
+
+_STOP_REASONS = {
+    "stop": "end_turn",
+    "length": "max_tokens",
+    "tool_calls": "tool_use",
+    "stop_sequence": "stop_sequence",
+    "content_filter": "refusal",
+}
+
+# ---- request -------------------------------------------------------------------
+
+
+def parse_request(body: bytes, *, for_counting: bool = False) -> ChatRequest:
+    data = parse_json_object(body)
+    model = string(data.get("model"), "model", allow_empty=False)
+    max_tokens = optional_int(data, "max_tokens", 1)
+    if max_tokens is None and not for_counting:
+        raise invalid("max_tokens: field required", "max_tokens")
+    stop = optional_list(data, "stop_sequences")
+    if stop is not None and not all(isinstance(item, str) for item in stop):
+        raise invalid("stop_sequences: expected an array of strings", "stop_sequences")
+    tool_choice, parallel = _parse_tool_choice(optional_object(data, "tool_choice"))
+    thinking, budget = _parse_thinking(optional_object(data, "thinking"))
+    metadata = optional_object(data, "metadata") or {}
+    return ChatRequest(
+        model=model,
+        messages=_parse_messages(data.get("messages")),
+        system=_parse_system(data.get("system")),
+        stream=optional_bool(data, "stream") or False,
+        include_usage=True,
+        max_tokens=max_tokens,
+        temperature=optional_number(data, "temperature", 0, 1),
+        top_p=optional_number(data, "top_p", 0, 1),
+        top_k=optional_int(data, "top_k", 0),
+        stop=stop or None,
+        tools=_parse_tools(data.get("tools")),
+        tool_choice=tool_choice,
+        parallel_tool_calls=parallel,
+        thinking=thinking,
+        thinking_budget=budget,
+        user=optional_string(metadata, "user_id", "metadata.user_id"),
+        extra={key: value for key, value in data.items() if key not in _KNOWN_FIELDS},
+    )
+
+
+def _parse_system(raw: Any) -> list[TextPart]:
+    if raw is None or raw == "":
+        return []
+    if isinstance(raw, str):
+        return [TextPart(raw)]
+    if not isinstance(raw, list):
+        raise invalid("system: expected a string or an array of text blocks", "system")
+    parts = []
+    for index, block in enumerate(raw):
+        where = f"system.{index}"
+        if not isinstance(block, dict) or block.get("type") != "text":
+            raise invalid(f"{where}: expected a text block", where)
+        parts.append(_text_block(block, where))
+    return parts
+
+
+def _text_block(block: dict[str, Any], where: str) -> TextPart:
+    return TextPart(
+        string(block.get("text"), f"{where}.text"),
+        optional_object(block, "cache_control", f"{where}.cache_control"),
+    )
+
+
+def _parse_messages(raw: Any) -> list[Message]:
+    if not isinstance(raw, list) or not raw:
+        raise invalid("messages: expected a non-empty array of messages", "messages")
+    messages: list[Message] = []
+    for index, item in enumerate(raw):
+        where = f"messages.{index}"
+        if not isinstance(item, dict):
+            raise invalid(f"{where}: expected an object", where)
+        role = item.get("role")
+        if role not in ("user", "assistant"):
+            raise invalid(f"{where}.role: expected 'user' or 'assistant', got {role!r}", where)
+        content = item.get("content")
+        if isinstance(content, str):
+            blocks: list[Any] = [{"type": "text", "text": content}]
+        elif isinstance(content, list):
+            blocks = content
+        else:
+            raise invalid(f"{where}.content: expected a string or an array of blocks", where)
+        if not blocks and (role == "user" or index < len(raw) - 1):
+            raise invalid(f"{where}.content: must not be empty", where)
+        parts = [_block(block, f"{where}.content.{n}", role) for n, block in enumerate(blocks)]
+        # Tool results are their own turn in the canonical form, before the user's text.
+        results: list[Part] = [p for p in parts if isinstance(p, ToolResultPart)]
+        rest: list[Part] = [p for p in parts if not isinstance(p, ToolResultPart)]
+        if results:
+            messages.append(Message("tool", results))
+        if rest or not results:
+            messages.append(Message(role, rest))
+    return messages
+
+
+def _block(block: Any, where: str, role: str) -> Part:
+    if not isinstance(block, dict):
+        raise invalid(f"{where}: expected an object", where)
+    kind = block.get("type")
+    if kind == "text":
+        return _text_block(block, where)
+    if role == "user":
+        if kind == "image":
+            return _image(block, where)
+        if kind == "tool_result":
+            return _tool_result(block, where)
+    else:
+        if kind == "tool_use":
+            arguments = block.get("input", {})
+            if not isinstance(arguments, dict):
+                raise invalid(f"{where}.input: expected an object", where)
+            return ToolCallPart(
+                string(block.get("id"), f"{where}.id", allow_empty=False),
+                string(block.get("name"), f"{where}.name", allow_empty=False),
+                orjson.dumps(arguments).decode(),
+            )
+        if kind == "thinking":
+            return ReasoningPart(
+                string(block.get("thinking"), f"{where}.thinking"),
+                optional_string(block, "signature", f"{where}.signature"),
+            )
+        if kind == "redacted_thinking":
+            return ReasoningPart("", redacted=string(block.get("data"), f"{where}.data"))
+    raise invalid(f"{where}.type: block type {kind!r} is not supported in a {role} message", where)
+
+
+def _image(block: dict[str, Any], where: str) -> ImagePart:
+    source = optional_object(block, "source", f"{where}.source")
+    if source is None:
+        raise invalid(f"{where}.source: field required", where)
+    if source.get("type") == "base64":
+        media_type = string(source.get("media_type"), f"{where}.source.media_type")
+        try:
+            data = b64decode(string(source.get("data"), f"{where}.source.data"), validate=True)
+        except binascii.Error:
+            raise invalid(f"{where}.source.data: not valid base64", where) from None
+        return ImagePart(data=data, media_type=media_type)
+    if source.get("type") == "url":
+        return ImagePart(url=string(source.get("url"), f"{where}.source.url", allow_empty=False))
+    raise invalid(f"{where}.source.type: expected 'base64' or 'url'", where)
+
+
+def _tool_result(block: dict[str, Any], where: str) -> ToolResultPart:
+    call_id = string(block.get("tool_use_id"), f"{where}.tool_use_id", allow_empty=False)
+    content = block.get("content", "")
+    parts: list[TextPart | ImagePart] = []
+    if isinstance(content, str):
+        parts.append(TextPart(content))
+    elif isinstance(content, list):
+        for number, inner in enumerate(content):
+            at = f"{where}.content.{number}"
+            kind = inner.get("type") if isinstance(inner, dict) else None
+            if kind == "text":
+                parts.append(_text_block(inner, at))
+            elif kind == "image":
+                parts.append(_image(inner, at))
+            else:
+                raise invalid(f"{at}.type: expected a text or image block", at)
+    else:
+        raise invalid(f"{where}.content: expected a string or an array of blocks", where)
+    return ToolResultPart(
+        call_id,
+        parts,
+        optional_bool(block, "is_error", f"{where}.is_error") or False,
+        optional_object(block, "cache_control", f"{where}.cache_control"),
+    )
+
+
+def _parse_tools(raw: Any) -> list[Tool] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, list):
+        raise invalid("tools: expected an array", "tools")
+    tools = []
+    for index, item in enumerate(raw):
+        where = f"tools.{index}"
+        if not isinstance(item, dict):
+            raise invalid(f"{where}: expected an object", where)
+        if item.get("type") not in (None, "custom"):
+            raise invalid(f"{where}.type: server tool {item.get('type')!r} is not supported", where)
+        schema = optional_object(item, "input_schema", f"{where}.input_schema")
+        if schema is None:
+            raise invalid(f"{where}.input_schema: field required", where)
+        tools.append(
+            Tool(
+                string(item.get("name"), f"{where}.name", allow_empty=False),
+                optional_string(item, "description", f"{where}.description"),
+                schema,
+                optional_object(item, "cache_control", f"{where}.cache_control"),
+            )
+        )
+    return tools
+
+
+def _parse_tool_choice(
+    raw: dict[str, Any] | None,
+) -> tuple[str | dict[str, str] | None, bool | None]:
+    if raw is None:
+        return None, None
+    where = "tool_choice.disable_parallel_tool_use"
+    disable = optional_bool(raw, "disable_parallel_tool_use", where)
+    parallel = None if disable is None else not disable
+    kind = raw.get("type")
+    if kind in ("auto", "none"):
+        return kind, parallel
+    if kind == "any":
+        return "required", parallel
+    if kind == "tool":
+        return {"name": string(raw.get("name"), "tool_choice.name", allow_empty=False)}, parallel
+    raise invalid("tool_choice.type: expected 'auto', 'any', 'tool' or 'none'", "tool_choice")
+
+
+def _parse_thinking(raw: dict[str, Any] | None) -> tuple[bool | None, int | None]:
+    if raw is None:
+        return None, None
+    kind = raw.get("type")
+    if kind == "disabled":
+        return False, None
+    if kind == "adaptive":
+        return True, None
+    if kind == "enabled":
+        budget = optional_int(raw, "budget_tokens", 1)
+        if budget is None:
+            raise invalid("thinking.budget_tokens: field required", "thinking")
+        return True, budget
+    raise invalid("thinking.type: expected 'enabled', 'disabled' or 'adaptive'", "thinking")
+
+
+# ---- replies -------------------------------------------------------------------
+
+
+def usage_body(usage: Usage) -> dict[str, int]:
+    read, write = usage.cache_read_tokens or 0, usage.cache_write_tokens or 0
+    return {
+        # Anthropic counts cached prompt tokens apart from input_tokens.
+        "input_tokens": max(0, usage.input_tokens - read - write),
+        "output_tokens": usage.output_tokens,
+        "cache_read_input_tokens": read,
+        "cache_creation_input_tokens": write,
+    }
+
+
+def _tool_input(arguments: str) -> dict[str, Any]:
+    try:
+        value = orjson.loads(arguments) if arguments else {}
+    except orjson.JSONDecodeError:
+        # The model wrote broken JSON; keep it rather than lose it.
+        return {"_raw_arguments": arguments}
+    return value if isinstance(value, dict) else {"value": value}
+
+
+def _tool_id(call_id: str) -> str:
+    return call_id or f"toolu_{uuid.uuid4().hex[:24]}"
+
+
+def reply_body(reply: Reply, request: ChatRequest) -> bytes:
+    content: list[dict[str, Any]] = []
+    if reply.reasoning and request.thinking:
+        signature = reply.reasoning_signature or ""
+        content.append({"type": "thinking", "thinking": reply.reasoning, "signature": signature})
+    if reply.text or not (content or reply.tool_calls):
+        content.append({"type": "text", "text": reply.text})
+    for call in reply.tool_calls:
+        content.append(
+            {
+                "type": "tool_use",
+                "id": _tool_id(call.id),
+                "name": call.name,
+                "input": _tool_input(call.arguments),
+            }
+        )
+    finish = reply.finish or Finish("stop")
+    usage = reply.usage or Usage(0, 0)
+    return orjson.dumps(
+        {
+            "id": f"msg_{uuid.uuid4().hex}",
+            "type": "message",
+            "role": "assistant",
+            "content": content,
+            "model": reply.model,
+            "stop_reason": _STOP_REASONS[finish.reason],
+            "stop_sequence": finish.stop_sequence,
+            "usage": usage_body(usage),
+        }
+    )
+
+
+def _frame(name: bytes, payload: dict[str, Any]) -> bytes:
+    return b"event: " + name + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
+
+
+_PING = b'event: ping\ndata: {"type":"ping"}\n\n'
+
+
+async def stream_frames(
+    start: Start, events: AsyncGenerator[Event, None], request: ChatRequest
+) -> AsyncIterator[bytes]:
+    """SSE frames for a reply whose ``Start`` was already received."""
+    estimate = tokens.count_request(request)
+    yield _frame(
+        b"message_start",
+        {
+            "type": "message_start",
+            "message": {
+                "id": f"msg_{uuid.uuid4().hex}",
+                "type": "message",
+                "role": "assistant",
+                "content": [],
+                "model": start.model,
+                "stop_reason": None,
+                "stop_sequence": None,
+                "usage": {"input_tokens": estimate, "output_tokens": 0},
+            },
+        },
+    )
+    blocks = _Blocks()
+    finish = Finish("stop")
+    usage = Usage(estimate, 0)
+    try:
+        async with aclosing(events):
+            async for event in events:
+                if isinstance(event, TextDelta):
+                    if event.text:
+                        for frame in blocks.open("text", {"type": "text", "text": ""}):
+                            yield frame
+                        yield blocks.delta({"type": "text_delta", "text": event.text})
+                elif isinstance(event, ReasoningDelta):
+                    if not request.thinking:
+                        continue  # like Anthropic: no thinking blocks unless asked for
+                    start_block = {"type": "thinking", "thinking": "", "signature": ""}
+                    for frame in blocks.open("thinking", start_block):
+                        yield frame
+                    if event.text:
+                        yield blocks.delta({"type": "thinking_delta", "thinking": event.text})
+                    if event.signature:
+                        yield blocks.delta(
+                            {"type": "signature_delta", "signature": event.signature}
+                        )
+                elif isinstance(event, ToolCallStart):
+                    block = {"type": "tool_use", "id": _tool_id(event.id), "name": event.name}
+                    for frame in blocks.open(f"tool{event.index}", {**block, "input": {}}):
+                        yield frame
+                elif isinstance(event, ToolCallDelta):
+                    # OpenAI-style upstreams stream one call after another, so the
+                    # current block is this call's.
+                    if event.arguments and blocks.kind == f"tool{event.index}":
+                        delta = {"type": "input_json_delta", "partial_json": event.arguments}
+                        yield blocks.delta(delta)
+                elif isinstance(event, Finish):
+                    finish = event
+                elif isinstance(event, Usage):
+                    usage = event
+                elif isinstance(event, Heartbeat):
+                    yield _PING
+    except Exception as error:
+        if not isinstance(error, GatewayError):
+            log.exception("stream failed")
+            error = GatewayError("internal", "internal error")
+        yield _frame(b"error", orjson.loads(error_body(error)))
+        return
+    for frame in blocks.close():
+        yield frame
+    yield _frame(
+        b"message_delta",
+        {
+            "type": "message_delta",
+            "delta": {
+                "stop_reason": _STOP_REASONS[finish.reason],
+                "stop_sequence": finish.stop_sequence,
+            },
+            "usage": usage_body(usage),
+        },
+    )
+    yield b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
+
+
+class _Blocks:
+    """Content blocks in order: at most one open, indexed from 0."""
+
+    __slots__ = ("index", "kind")
+
+    def __init__(self) -> None:
+        self.index = -1
+        self.kind: str | None = None
+
+    def open(self, kind: str, block: dict[str, Any]) -> list[bytes]:
+        if self.kind == kind:
+            return []
+        frames = self.close()
+        self.index += 1
+        self.kind = kind
+        frames.append(
+            _frame(
+                b"content_block_start",
+                {"type": "content_block_start", "index": self.index, "content_block": block},
+            )
+        )
+        return frames
+
+    def delta(self, delta: dict[str, Any]) -> bytes:
+        payload = {"type": "content_block_delta", "index": self.index, "delta": delta}
+        return _frame(b"content_block_delta", payload)
+
+    def close(self) -> list[bytes]:
+        if self.kind is None:
+            return []
+        self.kind = None
+        return [_frame(b"content_block_stop", {"type": "content_block_stop", "index": self.index})]
+
+
+# ---- errors, counting and models -----------------------------------------------
+
+_ERROR_TYPES = {
+    "invalid_request": "invalid_request_error",
+    "authentication": "authentication_error",
+    "permission": "permission_error",
+    "not_found": "not_found_error",
+    "request_too_large": "request_too_large",
+    "rate_limit": "rate_limit_error",
+    "upstream": "api_error",
+    "timeout": "timeout_error",
+    "overloaded": "overloaded_error",
+    "internal": "api_error",
+}
+
+
+def error_status(error: GatewayError) -> int:
+    return 529 if error.kind == "overloaded" else error.status
+
+
+def error_body(error: GatewayError) -> bytes:
+    return orjson.dumps(
+        {"type": "error", "error": {"type": _ERROR_TYPES[error.kind], "message": error.message}}
+    )
+
+
+def count_body(request: ChatRequest) -> bytes:
+    return orjson.dumps({"input_tokens": tokens.count_request(request)})
+
+
+def models_body(catalog: Catalog) -> bytes:
+    """``GET /v1/models`` as the Anthropic SDK expects it (asked with ``anthropic-version``)."""
+    data = [
+        {
+            "type": "model",
+            "id": entry.id,
+            "display_name": entry.name,
+            "created_at": _iso(entry.created),
+        }
+        for entry in catalog.entries
+    ]
+    return orjson.dumps(
+        {
+            "data": data,
+            "has_more": False,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+        }
+    )
+
+
+def _iso(milliseconds: int) -> str:
+    return datetime.fromtimestamp(milliseconds / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
