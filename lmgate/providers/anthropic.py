@@ -223,9 +223,9 @@ class _StreamParser:
         if kind == "message_start":
             self._usage.update((data.get("message") or {}).get("usage") or {})
         elif kind == "message_delta":
-            self._usage.update(
-                {k: v for k, v in (data.get("usage") or {}).items() if v is not None}
-            )
+            # Counts here are running totals; absent or null ones keep the start's.
+            usage = data.get("usage") or {}
+            self._usage.update({key: value for key, value in usage.items() if value is not None})
             if not self._finished:
                 self._finished = True
                 return [_finish(data.get("delta") or {})]
@@ -236,7 +236,7 @@ class _StreamParser:
         elif kind == "error":
             error = data.get("error") or {}
             message = f"upstream {self._provider}: {error.get('message') or 'stream error'}"
-            raise GatewayError(_ERROR_KINDS.get(error.get("type"), "upstream"), message)
+            raise GatewayError(_ERROR_KINDS.get(str(error.get("type")), "upstream"), message)
         return []
 
     def end(self) -> list[Event]:
