@@ -103,8 +103,10 @@ class ChatRequest:
     thinking_budget: int | None = None
     reasoning_effort: str | None = None  # "low" | "medium" | "high"
     user: str | None = None
-    # Fields the frontend did not recognise; passed to upstreams that take them.
+    # Fields the frontend did not recognise, and the API dialect they belong to
+    # ("openai" | "anthropic"): only an upstream of the same dialect gets them.
     extra: dict[str, Any] = field(default_factory=dict)
+    extra_dialect: str = "openai"
 
 
 # ---- events --------------------------------------------------------------------

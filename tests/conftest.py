@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import anthropic
 import openai
 import orjson
 import pytest
@@ -19,6 +20,7 @@ from tests.fakes.upstream import FakeUpstream
 
 API_KEY = "sk-test-client-key"
 UPSTREAM_KEY = "sk-upstream-secret-0123456789"
+ANTHROPIC_UPSTREAM_KEY = "sk-ant-upstream-secret-0123456789"
 
 
 class RunningGateway:
@@ -48,6 +50,11 @@ class RunningGateway:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(15)
+
+    def anthropic(self, api_key: str = API_KEY, prefix: str = "") -> anthropic.Anthropic:
+        return anthropic.Anthropic(
+            base_url=self.url + prefix, api_key=api_key, max_retries=0, timeout=20
+        )
 
     def client(self, api_key: str = API_KEY, prefix: str = "/v1") -> openai.OpenAI:
         return openai.OpenAI(base_url=self.url + prefix, api_key=api_key, max_retries=0, timeout=20)
@@ -100,6 +107,12 @@ def upstream_config(upstream: FakeUpstream, **provider: Any) -> dict[str, Any]:
                 **provider,
             },
             "echo": {"type": "echo"},
+            "claude": {
+                "type": "anthropic",
+                "base_url": upstream.url,
+                "api_key": ANTHROPIC_UPSTREAM_KEY,
+                "timeouts": {"connect": 2, "first_byte": 2, "idle": 1},
+            },
         },
         "models": [
             {
@@ -113,6 +126,18 @@ def upstream_config(upstream: FakeUpstream, **provider: Any) -> dict[str, Any]:
                 "deployments": [{"provider": "up", "model": "up-model"}],
             },
             {"id": "reasoner", "name": "Reasoner", "provider": "up", "model": "up-reasoner"},
+            {
+                "id": "capped",
+                "provider": "up",
+                "model": "up-capped",
+                "max_output_tokens": 8192,
+            },
+            {
+                "id": "claude-model",
+                "name": "Claude (Fake)",
+                "provider": "claude",
+                "model": "claude-up",
+            },
             {"id": "echo", "name": "Echo", "provider": "echo", "support": "image"},
         ],
         "routing": {"auto": ["chat-model", "echo"]},

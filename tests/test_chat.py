@@ -405,11 +405,17 @@ def test_models_list_in_reference_shape(gateway: RunningGateway, prefix: str) ->
         "tip": "Chat tip",
     }
     ids = [entry["id"] for entry in body["data"]]
-    assert ids == ["chat-model", "reasoner", "echo"]
+    assert ids == ["chat-model", "reasoner", "capped", "claude-model", "echo"]
 
 
 def test_models_through_sdk(client: openai.OpenAI) -> None:
-    assert [m.id for m in client.models.list()] == ["chat-model", "reasoner", "echo"]
+    assert [m.id for m in client.models.list()] == [
+        "chat-model",
+        "reasoner",
+        "capped",
+        "claude-model",
+        "echo",
+    ]
     assert client.models.retrieve("echo").id == "echo"
     with pytest.raises(openai.NotFoundError) as caught:
         client.models.retrieve("no-such-model")

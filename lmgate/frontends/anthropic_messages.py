@@ -98,6 +98,7 @@ def parse_request(body: bytes, *, for_counting: bool = False) -> ChatRequest:
         thinking_budget=budget,
         user=optional_string(metadata, "user_id", "metadata.user_id"),
         extra={key: value for key, value in data.items() if key not in _KNOWN_FIELDS},
+        extra_dialect="anthropic",
     )
 
 

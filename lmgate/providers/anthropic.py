@@ -146,7 +146,7 @@ class AnthropicProvider(HttpProvider):
         if request.user:
             body["metadata"] = {"user_id": request.user}
         body["stream"] = request.stream
-        if request.extra:
+        if request.extra and request.extra_dialect == "anthropic":
             body.update(request.extra)
         if target.params:
             body.update(target.params)

@@ -130,7 +130,7 @@ class OpenAICompatProvider(HttpProvider):
         body["stream"] = request.stream
         if request.stream and (request.include_usage or self.config.stream_usage):
             body["stream_options"] = {"include_usage": True}
-        if request.extra:
+        if request.extra and request.extra_dialect == "openai":
             body.update(request.extra)
         if target.params:
             body.update(target.params)

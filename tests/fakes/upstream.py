@@ -173,7 +173,7 @@ class FakeUpstream:
             )
             script = self.scripts.popleft() if self.scripts else None
         if script is None:
-            script = _default_script(body)
+            script = _default_script(body, request.path)
         if script.delay:
             await asyncio.sleep(script.delay)
         if script.chunks is None:
@@ -219,7 +219,60 @@ class FakeUpstream:
         return response
 
 
-def _default_script(body: Any) -> Script:
+def anthropic_message(
+    content: list[dict[str, Any]] | None = None,
+    stop_reason: str = "end_turn",
+    usage: dict[str, Any] | None = None,
+    stop_sequence: str | None = None,
+) -> dict[str, Any]:
+    return {
+        "id": "msg_up",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude-up",
+        "content": content if content is not None else [{"type": "text", "text": "Hello!"}],
+        "stop_reason": stop_reason,
+        "stop_sequence": stop_sequence,
+        "usage": usage or {"input_tokens": 11, "output_tokens": 2},
+    }
+
+
+def anthropic_events(*events: dict[str, Any]) -> list[Any]:
+    """Anthropic SSE frames (``event: type`` + ``data``) for a Script's chunks."""
+    return [
+        b"event: " + e["type"].encode() + b"\ndata: " + orjson.dumps(e) + b"\n\n" for e in events
+    ]
+
+
+def anthropic_text_stream(
+    pieces: list[str], stop_reason: str = "end_turn", usage: dict[str, Any] | None = None
+) -> Script:
+    start = anthropic_message([], usage={"input_tokens": 11, "output_tokens": 1})
+    start["stop_reason"] = None
+    events = [
+        {"type": "message_start", "message": start},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        {"type": "ping"},
+        *(
+            {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": p}}
+            for p in pieces
+        ),
+        {"type": "content_block_stop", "index": 0},
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": stop_reason, "stop_sequence": None},
+            "usage": usage or {"output_tokens": len(pieces)},
+        },
+        {"type": "message_stop"},
+    ]
+    return Script(chunks=anthropic_events(*events), done=False)
+
+
+def _default_script(body: Any, path: str = "") -> Script:
+    if path.endswith("/messages"):
+        if isinstance(body, dict) and body.get("stream"):
+            return anthropic_text_stream(["Hello", "!"])
+        return Script(json=anthropic_message())
     usage = {"prompt_tokens": 11, "completion_tokens": 2, "total_tokens": 13}
     if isinstance(body, dict) and body.get("stream"):
         with_usage = (body.get("stream_options") or {}).get("include_usage")
