@@ -27,6 +27,7 @@ class RunningGateway:
     """The real app, served by uvicorn on a loopback port in a background thread."""
 
     def __init__(self, config: dict[str, Any]) -> None:
+        self.clients: list[openai.OpenAI | anthropic.Anthropic] = []
         self.app = build_app(parse_config(config))
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
@@ -47,17 +48,29 @@ class RunningGateway:
                 raise RuntimeError("gateway did not start")
             time.sleep(0.01)
 
+    def close_clients(self) -> None:
+        for sdk_client in self.clients:
+            sdk_client.close()
+        self.clients.clear()
+
     def stop(self) -> None:
+        self.close_clients()
         self.server.should_exit = True
         self.thread.join(15)
 
     def anthropic(self, api_key: str = API_KEY, prefix: str = "") -> anthropic.Anthropic:
-        return anthropic.Anthropic(
+        sdk_client = anthropic.Anthropic(
             base_url=self.url + prefix, api_key=api_key, max_retries=0, timeout=20
         )
+        self.clients.append(sdk_client)
+        return sdk_client
 
     def client(self, api_key: str = API_KEY, prefix: str = "/v1") -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.url + prefix, api_key=api_key, max_retries=0, timeout=20)
+        sdk_client = openai.OpenAI(
+            base_url=self.url + prefix, api_key=api_key, max_retries=0, timeout=20
+        )
+        self.clients.append(sdk_client)
+        return sdk_client
 
     def request(
         self,
@@ -166,8 +179,9 @@ def session_gateway(upstream_server: FakeUpstream) -> Iterator[RunningGateway]:
 
 
 @pytest.fixture
-def gateway(session_gateway: RunningGateway, upstream: FakeUpstream) -> RunningGateway:
-    return session_gateway
+def gateway(session_gateway: RunningGateway, upstream: FakeUpstream) -> Iterator[RunningGateway]:
+    yield session_gateway
+    session_gateway.close_clients()
 
 
 @pytest.fixture

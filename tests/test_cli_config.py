@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import openai
 import orjson
 import pytest
@@ -149,15 +150,22 @@ def test_default_serves_the_reference_curls_offline(serve: Any) -> None:
         == "Echo: 你是什么模型?"
     )
     # the OpenAI SDK against the same process
-    sdk = openai.OpenAI(
+    with openai.OpenAI(
         base_url=f"http://127.0.0.1:{served.port}/api/v1", api_key="unused", max_retries=0
-    )
-    assert (
-        sdk.chat.completions.create(
+    ) as sdk:
+        reply = sdk.chat.completions.create(
             model="auto", messages=[{"role": "user", "content": "hey"}]
-        ).model
-        == "echo"
-    )
+        )
+        assert reply.model == "echo"
+    with anthropic.Anthropic(
+        base_url=f"http://127.0.0.1:{served.port}/api", api_key="unused", max_retries=0
+    ) as claude:
+        message = claude.messages.create(
+            model="auto", max_tokens=50, messages=[{"role": "user", "content": "你是什么模型?"}]
+        )
+        assert message.content[0].type == "text"
+        assert message.content[0].text == "Echo: 你是什么模型?"
+        assert message.usage.input_tokens > 0
 
 
 def test_issue_config_file_as_written(serve: Any, tmp_path: Path) -> None:
