@@ -41,6 +41,15 @@ BODY = json.dumps(
     separators=(",", ":"),
 )
 STREAM_BODY = BODY.replace('"stream":false', '"stream":true')
+MESSAGES_BODY = json.dumps(
+    {
+        "model": "bench",
+        "max_tokens": 100,
+        "messages": [{"role": "user", "content": "Say twenty words."}],
+        "stream": True,
+    },
+    separators=(",", ":"),
+)
 PIN = shutil.which("taskset") is not None and (os.cpu_count() or 1) >= 2
 
 
@@ -101,9 +110,11 @@ def wrk(url: str, body: str, connections: int, seconds: int) -> dict[str, float]
     return {"rps": rps, "p50_ms": latency("50"), "p99_ms": latency("99")}
 
 
-async def _stream_latency(port: int, path: str, requests: int) -> dict[str, float]:
+async def _stream_latency(
+    port: int, path: str, body_text: str, word: bytes, requests: int
+) -> dict[str, float]:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    body = STREAM_BODY.encode()
+    body = body_text.encode()
     request = (
         f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
@@ -122,7 +133,7 @@ async def _stream_latency(port: int, path: str, requests: int) -> dict[str, floa
             buffer += data
             if not first_at and b"data:" in buffer:
                 first_at = time.perf_counter()
-        if b"[DONE]" not in buffer or buffer.count(b'"content":"word "') != 20:
+        if buffer.count(word) != 20:
             raise RuntimeError("incomplete stream")
         first.append((first_at - started) * 1000)
         total.append((time.perf_counter() - started) * 1000)
@@ -134,8 +145,10 @@ async def _stream_latency(port: int, path: str, requests: int) -> dict[str, floa
     }
 
 
-def stream_latency(port: int, path: str, requests: int) -> dict[str, float]:
-    return uvloop.run(_stream_latency(port, path, requests))
+def stream_latency(
+    port: int, path: str, requests: int, body: str = STREAM_BODY, word: bytes = b'"content":"word "'
+) -> dict[str, float]:
+    return uvloop.run(_stream_latency(port, path, body, word, requests))
 
 
 def rss_mb(pid: int) -> float:
@@ -184,6 +197,9 @@ def main() -> int:
             "direct": stream_latency(up_port, "/v1/chat/completions", args.stream_requests),
             "gateway": stream_latency(gw_port, "/v1/chat/completions", args.stream_requests),
         }
+        results["stream"]["anthropic_c1"] = stream_latency(
+            gw_port, "/v1/messages", args.stream_requests, MESSAGES_BODY, b'"text":"word "'
+        )
         results["gateway_rss_mb"] = rss_mb(gateway.pid)
     finally:
         for process in (gateway, upstream):
@@ -216,6 +232,12 @@ def report(results: dict[str, Any]) -> None:
     print(
         f"  whole stream p50: direct {d['full_stream_p50_ms']:.3f}ms, gateway {g['full_stream_p50_ms']:.3f}ms,"
         f" added {g['full_stream_p50_ms'] - d['full_stream_p50_ms']:.3f}ms"
+    )
+    a = s["anthropic_c1"]
+    print(
+        f"  /v1/messages (Anthropic out, OpenAI upstream) first event p50 {a['first_chunk_p50_ms']:.3f}ms,"
+        f" whole stream p50 {a['full_stream_p50_ms']:.3f}ms,"
+        f" added vs direct {a['full_stream_p50_ms'] - d['full_stream_p50_ms']:.3f}ms"
     )
     print(
         f"  stream rps at c=16: direct {s['rps_c16']['direct']:.0f}, gateway {s['rps_c16']['gateway']:.0f}"
