@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import orjson
+
 Role = Literal["system", "user", "assistant", "tool"]
 FinishReason = Literal["stop", "length", "tool_calls", "stop_sequence", "content_filter"]
 
@@ -39,6 +41,18 @@ class ToolCallPart:
     id: str
     name: str
     arguments: str  # JSON text, exactly as the model produced it
+
+
+def arguments_object(arguments: str) -> dict[str, Any]:
+    """Tool-call arguments as the JSON object that protocols with structured input need.
+
+    Models sometimes write broken JSON; it is kept under ``_raw_arguments`` rather than lost.
+    """
+    try:
+        value = orjson.loads(arguments) if arguments else {}
+    except orjson.JSONDecodeError:
+        return {"_raw_arguments": arguments}
+    return value if isinstance(value, dict) else {"value": value}
 
 
 @dataclass(slots=True)

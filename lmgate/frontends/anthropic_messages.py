@@ -34,6 +34,7 @@ from lmgate.canonical import (
     ToolCallStart,
     ToolResultPart,
     Usage,
+    arguments_object,
 )
 from lmgate.catalog import Catalog
 from lmgate.errors import GatewayError, invalid
@@ -303,15 +304,6 @@ def usage_body(usage: Usage) -> dict[str, int]:
     }
 
 
-def _tool_input(arguments: str) -> dict[str, Any]:
-    try:
-        value = orjson.loads(arguments) if arguments else {}
-    except orjson.JSONDecodeError:
-        # The model wrote broken JSON; keep it rather than lose it.
-        return {"_raw_arguments": arguments}
-    return value if isinstance(value, dict) else {"value": value}
-
-
 def _tool_id(call_id: str) -> str:
     return call_id or f"toolu_{uuid.uuid4().hex[:24]}"
 
@@ -329,7 +321,7 @@ def reply_body(reply: Reply, request: ChatRequest) -> bytes:
                 "type": "tool_use",
                 "id": _tool_id(call.id),
                 "name": call.name,
-                "input": _tool_input(call.arguments),
+                "input": arguments_object(call.arguments),
             }
         )
     finish = reply.finish or Finish("stop")

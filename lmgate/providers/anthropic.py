@@ -27,10 +27,11 @@ from lmgate.canonical import (
     ToolCallStart,
     ToolResultPart,
     Usage,
+    arguments_object,
 )
 from lmgate.errors import ErrorKind, GatewayError
 from lmgate.providers.base import Target
-from lmgate.providers.http import HttpProvider, HttpProviderConfig
+from lmgate.providers.http import HttpProvider, HttpProviderConfig, unfinished
 
 _FINISH: dict[str, FinishReason] = {
     "end_turn": "stop",
@@ -241,9 +242,7 @@ class _StreamParser:
 
     def end(self) -> list[Event]:
         if not self._finished:
-            raise GatewayError(
-                "upstream", f"upstream {self._provider} ended the stream before the reply finished"
-            )
+            raise unfinished(self._provider)
         return [_usage(self._usage)]
 
 
@@ -300,7 +299,7 @@ def _blocks(message: Message) -> list[dict[str, Any]]:
                     "type": "tool_use",
                     "id": part.id,
                     "name": part.name,
-                    "input": _input(part.arguments),
+                    "input": arguments_object(part.arguments),
                 }
             )
         elif isinstance(part, ToolResultPart):
@@ -327,11 +326,3 @@ def _blocks(message: Message) -> list[dict[str, Any]]:
                     {"type": "thinking", "thinking": part.text, "signature": part.signature}
                 )
     return blocks
-
-
-def _input(arguments: str) -> dict[str, Any]:
-    try:
-        value = orjson.loads(arguments) if arguments else {}
-    except orjson.JSONDecodeError:
-        return {}
-    return value if isinstance(value, dict) else {}

@@ -174,6 +174,12 @@ class HttpProvider(Provider):
         return GatewayError("upstream", message, retryable=status >= 500)
 
 
+def unfinished(provider: str) -> GatewayError:
+    return GatewayError(
+        "upstream", f"upstream {provider} ended the stream before the reply finished"
+    )
+
+
 def _error_message(raw: bytes) -> str:
     try:
         data = orjson.loads(raw)

@@ -28,7 +28,7 @@ from lmgate.canonical import (
 )
 from lmgate.errors import GatewayError
 from lmgate.providers.base import Target
-from lmgate.providers.http import HttpProvider, HttpProviderConfig
+from lmgate.providers.http import HttpProvider, HttpProviderConfig, unfinished
 
 _FINISH: dict[str, FinishReason] = {
     "stop": "stop",
@@ -217,9 +217,7 @@ class _StreamParser:
 
     def end(self) -> list[Event]:
         if not self._finished:
-            raise GatewayError(
-                "upstream", f"upstream {self._provider} ended the stream before the reply finished"
-            )
+            raise unfinished(self._provider)
         return [self._usage] if self._usage else []
 
 
