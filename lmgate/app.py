@@ -151,7 +151,7 @@ class Gateway:
             return _error(anthropic_messages, error, request_id)
         except ClientDisconnect:
             return Response(status_code=499)
-        body = anthropic_messages.count_body(chat)
+        body = orjson.dumps({"input_tokens": await tokens.count_request_async(chat)})
         return Response(body, media_type="application/json", headers=_ids(request_id))
 
     async def list_models(self, request: Request) -> Response:

@@ -92,6 +92,5 @@ async def _metered(
         note(event)
         yield event
     if not usage_seen:
-        yield Usage(
-            tokens.count_request(request), tokens.count_text("".join(output)), estimated=True
-        )
+        prompt = await tokens.count_request_async(request)
+        yield Usage(prompt, await tokens.count_text_async("".join(output)), estimated=True)

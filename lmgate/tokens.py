@@ -7,8 +7,11 @@ upstream figures always win over it.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from typing import TYPE_CHECKING
+
+import orjson
 
 from lmgate.canonical import (
     ChatRequest,
@@ -49,11 +52,34 @@ def count_text(text: str) -> int:
     return len(encoding().encode(text, disallowed_special=()))
 
 
+# Above this many characters, counting moves off the event loop (tiktoken releases
+# the GIL); below it, a thread hop costs more than the count.
+_INLINE_LIMIT = 16_384
+
+
 def count_request(request: ChatRequest) -> int:
     """Prompt tokens of a request: system, messages, and tool definitions."""
-    pieces: list[str] = []
+    text, fixed = _prompt(request)
+    return count_text(text) + fixed
+
+
+async def count_request_async(request: ChatRequest) -> int:
+    text, fixed = _prompt(request)
+    if len(text) > _INLINE_LIMIT:
+        return await asyncio.to_thread(count_text, text) + fixed
+    return count_text(text) + fixed
+
+
+async def count_text_async(text: str) -> int:
+    if len(text) > _INLINE_LIMIT:
+        return await asyncio.to_thread(count_text, text)
+    return count_text(text)
+
+
+def _prompt(request: ChatRequest) -> tuple[str, int]:
+    """The prompt's countable text, and its tokens of framing and images."""
+    pieces: list[str] = [part.text for part in request.system]
     images = 0
-    pieces.extend(part.text for part in request.system)
     for message in request.messages:
         for part in message.parts:
             if isinstance(part, TextPart | ReasoningPart):
@@ -69,14 +95,11 @@ def count_request(request: ChatRequest) -> int:
                         pieces.append(inner.text)
                     else:
                         images += 1
-    if request.tools:
-        import orjson
-
-        for tool in request.tools:
-            pieces.append(tool.name)
-            if tool.description:
-                pieces.append(tool.description)
-            if tool.parameters:
-                pieces.append(orjson.dumps(tool.parameters).decode())
+    for tool in request.tools or ():
+        pieces.append(tool.name)
+        if tool.description:
+            pieces.append(tool.description)
+        if tool.parameters:
+            pieces.append(orjson.dumps(tool.parameters).decode())
     framing = _PER_MESSAGE * (len(request.messages) + (1 if request.system else 0))
-    return count_text("\n".join(pieces)) + framing + _REPLY_PRIMING + _PER_IMAGE * images
+    return "\n".join(pieces), framing + _REPLY_PRIMING + _PER_IMAGE * images

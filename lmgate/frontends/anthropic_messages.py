@@ -351,7 +351,7 @@ async def stream_frames(
     start: Start, events: AsyncGenerator[Event, None], request: ChatRequest
 ) -> AsyncIterator[bytes]:
     """SSE frames for a reply whose ``Start`` was already received."""
-    estimate = tokens.count_request(request)
+    estimate = await tokens.count_request_async(request)
     yield _frame(
         b"message_start",
         {
@@ -487,10 +487,6 @@ def error_body(error: GatewayError) -> bytes:
     return orjson.dumps(
         {"type": "error", "error": {"type": _ERROR_TYPES[error.kind], "message": error.message}}
     )
-
-
-def count_body(request: ChatRequest) -> bytes:
-    return orjson.dumps({"input_tokens": tokens.count_request(request)})
 
 
 def models_body(catalog: Catalog) -> bytes:

@@ -59,7 +59,7 @@ class EchoProvider(Provider):
                 await asyncio.sleep(self.config.delay)
             yield TextDelta(word)
         yield finish
-        yield Usage(tokens.count_request(request), tokens.count_text(reply))
+        yield Usage(await tokens.count_request_async(request), tokens.count_text(reply))
 
 
 def reply_text(request: ChatRequest) -> str:
