@@ -161,12 +161,13 @@ class Gateway:
 
     async def list_models(self, request: Request) -> Response:
         request_id = _request_id(request)
+        # Anthropic's SDK asks for the same path; it sends anthropic-version, OpenAI's does not.
         anthropic = "anthropic-version" in request.headers
+        frontend = anthropic_messages if anthropic else openai_chat
         try:
             self.authenticate(request)
         except GatewayError as error:
-            return _error(anthropic_messages if anthropic else openai_chat, error, request_id)
-        frontend = anthropic_messages if anthropic else openai_chat
+            return _error(frontend, error, request_id)
         body = frontend.models_body(self.catalog)
         return Response(body, media_type="application/json", headers=_ids(request_id))
 

@@ -389,3 +389,43 @@ def test_client_disconnect_cancels_upstream(
         .choices[0]
         .message.content
     )
+
+
+def test_failover_to_the_next_deployment_before_the_first_byte(
+    start_gateway: Any, upstream: FakeUpstream
+) -> None:
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))
+    dead_port = dead.getsockname()[1]
+    dead.close()
+    config = upstream_config(upstream)
+    config["providers"]["dead"] = {"type": "openai", "base_url": f"http://127.0.0.1:{dead_port}/v1"}
+    config["models"][0]["deployments"] = [
+        {"provider": "dead", "model": "up-model", "weight": 1_000_000},
+        {"provider": "up", "model": "up-model", "weight": 0.000001},
+    ]
+    gateway = start_gateway(config)
+    for stream in (False, True):
+        upstream.reset()
+        if stream:
+            chunks = list(
+                gateway.client().chat.completions.create(
+                    model="chat-model", messages=HI, stream=True
+                )
+            )
+            assert "".join(c.choices[0].delta.content or "" for c in chunks) == "Hello!"
+        else:
+            reply = gateway.client().chat.completions.create(model="chat-model", messages=HI)
+            assert reply.choices[0].message.content == "Hello!"
+        assert len(upstream.requests) == 1
+    # A non-retryable answer (400) is not tried elsewhere.
+    config["models"][0]["deployments"] = [
+        {"provider": "up", "model": "up-model", "weight": 1_000_000},
+        {"provider": "up", "model": "other", "weight": 0.000001},
+    ]
+    gateway = start_gateway(config)
+    upstream.reset()
+    upstream.push(Script(status=400, json={"error": {"message": "bad"}}))
+    with pytest.raises(openai.BadRequestError):
+        gateway.client().chat.completions.create(model="chat-model", messages=HI)
+    assert len(upstream.requests) == 1
