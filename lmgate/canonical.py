@@ -123,6 +123,18 @@ class ChatRequest:
     extra_dialect: str = "openai"
 
 
+def has_images(request: ChatRequest) -> bool:
+    for message in request.messages:
+        for part in message.parts:
+            if isinstance(part, ImagePart):
+                return True
+            if isinstance(part, ToolResultPart) and any(
+                isinstance(inner, ImagePart) for inner in part.content
+            ):
+                return True
+    return False
+
+
 # ---- events --------------------------------------------------------------------
 
 

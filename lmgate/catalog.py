@@ -16,6 +16,7 @@ class Deployment:
     provider: Provider
     target: Target
     weight: float = 1.0
+    think_tags: bool = False  # split <think>…</think> out of the reply text
 
 
 @dataclass(slots=True)
@@ -56,6 +57,7 @@ class Catalog:
                     providers[item.provider],
                     Target(item.model or model.id, dict(item.params)),
                     item.weight,
+                    item.reasoning == "think_tags",
                 )
                 for item in model.all_deployments()
             ]

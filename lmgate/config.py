@@ -63,6 +63,8 @@ class DeploymentConfig(_Strict):
     model: str | None = None  # upstream model name; defaults to the entry id
     params: dict[str, Any] = {}  # merged into every upstream request body
     weight: float = Field(1.0, gt=0)
+    # "think_tags": the model writes <think>…</think> in its text; split it out.
+    reasoning: Literal["think_tags"] | None = None
 
 
 class ModelConfig(_Strict):
@@ -81,14 +83,21 @@ class ModelConfig(_Strict):
     provider: str | None = None
     model: str | None = None
     params: dict[str, Any] = {}
+    reasoning: Literal["think_tags"] | None = None  # default for the deployments
 
     def all_deployments(self) -> list[DeploymentConfig]:
+        deployments = list(self.deployments)
         if self.provider:
             shorthand = DeploymentConfig(
                 provider=self.provider, model=self.model, params=self.params
             )
-            return [shorthand, *self.deployments]
-        return self.deployments
+            deployments.insert(0, shorthand)
+        if self.reasoning:
+            deployments = [
+                item.model_copy(update={"reasoning": item.reasoning or self.reasoning})
+                for item in deployments
+            ]
+        return deployments
 
 
 class RoutingConfig(_Strict):

@@ -55,4 +55,6 @@ class SSEDecoder:
             self._data.append(value[1:] if value.startswith(b" ") else value)
         elif line.startswith(b"event:"):
             self._event = line[6:].strip()
+        elif line.strip() == b"[DONE]":  # some servers send it without "data:"
+            self._data.append(b"[DONE]")
         # ":" comments, "id:", "retry:" and anything else are ignored.

@@ -150,6 +150,7 @@ def upstream_config(upstream: FakeUpstream, **provider: Any) -> dict[str, Any]:
                 "name": "Claude (Fake)",
                 "provider": "claude",
                 "model": "claude-up",
+                "support": "image",
             },
             {"id": "echo", "name": "Echo", "provider": "echo", "support": "image"},
         ],

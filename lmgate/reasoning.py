@@ -1,0 +1,103 @@
+"""Reasoning that models write inline as ``<think>…</think>`` in their answer text.
+
+``ThinkSplitter`` is a streaming state machine: feed it text in chunks split
+anywhere (even inside a tag) and it returns reasoning and answer pieces; the
+same machine serves whole replies, so streamed and non-streamed splits agree.
+``split_think_tags`` applies it to a canonical event stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+
+from lmgate.canonical import Event, Finish, ReasoningDelta, TextDelta
+
+_OPEN, _CLOSE = "<think>", "</think>"
+
+
+class ThinkSplitter:
+    """``feed(text)`` → ``[(is_reasoning, text), …]``; ``end()`` flushes what is held.
+
+    Only a ``<think>`` at the very start (after whitespace) opens reasoning.
+    Leading whitespace inside the reasoning and before the answer is dropped.
+    """
+
+    __slots__ = ("_held", "_state")
+
+    def __init__(self) -> None:
+        self._state = "start"  # start | lead | think | after | text
+        self._held = ""
+
+    def feed(self, text: str) -> list[tuple[bool, str]]:
+        if self._state == "text":
+            return [(False, text)] if text else []
+        out: list[tuple[bool, str]] = []
+        held = self._held + text
+        self._held = ""
+        while held:
+            if self._state == "start":
+                stripped = held.lstrip()
+                if stripped.startswith(_OPEN):
+                    held, self._state = stripped[len(_OPEN) :], "lead"
+                elif _OPEN.startswith(stripped):  # maybe a tag still arriving
+                    self._held = held
+                    return out
+                else:
+                    self._state = "text"
+                    out.append((False, held))
+                    return out
+            elif self._state in ("lead", "after"):
+                held = held.lstrip()
+                if held:
+                    self._state = "think" if self._state == "lead" else "text"
+            elif self._state == "think":
+                cut = held.find(_CLOSE)
+                if cut >= 0:
+                    if cut:
+                        out.append((True, held[:cut]))
+                    held, self._state = held[cut + len(_CLOSE) :], "after"
+                    continue
+                keep = _partial_suffix(held, _CLOSE)
+                if len(held) > keep:
+                    out.append((True, held[: len(held) - keep]))
+                self._held = held[len(held) - keep :] if keep else ""
+                return out
+            else:  # text
+                out.append((False, held))
+                return out
+        return out
+
+    def end(self) -> list[tuple[bool, str]]:
+        held, self._held = self._held, ""
+        if not held:
+            return []
+        # An unfinished opening tag was text after all; an unfinished closing tag
+        # inside reasoning is reasoning.
+        return [(self._state == "think", held)]
+
+
+def _partial_suffix(text: str, tag: str) -> int:
+    """Length of the longest end of ``text`` that begins ``tag``."""
+    for size in range(min(len(tag) - 1, len(text)), 0, -1):
+        if tag.startswith(text[-size:]):
+            return size
+    return 0
+
+
+def split_text(text: str) -> list[tuple[bool, str]]:
+    splitter = ThinkSplitter()
+    return splitter.feed(text) + splitter.end()
+
+
+async def split_think_tags(events: AsyncGenerator[Event, None]) -> AsyncGenerator[Event, None]:
+    """Move ``<think>`` text out of ``TextDelta``s into ``ReasoningDelta``s."""
+    splitter = ThinkSplitter()
+    async for event in events:
+        if isinstance(event, TextDelta):
+            for is_reasoning, piece in splitter.feed(event.text):
+                yield ReasoningDelta(piece) if is_reasoning else TextDelta(piece, event.logprobs)
+            continue
+        if isinstance(event, Finish):
+            for is_reasoning, piece in splitter.end():
+                yield ReasoningDelta(piece) if is_reasoning else TextDelta(piece)
+        yield event
