@@ -10,11 +10,13 @@ from lmgate.config import ConfigError, format_validation_error
 from lmgate.providers.anthropic import AnthropicProvider
 from lmgate.providers.base import Provider
 from lmgate.providers.echo import EchoProvider
+from lmgate.providers.lmv2 import LmV2Provider
 from lmgate.providers.openai_compat import OpenAICompatProvider
 
 PROVIDER_TYPES: dict[str, type[Provider]] = {
     "openai": OpenAICompatProvider,
     "anthropic": AnthropicProvider,
+    "lmv2": LmV2Provider,
     "echo": EchoProvider,
 }
 

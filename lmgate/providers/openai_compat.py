@@ -8,6 +8,7 @@ from typing import Any
 
 import orjson
 
+from lmgate import lenient_json
 from lmgate.canonical import (
     ChatRequest,
     Event,
@@ -37,6 +38,7 @@ _FINISH: dict[str, FinishReason] = {
     "function_call": "tool_calls",
     "content_filter": "content_filter",
     "insufficient_system_resource": "length",  # DeepSeek: cut short by the server
+    "normal": "stop",  # LM v2
 }
 
 # Canonical request fields sent under the same name when set.
@@ -64,9 +66,11 @@ class OpenAICompatProvider(HttpProvider):
     config_class = OpenAICompatConfig
     config: OpenAICompatConfig
 
+    def chat_url(self) -> str:
+        return self.config.base_url.rstrip("/") + "/chat/completions"
+
     async def stream(self, request: ChatRequest, target: Target) -> AsyncGenerator[Event, None]:
-        url = self.config.base_url.rstrip("/") + "/chat/completions"
-        response, deadline = await self.post(url, self.build_body(request, target))
+        response, deadline = await self.post(self.chat_url(), self.build_body(request, target))
         if not request.stream or response.content_type == "application/json":
             # Some servers answer a stream request with one JSON reply; take it as one.
             raw = await self.read_body(response, deadline)
@@ -82,19 +86,21 @@ class OpenAICompatProvider(HttpProvider):
             )
         yield Start(target.model)
         parser = _StreamParser(self.name)
+        done = False
         async for item in self.iter_sse(response, deadline):
             if item is None:
                 yield Heartbeat()
                 continue
             payload = item[1]
             if payload == b"[DONE]":
+                done = True
                 break
             for event in parser.feed(payload):
                 yield event
-        for event in parser.end():
+        for event in parser.end(done):
             yield event
 
-    def build_body(self, request: ChatRequest, target: Target) -> dict[str, Any]:
+    def messages_out(self, request: ChatRequest) -> list[dict[str, Any]]:
         messages: list[dict[str, Any]] = []
         if request.system:
             # One system message: some chat templates accept no more than one.
@@ -102,7 +108,10 @@ class OpenAICompatProvider(HttpProvider):
             messages.append({"role": "system", "content": text})
         for message in request.messages:
             messages.extend(_message_out(message))
-        body: dict[str, Any] = {"model": target.model, "messages": messages}
+        return messages
+
+    def build_body(self, request: ChatRequest, target: Target) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": target.model, "messages": self.messages_out(request)}
         for name in _PLAIN_FIELDS:
             value = getattr(request, name)
             if value is not None:
@@ -138,7 +147,7 @@ class OpenAICompatProvider(HttpProvider):
 
     def parse_reply(self, raw: bytes, target: Target) -> list[Event]:
         try:
-            data = orjson.loads(raw)
+            data = lenient_json.loads(raw)
             choice = data["choices"][0]
             message = choice["message"]
         except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
@@ -155,7 +164,9 @@ class OpenAICompatProvider(HttpProvider):
             function = call.get("function") or {}
             events.append(ToolCallStart(index, call.get("id") or "", function.get("name") or ""))
             events.append(ToolCallDelta(index, function.get("arguments") or ""))
-        events.append(Finish(_FINISH.get(choice.get("finish_reason") or "stop", "stop")))
+        # A null finish_reason (the LM v2 reference does this) means a complete reply.
+        reason = choice.get("finish_reason") or data.get("finish_reason") or "stop"
+        events.append(Finish(_FINISH.get(reason, "stop")))
         if isinstance(data.get("usage"), dict):
             events.append(_usage(data["usage"]))
         return events
@@ -175,7 +186,7 @@ class _StreamParser:
 
     def feed(self, payload: bytes) -> list[Event]:
         try:
-            data = orjson.loads(payload)
+            data = lenient_json.loads(payload)
         except orjson.JSONDecodeError:
             raise GatewayError(
                 "upstream", f"upstream {self._provider} sent a stream chunk that is not JSON"
@@ -209,16 +220,23 @@ class _StreamParser:
                     )
                 if function.get("arguments"):
                     events.append(ToolCallDelta(index, function["arguments"]))
-            reason = choice.get("finish_reason")
+            # Some servers put finish_reason beside "choices" instead of inside.
+            reason = choice.get("finish_reason") or data.get("finish_reason")
             if reason and not self._finished:
                 self._finished = True
                 events.append(Finish(_FINISH.get(reason, "stop")))
         return events
 
-    def end(self) -> list[Event]:
+    def end(self, done: bool) -> list[Event]:
+        """After the stream: ``done`` when it ended with ``[DONE]``, not a dropped connection."""
+        events: list[Event] = []
         if not self._finished:
-            raise unfinished(self._provider)
-        return [self._usage] if self._usage else []
+            if not done:
+                raise unfinished(self._provider)
+            events.append(Finish("stop"))  # [DONE] with no finish_reason: a complete reply
+        if self._usage:
+            events.append(self._usage)
+        return events
 
 
 def _usage(data: dict[str, Any]) -> Usage:
@@ -242,27 +260,27 @@ def _message_out(message: Message) -> list[dict[str, Any]]:
         out["name"] = message.name
     if message.role == "assistant":
         text = "".join(part.text for part in message.parts if isinstance(part, TextPart))
-        calls = [
-            {
-                "id": part.id,
-                "type": "function",
-                "function": {"name": part.name, "arguments": part.arguments},
-            }
-            for part in message.parts
-            if isinstance(part, ToolCallPart)
-        ]
+        calls = [tool_call_out(part) for part in message.parts if isinstance(part, ToolCallPart)]
         # Reasoning is not sent back: DeepSeek rejects reasoning_content in input.
         out["content"] = text if text or not calls else None
         if calls:
             out["tool_calls"] = calls
         return [out]
-    out["content"] = _content_out(
+    out["content"] = content_out(
         [part for part in message.parts if isinstance(part, TextPart | ImagePart)]
     )
     return [out]
 
 
-def _content_out(parts: list[TextPart | ImagePart]) -> str | list[dict[str, Any]]:
+def tool_call_out(part: ToolCallPart) -> dict[str, Any]:
+    return {
+        "id": part.id,
+        "type": "function",
+        "function": {"name": part.name, "arguments": part.arguments},
+    }
+
+
+def content_out(parts: list[TextPart | ImagePart]) -> str | list[dict[str, Any]]:
     # Text-only content goes as a plain string: every OpenAI-compatible server takes it.
     if all(isinstance(part, TextPart) for part in parts):
         return "\n".join(part.text for part in parts if isinstance(part, TextPart))
