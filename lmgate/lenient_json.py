@@ -2,9 +2,10 @@
 
 Real streams (and the LM v2 reference) contain chunks like
 ``{"choices":[{"delta":{…}],"finish_reason":null}]``. ``loads`` parses strictly
-first and, only when that fails, rebuilds the bracket structure: a closer that
-does not match is preceded by the closers it implies, closers with nothing open
-are dropped, and whatever is still open at the end is closed.
+first and, only when that fails, repairs the brackets: a closer that does not
+match the innermost open bracket is a stray and is dropped, and whatever is
+still open at the end is closed. For the reference's chunks this recovers the
+intended structure (``finish_reason`` back inside its choice).
 """
 
 from __future__ import annotations
@@ -44,11 +45,8 @@ def repair(payload: bytes) -> bytes:
         elif byte in (0x7B, 0x5B):  # { [
             stack.append(byte)
         elif byte in _PAIRS:
-            opener = _PAIRS[byte]
-            if opener not in stack:
-                continue  # nothing to close: drop it
-            while stack[-1] != opener:
-                out += _CLOSER[stack.pop()]
+            if not stack or stack[-1] != _PAIRS[byte]:
+                continue  # a closer that closes nothing open is a stray: drop it
             stack.pop()
         out.append(byte)
     if in_string:
