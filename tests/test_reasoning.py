@@ -25,7 +25,7 @@ def streamed(text: str, cuts: list[int]) -> list[tuple[bool, str]]:
     splitter = ThinkSplitter()
     pieces: list[tuple[bool, str]] = []
     start = 0
-    for cut in sorted(set(cuts)) + [len(text)]:
+    for cut in [*sorted(set(cuts)), len(text)]:
         pieces += splitter.feed(text[start:cut])
         start = cut
     return merged(pieces + splitter.end())
