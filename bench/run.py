@@ -111,7 +111,7 @@ def wrk(url: str, body: str, connections: int, seconds: int) -> dict[str, float]
 
 
 async def _stream_latency(
-    port: int, path: str, body_text: str, word: bytes, requests: int
+    port: int, path: str, body_text: str, word: bytes, expected: int, requests: int
 ) -> dict[str, float]:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     body = body_text.encode()
@@ -133,7 +133,7 @@ async def _stream_latency(
             buffer += data
             if not first_at and b"data:" in buffer:
                 first_at = time.perf_counter()
-        if buffer.count(word) != 20:
+        if buffer.count(word) != expected:
             raise RuntimeError("incomplete stream")
         first.append((first_at - started) * 1000)
         total.append((time.perf_counter() - started) * 1000)
@@ -146,9 +146,14 @@ async def _stream_latency(
 
 
 def stream_latency(
-    port: int, path: str, requests: int, body: str = STREAM_BODY, word: bytes = b'"content":"word "'
+    port: int,
+    path: str,
+    requests: int,
+    body: str = STREAM_BODY,
+    word: bytes = b'"content":"word "',
+    expected: int = 20,
 ) -> dict[str, float]:
-    return uvloop.run(_stream_latency(port, path, body, word, requests))
+    return uvloop.run(_stream_latency(port, path, body, word, expected, requests))
 
 
 def rss_mb(pid: int) -> float:
@@ -200,6 +205,18 @@ def main() -> int:
         results["stream"]["anthropic_c1"] = stream_latency(
             gw_port, "/v1/messages", args.stream_requests, MESSAGES_BODY, b'"text":"word "'
         )
+        think = {}
+        for name, model in (
+            ("direct", "bench-think"),
+            ("split", "thinking"),
+            ("unsplit", "thinking-raw"),
+        ):
+            body = STREAM_BODY.replace('"model":"bench"', f'"model":"{model}"')
+            port = up_port if name == "direct" else gw_port
+            think[name] = stream_latency(
+                port, "/v1/chat/completions", args.stream_requests // 2, body, expected=99
+            )
+        results["stream"]["think_200"] = think
         results["gateway_rss_mb"] = rss_mb(gateway.pid)
     finally:
         for process in (gateway, upstream):
@@ -242,6 +259,16 @@ def report(results: dict[str, Any]) -> None:
     print(
         f"  stream rps at c=16: direct {s['rps_c16']['direct']:.0f}, gateway {s['rps_c16']['gateway']:.0f}"
     )
+    t = s["think_200"]
+    per_chunk = (t["split"]["full_stream_p50_ms"] - t["direct"]["full_stream_p50_ms"]) / 200 * 1000
+    splitter = (t["split"]["full_stream_p50_ms"] - t["unsplit"]["full_stream_p50_ms"]) / 200 * 1000
+    print("\nthinking stream of 200 chunks (<think> split out by the gateway), one at a time")
+    print(
+        f"  whole stream p50: direct {t['direct']['full_stream_p50_ms']:.3f}ms,"
+        f" gateway split {t['split']['full_stream_p50_ms']:.3f}ms,"
+        f" gateway unsplit {t['unsplit']['full_stream_p50_ms']:.3f}ms"
+    )
+    print(f"  added per chunk: {per_chunk:.1f}us (of which the splitter {splitter:.1f}us)")
     print(f"\ngateway RSS after the run: {results['gateway_rss_mb']:.1f} MB")
 
 

@@ -63,6 +63,18 @@ STREAM_REPLY = (
     + b"".join(b"%x\r\n%s\r\n" % (len(event), event) for event in _events)
     + b"0\r\n\r\n"
 )
+# A thinking model that writes its reasoning inline: 200 content chunks in all.
+THINK_WORDS = 99
+_think = [_chunk({"role": "assistant", "content": ""}), _chunk({"content": "<think>"})]
+_think += [_chunk({"content": "thought "}) for _ in range(200 - THINK_WORDS - 2)]
+_think += [_chunk({"content": "</think>"})]
+_think += [_chunk({"content": "word "}) for _ in range(THINK_WORDS)]
+_think += [_chunk({}, "stop", USAGE), b"data: [DONE]\n\n"]
+THINK_REPLY = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+    + b"".join(b"%x\r\n%s\r\n" % (len(event), event) for event in _think)
+    + b"0\r\n\r\n"
+)
 _LENGTH = re.compile(rb"(?i)\r\ncontent-length:\s*(\d+)")
 
 
@@ -83,7 +95,10 @@ class Upstream(asyncio.Protocol):
                 return
             body = self.buffer[end + 4 : end + 4 + size]
             self.buffer = self.buffer[end + 4 + size :]
-            self.transport.write(STREAM_REPLY if b'"stream":true' in body else JSON_REPLY)
+            if b'"bench-think"' in body:
+                self.transport.write(THINK_REPLY)
+            else:
+                self.transport.write(STREAM_REPLY if b'"stream":true' in body else JSON_REPLY)
 
 
 async def main(port: int) -> None:
