@@ -55,25 +55,25 @@ JSON_REPLY = (
     + b"\r\n\r\n"
     + COMPLETION
 )
-_events = [_chunk({"role": "assistant", "content": ""})]
-_events += [_chunk({"content": "word "}) for _ in range(CHUNKS)]
-_events += [_chunk({}, "stop", USAGE), b"data: [DONE]\n\n"]
-STREAM_REPLY = (
-    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
-    + b"".join(b"%x\r\n%s\r\n" % (len(event), event) for event in _events)
-    + b"0\r\n\r\n"
-)
+
+
+def _sse_reply(contents: list[str]) -> bytes:
+    """A whole chunked HTTP response: one SSE chunk per content piece, then finish and [DONE]."""
+    events = [_chunk({"role": "assistant", "content": ""})]
+    events += [_chunk({"content": content}) for content in contents]
+    events += [_chunk({}, "stop", USAGE), b"data: [DONE]\n\n"]
+    return (
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + b"".join(b"%x\r\n%s\r\n" % (len(event), event) for event in events)
+        + b"0\r\n\r\n"
+    )
+
+
+STREAM_REPLY = _sse_reply(["word "] * CHUNKS)
 # A thinking model that writes its reasoning inline: 200 content chunks in all.
 THINK_WORDS = 99
-_think = [_chunk({"role": "assistant", "content": ""}), _chunk({"content": "<think>"})]
-_think += [_chunk({"content": "thought "}) for _ in range(200 - THINK_WORDS - 2)]
-_think += [_chunk({"content": "</think>"})]
-_think += [_chunk({"content": "word "}) for _ in range(THINK_WORDS)]
-_think += [_chunk({}, "stop", USAGE), b"data: [DONE]\n\n"]
-THINK_REPLY = (
-    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
-    + b"".join(b"%x\r\n%s\r\n" % (len(event), event) for event in _think)
-    + b"0\r\n\r\n"
+THINK_REPLY = _sse_reply(
+    ["<think>", *["thought "] * (200 - THINK_WORDS - 2), "</think>", *["word "] * THINK_WORDS]
 )
 _LENGTH = re.compile(rb"(?i)\r\ncontent-length:\s*(\d+)")
 

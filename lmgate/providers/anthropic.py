@@ -30,7 +30,7 @@ from lmgate.canonical import (
     arguments_object,
 )
 from lmgate.errors import ErrorKind, GatewayError
-from lmgate.providers.base import Target
+from lmgate.providers.base import Target, apply_overrides
 from lmgate.providers.http import HttpProvider, HttpProviderConfig, unfinished
 
 _FINISH: dict[str, FinishReason] = {
@@ -147,11 +147,7 @@ class AnthropicProvider(HttpProvider):
         if request.user:
             body["metadata"] = {"user_id": request.user}
         body["stream"] = request.stream
-        if request.extra and request.extra_dialect == "anthropic":
-            body.update(request.extra)
-        if target.params:
-            body.update(target.params)
-        return body
+        return apply_overrides(body, request, target, "anthropic")
 
     def parse_reply(self, raw: bytes, target: Target) -> list[Event]:
         try:

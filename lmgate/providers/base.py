@@ -35,6 +35,18 @@ class Target:
     params: dict[str, Any] = field(default_factory=dict)
 
 
+def apply_overrides(
+    body: dict[str, Any], request: ChatRequest, target: Target, dialect: str
+) -> dict[str, Any]:
+    """Finish an upstream body: the client's unknown fields when they are of this
+    upstream's dialect, then the deployment's fixed params, which win."""
+    if request.extra and request.extra_dialect == dialect:
+        body.update(request.extra)
+    if target.params:
+        body.update(target.params)
+    return body
+
+
 class Provider(ABC):
     config_class: ClassVar[type[ProviderConfig]] = ProviderConfig
 

@@ -28,7 +28,7 @@ from lmgate.canonical import (
     Usage,
 )
 from lmgate.errors import GatewayError
-from lmgate.providers.base import Target
+from lmgate.providers.base import Target, apply_overrides
 from lmgate.providers.http import HttpProvider, HttpProviderConfig, unfinished
 
 _FINISH: dict[str, FinishReason] = {
@@ -139,11 +139,7 @@ class OpenAICompatProvider(HttpProvider):
         body["stream"] = request.stream
         if request.stream and (request.include_usage or self.config.stream_usage):
             body["stream_options"] = {"include_usage": True}
-        if request.extra and request.extra_dialect == "openai":
-            body.update(request.extra)
-        if target.params:
-            body.update(target.params)
-        return body
+        return apply_overrides(body, request, target, "openai")
 
     def parse_reply(self, raw: bytes, target: Target) -> list[Event]:
         try:
