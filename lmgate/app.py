@@ -22,7 +22,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from lmgate import tokens
+from lmgate import media, tokens
 from lmgate.accumulate import accumulate
 from lmgate.canonical import ChatRequest, Event, Reply, Start
 from lmgate.catalog import Catalog
@@ -97,6 +97,11 @@ class Gateway:
             chunks.append(chunk)
         return b"".join(chunks)
 
+    def check_media(self, chat: ChatRequest) -> bool:
+        """Validate the request's images against ``media``; whether it has any."""
+        limits = self.config.media
+        return media.check(chat, limits.max_images, int(limits.max_image_mb * 2**20))
+
     def _too_large(self) -> GatewayError:
         limit = self.config.server.max_body_mb
         return GatewayError(
@@ -119,7 +124,7 @@ class Gateway:
         try:
             self.authenticate(request)
             chat = frontend.parse_request(await self.read_body(request))
-            entry = self.catalog.resolve(chat.model)
+            entry = self.catalog.resolve(chat.model, self.check_media(chat))
             events = self.router.stream(chat, entry)
             if not chat.stream:
                 body = frontend.reply_body(await accumulate(events), chat)

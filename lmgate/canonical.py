@@ -34,6 +34,7 @@ class ImagePart:
     data: bytes | None = None
     media_type: str | None = None
     detail: str | None = None
+    where: str = ""  # the client's path to it, for error messages
 
 
 @dataclass(slots=True)
@@ -121,18 +122,6 @@ class ChatRequest:
     # ("openai" | "anthropic"): only an upstream of the same dialect gets them.
     extra: dict[str, Any] = field(default_factory=dict)
     extra_dialect: str = "openai"
-
-
-def has_images(request: ChatRequest) -> bool:
-    for message in request.messages:
-        for part in message.parts:
-            if isinstance(part, ImagePart):
-                return True
-            if isinstance(part, ToolResultPart) and any(
-                isinstance(inner, ImagePart) for inner in part.content
-            ):
-                return True
-    return False
 
 
 # ---- events --------------------------------------------------------------------

@@ -31,6 +31,7 @@ class ModelEntry:
     deployments: list[Deployment]
     context_window: int | None = None
     max_output_tokens: int | None = None
+    vision_fallback: str | None = None
     aliases: list[str] = field(default_factory=list)
 
 
@@ -73,6 +74,7 @@ class Catalog:
                     deployments=deployments,
                     context_window=model.context_window,
                     max_output_tokens=model.max_output_tokens,
+                    vision_fallback=model.vision_fallback,
                     aliases=list(model.aliases),
                 )
             )
@@ -81,14 +83,36 @@ class Catalog:
     def get(self, model_id: str) -> ModelEntry | None:
         return self._by_id.get(model_id)
 
-    def resolve(self, requested: str) -> ModelEntry:
-        """A model by id, alias or display name; ``auto`` is the first auto candidate."""
+    def resolve(self, requested: str, images: bool = False) -> ModelEntry:
+        """A model by id, alias or display name; ``auto`` is the first auto candidate
+        that can take the request. A request with images to a text-only model goes to
+        its ``vision_fallback``, or is refused."""
+        entry = self._find(requested, images)
+        if images and entry.support != "image":
+            if entry.vision_fallback:
+                return self._by_id[entry.vision_fallback]
+            raise GatewayError(
+                "invalid_request",
+                f"model {entry.id} does not accept images; send text only, "
+                "or choose a model whose support is 'image'",
+                param="messages",
+            )
+        return entry
+
+    def _find(self, requested: str, images: bool) -> ModelEntry:
         entry = self._by_id.get(requested)
         if entry is not None:
             return entry
         if requested == "auto":
-            if self._auto:
-                return self._auto[0]
+            for candidate in self._auto:
+                if not images or candidate.support == "image" or candidate.vision_fallback:
+                    return candidate
+            if images and self._auto:
+                raise GatewayError(
+                    "invalid_request",
+                    "model 'auto': no model in routing.auto accepts images",
+                    param="model",
+                )
             raise GatewayError(
                 "not_found",
                 "model 'auto' is not available: routing.auto lists no models",

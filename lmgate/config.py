@@ -84,6 +84,7 @@ class ModelConfig(_Strict):
     model: str | None = None
     params: dict[str, Any] = {}
     reasoning: Literal["think_tags"] | None = None  # default for the deployments
+    vision_fallback: str | None = None  # the model that takes requests with images
 
     def all_deployments(self) -> list[DeploymentConfig]:
         deployments = list(self.deployments)
@@ -100,6 +101,11 @@ class ModelConfig(_Strict):
         return deployments
 
 
+class MediaConfig(_Strict):
+    max_image_mb: float = Field(20, gt=0)  # decoded size of one image
+    max_images: int = Field(20, ge=0)  # per request
+
+
 class RoutingConfig(_Strict):
     auto: list[str] = []
 
@@ -110,6 +116,7 @@ class Config(_Strict):
     providers: dict[str, dict[str, Any]] = {}
     models: list[ModelConfig] = []
     routing: RoutingConfig = RoutingConfig()
+    media: MediaConfig = MediaConfig()
     path: Path | None = Field(None, exclude=True)
 
 
@@ -189,6 +196,14 @@ def _check_references(config: Config) -> None:
                     f"{where}.deployments.{number}.provider: unknown provider "
                     f"{deployment.provider!r}"
                 )
+    for index, model in enumerate(config.models):
+        fallback = model.vision_fallback
+        if fallback is not None and (
+            fallback not in seen or config.models[seen[fallback]].support != "image"
+        ):
+            problems.append(
+                f"models.{index}.vision_fallback: {fallback!r} is not a model with support 'image'"
+            )
     for index, model_id in enumerate(config.routing.auto):
         if model_id not in seen:
             problems.append(f"routing.auto.{index}: unknown model {model_id!r}")

@@ -17,7 +17,6 @@ from lmgate.canonical import (
     ToolCallDelta,
     ToolCallStart,
     Usage,
-    has_images,
 )
 from lmgate.catalog import Deployment, ModelEntry
 from lmgate.errors import GatewayError
@@ -43,13 +42,6 @@ class Router:
     async def stream(self, request: ChatRequest, entry: ModelEntry) -> AsyncGenerator[Event, None]:
         """The reply's events, starting with ``Start(entry.id)`` and always ending with
         ``Usage`` (counted offline when the upstream reported none)."""
-        if entry.support != "image" and has_images(request):
-            raise GatewayError(
-                "invalid_request",
-                f"model {entry.id} does not accept images; "
-                "send text only, or choose a model whose support is 'image'",
-                param="messages",
-            )
         cap = entry.max_output_tokens
         if cap is not None and request.max_tokens is not None and request.max_tokens > cap:
             request = replace(request, max_tokens=cap)

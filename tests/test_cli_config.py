@@ -341,3 +341,18 @@ def test_readme_config_example_is_valid(tmp_path: Path) -> None:
         "check", "--config", str(path), env={"LMGATE_KEY": "k", "DEEPSEEK_API_KEY": "sk-x"}
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_vision_fallback_must_accept_images() -> None:
+    models = [{"id": "t", "provider": "e", "vision_fallback": "u"}, {"id": "u", "provider": "e"}]
+    with pytest.raises(
+        ConfigError, match="models.0.vision_fallback: 'u' is not a model with support 'image'"
+    ):
+        parse_config({"providers": {"e": {"type": "echo"}}, "models": models})
+    models[1]["support"] = "image"
+    assert (
+        parse_config({"providers": {"e": {"type": "echo"}}, "models": models})
+        .models[0]
+        .vision_fallback
+        == "u"
+    )

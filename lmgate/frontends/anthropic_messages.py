@@ -198,9 +198,10 @@ def _image(block: dict[str, Any], where: str) -> ImagePart:
             data = b64decode(string(source.get("data"), f"{where}.source.data"), validate=True)
         except binascii.Error:
             raise invalid(f"{where}.source.data: not valid base64", where) from None
-        return ImagePart(data=data, media_type=media_type)
+        return ImagePart(data=data, media_type=media_type, where=where)
     if source.get("type") == "url":
-        return ImagePart(url=string(source.get("url"), f"{where}.source.url", allow_empty=False))
+        url = string(source.get("url"), f"{where}.source.url", allow_empty=False)
+        return ImagePart(url=url, where=where)
     raise invalid(f"{where}.source.type: expected 'base64' or 'url'", where)
 
 

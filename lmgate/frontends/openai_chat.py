@@ -44,6 +44,7 @@ from lmgate.frontends.validate import (
     parse_json_object,
     string,
 )
+from lmgate.media import decode_data_url
 
 _KNOWN_FIELDS = frozenset(
     {
@@ -185,7 +186,11 @@ def _user_content(content: Any, where: str) -> list[Part]:
                 raise invalid(f"{at}.image_url: expected an object with a url", f"{at}.image_url")
             url = string(image.get("url"), f"{at}.image_url.url", allow_empty=False)
             detail = optional_string(image, "detail", f"{at}.image_url.detail")
-            parts.append(ImagePart(url=url, detail=detail))
+            if url.startswith("data:"):
+                media_type, data = decode_data_url(url, f"{at}.image_url.url")
+                parts.append(ImagePart(data=data, media_type=media_type, detail=detail, where=at))
+            else:
+                parts.append(ImagePart(url=url, detail=detail, where=at))
         else:
             raise invalid(f"{at}.type: unknown content part type {kind!r}", f"{at}.type")
     return parts
