@@ -346,7 +346,7 @@ def test_readme_config_example_is_valid(tmp_path: Path) -> None:
 def test_vision_fallback_must_accept_images() -> None:
     models = [{"id": "t", "provider": "e", "vision_fallback": "u"}, {"id": "u", "provider": "e"}]
     with pytest.raises(
-        ConfigError, match="models.0.vision_fallback: 'u' is not a model with support 'image'"
+        ConfigError, match=r"models\.0\.vision_fallback: 'u' is not a model with support 'image'"
     ):
         parse_config({"providers": {"e": {"type": "echo"}}, "models": models})
     models[1]["support"] = "image"

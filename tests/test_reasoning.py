@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lmgate.reasoning import ThinkSplitter, split_text
@@ -70,7 +70,14 @@ _ALPHABET = st.sampled_from(
 _TEXT = st.lists(_ALPHABET, max_size=30).map("".join)
 
 
-@settings(max_examples=400, deadline=None)
+# The same 400 examples on every run and machine: CI must not fail on a slow moment.
+@settings(
+    max_examples=400,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 @given(
     lead=st.sampled_from(["", " ", "\n", " \n "]),
     tagged=st.booleans(),
