@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Literal
 
@@ -58,6 +59,14 @@ class GatewayError(Exception):
         self.code = code
         self.retryable = retryable
         self.retry_after = retry_after
+
+
+def from_exception(error: Exception) -> GatewayError:
+    """What a client is told about a failure: a bug becomes a logged, bare internal error."""
+    if isinstance(error, GatewayError):
+        return error
+    logging.getLogger("lmgate").error("stream failed", exc_info=error)
+    return GatewayError("internal", "internal error")
 
 
 def invalid(message: str, param: str | None = None) -> GatewayError:

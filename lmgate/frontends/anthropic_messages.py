@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import binascii
-import logging
 import uuid
 from base64 import b64decode
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -37,7 +36,7 @@ from lmgate.canonical import (
     arguments_object,
 )
 from lmgate.catalog import Catalog
-from lmgate.errors import GatewayError, invalid
+from lmgate.errors import GatewayError, from_exception, invalid
 from lmgate.frontends.validate import (
     optional_bool,
     optional_int,
@@ -48,8 +47,6 @@ from lmgate.frontends.validate import (
     parse_json_object,
     string,
 )
-
-log = logging.getLogger("lmgate")
 
 _KNOWN_FIELDS = frozenset(
     {
@@ -409,10 +406,7 @@ async def stream_frames(
                 elif isinstance(event, Heartbeat):
                     yield _PING
     except Exception as error:
-        if not isinstance(error, GatewayError):
-            log.exception("stream failed")
-            error = GatewayError("internal", "internal error")
-        yield _frame(b"error", orjson.loads(error_body(error)))
+        yield _frame(b"error", orjson.loads(error_body(from_exception(error))))
         return
     for frame in blocks.close():
         yield frame

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -33,7 +32,7 @@ from lmgate.canonical import (
     Usage,
 )
 from lmgate.catalog import Catalog, ModelEntry
-from lmgate.errors import GatewayError, invalid
+from lmgate.errors import GatewayError, from_exception, invalid
 from lmgate.frontends.validate import (
     optional_bool,
     optional_int,
@@ -55,7 +54,6 @@ _KNOWN_FIELDS = frozenset(
     }
 )  # fmt: skip
 
-log = logging.getLogger("lmgate")
 
 _FINISH_OUT = {"stop_sequence": "stop"}
 
@@ -378,10 +376,7 @@ async def stream_frames(
                     )
     except Exception as error:
         # Headers are gone; the protocol's way to fail now is an error payload.
-        if not isinstance(error, GatewayError):
-            log.exception("stream failed")
-            error = GatewayError("internal", "internal error")
-        yield b"data: " + error_body(error) + b"\n\n"
+        yield b"data: " + error_body(from_exception(error)) + b"\n\n"
         return
     yield b"data: [DONE]\n\n"
 
