@@ -28,6 +28,7 @@ from lmgate.canonical import ChatRequest, Event, Reply, Start
 from lmgate.catalog import Catalog
 from lmgate.config import Config, load_config
 from lmgate.errors import ErrorKind, GatewayError
+from lmgate.fetch import ImageFetcher
 from lmgate.frontends import anthropic_messages, openai_chat
 from lmgate.providers import build_provider
 from lmgate.router import Router
@@ -45,7 +46,11 @@ class Gateway:
         self.config = config
         self.providers = {name: build_provider(name, raw) for name, raw in config.providers.items()}
         self.catalog = Catalog.from_config(config, self.providers)
-        self.router = Router()
+        limits = config.media
+        self.fetcher = ImageFetcher(
+            int(limits.max_image_mb * 2**20), limits.fetch_timeout, limits.allow_private_urls
+        )
+        self.router = Router(self.fetcher)
         self.api_keys = [key.encode() for key in config.server.api_keys]
         self.max_body = int(config.server.max_body_mb * 1024 * 1024)
         self.ready = False
@@ -53,6 +58,7 @@ class Gateway:
     async def startup(self) -> None:
         for provider in self.providers.values():
             await provider.start()
+        await self.fetcher.start()
         # Load the tokenizer off the event loop so the first request does not pay for it.
         await asyncio.to_thread(tokens.encoding)
         # Everything alive now lives as long as the process: keep it out of the
@@ -65,6 +71,7 @@ class Gateway:
         self.ready = False
         for provider in self.providers.values():
             await provider.close()
+        await self.fetcher.close()
 
     def authenticate(self, request: Request) -> None:
         if not self.api_keys:

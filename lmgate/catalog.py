@@ -18,6 +18,10 @@ class Deployment:
     weight: float = 1.0
     think_tags: bool = False  # split <think>…</think> out of the reply text
 
+    @property
+    def inline_image_urls(self) -> bool:
+        return self.provider.config.inline_image_urls
+
 
 @dataclass(slots=True)
 class ModelEntry:

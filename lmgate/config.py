@@ -104,6 +104,9 @@ class ModelConfig(_Strict):
 class MediaConfig(_Strict):
     max_image_mb: float = Field(20, gt=0)  # decoded size of one image
     max_images: int = Field(20, ge=0)  # per request
+    # http(s) image URLs fetched for upstreams that need bytes (inline_image_urls)
+    fetch_timeout: float = Field(10, gt=0)
+    allow_private_urls: bool = False  # also fetch from loopback, private, link-local hosts
 
 
 class RoutingConfig(_Strict):

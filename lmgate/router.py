@@ -20,11 +20,15 @@ from lmgate.canonical import (
 )
 from lmgate.catalog import Deployment, ModelEntry
 from lmgate.errors import GatewayError
+from lmgate.fetch import ImageFetcher
 from lmgate.reasoning import split_think_tags
 
 
 class Router:
-    def __init__(self, rng: random.Random | None = None) -> None:
+    def __init__(
+        self, fetcher: ImageFetcher | None = None, rng: random.Random | None = None
+    ) -> None:
+        self._fetcher = fetcher
         self._rng = rng or random.Random()
 
     def order(self, deployments: list[Deployment]) -> list[Deployment]:
@@ -46,8 +50,13 @@ class Router:
         if cap is not None and request.max_tokens is not None and request.max_tokens > cap:
             request = replace(request, max_tokens=cap)
         failure: GatewayError | None = None
+        inlined: ChatRequest | None = None  # fetched once, whichever deployments need it
         for deployment in self.order(entry.deployments):
-            events = deployment.provider.stream(request, deployment.target)
+            sent = request
+            if deployment.inline_image_urls and self._fetcher is not None:
+                inlined = inlined or await self._fetcher.inline(request)
+                sent = inlined
+            events = deployment.provider.stream(sent, deployment.target)
             if deployment.think_tags:
                 events = split_think_tags(events)
             async with aclosing(events):

@@ -25,6 +25,8 @@ class ProviderConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     type: str
+    # Fetch http(s) image URLs and send the bytes, for upstreams that cannot fetch.
+    inline_image_urls: bool = False
 
 
 @dataclass(slots=True)

@@ -43,7 +43,7 @@ _RANGES = {
 
 
 class LmV2Config(OpenAICompatConfig):
-    pass
+    inline_image_urls: bool = True  # the LM v2 API documents data URLs only
 
 
 class LmV2Provider(OpenAICompatProvider):

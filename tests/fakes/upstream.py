@@ -96,7 +96,7 @@ def completion(
 
 
 class FakeUpstream:
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1") -> None:
         self.requests: list[Recorded] = []
         self.scripts: collections.deque[Script] = collections.deque()
         self.cancelled = 0  # streams the client abandoned before their end
@@ -104,9 +104,9 @@ class FakeUpstream:
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self._socket = socket.socket()
-        self._socket.bind(("127.0.0.1", 0))
+        self._socket.bind((host, 0))
         self.port = self._socket.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"http://{host}:{self.port}"
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._started = threading.Event()
         self._runner: web.AppRunner | None = None

@@ -1,0 +1,183 @@
+"""Fetching http(s) image URLs for upstreams that need the bytes, without becoming
+a proxy into the gateway's own network (server-side request forgery).
+
+Every address a URL leads to is checked after DNS resolution, by the resolver the
+connection itself uses, so a name that resolves differently on a second lookup
+(DNS rebinding) cannot slip through. Literal IPs (which aiohttp never resolves)
+are checked before connecting; redirects are followed by hand and each hop is
+checked again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from dataclasses import replace
+from typing import Any
+
+import aiohttp
+from yarl import URL
+
+from lmgate.canonical import ChatRequest, ImagePart, Message, ToolResultPart
+from lmgate.errors import GatewayError, invalid
+from lmgate.media import ACCEPTED, images, sniff
+
+MAX_REDIRECTS = 3
+_CHUNK = 64 * 1024
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def is_public(address: IPAddress) -> bool:
+    """Whether an address is on the public internet: not loopback, private,
+    link-local (cloud metadata at 169.254.169.254), shared, reserved or multicast."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_global and not address.is_multicast
+
+
+class _Refused(OSError):
+    """An address the policy forbids; raised inside the connector, reported to the client."""
+
+
+class _GuardedResolver(aiohttp.abc.AbstractResolver):
+    def __init__(self, allow_private: bool) -> None:
+        self._inner = aiohttp.ThreadedResolver()
+        self._allow_private = allow_private
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[Any]:
+        results = await self._inner.resolve(host, port, family)
+        if not self._allow_private:
+            for result in results:
+                address = ipaddress.ip_address(result["host"])
+                if not is_public(address):
+                    raise _Refused(f"{host} resolves to {address}, which is not a public address")
+        return results
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+class ImageFetcher:
+    def __init__(self, max_bytes: int, timeout: float, allow_private: bool = False) -> None:
+        self.max_bytes = max_bytes
+        self.timeout = timeout
+        self.allow_private = allow_private
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(
+            resolver=_GuardedResolver(self.allow_private), limit=64, ttl_dns_cache=60
+        )
+        # trust_env=False: an HTTP(S)_PROXY would resolve names where we cannot check them.
+        self._session = aiohttp.ClientSession(connector=connector, trust_env=False)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def inline(self, request: ChatRequest) -> ChatRequest:
+        """The request with every http(s) image replaced by its fetched bytes."""
+        pending = [part for part in _url_images(request) if part.data is None]
+        if not pending:
+            return request
+        try:
+            async with asyncio.TaskGroup() as group:  # the first failure cancels the rest
+                tasks = [group.create_task(self._fetch_part(part)) for part in pending]
+        except ExceptionGroup as failures:
+            raise failures.exceptions[0] from None
+        fetched = {id(part): task.result() for part, task in zip(pending, tasks, strict=True)}
+
+        def swap(part: Any) -> Any:
+            if isinstance(part, ImagePart):
+                return fetched.get(id(part), part)
+            if isinstance(part, ToolResultPart):
+                return replace(part, content=[swap(inner) for inner in part.content])
+            return part
+
+        messages = [
+            Message(message.role, [swap(part) for part in message.parts], message.name)
+            for message in request.messages
+        ]
+        return replace(request, messages=messages)
+
+    async def _fetch_part(self, part: ImagePart) -> ImagePart:
+        where = part.where or "messages"
+        try:
+            async with asyncio.timeout(self.timeout):
+                data, declared = await self.fetch(part.url or "")
+            kind = sniff(data)
+            if kind is None:
+                raise FetchError(f"it is not a {ACCEPTED} image (Content-Type {declared})")
+        except TimeoutError:
+            reason = f"no complete answer within {self.timeout:g}s (media.fetch_timeout)"
+            raise invalid(f"{where}: could not fetch the image: {reason}", where) from None
+        except FetchError as error:
+            raise invalid(f"{where}: could not fetch the image: {error}", where) from None
+        return replace(part, data=data, media_type=kind)
+
+    async def fetch(self, url: str) -> tuple[bytes, str]:
+        """GET an image: (bytes, declared content type). Raises ``FetchError``."""
+        if self._session is None:
+            raise GatewayError("internal", "the image fetcher is not started")
+        current = URL(url)
+        for _ in range(MAX_REDIRECTS + 1):
+            self._check_url(current)
+            try:
+                async with self._session.get(
+                    current, allow_redirects=False, headers={"Accept": "image/*"}
+                ) as response:
+                    if response.status in _REDIRECTS and "Location" in response.headers:
+                        current = current.join(URL(response.headers["Location"]))
+                        continue
+                    return await self._read(response)
+            except aiohttp.ClientConnectorError as error:
+                if isinstance(error.os_error, _Refused):
+                    raise _refused(str(error.os_error)) from None
+                raise FetchError(f"cannot connect to {current.host}") from None
+            except aiohttp.ClientError as error:
+                raise FetchError(f"{type(error).__name__} from {current.host}") from None
+        raise FetchError(f"more than {MAX_REDIRECTS} redirects")
+
+    def _check_url(self, url: URL) -> None:
+        if url.scheme not in ("http", "https") or not url.host:
+            raise FetchError(f"only http and https URLs are fetched, not {url.scheme}:")
+        try:
+            address = ipaddress.ip_address(url.host.strip("[]"))
+        except ValueError:
+            return  # a name: the guarded resolver checks what it resolves to
+        if not self.allow_private and not is_public(address):
+            raise _refused(f"{address} is not a public address")
+
+    async def _read(self, response: aiohttp.ClientResponse) -> tuple[bytes, str]:
+        if response.status != 200:
+            raise FetchError(f"{response.url.host} answered {response.status}")
+        declared = response.headers.get("Content-Type", "none").split(";")[0].strip().lower()
+        if not declared.startswith("image/") and declared != "application/octet-stream":
+            raise FetchError(f"the server sent Content-Type {declared}, not an image")
+        too_large = f"it is larger than {self.max_bytes / 2**20:g} MB (media.max_image_mb)"
+        if (response.content_length or 0) > self.max_bytes:
+            raise FetchError(too_large)
+        body = bytearray()
+        async for chunk in response.content.iter_chunked(_CHUNK):
+            body += chunk
+            if len(body) > self.max_bytes:
+                raise FetchError(too_large)
+        return bytes(body), declared
+
+
+class FetchError(Exception):
+    """Why an image URL could not be used; shown to the client (no URL, which may
+    carry credentials in its query)."""
+
+
+def _refused(reason: str) -> FetchError:
+    return FetchError(f"refused, {reason}; set media.allow_private_urls to allow it")
+
+
+def _url_images(request: ChatRequest) -> list[ImagePart]:
+    return [part for part in images(request) if (part.url or "").startswith(("http:", "https:"))]
