@@ -51,6 +51,11 @@ def error_of(raw: Any) -> dict[str, Any]:
             "video",
         ),
         (
+            {"model": "chat-model", "messages": [{"role": "user", "content": [{"type": "text"}]}]},
+            "messages[0].content[0].text",
+            "string",
+        ),
+        (
             {
                 "model": "chat-model",
                 "messages": [{"role": "user", "content": [{"type": "image_url"}]}],
