@@ -45,7 +45,11 @@ async def accumulate(events: AsyncIterator[Event]) -> Reply:
         elif isinstance(event, Usage):
             reply.usage = event
         elif isinstance(event, Start):
-            reply.model = event.model
+            reply.model, reply.deployment, reply.attempts = (
+                event.model,
+                event.deployment,
+                event.attempts,
+            )
     reply.text = "".join(text)
     reply.reasoning = "".join(reasoning)
     for index in sorted(calls):

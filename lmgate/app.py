@@ -50,7 +50,7 @@ class Gateway:
         self.fetcher = ImageFetcher(
             int(limits.max_image_mb * 2**20), limits.fetch_timeout, limits.allow_private_urls
         )
-        self.router = Router(self.fetcher)
+        self.router = Router(config.routing, self.fetcher)
         self.api_keys = [key.encode() for key in config.server.api_keys]
         self.max_body = int(config.server.max_body_mb * 1024 * 1024)
         self.ready = False
@@ -131,11 +131,13 @@ class Gateway:
         try:
             self.authenticate(request)
             chat = frontend.parse_request(await self.read_body(request))
-            entry = self.catalog.resolve(chat.model, self.check_media(chat))
-            events = self.router.stream(chat, entry)
+            chain = self.catalog.candidates(chat.model, self.check_media(chat), bool(chat.tools))
+            events = self.router.stream(chat, chain)
             if not chat.stream:
-                body = frontend.reply_body(await accumulate(events), chat)
-                return Response(body, media_type="application/json", headers=_ids(request_id))
+                reply = await accumulate(events)
+                body = frontend.reply_body(reply, chat)
+                headers = _ids(request_id, reply.deployment, reply.attempts)
+                return Response(body, media_type="application/json", headers=headers)
             # Wait for the upstream to accept before sending 200, so that an early
             # failure still gets its real status.
             try:
@@ -145,7 +147,7 @@ class Gateway:
                 raise
             assert isinstance(start, Start)
             frames = frontend.stream_frames(start, events, chat)
-            headers = {**_SSE_HEADERS, **_ids(request_id)}
+            headers = {**_SSE_HEADERS, **_ids(request_id, start.deployment, start.attempts)}
             return StreamingResponse(frames, media_type="text/event-stream", headers=headers)
         except GatewayError as error:
             if error.kind in _UPSTREAM_KINDS:
@@ -232,8 +234,15 @@ def _request_id(request: Request) -> str:
     return uuid.uuid4().hex
 
 
-def _ids(request_id: str) -> dict[str, str]:
-    return {"x-request-id": request_id}
+def _ids(request_id: str, deployment: str = "", attempts: int = 0) -> dict[str, str]:
+    """``x-request-id``, and once the router ran, what served the request and how many
+    upstream requests it took."""
+    headers = {"x-request-id": request_id}
+    if deployment:
+        headers["x-lmgate-deployment"] = deployment
+    if attempts:
+        headers["x-lmgate-attempts"] = str(attempts)
+    return headers
 
 
 class Frontend(Protocol):
@@ -249,7 +258,7 @@ class Frontend(Protocol):
 
 
 def _error(frontend: Frontend, error: GatewayError, request_id: str) -> Response:
-    headers = _ids(request_id)
+    headers = _ids(request_id, attempts=error.attempts)
     if error.retry_after is not None:
         headers["Retry-After"] = str(max(1, round(error.retry_after)))
     return Response(

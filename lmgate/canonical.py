@@ -133,6 +133,8 @@ class Start:
     model name; the router replaces it with the catalog id that serves the reply."""
 
     model: str
+    deployment: str = ""  # set by the router: "provider/upstream-model"
+    attempts: int = 1  # set by the router: upstream requests the reply took
 
 
 @dataclass(slots=True)
@@ -203,6 +205,8 @@ class Reply:
     """A whole reply, folded from events by ``accumulate``."""
 
     model: str = ""
+    deployment: str = ""
+    attempts: int = 1
     text: str = ""
     reasoning: str = ""
     reasoning_signature: str | None = None

@@ -8,15 +8,21 @@ from datetime import UTC, datetime
 
 from lmgate.config import CatalogInfo, Config
 from lmgate.errors import GatewayError
+from lmgate.health import Health
 from lmgate.providers.base import Provider, Target
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # compared by identity: two may look alike
 class Deployment:
     provider: Provider
     target: Target
     weight: float = 1.0
     think_tags: bool = False  # split <think>…</think> out of the reply text
+    health: Health = field(default_factory=Health)
+
+    @property
+    def name(self) -> str:
+        return f"{self.provider.name}/{self.target.model}"
 
     @property
     def inline_image_urls(self) -> bool:
@@ -37,11 +43,20 @@ class ModelEntry:
     max_output_tokens: int | None = None
     vision_fallback: str | None = None
     aliases: list[str] = field(default_factory=list)
+    tools: bool = True
+    balance: str = "weighted"  # | "least_in_flight"
 
 
 class Catalog:
-    def __init__(self, entries: list[ModelEntry], auto: list[str], info: CatalogInfo) -> None:
+    def __init__(
+        self,
+        entries: list[ModelEntry],
+        auto: list[str],
+        info: CatalogInfo,
+        fallbacks: dict[str, list[str]] | None = None,
+    ) -> None:
         self.entries = entries
+        self._fallbacks = fallbacks or {}
         self.info = info
         self.started = datetime.now(UTC)
         self._by_id = {entry.id: entry for entry in entries}
@@ -55,6 +70,7 @@ class Catalog:
     @classmethod
     def from_config(cls, config: Config, providers: dict[str, Provider]) -> Catalog:
         now_ms = int(time.time() * 1000)
+        cooldown = config.routing.cooldown
         entries = []
         for model in config.models:
             deployments = [
@@ -63,6 +79,9 @@ class Catalog:
                     Target(item.model or model.id, dict(item.params)),
                     item.weight,
                     item.reasoning == "think_tags",
+                    Health(
+                        item.max_in_flight, item.max_queued, cooldown.failures, cooldown.seconds
+                    ),
                 )
                 for item in model.all_deployments()
             ]
@@ -80,50 +99,83 @@ class Catalog:
                     max_output_tokens=model.max_output_tokens,
                     vision_fallback=model.vision_fallback,
                     aliases=list(model.aliases),
+                    tools=model.tools,
+                    balance=model.balance,
                 )
             )
-        return cls(entries, config.routing.auto, config.catalog)
+        return cls(entries, config.routing.auto, config.catalog, config.routing.fallbacks)
 
     def get(self, model_id: str) -> ModelEntry | None:
         return self._by_id.get(model_id)
 
     def resolve(self, requested: str, images: bool = False) -> ModelEntry:
-        """A model by id, alias or display name; ``auto`` is the first auto candidate
-        that can take the request. A request with images to a text-only model goes to
-        its ``vision_fallback``, or is refused."""
-        entry = self._find(requested, images)
-        if images and entry.support != "image":
-            if entry.vision_fallback:
-                return self._by_id[entry.vision_fallback]
+        return self.candidates(requested, images)[0]
+
+    def candidates(
+        self, requested: str, images: bool = False, tools: bool = False
+    ) -> list[ModelEntry]:
+        """The models to try, in order, for a request naming ``requested`` (an id, alias
+        or display name, or ``auto``): the model itself, then its
+        ``routing.fallbacks``; for ``auto``, every ``routing.auto`` model that can take
+        the request. A model that cannot take the request's images is replaced by its
+        ``vision_fallback``, and one without tools is passed over; asked for by name,
+        such a model is an error."""
+        if requested == "auto" and requested not in self._by_id:
+            return self._auto_candidates(images, tools)
+        entry = self._find(requested)
+        primary = self._capable(entry, images, tools)
+        if primary is None:
+            what = "tools" if tools and not entry.tools else "images"
+            advice = (
+                "send no tools, or choose a model with tools: true"
+                if what == "tools"
+                else "send text only, or choose a model whose support is 'image'"
+            )
             raise GatewayError(
                 "invalid_request",
-                f"model {entry.id} does not accept images; send text only, "
-                "or choose a model whose support is 'image'",
-                param="messages",
+                f"model {entry.id} does not accept {what}; {advice}",
+                param="tools" if what == "tools" else "messages",
             )
+        chain = [primary]
+        for model_id in (*self._fallbacks.get(entry.id, ()), *self._fallbacks.get(primary.id, ())):
+            fallback = self._capable(self._by_id[model_id], images, tools)
+            if fallback is not None and fallback not in chain:
+                chain.append(fallback)
+        return chain
+
+    def _auto_candidates(self, images: bool, tools: bool) -> list[ModelEntry]:
+        chain: list[ModelEntry] = []
+        for candidate in self._auto:
+            capable = self._capable(candidate, images, tools)
+            if capable is not None and capable not in chain:
+                chain.append(capable)
+        if chain:
+            return chain
+        if self._auto and (images or tools):
+            what = " and ".join(w for w, asked in (("images", images), ("tools", tools)) if asked)
+            raise GatewayError(
+                "invalid_request",
+                f"model 'auto': no model in routing.auto accepts {what}",
+                param="model",
+            )
+        raise GatewayError(
+            "not_found",
+            "model 'auto' is not available: routing.auto lists no models",
+            param="model",
+            code="model_not_found",
+        )
+
+    def _capable(self, entry: ModelEntry, images: bool, tools: bool) -> ModelEntry | None:
+        if images and entry.support != "image":
+            if not entry.vision_fallback:
+                return None
+            entry = self._by_id[entry.vision_fallback]
+        if tools and not entry.tools:
+            return None
         return entry
 
-    def _find(self, requested: str, images: bool) -> ModelEntry:
-        entry = self._by_id.get(requested)
-        if entry is not None:
-            return entry
-        if requested == "auto":
-            for candidate in self._auto:
-                if not images or candidate.support == "image" or candidate.vision_fallback:
-                    return candidate
-            if images and self._auto:
-                raise GatewayError(
-                    "invalid_request",
-                    "model 'auto': no model in routing.auto accepts images",
-                    param="model",
-                )
-            raise GatewayError(
-                "not_found",
-                "model 'auto' is not available: routing.auto lists no models",
-                param="model",
-                code="model_not_found",
-            )
-        entry = self._by_name.get(requested.casefold())
+    def _find(self, requested: str) -> ModelEntry:
+        entry = self._by_id.get(requested) or self._by_name.get(requested.casefold())
         if entry is None:
             raise GatewayError(
                 "not_found",

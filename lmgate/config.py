@@ -31,6 +31,8 @@ class ServerConfig(_Strict):
     api_keys: list[str] = []
     route_prefixes: list[str] = ["/api"]
     max_body_mb: float = Field(32, gt=0)
+    # On SIGTERM/SIGINT: seconds in-flight requests get to finish before they are cut.
+    shutdown_grace: float = Field(30, ge=0)
 
     @field_validator("api_keys")
     @classmethod
@@ -65,6 +67,8 @@ class DeploymentConfig(_Strict):
     weight: float = Field(1.0, gt=0)
     # "think_tags": the model writes <think>…</think> in its text; split it out.
     reasoning: Literal["think_tags"] | None = None
+    max_in_flight: int | None = Field(None, gt=0)  # concurrent requests to this deployment
+    max_queued: int = Field(100, ge=0)  # requests waiting for a slot; more get 429 / 529
 
 
 class ModelConfig(_Strict):
@@ -85,6 +89,8 @@ class ModelConfig(_Strict):
     params: dict[str, Any] = {}
     reasoning: Literal["think_tags"] | None = None  # default for the deployments
     vision_fallback: str | None = None  # the model that takes requests with images
+    tools: bool = True  # whether the model takes tool definitions
+    balance: Literal["weighted", "least_in_flight"] = "weighted"
 
     def all_deployments(self) -> list[DeploymentConfig]:
         deployments = list(self.deployments)
@@ -109,8 +115,20 @@ class MediaConfig(_Strict):
     allow_private_urls: bool = False  # also fetch from loopback, private, link-local hosts
 
 
+class CooldownConfig(_Strict):
+    failures: int = Field(3, gt=0)  # retryable failures in a row that take a deployment out
+    seconds: float = Field(30, gt=0)  # how long it stays out before one request probes it
+
+
 class RoutingConfig(_Strict):
     auto: list[str] = []
+    fallbacks: dict[str, list[str]] = {}  # model id -> models tried after its deployments
+    retries: int = Field(2, ge=0)  # attempts after the first, per model
+    backoff: float = Field(0.25, ge=0)  # seconds before the first retry of a deployment; doubles
+    max_backoff: float = Field(8, ge=0)
+    max_retry_wait: float = Field(30, ge=0)  # longest upstream Retry-After lmgate waits out
+    queue_timeout: float = Field(30, gt=0)  # longest wait for a deployment's free slot
+    cooldown: CooldownConfig = CooldownConfig()
 
 
 class Config(_Strict):
@@ -210,6 +228,14 @@ def _check_references(config: Config) -> None:
     for index, model_id in enumerate(config.routing.auto):
         if model_id not in seen:
             problems.append(f"routing.auto.{index}: unknown model {model_id!r}")
+    for model_id, fallbacks in config.routing.fallbacks.items():
+        if model_id not in seen:
+            problems.append(f"routing.fallbacks.{model_id}: unknown model {model_id!r}")
+        for index, fallback in enumerate(fallbacks):
+            if fallback not in seen or fallback == model_id:
+                problems.append(
+                    f"routing.fallbacks.{model_id}.{index}: {fallback!r} is not another model"
+                )
     if problems:
         raise ConfigError("\n".join(problems))
 

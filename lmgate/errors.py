@@ -59,6 +59,7 @@ class GatewayError(Exception):
         self.code = code
         self.retryable = retryable
         self.retry_after = retry_after
+        self.attempts = 0  # upstream requests made before giving up (set by the router)
 
 
 def from_exception(error: Exception) -> GatewayError:

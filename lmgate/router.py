@@ -1,10 +1,17 @@
-"""Picks a deployment for a catalog entry, fails over before the first byte, meters usage."""
+"""Runs a request against the models it may go to: picks deployments (by weight or
+fewest in flight), retries retryable failures with backoff and ``Retry-After``,
+moves on to fallback models, honours per-deployment concurrency caps and circuit
+breakers (``health.py``), and meters usage.
+
+Nothing is retried once the first event reached the client.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import random
+import time
 from collections.abc import AsyncGenerator
-from contextlib import aclosing
 from dataclasses import replace
 
 from lmgate import tokens
@@ -19,65 +26,160 @@ from lmgate.canonical import (
     Usage,
 )
 from lmgate.catalog import Deployment, ModelEntry
+from lmgate.config import RoutingConfig
 from lmgate.errors import GatewayError
 from lmgate.fetch import ImageFetcher
 from lmgate.reasoning import split_think_tags
 
+# Failures mid-reply that say something about the deployment, not the request.
+_UNHEALTHY_KINDS = frozenset({"upstream", "timeout", "overloaded", "rate_limit"})
+
 
 class Router:
     def __init__(
-        self, fetcher: ImageFetcher | None = None, rng: random.Random | None = None
+        self,
+        routing: RoutingConfig | None = None,
+        fetcher: ImageFetcher | None = None,
+        rng: random.Random | None = None,
     ) -> None:
+        self.routing = routing or RoutingConfig()
         self._fetcher = fetcher
         self._rng = rng or random.Random()
 
-    def order(self, deployments: list[Deployment]) -> list[Deployment]:
-        """Deployments in the order to try them: weighted random first, the rest after."""
-        if len(deployments) < 2:
-            return deployments
-        remaining = list(deployments)
-        ordered = []
-        while remaining:
-            pick = self._rng.choices(remaining, weights=[d.weight for d in remaining])[0]
-            remaining.remove(pick)
-            ordered.append(pick)
-        return ordered
-
-    async def stream(self, request: ChatRequest, entry: ModelEntry) -> AsyncGenerator[Event, None]:
-        """The reply's events, starting with ``Start(entry.id)`` and always ending with
-        ``Usage`` (counted offline when the upstream reported none)."""
-        cap = entry.max_output_tokens
-        if cap is not None and request.max_tokens is not None and request.max_tokens > cap:
-            request = replace(request, max_tokens=cap)
+    async def stream(
+        self, request: ChatRequest, chain: list[ModelEntry]
+    ) -> AsyncGenerator[Event, None]:
+        """The reply's events from the first model of ``chain`` that answers, starting
+        with ``Start`` (which names the model, deployment and attempts) and always
+        ending with ``Usage`` (counted offline when the upstream reported none)."""
+        attempts = 0
         failure: GatewayError | None = None
-        inlined: ChatRequest | None = None  # fetched once, whichever deployments need it
-        for deployment in self.order(entry.deployments):
-            sent = request
-            if deployment.inline_image_urls and self._fetcher is not None:
-                inlined = inlined or await self._fetcher.inline(request)
-                sent = inlined
-            events = deployment.provider.stream(sent, deployment.target)
-            if deployment.think_tags:
-                events = split_think_tags(events)
-            async with aclosing(events):
+        inlined: ChatRequest | None = None  # images fetched once, whichever deployment needs them
+        for entry in chain:
+            # Deployments tried for this model, with when each may be retried (Retry-After).
+            tried: dict[Deployment, float] = {}
+            for number in range(self.routing.retries + 1):
+                deployment = await self._pick(entry, tried, number)
+                if deployment is None:
+                    break
+                tried[deployment] = 0.0
+                attempts += 1
+                health = deployment.health
                 try:
-                    first = await anext(events)
-                except StopAsyncIteration:
-                    failure = GatewayError(
-                        "upstream", "upstream sent an empty reply", retryable=True
-                    )
-                    continue
+                    await health.acquire(self.routing.queue_timeout, deployment.name)
                 except GatewayError as error:
-                    if not error.retryable:
-                        raise
+                    health.abandoned()
                     failure = error
                     continue
-                yield Start(entry.id)
-                async for event in _metered(request, first, events):
-                    yield event
+                events: AsyncGenerator[Event, None] | None = None
+                try:
+                    sent = request
+                    if deployment.inline_image_urls and self._fetcher is not None:
+                        sent = inlined = inlined or await self._fetcher.inline(request)
+                    sent = _capped(sent, entry)
+                    events = deployment.provider.stream(sent, deployment.target)
+                    if deployment.think_tags:
+                        events = split_think_tags(events)
+                    first = await anext(events)
+                except (GatewayError, StopAsyncIteration) as error:
+                    health.release()
+                    if events is not None:
+                        await events.aclose()
+                    if isinstance(error, StopAsyncIteration):
+                        error = GatewayError(
+                            "upstream",
+                            f"upstream {deployment.name} sent an empty reply",
+                            retryable=True,
+                        )
+                    if not error.retryable:
+                        health.abandoned()
+                        error.attempts = attempts
+                        raise error from None
+                    health.failed()
+                    if error.retry_after:
+                        tried[deployment] = time.monotonic() + error.retry_after
+                    failure = error
+                    continue
+                except BaseException:
+                    health.abandoned()
+                    health.release()
+                    if events is not None:
+                        await events.aclose()
+                    raise
+                health.succeeded()
+                try:
+                    yield Start(entry.id, deployment.name, attempts)
+                    async for event in _metered(sent, first, events):
+                        yield event
+                except GatewayError as error:
+                    if error.kind in _UNHEALTHY_KINDS:
+                        health.failed()
+                    raise
+                finally:
+                    health.release()
+                    await events.aclose()
                 return
+            failure = failure or _cooling(entry)
         assert failure is not None
+        failure.attempts = attempts
         raise failure
+
+    async def _pick(
+        self, entry: ModelEntry, tried: dict[Deployment, float], number: int
+    ) -> Deployment | None:
+        """The deployment for attempt ``number`` (from 0) at ``entry``: one not yet
+        tried that is usable now, else a tried one again after backoff and its
+        ``Retry-After`` (when within ``routing.max_retry_wait``). None when nothing is
+        left: every deployment is cooling down or asked for too long a wait."""
+        now = time.monotonic()
+        fresh = [d for d in entry.deployments if d not in tried and d.health.usable(now)]
+        if fresh:
+            pick = fresh[0] if len(fresh) == 1 else self._balance(entry, fresh)
+            pick.health.claim(now)
+            return pick
+        backoff = self._backoff(number)
+        waits = [
+            (max(backoff, retry_at - now), deployment)
+            for deployment, retry_at in tried.items()
+            if deployment.health.usable(now) and retry_at - now <= self.routing.max_retry_wait
+        ]
+        if not waits:
+            return None
+        wait, pick = min(waits, key=lambda item: item[0])
+        await asyncio.sleep(wait)
+        return pick if pick.health.claim(time.monotonic()) else None
+
+    def _balance(self, entry: ModelEntry, deployments: list[Deployment]) -> Deployment:
+        if entry.balance == "least_in_flight":
+            return min(
+                deployments, key=lambda d: (d.health.in_flight / d.weight, self._rng.random())
+            )
+        # Weighted, preferring deployments with a free slot over queueing at a full one.
+        roomy = [d for d in deployments if d.health.has_room()] or deployments
+        return self._rng.choices(roomy, weights=[d.weight for d in roomy])[0]
+
+    def _backoff(self, attempt: int) -> float:
+        """Exponential backoff with jitter before attempt ``attempt`` (from 1)."""
+        base = min(self.routing.max_backoff, self.routing.backoff * 2 ** (attempt - 1))
+        return base * self._rng.uniform(0.5, 1.0)
+
+
+def _capped(request: ChatRequest, entry: ModelEntry) -> ChatRequest:
+    cap = entry.max_output_tokens
+    if cap is not None and request.max_tokens is not None and request.max_tokens > cap:
+        return replace(request, max_tokens=cap)
+    return request
+
+
+def _cooling(entry: ModelEntry) -> GatewayError:
+    now = time.monotonic()
+    soonest = min(d.health.open_until for d in entry.deployments) - now
+    return GatewayError(
+        "overloaded",
+        f"model {entry.id}: every deployment is cooling down after repeated failures",
+        retryable=True,
+        retry_after=max(1.0, soonest),
+    )
 
 
 async def _metered(

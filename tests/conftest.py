@@ -154,7 +154,13 @@ def upstream_config(upstream: FakeUpstream, **provider: Any) -> dict[str, Any]:
             },
             {"id": "echo", "name": "Echo", "provider": "echo", "support": "image"},
         ],
-        "routing": {"auto": ["chat-model", "echo"]},
+        # One attempt and no circuit breaker: protocol tests see each upstream answer
+        # as it is. test_routing.py covers retries and cooldown.
+        "routing": {
+            "auto": ["chat-model", "echo"],
+            "retries": 0,
+            "cooldown": {"failures": 1_000_000},
+        },
     }
 
 
