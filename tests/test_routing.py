@@ -108,6 +108,19 @@ def start(start_gateway: Any, a: FakeUpstream, b: FakeUpstream) -> Any:
     return started
 
 
+def wait_until(condition: Any, timeout: float = 5) -> None:
+    """Poll instead of sleeping a guessed time: CI machines are slow and noisy."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.01)
+
+
+def health(gw: RunningGateway, model: str = "one") -> Any:
+    entry = gw.app.state.gateway.catalog.get(model)
+    return entry.deployments[0].health
+
+
 def fail(status: int, **headers: str) -> Script:
     return Script(status=status, json={"error": {"message": f"boom {status}"}}, headers=headers)
 
@@ -389,7 +402,7 @@ def test_least_in_flight_sends_to_the_idle_deployment(
         server.push(Script(json=completion(), delay=0.6))
     with ThreadPoolExecutor(2) as pool:
         first = pool.submit(ask, gw, "pair")
-        time.sleep(0.2)  # the first is in flight at one deployment
+        wait_until(lambda: len(a.requests) + len(b.requests) == 1)
         second = pool.submit(ask, gw, "pair")
         assert first.result().status == 200 and second.result().status == 200
     assert len(a.requests) == 1 and len(b.requests) == 1
@@ -411,12 +424,12 @@ def test_concurrency_cap_queues_then_overflows(
     start_gateway: Any, a: FakeUpstream, b: FakeUpstream
 ) -> None:
     gw = start_gateway(capped(a, b, max_in_flight=1, max_queued=1))
-    a.push(*[Script(json=completion(), delay=0.5)] * 2)
+    a.push(*[Script(json=completion(), delay=0.8)] * 2)
     with ThreadPoolExecutor(3) as pool:
         running = pool.submit(ask, gw)
-        time.sleep(0.15)
+        wait_until(lambda: len(a.requests) == 1)
         queued = pool.submit(ask, gw)
-        time.sleep(0.15)
+        wait_until(lambda: len(health(gw)._waiters) == 1)
         overflow = ask(gw)
         assert overflow.status == 429
         assert "max_in_flight" in orjson.loads(overflow.body)["error"]["message"]
@@ -433,7 +446,7 @@ def test_queue_wait_is_bounded(start_gateway: Any, a: FakeUpstream, b: FakeUpstr
     a.push(Script(json=completion(), delay=0.8))
     with ThreadPoolExecutor(1) as pool:
         running = pool.submit(ask, gw)
-        time.sleep(0.15)
+        wait_until(lambda: len(a.requests) == 1)
         started = time.monotonic()
         waited = ask(gw)
         assert waited.status == 429 and "within 0.3s" in waited.body.decode()
@@ -453,7 +466,7 @@ def test_stream_holds_its_slot_until_it_ends(
         done.set()
 
     threading.Thread(target=stream).start()
-    time.sleep(0.3)
+    wait_until(lambda: len(a.requests) == 1)
     assert ask(gw).status == 429  # mid-stream: the slot is still taken
     assert done.wait(5)
     assert ask(gw).status == 200
@@ -468,7 +481,7 @@ def test_fallback_takes_requests_a_full_deployment_refuses(
     a.push(Script(json=completion(), delay=0.5))
     with ThreadPoolExecutor(1) as pool:
         running = pool.submit(ask, gw)
-        time.sleep(0.15)
+        wait_until(lambda: len(a.requests) == 1)
         spill = ask(gw)
         assert spill.status == 200 and orjson.loads(spill.body)["model"] == "secondary"
         assert running.result().status == 200
