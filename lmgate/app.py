@@ -10,10 +10,13 @@ import gc
 import hmac
 import logging
 import os
+import signal
+import threading
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Protocol
+from types import FrameType
+from typing import Any, Protocol
 
 import orjson
 from starlette.applications import Starlette
@@ -54,6 +57,8 @@ class Gateway:
         self.api_keys = [key.encode() for key in config.server.api_keys]
         self.max_body = int(config.server.max_body_mb * 1024 * 1024)
         self.ready = False
+        self.draining = False
+        self._cut: asyncio.TimerHandle | None = None
 
     async def startup(self) -> None:
         for provider in self.providers.values():
@@ -65,13 +70,48 @@ class Gateway:
         # collector's full passes, which otherwise lengthen tail latency.
         gc.collect()
         gc.freeze()
+        self._watch_exit_signals()
         self.ready = True
 
     async def shutdown(self) -> None:
         self.ready = False
+        if self._cut is not None:
+            self._cut.cancel()
         for provider in self.providers.values():
             await provider.close()
         await self.fetcher.close()
+
+    # ---- graceful shutdown ------------------------------------------------------------
+
+    def _watch_exit_signals(self) -> None:
+        """Learn when uvicorn starts shutting down. It stops accepting and waits for
+        in-flight requests, but tells the app nothing until they are done; so wrap
+        its SIGTERM/SIGINT handlers (it restores the originals itself on exit)."""
+        if threading.current_thread() is not threading.main_thread():
+            return  # embedded in a thread (tests): whoever runs the loop stops it
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous = signal.getsignal(sig)
+            if not callable(previous):
+                continue
+
+            def handler(signum: int, frame: FrameType | None, previous: Any = previous) -> None:
+                loop.call_soon_threadsafe(self.drain)
+                previous(signum, frame)
+
+            signal.signal(sig, handler)
+
+    def drain(self) -> None:
+        """Shutdown has begun: not ready any more; in-flight requests get
+        ``server.shutdown_grace`` seconds, then each ends with a protocol-correct error
+        (rather than a connection cut by the server's own deadline)."""
+        if self.draining:
+            return
+        self.draining = True
+        self.ready = False
+        grace = self.config.server.shutdown_grace
+        log.info("shutting down: in-flight requests have %gs to finish", grace)
+        self._cut = asyncio.get_running_loop().call_later(grace, self.router.cut)
 
     def authenticate(self, request: Request) -> None:
         if not self.api_keys:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
+import math
 import os
 import sys
 
@@ -110,6 +111,9 @@ def _serve(args: argparse.Namespace, config: Config) -> int:
         log_level=args.log_level,
         access_log=args.access_log,
         lifespan="on",
+        # The app cuts what is left at shutdown_grace with a proper error (Gateway.drain);
+        # uvicorn's own deadline, later, only catches what could not be cut.
+        timeout_graceful_shutdown=math.ceil(config.server.shutdown_grace) + 5,
     )
     return 0
 

@@ -12,6 +12,7 @@ import asyncio
 import random
 import time
 from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from dataclasses import replace
 
 from lmgate import tokens
@@ -31,6 +32,7 @@ from lmgate.errors import GatewayError
 from lmgate.fetch import ImageFetcher
 from lmgate.reasoning import split_think_tags
 
+_CUT = "lmgate: cut at shutdown"
 # Failures mid-reply that say something about the deployment, not the request.
 _UNHEALTHY_KINDS = frozenset({"upstream", "timeout", "overloaded", "rate_limit"})
 
@@ -45,13 +47,47 @@ class Router:
         self.routing = routing or RoutingConfig()
         self._fetcher = fetcher
         self._rng = rng or random.Random()
+        self._live: set[asyncio.Task[object]] = set()  # tasks reading a reply
 
     async def stream(
         self, request: ChatRequest, chain: list[ModelEntry]
     ) -> AsyncGenerator[Event, None]:
         """The reply's events from the first model of ``chain`` that answers, starting
         with ``Start`` (which names the model, deployment and attempts) and always
-        ending with ``Usage`` (counted offline when the upstream reported none)."""
+        ending with ``Usage`` (counted offline when the upstream reported none).
+
+        ``cut()`` ends it early with an error, wherever it is waiting."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._live.add(task)
+        try:
+            async with aclosing(self._route(request, chain)) as events:
+                async for event in events:
+                    yield event
+                    # A streamed reply is read on by another task than the one that
+                    # waited for its start.
+                    reader = asyncio.current_task()
+                    if reader is not task and reader is not None:
+                        self._live.discard(task)
+                        self._live.add(task := reader)
+        except asyncio.CancelledError as cancel:
+            if cancel.args != (_CUT,):
+                raise
+            task.uncancel()
+            raise GatewayError(
+                "overloaded", "the gateway is shutting down; send the request again", retry_after=1
+            ) from None
+        finally:
+            self._live.discard(task)
+
+    def cut(self) -> None:
+        """End every request still being answered (at shutdown, after the grace period)."""
+        for task in self._live:
+            task.cancel(_CUT)
+
+    async def _route(
+        self, request: ChatRequest, chain: list[ModelEntry]
+    ) -> AsyncGenerator[Event, None]:
         attempts = 0
         failure: GatewayError | None = None
         inlined: ChatRequest | None = None  # images fetched once, whichever deployment needs them
