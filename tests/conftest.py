@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import http.client
 import os
 import socket
@@ -16,6 +17,7 @@ import openai
 import orjson
 import pytest
 import uvicorn
+import uvloop
 
 from lmgate.app import build_app
 from lmgate.config import parse_config
@@ -41,9 +43,13 @@ class RunningGateway:
                 self.app, loop="uvloop", http="httptools", log_level="warning", lifespan="on"
             )
         )
-        self.thread = threading.Thread(
-            target=self.server.run, kwargs={"sockets": [sock]}, daemon=True
-        )
+        self.loop = uvloop.new_event_loop()
+
+        def run() -> None:
+            asyncio.set_event_loop(self.loop)
+            self.loop.run_until_complete(self.server.serve(sockets=[sock]))
+
+        self.thread = threading.Thread(target=run, daemon=True)
         self.thread.start()
         deadline = time.monotonic() + 10
         while not self.server.started:
