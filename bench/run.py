@@ -194,6 +194,19 @@ def main() -> int:
                 "direct": wrk(direct, BODY, connections, args.seconds),
                 "gateway": wrk(through, BODY, connections, args.seconds),
             }
+        routed = BODY.replace('"model":"bench"', '"model":"bench-routed"')
+        results["router"] = {}
+        for connections in (1, 16):
+            # A B B A: whichever runs second is favoured on this machine; this cancels it.
+            order = [("one", BODY), ("routed", routed), ("routed", routed), ("one", BODY)]
+            runs = [(name, wrk(through, body, connections, args.seconds)) for name, body in order]
+            results["router"][connections] = {
+                label: {
+                    key: statistics.mean(r[key] for n, r in runs if n == name)
+                    for key in ("rps", "p50_ms", "p99_ms")
+                }
+                for label, name in (("one_deployment", "one"), ("routed", "routed"))
+            }
         results["stream"]["rps_c16"] = {
             "direct": wrk(direct, STREAM_BODY, 16, args.seconds)["rps"],
             "gateway": wrk(through, STREAM_BODY, 16, args.seconds)["rps"],
@@ -239,6 +252,14 @@ def report(results: dict[str, Any]) -> None:
         print(
             f"{connections:>5} {d['rps']:>11.0f} {g['rps']:>12.0f} {g['rps'] / d['rps']:>6.2f} "
             f"{d['p50_ms']:>9.3f}ms {g['p50_ms']:>10.3f}ms {g['p50_ms'] - d['p50_ms']:>8.3f}ms {g['p99_ms']:>10.3f}ms"
+        )
+    print("\nthe router: one deployment vs three (least in flight, capped, with a fallback)")
+    for connections, row in results["router"].items():
+        one, routed = row["one_deployment"], row["routed"]
+        print(
+            f"  c={connections}: rps {one['rps']:.0f} vs {routed['rps']:.0f}"
+            f" (ratio {routed['rps'] / one['rps']:.2f}), p50 {one['p50_ms']:.3f} vs"
+            f" {routed['p50_ms']:.3f}ms, p99 {one['p99_ms']:.3f} vs {routed['p99_ms']:.3f}ms"
         )
     s = results["stream"]
     d, g = s["c1"]["direct"], s["c1"]["gateway"]

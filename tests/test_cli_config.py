@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -262,15 +263,32 @@ def test_workers_option_serves_from_several_processes(serve: Any) -> None:
         assert status == 200
 
 
-def test_readme_config_example_is_valid(tmp_path: Path) -> None:
+def test_readme_config_examples_are_valid(tmp_path: Path) -> None:
     readme = (Path(__file__).parent.parent / "README.md").read_text()
-    example = readme.split("## Configuration", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
-    path = tmp_path / "readme.yaml"
-    path.write_text(example)
-    result = run_cli(
-        "check", "--config", str(path), env={"LMGATE_KEY": "k", "DEEPSEEK_API_KEY": "sk-x"}
-    )
-    assert result.returncode == 0, result.stderr
+    blocks = [block.split("```", 1)[0] for block in readme.split("```yaml\n")[1:]]
+    examples = [block for block in blocks if "providers:" in block]
+    assert len(examples) >= 2  # the configuration reference and the routing example
+    env = {"LMGATE_KEY": "k", "DEEPSEEK_API_KEY": "sk-x", "DS_KEY_A": "a", "DS_KEY_B": "b"}
+    for number, example in enumerate(examples):
+        path = tmp_path / f"readme{number}.yaml"
+        path.write_text(example)
+        result = run_cli("check", "--config", str(path), env={"ANTHROPIC_API_KEY": "c", **env})
+        assert result.returncode == 0, (example, result.stderr)
+
+
+@pytest.mark.parametrize(
+    ("routing", "error"),
+    [
+        ({"fallbacks": {"nope": ["e"]}}, "routing.fallbacks.nope: unknown model 'nope'"),
+        ({"fallbacks": {"e": ["e"]}}, "routing.fallbacks.e.0: 'e' is not another model"),
+        ({"retries": -1}, "routing.retries: Input should be greater than or equal to 0"),
+        ({"cooldown": {"failures": 0}}, "routing.cooldown.failures: Input should be greater"),
+    ],
+)
+def test_routing_config_errors(routing: dict[str, Any], error: str) -> None:
+    models = [{"id": "e", "provider": "e"}]
+    with pytest.raises(ConfigError, match=re.escape(error)):
+        parse_config({"providers": {"e": {"type": "echo"}}, "models": models, "routing": routing})
 
 
 def test_vision_fallback_must_accept_images() -> None:
