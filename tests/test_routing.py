@@ -485,3 +485,20 @@ def test_fallback_takes_requests_a_full_deployment_refuses(
         spill = ask(gw)
         assert spill.status == 200 and orjson.loads(spill.body)["model"] == "secondary"
         assert running.result().status == 200
+
+
+# ---- timeouts --------------------------------------------------------------------------
+
+
+def test_total_timeout_ends_a_slow_but_steady_stream(
+    start_gateway: Any, a: FakeUpstream, b: FakeUpstream
+) -> None:
+    cfg = config(a, b)
+    cfg["providers"]["a"]["timeouts"] = {"idle": 0.5, "total": 1}
+    gw = start_gateway(cfg)
+    a.push(Script(chunks=text_stream(["w"] * 12), chunk_delay=0.2))  # never idle for 0.5s
+    started = time.monotonic()
+    raw = ask(gw, stream=True)
+    last = [line for line in raw.body.split(b"\n") if line.startswith(b"data: ")][-1]
+    assert orjson.loads(last[6:])["error"]["type"] == "timeout_error"
+    assert 0.9 < time.monotonic() - started < 2
