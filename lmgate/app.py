@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import hmac
 import logging
 import os
 import signal
@@ -26,6 +25,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from lmgate import media, tokens
+from lmgate.accounts import Accounts
 from lmgate.accumulate import accumulate
 from lmgate.canonical import ChatRequest, Event, Reply, Start
 from lmgate.catalog import Catalog
@@ -33,8 +33,10 @@ from lmgate.config import Config, load_config
 from lmgate.errors import ErrorKind, GatewayError
 from lmgate.fetch import ImageFetcher
 from lmgate.frontends import anthropic_messages, openai_chat
+from lmgate.keys import Caller
 from lmgate.providers import build_provider
 from lmgate.router import Router
+from lmgate.usage import CLIENT_LEFT
 
 log = logging.getLogger("lmgate")
 
@@ -54,7 +56,7 @@ class Gateway:
             int(limits.max_image_mb * 2**20), limits.fetch_timeout, limits.allow_private_urls
         )
         self.router = Router(config.routing, self.fetcher)
-        self.api_keys = [key.encode() for key in config.server.api_keys]
+        self.accounts = Accounts(config, self.catalog, self.router)
         self.max_body = int(config.server.max_body_mb * 1024 * 1024)
         self.ready = False
         self.draining = False
@@ -64,6 +66,7 @@ class Gateway:
         for provider in self.providers.values():
             await provider.start()
         await self.fetcher.start()
+        await self.accounts.start()
         # Load the tokenizer off the event loop so the first request does not pay for it.
         await asyncio.to_thread(tokens.encoding)
         # Everything alive now lives as long as the process: keep it out of the
@@ -80,6 +83,7 @@ class Gateway:
         for provider in self.providers.values():
             await provider.close()
         await self.fetcher.close()
+        await self.accounts.stop()
 
     # ---- graceful shutdown ------------------------------------------------------------
 
@@ -113,24 +117,10 @@ class Gateway:
         log.info("shutting down: in-flight requests have %gs to finish", grace)
         self._cut = asyncio.get_running_loop().call_later(grace, self.router.cut)
 
-    def authenticate(self, request: Request) -> None:
-        if not self.api_keys:
-            return
+    async def authenticate(self, request: Request) -> Caller:
         header = request.headers.get("authorization", "")
         key = header[7:].strip() if header[:7].lower() == "bearer " else ""
-        key = key or request.headers.get("x-api-key", "")
-        if not key:
-            raise GatewayError(
-                "authentication",
-                "missing API key: send 'Authorization: Bearer KEY' or 'x-api-key: KEY'",
-                code="missing_api_key",
-            )
-        given = key.encode()
-        matched = False
-        for known in self.api_keys:  # no early exit: the time taken says nothing
-            matched |= hmac.compare_digest(given, known)
-        if not matched:
-            raise GatewayError("authentication", "invalid API key", code="invalid_api_key")
+        return await self.accounts.identify(key or request.headers.get("x-api-key", ""))
 
     async def read_body(self, request: Request) -> bytes:
         length = request.headers.get("content-length", "")
@@ -168,11 +158,17 @@ class Gateway:
     async def _chat(self, request: Request, frontend: Frontend) -> Response:
         """One handler for every client protocol; ``frontend`` does the wire format."""
         request_id = _request_id(request)
+        meter = self.accounts.meter(request_id, frontend.PROTOCOL)
         try:
-            self.authenticate(request)
+            caller = await self.authenticate(request)
             chat = frontend.parse_request(await self.read_body(request))
+            if meter is not None:
+                meter.request(chat, caller.key_id)
             chain = self.catalog.candidates(chat.model, self.check_media(chat), bool(chat.tools))
+            chain = await self.accounts.admit(caller, chain)
             events = self.router.stream(chat, chain)
+            if meter is not None:
+                events = meter.watch(events, chat.stream)
             if not chat.stream:
                 reply = await accumulate(events)
                 body = frontend.reply_body(reply, chat)
@@ -192,17 +188,21 @@ class Gateway:
         except GatewayError as error:
             if error.kind in _UPSTREAM_KINDS:
                 log.warning("request %s: %s", request_id, error.message)
-            return _error(frontend, error, request_id)
-        except ClientDisconnect:
-            return Response(status_code=499)  # the client left while sending its body
+            response, kind = _error(frontend, error, request_id), str(error.kind)
+        except ClientDisconnect:  # the client left while sending its body
+            response, kind = Response(status_code=CLIENT_LEFT), "client_disconnected"
         except Exception:
             log.exception("request %s failed", request_id)
-            return _error(frontend, GatewayError("internal", "internal error"), request_id)
+            internal = GatewayError("internal", "internal error")
+            response, kind = _error(frontend, internal, request_id), "internal"
+        if meter is not None:
+            meter.finish(response.status_code, kind)
+        return response
 
     async def count_tokens(self, request: Request) -> Response:
         request_id = _request_id(request)
         try:
-            self.authenticate(request)
+            await self.authenticate(request)
             body = await self.read_body(request)
             chat = anthropic_messages.parse_request(body, for_counting=True)
             self.catalog.resolve(chat.model)
@@ -219,7 +219,7 @@ class Gateway:
         anthropic = "anthropic-version" in request.headers
         frontend = anthropic_messages if anthropic else openai_chat
         try:
-            self.authenticate(request)
+            await self.authenticate(request)
         except GatewayError as error:
             return _error(frontend, error, request_id)
         body = frontend.models_body(self.catalog)
@@ -228,7 +228,7 @@ class Gateway:
     async def get_model(self, request: Request) -> Response:
         request_id = _request_id(request)
         try:
-            self.authenticate(request)
+            await self.authenticate(request)
             model_id = request.path_params["model_id"]
             entry = self.catalog.get(model_id)
             if entry is None:
@@ -287,6 +287,8 @@ def _ids(request_id: str, deployment: str = "", attempts: int = 0) -> dict[str, 
 
 class Frontend(Protocol):
     """What a client-protocol module provides (see lmgate/frontends/)."""
+
+    PROTOCOL: str
 
     def parse_request(self, body: bytes) -> ChatRequest: ...
     def reply_body(self, reply: Reply, request: ChatRequest) -> bytes: ...

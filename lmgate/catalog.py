@@ -19,6 +19,7 @@ class Deployment:
     weight: float = 1.0
     think_tags: bool = False  # split <think>…</think> out of the reply text
     health: Health = field(default_factory=Health)
+    key: str = ""  # "model-id#index": the same in every process with this config
 
     @property
     def name(self) -> str:
@@ -82,8 +83,9 @@ class Catalog:
                     Health(
                         item.max_in_flight, item.max_queued, cooldown.failures, cooldown.seconds
                     ),
+                    f"{model.id}#{index}",
                 )
-                for item in model.all_deployments()
+                for index, item in enumerate(model.all_deployments())
             ]
             entries.append(
                 ModelEntry(

@@ -33,6 +33,12 @@ class ServerConfig(_Strict):
     max_body_mb: float = Field(32, gt=0)
     # On SIGTERM/SIGINT: seconds in-flight requests get to finish before they are cut.
     shutdown_grace: float = Field(30, ge=0)
+    admin_key: str | None = None  # enables /admin/; no client key reaches it
+
+    @field_validator("admin_key")
+    @classmethod
+    def _no_empty_admin_key(cls, key: str | None) -> str | None:
+        return key or None
 
     @field_validator("api_keys")
     @classmethod
@@ -49,6 +55,34 @@ class ServerConfig(_Strict):
             if prefix != "/":
                 out.append(prefix)
         return out
+
+
+class StoreConfig(_Strict):
+    # sqlite:///PATH or postgresql://user:pass@host/db; default: lmgate.db next to the
+    # config file (or in $LMGATE_DATA_DIR, else ~/.local/share/lmgate). "none": no store.
+    url: str | None = None
+    queue_size: int = Field(10_000, gt=0)  # usage records waiting to be written
+    batch_size: int = Field(500, gt=0)
+    flush_interval: float = Field(0.5, gt=0)  # seconds between writes
+    key_cache_seconds: float = Field(10, ge=0)  # how long a key lookup is trusted
+
+    def resolved_url(self, config_path: Path | None) -> str | None:
+        if self.url == "none":
+            return None
+        if self.url:
+            return self.url
+        if config_path is not None:
+            directory = config_path.resolve().parent
+        else:
+            default = Path.home() / ".local" / "share" / "lmgate"
+            directory = Path(os.environ.get("LMGATE_DATA_DIR") or default)
+        directory.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{directory / 'lmgate.db'}"
+
+
+class RedisConfig(_Strict):
+    url: str | None = None  # redis://host:6379/0: limits and cooldowns shared by processes
+    prefix: str = "lmgate:"
 
 
 class CatalogInfo(_Strict):
@@ -138,6 +172,8 @@ class Config(_Strict):
     models: list[ModelConfig] = []
     routing: RoutingConfig = RoutingConfig()
     media: MediaConfig = MediaConfig()
+    store: StoreConfig = StoreConfig()
+    redis: RedisConfig = RedisConfig()
     path: Path | None = Field(None, exclude=True)
 
 

@@ -73,11 +73,19 @@ class Health:
         self.failures = 0
         self.probing = False
 
-    def failed(self) -> None:
+    def failed(self) -> bool:
+        """Count a failure; whether it opened the circuit."""
         self.failures += 1
-        if self.probing or self.failures >= self.cooldown_failures:
+        opened = self.probing or self.failures >= self.cooldown_failures
+        if opened:
             self.open_until = time.monotonic() + self.cooldown_seconds
         self.probing = False
+        return opened
+
+    def open_for(self, seconds: float) -> None:
+        """Open the circuit because another process saw this deployment fail."""
+        self.failures = max(self.failures, self.cooldown_failures)
+        self.open_until = max(self.open_until, time.monotonic() + seconds)
 
     def abandoned(self) -> None:
         """The attempt ended with no verdict (the client left): let another probe."""

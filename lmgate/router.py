@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from dataclasses import replace
 
@@ -48,6 +48,8 @@ class Router:
         self._fetcher = fetcher
         self._rng = rng or random.Random()
         self._live: set[asyncio.Task[object]] = set()  # tasks reading a reply
+        # Told when a deployment's circuit opens (to share it with other processes).
+        self.on_cooldown: Callable[[Deployment], None] | None = None
 
     async def stream(
         self, request: ChatRequest, chain: list[ModelEntry]
@@ -131,7 +133,7 @@ class Router:
                         health.abandoned()
                         error.attempts = attempts
                         raise error from None
-                    health.failed()
+                    self._failed(deployment)
                     if error.retry_after:
                         tried[deployment] = time.monotonic() + error.retry_after
                     failure = error
@@ -149,7 +151,7 @@ class Router:
                         yield event
                 except GatewayError as error:
                     if error.kind in _UNHEALTHY_KINDS:
-                        health.failed()
+                        self._failed(deployment)
                     raise
                 finally:
                     health.release()
@@ -159,6 +161,10 @@ class Router:
         assert failure is not None
         failure.attempts = attempts
         raise failure
+
+    def _failed(self, deployment: Deployment) -> None:
+        if deployment.health.failed() and self.on_cooldown is not None:
+            self.on_cooldown(deployment)
 
     async def _pick(
         self, entry: ModelEntry, tried: dict[Deployment, float], number: int

@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -22,6 +23,9 @@ import uvloop
 from lmgate.app import build_app
 from lmgate.config import parse_config
 from tests.fakes.upstream import FakeUpstream
+
+# Usage databases of the gateways the tests start go to a throwaway directory.
+os.environ.setdefault("LMGATE_DATA_DIR", tempfile.mkdtemp(prefix="lmgate-tests-"))
 
 API_KEY = "sk-test-client-key"
 UPSTREAM_KEY = "sk-upstream-secret-0123456789"

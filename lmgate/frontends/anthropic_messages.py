@@ -65,6 +65,8 @@ _STOP_REASONS = {
 
 # ---- request -------------------------------------------------------------------
 
+PROTOCOL = "anthropic"  # as usage records name the client protocol
+
 
 def parse_request(body: bytes, *, for_counting: bool = False) -> ChatRequest:
     data = parse_json_object(body)

@@ -54,6 +54,8 @@ _KNOWN_FIELDS = frozenset(
     }
 )  # fmt: skip
 
+PROTOCOL = "openai"  # as usage records name the client protocol
+
 
 _FINISH_OUT = {"stop_sequence": "stop"}
 

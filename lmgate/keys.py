@@ -1,0 +1,101 @@
+"""Who is calling: the keys of ``server.api_keys``, and keys lmgate manages in its
+store (looked up by hash, cached for ``store.key_cache_seconds`` so the request
+path rarely touches the database)."""
+
+from __future__ import annotations
+
+import hmac
+import time
+from dataclasses import dataclass
+
+from lmgate.errors import GatewayError
+from lmgate.store import KEY_PREFIX, KeyInfo, Store, hash_key
+
+
+@dataclass(slots=True)
+class Caller:
+    key_id: str | None  # None: an open gateway and no key of lmgate's
+    key: KeyInfo | None = None  # a managed key, with its limits
+
+
+ANONYMOUS = Caller(None)
+
+
+class KeyRing:
+    def __init__(self, config_keys: list[str], store: Store | None, cache_seconds: float) -> None:
+        self._config_keys = [key.encode() for key in config_keys]
+        self._store = store
+        self._ttl = cache_seconds
+        self._cache: dict[str, tuple[KeyInfo | None, float]] = {}  # hash -> (key, until)
+        self._managed_exist = False
+        self._checked_at = 0.0
+
+    async def start(self) -> None:
+        await self._check_managed()
+
+    async def identify(self, secret: str) -> Caller:
+        """The caller with this key, or a 401 ``GatewayError``."""
+        if not secret:
+            if await self.is_open():
+                return ANONYMOUS
+            raise GatewayError(
+                "authentication",
+                "missing API key: send 'Authorization: Bearer KEY' or 'x-api-key: KEY'",
+                code="missing_api_key",
+            )
+        given = secret.encode()
+        found = -1
+        for index, known in enumerate(self._config_keys):  # no early exit: timing says nothing
+            if hmac.compare_digest(given, known):
+                found = index
+        if found >= 0:
+            return Caller(f"config:{found}")
+        key = await self._lookup(secret) if secret.startswith(KEY_PREFIX) else None
+        if key is None:
+            if await self.is_open():
+                return ANONYMOUS
+            raise GatewayError("authentication", "invalid API key", code="invalid_api_key")
+        if key.revoked_at is not None:
+            raise GatewayError("authentication", "this API key was revoked", code="key_revoked")
+        if key.expires_at is not None and key.expires_at <= time.time():
+            raise GatewayError("authentication", "this API key has expired", code="key_expired")
+        return Caller(key.id, key)
+
+    async def is_open(self) -> bool:
+        """No key anywhere: the gateway lets everyone in (``server.api_keys`` empty
+        and no managed key in the store)."""
+        if self._config_keys:
+            return False
+        if not self._managed_exist and time.monotonic() - self._checked_at > self._ttl:
+            await self._check_managed()
+        return not self._managed_exist
+
+    async def _check_managed(self) -> None:
+        self._checked_at = time.monotonic()
+        if self._store is not None:
+            self._managed_exist = bool(await self._store.list_keys())
+
+    async def _lookup(self, secret: str) -> KeyInfo | None:
+        if self._store is None:
+            return None
+        digest = hash_key(secret)
+        cached = self._cache.get(digest)
+        if cached is not None and cached[1] > time.monotonic():
+            return cached[0]
+        key = await self._store.find_key(secret)
+        if len(self._cache) > 100_000:  # unknown keys are cached too: bound the memory
+            self._cache.clear()
+        self._cache[digest] = (key, time.monotonic() + self._ttl)
+        return key
+
+    def used(self, tokens_by_key: dict[str, int]) -> None:
+        """Tokens this process just wrote to the store: count them at once."""
+        for key, _ in self._cache.values():
+            if key is not None and key.id in tokens_by_key:
+                key.used_tokens += tokens_by_key[key.id]
+
+    def changed(self) -> None:
+        """A key was created or revoked here: look again on the next request."""
+        self._cache.clear()
+        self._checked_at = 0.0
+        self._managed_exist = False

@@ -1,0 +1,212 @@
+"""Per-key limits (requests per minute, tokens per minute, token budget, models)
+and the state several gateway processes share through Redis.
+
+Requests per minute is a sliding 60-second window, so "rpm 10" means at most 10
+in any minute. Tokens per minute counts the tokens of finished requests in the
+current clock minute. The budget is checked
+against the key's running total in the store (this process's own usage counts as
+soon as it is written; other processes' within ``store.key_cache_seconds``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+import uuid
+from collections import deque
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+
+from lmgate.catalog import Catalog, Deployment
+from lmgate.errors import GatewayError
+from lmgate.store import KeyInfo
+
+log = logging.getLogger("lmgate")
+WINDOW = 60.0
+
+
+def _limited(key: KeyInfo, what: str, retry_after: float | None) -> GatewayError:
+    return GatewayError(
+        "rate_limit",
+        f"API key {key.name!r} is over its {what}",
+        code="key_limit_exceeded",
+        retry_after=math.ceil(retry_after) if retry_after is not None else None,
+    )
+
+
+def over_budget(key: KeyInfo) -> GatewayError | None:
+    if key.budget_tokens is not None and key.used_tokens >= key.budget_tokens:
+        return GatewayError(
+            "rate_limit",
+            f"API key {key.name!r} has used its budget of {key.budget_tokens} tokens",
+            code="budget_exhausted",
+        )
+    return None
+
+
+class LocalLimiter:
+    """Counters in this process: right for one gateway process."""
+
+    def __init__(self) -> None:
+        self._requests: dict[str, deque[float]] = {}
+        self._minute_tokens: dict[str, tuple[int, int]] = {}  # key -> (minute, tokens)
+
+    async def admit(self, key: KeyInfo) -> None:
+        if (error := over_budget(key)) is not None:
+            raise error
+        now = time.time()
+        if key.tpm is not None:
+            minute, used = self._minute_tokens.get(key.id, (0, 0))
+            if minute == int(now // WINDOW) and used >= key.tpm:
+                raise _limited(key, f"limit of {key.tpm} tokens per minute", WINDOW - now % WINDOW)
+        if key.rpm is not None:
+            times = self._requests.setdefault(key.id, deque())
+            while times and times[0] <= now - WINDOW:
+                times.popleft()
+            if len(times) >= key.rpm:
+                raise _limited(
+                    key, f"limit of {key.rpm} requests per minute", times[0] + WINDOW - now
+                )
+            times.append(now)
+
+    async def add_tokens(self, used: dict[str, int]) -> None:
+        minute = int(time.time() // WINDOW)
+        for key_id, tokens in used.items():
+            then, total = self._minute_tokens.get(key_id, (minute, 0))
+            self._minute_tokens[key_id] = (minute, (total if then == minute else 0) + tokens)
+
+    async def close(self) -> None:
+        return None
+
+
+# One round trip decides a request: tokens this minute, then the sliding request log.
+_ADMIT = """
+local now = tonumber(ARGV[1])
+if ARGV[3] ~= '' and tonumber(redis.call('GET', KEYS[2]) or '0') >= tonumber(ARGV[3]) then
+  return {'tpm', 60000 - now % 60000}
+end
+if ARGV[2] ~= '' then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 60000)
+  if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
+    local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+    return {'rpm', tonumber(oldest[2]) + 60000 - now}
+  end
+  redis.call('ZADD', KEYS[1], now, ARGV[4])
+  redis.call('PEXPIRE', KEYS[1], 61000)
+end
+return {'ok', 0}
+"""
+
+
+class RedisLimiter(LocalLimiter):
+    """Counters in Redis: one limit for every gateway process that shares it."""
+
+    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+        super().__init__()
+        self.redis = client
+        self.prefix = prefix
+        self._admit = client.register_script(_ADMIT)
+
+    async def admit(self, key: KeyInfo) -> None:
+        if (error := over_budget(key)) is not None:
+            raise error
+        if key.rpm is None and key.tpm is None:
+            return
+        now_ms = int(time.time() * 1000)
+        verdict, wait_ms = await self._admit(
+            keys=[f"{self.prefix}rpm:{key.id}", self._tpm_key(key.id, now_ms / 1000)],
+            args=[now_ms, key.rpm or "", key.tpm or "", uuid.uuid4().hex],
+        )
+        if verdict == b"rpm":
+            raise _limited(key, f"limit of {key.rpm} requests per minute", int(wait_ms) / 1000)
+        if verdict == b"tpm":
+            raise _limited(key, f"limit of {key.tpm} tokens per minute", int(wait_ms) / 1000)
+
+    async def add_tokens(self, used: dict[str, int]) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key_id, tokens in used.items():
+                name = self._tpm_key(key_id, time.time())
+                pipe.incrby(name, tokens)
+                pipe.expire(name, 120)
+            await pipe.execute()
+
+    def _tpm_key(self, key_id: str, now: float) -> str:
+        return f"{self.prefix}tpm:{key_id}:{int(now // WINDOW)}"
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+
+class CooldownBus:
+    """Shares the router's circuit breakers: a deployment that opens its circuit in
+    one process is skipped by every process, for as long. Published on a Redis
+    channel (no cost on the request path), and kept as an expiring key so that a
+    process starting later learns of it too."""
+
+    def __init__(self, client: aioredis.Redis, prefix: str, catalog: Catalog) -> None:
+        self.redis = client
+        self.channel = f"{prefix}cooldown"
+        self.prefix = prefix
+        self.origin = uuid.uuid4().hex
+        self._deployments = {d.key: d for entry in catalog.entries for d in entry.deployments}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._listener: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        names = [f"{self.prefix}open:{key}" for key in self._deployments]
+        for key, ttl in zip(self._deployments, await self._ttls(names), strict=True):
+            if ttl > 0:
+                self._deployments[key].health.open_for(ttl / 1000)
+        pubsub = self.redis.pubsub()
+        await pubsub.subscribe(self.channel)
+        self._listener = asyncio.create_task(self._listen(pubsub))
+
+    async def _ttls(self, names: list[str]) -> list[int]:
+        if not names:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.pttl(name)
+            return [int(ttl) for ttl in await pipe.execute()]
+
+    def opened(self, deployment: Deployment) -> None:
+        """Called by the router when a deployment's circuit opens here."""
+        seconds = deployment.health.cooldown_seconds
+        task = asyncio.ensure_future(self._publish(deployment.key, seconds))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _publish(self, key: str, seconds: float) -> None:
+        message = orjson.dumps({"key": key, "seconds": seconds, "origin": self.origin})
+        try:
+            await self.redis.set(f"{self.prefix}open:{key}", 1, px=int(seconds * 1000))
+            await self.redis.publish(self.channel, message)
+        except Exception as error:  # Redis down: each process still has its own breaker
+            log.warning("could not share a cooldown through Redis: %s", error)
+
+    async def _listen(self, pubsub: Any) -> None:
+        while True:
+            try:
+                async for message in pubsub.listen():
+                    if message.get("type") != "message":
+                        continue
+                    data = orjson.loads(message["data"])
+                    deployment = self._deployments.get(data.get("key"))
+                    if deployment is not None and data.get("origin") != self.origin:
+                        deployment.health.open_for(float(data["seconds"]))
+            except asyncio.CancelledError:
+                await pubsub.aclose()
+                raise
+            except Exception as error:
+                log.warning("cooldown channel lost (%s); reconnecting", error)
+                await asyncio.sleep(1)
+                await pubsub.subscribe(self.channel)
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            await asyncio.gather(self._listener, return_exceptions=True)

@@ -1,0 +1,281 @@
+"""Durable state: API keys (hashes only) and usage records, in SQLite or PostgreSQL
+through one SQLAlchemy async code path. The schema is created and upgraded at start
+by append-only numbered migrations."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import statistics
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+KEY_PREFIX = "lmg-"
+
+metadata = sa.MetaData()
+schema_version = sa.Table(
+    "lmgate_schema", metadata, sa.Column("version", sa.Integer, primary_key=True)
+)
+keys = sa.Table(
+    "lmgate_keys",
+    metadata,
+    sa.Column("id", sa.String(16), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("prefix", sa.String(16), nullable=False),
+    sa.Column("models", sa.Text),  # JSON list of allowed model ids; null: every model
+    sa.Column("rpm", sa.Integer),
+    sa.Column("tpm", sa.Integer),
+    sa.Column("budget_tokens", sa.BigInteger),
+    sa.Column("used_tokens", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("expires_at", sa.Float),
+    sa.Column("revoked_at", sa.Float),
+)
+usage = sa.Table(
+    "lmgate_usage",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("at", sa.Float, nullable=False),  # unix time the request arrived
+    sa.Column("request_id", sa.String(128), nullable=False),
+    sa.Column("key_id", sa.String(64)),
+    sa.Column("protocol", sa.String(16), nullable=False),  # openai | anthropic
+    sa.Column("requested_model", sa.String(200)),
+    sa.Column("model", sa.String(200)),  # the model that answered
+    sa.Column("deployment", sa.String(400)),
+    sa.Column("provider", sa.String(200)),
+    sa.Column("stream", sa.Boolean, nullable=False),
+    sa.Column("status", sa.Integer, nullable=False),
+    sa.Column("error_type", sa.String(64)),
+    sa.Column("input_tokens", sa.Integer, nullable=False),
+    sa.Column("output_tokens", sa.Integer, nullable=False),
+    sa.Column("cached_tokens", sa.Integer, nullable=False),
+    sa.Column("latency_ms", sa.Float, nullable=False),
+    sa.Column("ttft_ms", sa.Float),
+)
+
+
+def _migration_1(connection: Connection) -> None:
+    for table in (keys, usage):
+        table.create(connection)
+    sa.Index("lmgate_usage_at", usage.c.at).create(connection)
+    sa.Index("lmgate_usage_key_at", usage.c.key_id, usage.c.at).create(connection)
+
+
+# Append only: a released migration never changes; a new one gets the next number.
+MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(1, _migration_1)]
+
+
+@dataclass(slots=True)
+class UsageRecord:
+    at: float
+    request_id: str
+    protocol: str
+    stream: bool
+    key_id: str | None = None
+    requested_model: str | None = None
+    model: str | None = None
+    deployment: str | None = None
+    provider: str | None = None
+    status: int = 200
+    error_type: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    latency_ms: float = 0.0
+    ttft_ms: float | None = None
+
+
+@dataclass(slots=True)
+class KeyInfo:
+    id: str
+    name: str
+    prefix: str
+    models: list[str] | None = None
+    rpm: int | None = None
+    tpm: int | None = None
+    budget_tokens: int | None = None
+    used_tokens: int = 0
+    created_at: float = field(default_factory=time.time)
+    expires_at: float | None = None
+    revoked_at: float | None = None
+
+    def public(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def hash_key(key: str) -> str:
+    # Keys are 256 random bits: a fast hash is enough, and keeps lookups cheap.
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def engine_url(url: str) -> str:
+    """``sqlite:///…`` / ``postgresql://…`` with the async driver lmgate uses."""
+    if url.startswith("sqlite:"):
+        return "sqlite+aiosqlite:" + url[len("sqlite:") :]
+    for scheme in ("postgresql:", "postgres:"):
+        if url.startswith(scheme):
+            return "postgresql+asyncpg:" + url[len(scheme) :]
+    return url
+
+
+class Store:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        options: dict[str, Any] = {}
+        if url.startswith("sqlite"):
+            options["connect_args"] = {"timeout": 30}
+        self.engine: AsyncEngine = create_async_engine(engine_url(url), **options)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    async def migrate(self) -> int:
+        """Bring the schema up to date; returns its version. Safe when several
+        processes start at once (PostgreSQL: advisory lock; SQLite: write lock)."""
+        async with self.engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                await connection.execute(sa.text("SELECT pg_advisory_xact_lock(7860)"))
+            elif connection.dialect.name == "sqlite":
+                await connection.exec_driver_sql("PRAGMA journal_mode=WAL")
+            return await connection.run_sync(_migrate)
+
+    # ---- usage ----------------------------------------------------------------------
+
+    async def record(self, records: list[UsageRecord]) -> None:
+        """Write a batch, and add its tokens to each key's running total."""
+        if not records:
+            return
+        used: dict[str, int] = {}
+        for record in records:
+            if record.key_id is not None and not record.key_id.startswith("config:"):
+                tokens = record.input_tokens + record.output_tokens
+                used[record.key_id] = used.get(record.key_id, 0) + tokens
+        async with self.engine.begin() as connection:
+            await connection.execute(usage.insert(), [asdict(record) for record in records])
+            for key_id, tokens in used.items():
+                if tokens:
+                    await connection.execute(
+                        keys.update()
+                        .where(keys.c.id == key_id)
+                        .values(used_tokens=keys.c.used_tokens + tokens)
+                    )
+
+    async def usage_rows(self, since: float, request_id: str | None = None) -> list[dict[str, Any]]:
+        query = usage.select().where(usage.c.at >= since).order_by(usage.c.id)
+        if request_id is not None:
+            query = query.where(usage.c.request_id == request_id)
+        async with self.engine.connect() as connection:
+            result = await connection.execute(query)
+            return [dict(row._mapping) for row in result]
+
+    async def usage_summary(self, since: float, by: str) -> list[dict[str, Any]]:
+        """Requests, tokens, errors and latency percentiles per model, key or provider."""
+        column = {"model": usage.c.model, "key": usage.c.key_id, "provider": usage.c.provider}[by]
+        query = sa.select(
+            column.label("group"),
+            usage.c.status,
+            usage.c.error_type,
+            usage.c.input_tokens,
+            usage.c.output_tokens,
+            usage.c.latency_ms,
+        ).where(usage.c.at >= since)
+        groups: dict[str, list[Any]] = {}
+        async with self.engine.connect() as connection:
+            for row in await connection.execute(query):
+                groups.setdefault(row.group or "-", []).append(row)
+        return [_summarise(name, rows) for name, rows in sorted(groups.items())]
+
+    # ---- keys -----------------------------------------------------------------------
+
+    async def create_key(
+        self,
+        name: str,
+        models: list[str] | None = None,
+        rpm: int | None = None,
+        tpm: int | None = None,
+        budget_tokens: int | None = None,
+        expires_at: float | None = None,
+    ) -> tuple[str, KeyInfo]:
+        """A new key: (the secret, shown once, and what is stored about it)."""
+        secret = KEY_PREFIX + secrets.token_urlsafe(32)
+        info = KeyInfo(
+            id=uuid.uuid4().hex[:12],
+            name=name,
+            prefix=secret[:10],
+            models=models,
+            rpm=rpm,
+            tpm=tpm,
+            budget_tokens=budget_tokens,
+            expires_at=expires_at,
+        )
+        row = info.public()
+        row["models"] = orjson.dumps(models).decode() if models is not None else None
+        async with self.engine.begin() as connection:
+            await connection.execute(keys.insert().values(hash=hash_key(secret), **row))
+        return secret, info
+
+    async def find_key(self, secret: str) -> KeyInfo | None:
+        return await self._one(keys.c.hash == hash_key(secret))
+
+    async def get_key(self, key_id: str) -> KeyInfo | None:
+        return await self._one(keys.c.id == key_id)
+
+    async def list_keys(self) -> list[KeyInfo]:
+        async with self.engine.connect() as connection:
+            result = await connection.execute(keys.select().order_by(keys.c.created_at))
+            return [_key(row._mapping) for row in result]
+
+    async def revoke_key(self, key_id: str) -> bool:
+        async with self.engine.begin() as connection:
+            result = await connection.execute(
+                keys.update()
+                .where(keys.c.id == key_id, keys.c.revoked_at.is_(None))
+                .values(revoked_at=time.time())
+            )
+            return bool(result.rowcount)
+
+    async def _one(self, condition: sa.ColumnElement[bool]) -> KeyInfo | None:
+        async with self.engine.connect() as connection:
+            row = (await connection.execute(keys.select().where(condition))).first()
+        return _key(row._mapping) if row is not None else None
+
+
+def _migrate(connection: Connection) -> int:
+    schema_version.create(connection, checkfirst=True)
+    current = connection.execute(sa.select(sa.func.max(schema_version.c.version))).scalar() or 0
+    for number, migration in MIGRATIONS:
+        if number > current:
+            migration(connection)
+            connection.execute(schema_version.insert().values(version=number))
+            current = number
+    return current
+
+
+def _key(row: Any) -> KeyInfo:
+    values = {name: row[name] for name in KeyInfo.__slots__}
+    values["models"] = orjson.loads(row["models"]) if row["models"] else None
+    return KeyInfo(**values)
+
+
+def _summarise(name: str, rows: Iterable[Any]) -> dict[str, Any]:
+    rows = list(rows)
+    latencies = sorted(row.latency_ms for row in rows)
+    errors = sum(1 for row in rows if row.error_type is not None)
+    return {
+        "group": name,
+        "requests": len(rows),
+        "errors": errors,
+        "input_tokens": sum(row.input_tokens for row in rows),
+        "output_tokens": sum(row.output_tokens for row in rows),
+        "p50_ms": statistics.median(latencies),
+        "p95_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.95))],
+    }

@@ -1,0 +1,186 @@
+"""Usage records: one per request, written off the request path.
+
+A ``Meter`` follows one request (its events, how it ended) and hands a finished
+record to the ``UsageRecorder``, which queues it (bounded: overflow is counted and
+logged, never waited on) and writes batches to the store in the background.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncGenerator, Awaitable, Callable
+
+from lmgate.canonical import (
+    ChatRequest,
+    Event,
+    ReasoningDelta,
+    Start,
+    TextDelta,
+    ToolCallStart,
+    Usage,
+)
+from lmgate.errors import GatewayError
+from lmgate.store import Store, UsageRecord
+
+log = logging.getLogger("lmgate")
+CLIENT_LEFT = 499  # nginx's status for a client that closed the connection
+
+
+class Meter:
+    """Builds the usage record of one request; ``finish`` may be called many times,
+    the first call wins."""
+
+    __slots__ = ("_recorder", "_started", "done", "record")
+
+    def __init__(self, recorder: UsageRecorder, request_id: str, protocol: str) -> None:
+        self._recorder = recorder
+        self._started = time.perf_counter()
+        self.record = UsageRecord(time.time(), request_id, protocol, stream=False)
+        self.done = False
+
+    def request(self, chat: ChatRequest, key_id: str | None) -> None:
+        self.record.requested_model = chat.model
+        self.record.stream = chat.stream
+        self.record.key_id = key_id
+
+    def see(self, event: Event) -> None:
+        record = self.record
+        if isinstance(event, Start):
+            record.model = event.model
+            record.deployment = event.deployment
+            record.provider = event.deployment.split("/", 1)[0]
+        elif isinstance(event, Usage):
+            record.input_tokens = event.input_tokens
+            record.output_tokens = event.output_tokens
+            record.cached_tokens = event.cache_read_tokens or 0
+        elif record.ttft_ms is None and isinstance(
+            event, TextDelta | ReasoningDelta | ToolCallStart
+        ):
+            record.ttft_ms = (time.perf_counter() - self._started) * 1000
+
+    def finish(self, status: int, error_type: str | None = None) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.record.status = status
+        self.record.error_type = error_type
+        self.record.latency_ms = (time.perf_counter() - self._started) * 1000
+        self._recorder.submit(self.record)
+
+    async def watch(
+        self, events: AsyncGenerator[Event, None], streaming: bool
+    ) -> AsyncGenerator[Event, None]:
+        """Pass ``events`` on, noting what the record needs and how they ended. A
+        failure before a stream started, or of a whole (non-stream) reply, is the
+        caller's to record: only it knows the status the client gets."""
+        started = False
+        try:
+            async for event in events:
+                self.see(event)
+                started = True
+                yield event
+        except GatewayError as error:
+            if started and streaming:
+                self.finish(200, error.kind)
+            raise
+        except (asyncio.CancelledError, GeneratorExit):
+            self.finish(CLIENT_LEFT, "client_disconnected")
+            raise
+        finally:
+            await events.aclose()
+        self.finish(200)
+
+
+class UsageRecorder:
+    def __init__(
+        self,
+        store: Store,
+        queue_size: int = 10_000,
+        batch_size: int = 500,
+        flush_interval: float = 0.5,
+        on_tokens: Callable[[dict[str, int]], Awaitable[None]] | None = None,
+    ) -> None:
+        self.store = store
+        self.queue_size = queue_size
+        self.batch_size = batch_size
+        self.flush_interval = flush_interval
+        self.on_tokens = on_tokens  # after each batch: tokens per key id
+        self.dropped = 0
+        self.written = 0
+        self._queue: deque[UsageRecord] = deque()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    def meter(self, request_id: str, protocol: str) -> Meter:
+        return Meter(self, request_id, protocol)
+
+    def submit(self, record: UsageRecord) -> None:
+        """Queue a record; never blocks. A full queue drops it, counted and logged."""
+        if len(self._queue) >= self.queue_size:
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                log.warning(
+                    "usage queue full (store.queue_size %d): %d records dropped so far",
+                    self.queue_size,
+                    self.dropped,
+                )
+            return
+        self._queue.append(record)
+        if len(self._queue) >= self.batch_size:
+            self._wake.set()
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Write everything still queued (graceful shutdown), then stop."""
+        self._stopping = True
+        self._wake.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(self._task, grace)
+            except TimeoutError:
+                log.error("usage records not written at shutdown: %d", len(self._queue))
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                async with asyncio.timeout(self.flush_interval):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            while self._queue:
+                if not await self._flush_batch():
+                    break
+            if self._stopping and not self._queue:
+                return
+
+    async def _flush_batch(self) -> bool:
+        batch = [self._queue.popleft() for _ in range(min(self.batch_size, len(self._queue)))]
+        try:
+            await self.store.record(batch)
+        except Exception as error:
+            log.error("could not write %d usage records (will retry): %s", len(batch), error)
+            self._queue.extendleft(reversed(batch))
+            if self._stopping:
+                await asyncio.sleep(self.flush_interval)
+            else:
+                return False
+            return True
+        self.written += len(batch)
+        if self.on_tokens is not None:
+            used: dict[str, int] = {}
+            for record in batch:
+                if record.key_id is not None:
+                    tokens = record.input_tokens + record.output_tokens
+                    used[record.key_id] = used.get(record.key_id, 0) + tokens
+            try:
+                await self.on_tokens(used)
+            except Exception as error:
+                log.warning("could not count tokens for key limits: %s", error)
+        return True
