@@ -27,6 +27,7 @@ from starlette.routing import BaseRoute, Route
 from lmgate import media, tokens
 from lmgate.accounts import Accounts
 from lmgate.accumulate import accumulate
+from lmgate.admin import Admin
 from lmgate.canonical import ChatRequest, Event, Reply, Start
 from lmgate.catalog import Catalog
 from lmgate.config import Config, load_config
@@ -57,6 +58,7 @@ class Gateway:
         )
         self.router = Router(config.routing, self.fetcher)
         self.accounts = Accounts(config, self.catalog, self.router)
+        self.admin = Admin(config.server.admin_key, self.accounts)
         self.max_body = int(config.server.max_body_mb * 1024 * 1024)
         self.ready = False
         self.draining = False
@@ -255,6 +257,7 @@ class Gateway:
         routes: list[BaseRoute] = [
             Route("/health", self.health, methods=["GET"]),
             Route("/ready", self.ready_check, methods=["GET"]),
+            *self.admin.routes(),
         ]
         for prefix in ["", *self.config.server.route_prefixes]:
             routes += [

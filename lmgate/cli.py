@@ -1,13 +1,15 @@
-"""Command line: ``lmgate serve | check | models``."""
+"""Command line: ``lmgate serve | check | models | keys | usage``."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import ipaddress
 import logging
 import math
 import os
 import sys
+import time
 
 from lmgate import __version__
 from lmgate.config import Config, ConfigError, load_config
@@ -33,6 +35,27 @@ def main(argv: list[str] | None = None) -> int:
     models = commands.add_parser("models", help="print the model catalog as a table")
     _config_argument(models)
 
+    keys = commands.add_parser("keys", help="manage API keys (kept in the store)")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True)
+    create = key_commands.add_parser("create", help="create a key; it is printed once")
+    _config_argument(create)
+    create.add_argument("--name", required=True)
+    create.add_argument("--models", help="comma-separated model ids it may use (default: all)")
+    create.add_argument("--rpm", type=_positive, help="requests per minute")
+    create.add_argument("--tpm", type=_positive, help="tokens per minute")
+    create.add_argument("--budget-tokens", type=_positive, help="total tokens, ever")
+    create.add_argument("--expires", help="ISO date or datetime (UTC unless given)")
+    listing = key_commands.add_parser("list", help="list keys (never their secrets)")
+    _config_argument(listing)
+    revoke = key_commands.add_parser("revoke", help="revoke a key by id")
+    _config_argument(revoke)
+    revoke.add_argument("key_id")
+
+    usage = commands.add_parser("usage", help="requests, tokens, errors and latency")
+    _config_argument(usage)
+    usage.add_argument("--since", default="24h", help="e.g. 30m, 1h, 7d (default: 24h)")
+    usage.add_argument("--by", default="model", choices=["model", "key", "provider"])
+
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=getattr(logging, getattr(args, "log_level", "info").upper()),
@@ -50,7 +73,88 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "models":
         _print_models(config)
         return 0
+    if args.command in ("keys", "usage"):
+        return asyncio.run(_accounts_command(args, config))
     return _serve(args, config)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text}: expected a positive integer")
+    return value
+
+
+async def _accounts_command(args: argparse.Namespace, config: Config) -> int:
+    from lmgate.accounts import parse_since
+    from lmgate.admin import parse_expiry
+    from lmgate.errors import GatewayError
+    from lmgate.store import Store
+
+    url = config.store.resolved_url(config.path)
+    if url is None:
+        print("lmgate: there is no store (store.url is none)", file=sys.stderr)
+        return 2
+    store = Store(url)
+    try:
+        await store.migrate()
+        if args.command == "usage":
+            try:
+                since = parse_since(args.since)
+            except ValueError as error:
+                print(f"lmgate: --since {error}", file=sys.stderr)
+                return 2
+            summary = await store.usage_summary(since, args.by)
+            header = (args.by.upper(), "REQUESTS", "ERRORS", "INPUT", "OUTPUT", "P50 MS", "P95 MS")
+            cells = [
+                (r["group"], r["requests"], r["errors"], r["input_tokens"], r["output_tokens"],
+                 f"{r['p50_ms']:.0f}", f"{r['p95_ms']:.0f}")
+                for r in summary
+            ]  # fmt: skip
+            _print_table([header, *[tuple(str(cell) for cell in row) for row in cells]])
+        elif args.keys_command == "create":
+            try:
+                expires = parse_expiry(args.expires) if args.expires else None
+            except GatewayError as error:
+                print(f"lmgate: --{error.message}", file=sys.stderr)
+                return 2
+            models = (
+                [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
+            )
+            secret, key = await store.create_key(
+                args.name, models, args.rpm, args.tpm, args.budget_tokens, expires
+            )
+            print(f"created key {key.id} ({key.name}); it is shown only once:\n{secret}")
+        elif args.keys_command == "list":
+            rows: list[tuple[str, ...]] = [
+                ("ID", "NAME", "PREFIX", "MODELS", "RPM", "TPM", "BUDGET", "USED", "STATE")
+            ]
+            for key in await store.list_keys():
+                state = "revoked" if key.revoked_at else "active"
+                if key.expires_at is not None and key.expires_at <= time.time():
+                    state = "expired"
+                rows.append(
+                    (key.id, key.name, key.prefix + "…", ",".join(key.models or ["*"]),
+                     str(key.rpm or "-"), str(key.tpm or "-"), str(key.budget_tokens or "-"),
+                     str(key.used_tokens), state)
+                )  # fmt: skip
+            _print_table(rows)
+        elif not await store.revoke_key(args.key_id):
+            print(f"lmgate: no active key {args.key_id!r}", file=sys.stderr)
+            return 1
+        else:
+            print(f"revoked key {args.key_id}")
+    finally:
+        await store.close()
+    return 0
+
+
+def _print_table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    for row in rows:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
 
 
 def _config_argument(parser: argparse.ArgumentParser) -> None:
@@ -74,15 +178,11 @@ def _print_models(config: Config) -> None:
     from lmgate.app import Gateway
 
     catalog = Gateway(config).catalog
-    rows = [("ID", "NAME", "SUPPORT", "OWNED BY", "DEPLOYMENTS")]
+    rows: list[tuple[str, ...]] = [("ID", "NAME", "SUPPORT", "OWNED BY", "DEPLOYMENTS")]
     for entry in catalog.entries:
         targets = ", ".join(f"{d.provider.name}/{d.target.model}" for d in entry.deployments)
         rows.append((entry.id, entry.name, entry.support, entry.owned_by, targets))
-    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
-    for row in rows:
-        print(
-            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        )
+    _print_table(rows)
 
 
 def _serve(args: argparse.Namespace, config: Config) -> int:

@@ -20,55 +20,64 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 KEY_PREFIX = "lmg-"
 
+
+def _tables_v1(metadata: sa.MetaData) -> tuple[sa.Table, sa.Table]:
+    key_table = sa.Table(
+        "lmgate_keys",
+        metadata,
+        sa.Column("id", sa.String(16), primary_key=True),
+        sa.Column("name", sa.String(200), nullable=False),
+        sa.Column("hash", sa.String(64), nullable=False, unique=True),
+        sa.Column("prefix", sa.String(16), nullable=False),
+        sa.Column("models", sa.Text),  # JSON list of allowed model ids; null: every model
+        sa.Column("rpm", sa.Integer),
+        sa.Column("tpm", sa.Integer),
+        sa.Column("budget_tokens", sa.BigInteger),
+        sa.Column("used_tokens", sa.BigInteger, nullable=False, server_default="0"),
+        sa.Column("created_at", sa.Float, nullable=False),
+        sa.Column("expires_at", sa.Float),
+        sa.Column("revoked_at", sa.Float),
+    )
+    usage_table = sa.Table(
+        "lmgate_usage",
+        metadata,
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+        sa.Column("at", sa.Float, nullable=False),  # unix time the request arrived
+        sa.Column("request_id", sa.String(128), nullable=False),
+        sa.Column("key_id", sa.String(64)),
+        sa.Column("protocol", sa.String(16), nullable=False),  # openai | anthropic
+        sa.Column("requested_model", sa.String(200)),
+        sa.Column("model", sa.String(200)),  # the model that answered
+        sa.Column("deployment", sa.String(400)),
+        sa.Column("provider", sa.String(200)),
+        sa.Column("stream", sa.Boolean, nullable=False),
+        sa.Column("status", sa.Integer, nullable=False),
+        sa.Column("error_type", sa.String(64)),
+        sa.Column("input_tokens", sa.Integer, nullable=False),
+        sa.Column("output_tokens", sa.Integer, nullable=False),
+        sa.Column("cached_tokens", sa.Integer, nullable=False),
+        sa.Column("latency_ms", sa.Float, nullable=False),
+        sa.Column("ttft_ms", sa.Float),
+        sa.Index("lmgate_usage_at", "at"),
+        sa.Index("lmgate_usage_key_at", "key_id", "at"),
+    )
+    return key_table, usage_table
+
+
+def _migration_1(connection: Connection) -> None:
+    # Each migration builds its own snapshot of the tables, so that later changes to
+    # the live definitions below never change what an old migration does.
+    snapshot = sa.MetaData()
+    _tables_v1(snapshot)
+    snapshot.create_all(connection)
+
+
+# The live schema, used by queries: the result of every migration.
 metadata = sa.MetaData()
 schema_version = sa.Table(
     "lmgate_schema", metadata, sa.Column("version", sa.Integer, primary_key=True)
 )
-keys = sa.Table(
-    "lmgate_keys",
-    metadata,
-    sa.Column("id", sa.String(16), primary_key=True),
-    sa.Column("name", sa.String(200), nullable=False),
-    sa.Column("hash", sa.String(64), nullable=False, unique=True),
-    sa.Column("prefix", sa.String(16), nullable=False),
-    sa.Column("models", sa.Text),  # JSON list of allowed model ids; null: every model
-    sa.Column("rpm", sa.Integer),
-    sa.Column("tpm", sa.Integer),
-    sa.Column("budget_tokens", sa.BigInteger),
-    sa.Column("used_tokens", sa.BigInteger, nullable=False, server_default="0"),
-    sa.Column("created_at", sa.Float, nullable=False),
-    sa.Column("expires_at", sa.Float),
-    sa.Column("revoked_at", sa.Float),
-)
-usage = sa.Table(
-    "lmgate_usage",
-    metadata,
-    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
-    sa.Column("at", sa.Float, nullable=False),  # unix time the request arrived
-    sa.Column("request_id", sa.String(128), nullable=False),
-    sa.Column("key_id", sa.String(64)),
-    sa.Column("protocol", sa.String(16), nullable=False),  # openai | anthropic
-    sa.Column("requested_model", sa.String(200)),
-    sa.Column("model", sa.String(200)),  # the model that answered
-    sa.Column("deployment", sa.String(400)),
-    sa.Column("provider", sa.String(200)),
-    sa.Column("stream", sa.Boolean, nullable=False),
-    sa.Column("status", sa.Integer, nullable=False),
-    sa.Column("error_type", sa.String(64)),
-    sa.Column("input_tokens", sa.Integer, nullable=False),
-    sa.Column("output_tokens", sa.Integer, nullable=False),
-    sa.Column("cached_tokens", sa.Integer, nullable=False),
-    sa.Column("latency_ms", sa.Float, nullable=False),
-    sa.Column("ttft_ms", sa.Float),
-)
-
-
-def _migration_1(connection: Connection) -> None:
-    for table in (keys, usage):
-        table.create(connection)
-    sa.Index("lmgate_usage_at", usage.c.at).create(connection)
-    sa.Index("lmgate_usage_key_at", usage.c.key_id, usage.c.at).create(connection)
-
+keys, usage = _tables_v1(metadata)
 
 # Append only: a released migration never changes; a new one gets the next number.
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [(1, _migration_1)]
@@ -134,6 +143,8 @@ class Store:
         if url.startswith("sqlite"):
             options["connect_args"] = {"timeout": 30}
         self.engine: AsyncEngine = create_async_engine(engine_url(url), **options)
+        if url.startswith("sqlite"):
+            _sqlite_transactions(self.engine)
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -141,12 +152,13 @@ class Store:
     async def migrate(self) -> int:
         """Bring the schema up to date; returns its version. Safe when several
         processes start at once (PostgreSQL: advisory lock; SQLite: write lock)."""
-        async with self.engine.begin() as connection:
-            if connection.dialect.name == "postgresql":
-                await connection.execute(sa.text("SELECT pg_advisory_xact_lock(7860)"))
-            elif connection.dialect.name == "sqlite":
-                await connection.exec_driver_sql("PRAGMA journal_mode=WAL")
-            return await connection.run_sync(_migrate)
+        async with self.engine.connect() as connection:
+            if connection.dialect.name == "sqlite":
+                connection = await connection.execution_options(sqlite_immediate=True)
+            async with connection.begin():
+                if connection.dialect.name == "postgresql":
+                    await connection.execute(sa.text("SELECT pg_advisory_xact_lock(7860)"))
+                return await connection.run_sync(_migrate)
 
     # ---- usage ----------------------------------------------------------------------
 
@@ -247,6 +259,23 @@ class Store:
         async with self.engine.connect() as connection:
             row = (await connection.execute(keys.select().where(condition))).first()
         return _key(row._mapping) if row is not None else None
+
+
+def _sqlite_transactions(engine: AsyncEngine) -> None:
+    """Let SQLite transactions include DDL, and let a migration take the write lock
+    up front (``BEGIN IMMEDIATE``) so that processes starting together queue up."""
+
+    @sa.event.listens_for(engine.sync_engine, "connect")
+    def connect(dbapi_connection: Any, record: Any) -> None:
+        dbapi_connection.isolation_level = None  # the driver's own BEGINs are off
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")  # readers never wait for the writer
+        cursor.close()
+
+    @sa.event.listens_for(engine.sync_engine, "begin")
+    def begin(connection: Connection) -> None:
+        immediate = connection.get_execution_options().get("sqlite_immediate")
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
 def _migrate(connection: Connection) -> int:

@@ -3,6 +3,17 @@
 # lint, format, types, and the whole test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# The tests run real PostgreSQL and Redis servers (private instances, started by
+# the tests themselves); install them when missing.
+if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || ! command -v redis-server >/dev/null; then
+    sudo=""
+    if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+    $sudo apt-get update -q
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q postgresql redis-server
+fi
+export LMGATE_REQUIRE_SERVERS=1  # here a missing server is a failure, not a skip
+
 python3 -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 python3 -m ruff check .
 python3 -m ruff format --check .

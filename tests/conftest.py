@@ -23,6 +23,7 @@ import uvloop
 from lmgate.app import build_app
 from lmgate.config import parse_config
 from tests.fakes.upstream import FakeUpstream
+from tests.servers import postgres_server, postgres_url, redis_server, redis_url  # noqa: F401
 
 # Usage databases of the gateways the tests start go to a throwaway directory.
 os.environ.setdefault("LMGATE_DATA_DIR", tempfile.mkdtemp(prefix="lmgate-tests-"))

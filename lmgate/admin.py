@@ -1,0 +1,150 @@
+"""The admin HTTP API under ``/admin/``: API keys and usage, for ``server.admin_key``
+only (no client key reaches it). Errors use the OpenAI error shape."""
+
+from __future__ import annotations
+
+import hmac
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from lmgate.accounts import Accounts, parse_since
+from lmgate.errors import GatewayError, invalid
+from lmgate.frontends import openai_chat
+from lmgate.store import Store
+
+_KEY_FIELDS = {"name", "models", "rpm", "tpm", "budget_tokens", "expires"}
+
+
+class Admin:
+    def __init__(self, admin_key: str | None, accounts: Accounts) -> None:
+        self._key = admin_key.encode() if admin_key else None
+        self.accounts = accounts
+
+    def routes(self) -> list[BaseRoute]:
+        return [
+            Route("/admin/keys", self._handler(self.list_keys), methods=["GET"]),
+            Route("/admin/keys", self._handler(self.create_key), methods=["POST"]),
+            Route("/admin/keys/{key_id}", self._handler(self.get_key), methods=["GET"]),
+            Route("/admin/keys/{key_id}", self._handler(self.revoke_key), methods=["DELETE"]),
+            Route("/admin/usage", self._handler(self.usage), methods=["GET"]),
+        ]
+
+    def _handler(self, action: Any) -> Any:
+        async def handle(request: Request) -> Response:
+            try:
+                self._authenticate(request)
+                status, payload = await action(request, self._store())
+            except GatewayError as error:
+                return Response(
+                    openai_chat.error_body(error),
+                    status_code=error.status,
+                    media_type="application/json",
+                )
+            return Response(orjson.dumps(payload), status, media_type="application/json")
+
+        return handle
+
+    def _authenticate(self, request: Request) -> None:
+        if self._key is None:
+            raise GatewayError("not_found", "the admin API is off: set server.admin_key")
+        header = request.headers.get("authorization", "")
+        given = header[7:].strip() if header[:7].lower() == "bearer " else ""
+        given = given or request.headers.get("x-api-key", "")
+        if not given:
+            raise GatewayError("authentication", "missing admin key", code="missing_api_key")
+        if not hmac.compare_digest(given.encode(), self._key):
+            raise GatewayError("permission", "this key is not the admin key", code="not_admin")
+
+    def _store(self) -> Store:
+        if self.accounts.store is None:
+            raise GatewayError("not_found", "there is no store (store.url is none)")
+        return self.accounts.store
+
+    # ---- handlers ------------------------------------------------------------------
+
+    async def list_keys(self, request: Request, store: Store) -> tuple[int, Any]:
+        return 200, {"data": [key.public() for key in await store.list_keys()]}
+
+    async def get_key(self, request: Request, store: Store) -> tuple[int, Any]:
+        key = await store.get_key(request.path_params["key_id"])
+        if key is None:
+            raise GatewayError("not_found", f"no key {request.path_params['key_id']!r}")
+        return 200, key.public()
+
+    async def revoke_key(self, request: Request, store: Store) -> tuple[int, Any]:
+        key_id = request.path_params["key_id"]
+        if not await store.revoke_key(key_id):
+            raise GatewayError("not_found", f"no active key {key_id!r}")
+        self.accounts.keys.changed()
+        return 200, {"id": key_id, "revoked": True}
+
+    async def create_key(self, request: Request, store: Store) -> tuple[int, Any]:
+        try:
+            body = orjson.loads(await request.body())
+        except orjson.JSONDecodeError:
+            raise invalid("the body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise invalid("the body must be a JSON object")
+        unknown = sorted(set(body) - _KEY_FIELDS)
+        if unknown:
+            raise invalid(
+                f"unknown field {unknown[0]!r}; expected {sorted(_KEY_FIELDS)}", unknown[0]
+            )
+        name = body.get("name")
+        if not isinstance(name, str) or not name.strip():
+            raise invalid("name: a non-empty string is required", "name")
+        models = body.get("models")
+        if models is not None and (
+            not isinstance(models, list) or not all(isinstance(m, str) for m in models)
+        ):
+            raise invalid("models: expected a list of model ids", "models")
+        limits = {field: _positive(body, field) for field in ("rpm", "tpm", "budget_tokens")}
+        expires = parse_expiry(body["expires"]) if body.get("expires") is not None else None
+        secret, key = await store.create_key(name.strip(), models, expires_at=expires, **limits)
+        self.accounts.keys.changed()
+        return 201, {"key": secret, **key.public()}
+
+    async def usage(self, request: Request, store: Store) -> tuple[int, Any]:
+        params = request.query_params
+        by = params.get("by", "model")
+        if by not in ("model", "key", "provider"):
+            raise invalid("by: expected model, key or provider", "by")
+        try:
+            since = parse_since(params.get("since", "24h"))
+        except ValueError as error:
+            raise invalid(f"since: {error}", "since") from None
+        return 200, {"by": by, "since": since, "data": await store.usage_summary(since, by)}
+
+
+def _positive(body: dict[str, Any], field: str) -> int | None:
+    value = body.get(field)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise invalid(f"{field}: expected a positive integer", field)
+    return value
+
+
+def parse_expiry(value: Any) -> float:
+    """An ISO date or datetime (``2027-01-31``, ``2027-01-31T12:00:00+00:00``), in
+    the future; a date without a zone is UTC."""
+    if not isinstance(value, str):
+        raise invalid("expires: expected an ISO date such as 2027-01-31", "expires")
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise invalid(
+            f"expires: {value!r} is not an ISO date such as 2027-01-31", "expires"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    stamp = moment.timestamp()
+    if stamp <= time.time():
+        raise invalid(f"expires: {value} is in the past", "expires")
+    return stamp

@@ -1,0 +1,118 @@
+"""The store on both engines: the same tests on SQLite and on a real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from lmgate.store import MIGRATIONS, Store, UsageRecord, hash_key, keys
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'lmgate.db'}"
+    return str(request.getfixturevalue("postgres_url"))
+
+
+def run(coroutine: Any) -> Any:
+    return asyncio.run(coroutine)
+
+
+def record(number: int, **fields: Any) -> UsageRecord:
+    values: dict[str, Any] = {
+        "at": time.time(),
+        "request_id": f"r{number}",
+        "protocol": "openai",
+        "stream": False,
+        "model": "m",
+        "provider": "up",
+        "deployment": "up/x",
+        "input_tokens": 10,
+        "output_tokens": 5,
+        "latency_ms": float(number),
+        **fields,
+    }
+    return UsageRecord(**values)
+
+
+def test_migrations_are_idempotent_and_concurrent(store_url: str) -> None:
+    async def scenario() -> list[int]:
+        stores = [Store(store_url) for _ in range(3)]
+        try:
+            versions = await asyncio.gather(*(s.migrate() for s in stores))
+            versions.append(await stores[0].migrate())  # again: nothing to do
+            return list(versions)
+        finally:
+            for s in stores:
+                await s.close()
+
+    assert run(scenario()) == [MIGRATIONS[-1][0]] * 4
+
+
+def test_keys_are_stored_as_hashes(store_url: str) -> None:
+    async def scenario() -> None:
+        store = Store(store_url)
+        await store.migrate()
+        secret, key = await store.create_key("team", ["m"], rpm=5, tpm=100, budget_tokens=1000)
+        assert secret.startswith("lmg-") and len(secret) > 40
+        assert (await store.find_key(secret)) == key
+        assert await store.find_key(secret + "x") is None
+        async with store.engine.connect() as connection:
+            rows = [dict(r._mapping) for r in await connection.execute(keys.select())]
+        assert rows[0]["hash"] == hash_key(secret)
+        assert all(secret not in str(value) for value in rows[0].values())
+        assert [k.id for k in await store.list_keys()] == [key.id]
+        assert await store.revoke_key(key.id)
+        assert not await store.revoke_key(key.id)  # already revoked
+        revoked = await store.get_key(key.id)
+        assert revoked is not None and revoked.revoked_at is not None
+        await store.close()
+
+    run(scenario())
+
+
+def test_usage_batches_and_summary(store_url: str) -> None:
+    async def scenario() -> None:
+        store = Store(store_url)
+        await store.migrate()
+        _, key = await store.create_key("team")
+        batch = [record(n, key_id=key.id) for n in range(1, 101)]
+        batch += [record(200, model="other", provider="p2", status=502, error_type="upstream")]
+        await store.record(batch)
+        await store.record([record(300, key_id="config:0", at=time.time() - 7200)])
+        rows = await store.usage_rows(time.time() - 60)
+        assert len(rows) == 101 and rows[0]["request_id"] == "r1"
+        by_model = {
+            row["group"]: row for row in await store.usage_summary(time.time() - 60, "model")
+        }
+        assert by_model["m"]["requests"] == 100 and by_model["m"]["errors"] == 0
+        assert by_model["m"]["input_tokens"] == 1000 and by_model["m"]["output_tokens"] == 500
+        assert by_model["m"]["p50_ms"] == 50.5 and by_model["m"]["p95_ms"] == 96
+        assert by_model["other"]["errors"] == 1
+        by_key = {row["group"] for row in await store.usage_summary(time.time() - 3 * 3600, "key")}
+        assert by_key == {key.id, "config:0", "-"}
+        assert {r["group"] for r in await store.usage_summary(0, "provider")} == {"up", "p2"}
+        stored = await store.get_key(key.id)
+        assert stored is not None and stored.used_tokens == 1500  # running total for budgets
+        await store.close()
+
+    run(scenario())
+
+
+def test_schema_version_is_recorded(store_url: str) -> None:
+    async def scenario() -> list[int]:
+        store = Store(store_url)
+        await store.migrate()
+        async with store.engine.connect() as connection:
+            result = await connection.execute(sa.text("SELECT version FROM lmgate_schema"))
+            versions = [row[0] for row in result]
+        await store.close()
+        return versions
+
+    assert run(scenario()) == [number for number, _ in MIGRATIONS]
