@@ -12,6 +12,7 @@ import asyncio
 import collections
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,6 +101,9 @@ class FakeUpstream:
         self.requests: list[Recorded] = []
         self.scripts: collections.deque[Script] = collections.deque()
         self.cancelled = 0  # streams the client abandoned before their end
+        # Picks the answer from the request body, for concurrent tests where the
+        # queue's order cannot follow the requests' (None: use the queue).
+        self.route: Callable[[Any], Script] | None = None
         self.completed = 0  # responses fully written
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
@@ -123,6 +127,7 @@ class FakeUpstream:
             self.requests.clear()
             self.cancelled = 0
             self.completed = 0
+            self.route = None
 
     @property
     def last(self) -> Recorded:
@@ -172,6 +177,8 @@ class FakeUpstream:
                 Recorded(request.method, request.path, dict(request.headers), body, peer)
             )
             script = self.scripts.popleft() if self.scripts else None
+        if script is None and self.route is not None:
+            script = self.route(body)
         if script is None:
             script = _default_script(body, request.path)
         if script.delay:

@@ -1,0 +1,309 @@
+"""Keys, limits and usage records through the running gateway: the admin API,
+managed keys with both SDKs, per-key limits in process and in a real Redis, the
+circuit breaker shared through Redis, and a record for every request."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import openai
+import orjson
+import pytest
+
+from lmgate.store import Store
+from tests.conftest import API_KEY, RunningGateway, upstream_config
+from tests.fakes.upstream import FakeUpstream, Script, completion
+
+ADMIN = "admin-secret-key"
+HI: Any = [{"role": "user", "content": "hi"}]
+
+
+def accounts_config(upstream: FakeUpstream, store_url: str, **extra: Any) -> dict[str, Any]:
+    config = upstream_config(upstream)
+    config["server"]["admin_key"] = ADMIN
+    config["store"] = {"url": store_url, "flush_interval": 0.05, "key_cache_seconds": 0.5}
+    config.update(extra)
+    return config
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'lmgate.db'}"
+
+
+@pytest.fixture
+def gw(start_gateway: Any, upstream: FakeUpstream, sqlite_url: str) -> RunningGateway:
+    return start_gateway(accounts_config(upstream, sqlite_url))  # type: ignore[no-any-return]
+
+
+def admin(gw: RunningGateway, method: str, path: str, body: Any = None, key: str = ADMIN) -> Any:
+    raw = gw.request(method, path, body, api_key=key)
+    return raw.status, orjson.loads(raw.body)
+
+
+def new_key(gw: RunningGateway, **fields: Any) -> str:
+    status, created = admin(gw, "POST", "/admin/keys", {"name": "team", **fields})
+    assert status == 201, created
+    return str(created["key"])
+
+
+def records(store_url: str, request_id: str | None = None) -> list[dict[str, Any]]:
+    async def read() -> list[dict[str, Any]]:
+        store = Store(store_url)
+        try:
+            return await store.usage_rows(0, request_id)
+        finally:
+            await store.close()
+
+    return asyncio.run(read())
+
+
+def wait_for_records(store_url: str, count: int) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + 10
+    while len(rows := records(store_url)) < count:
+        assert time.monotonic() < deadline, rows
+        time.sleep(0.05)
+    return rows
+
+
+# ---- admin API -----------------------------------------------------------------------
+
+
+def test_admin_key_lifecycle(gw: RunningGateway) -> None:
+    status, created = admin(
+        gw, "POST", "/admin/keys", {"name": "team", "models": ["chat-model"], "rpm": 5}
+    )
+    assert status == 201 and created["key"].startswith("lmg-")
+    assert created["models"] == ["chat-model"] and created["rpm"] == 5
+    status, listed = admin(gw, "GET", "/admin/keys")
+    assert [k["id"] for k in listed["data"]] == [created["id"]]
+    assert created["key"] not in orjson.dumps(listed).decode()  # never shown again
+    assert admin(gw, "GET", f"/admin/keys/{created['id']}")[1]["name"] == "team"
+    assert admin(gw, "DELETE", f"/admin/keys/{created['id']}") == (
+        200,
+        {"id": created["id"], "revoked": True},
+    )
+    assert admin(gw, "DELETE", f"/admin/keys/{created['id']}")[0] == 404
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        (b"{nope", "not valid JSON"),
+        (b"[]", "JSON object"),
+        ({}, "name: a non-empty string"),
+        ({"name": "x", "colour": "red"}, "unknown field 'colour'"),
+        ({"name": "x", "rpm": 0}, "rpm: expected a positive integer"),
+        ({"name": "x", "tpm": "many"}, "tpm: expected a positive integer"),
+        ({"name": "x", "models": "chat-model"}, "models: expected a list"),
+        ({"name": "x", "expires": "soon"}, "'soon' is not an ISO date"),
+        ({"name": "x", "expires": "2001-01-01"}, "is in the past"),
+    ],
+)
+def test_malformed_admin_requests(gw: RunningGateway, body: Any, words: str) -> None:
+    status, error = admin(gw, "POST", "/admin/keys", body)
+    assert status == 400 and words in error["error"]["message"]
+
+
+def test_admin_api_is_for_the_admin_key_only(gw: RunningGateway, start_gateway: Any) -> None:
+    client_key = new_key(gw)
+    assert admin(gw, "GET", "/admin/keys", key=API_KEY)[0] == 403
+    assert admin(gw, "GET", "/admin/keys", key=client_key)[0] == 403
+    assert admin(gw, "GET", "/admin/keys", key="")[0] == 401
+    status, error = admin(gw, "GET", "/admin/usage?by=colour")
+    assert status == 400 and "by: expected model, key or provider" in error["error"]["message"]
+    assert admin(gw, "GET", "/admin/usage?since=yesterday")[0] == 400
+    assert admin(gw, "GET", "/admin/keys/nope")[0] == 404
+
+
+def test_admin_api_off_without_admin_key(start_gateway: Any, upstream: FakeUpstream) -> None:
+    gw = start_gateway(upstream_config(upstream))
+    status, error = admin(gw, "GET", "/admin/keys", key="anything")
+    assert status == 404 and "server.admin_key" in error["error"]["message"]
+
+
+# ---- managed keys ------------------------------------------------------------------
+
+
+def test_managed_key_with_both_sdks(gw: RunningGateway, upstream: FakeUpstream) -> None:
+    key = new_key(gw)
+    reply = gw.client(api_key=key).chat.completions.create(model="chat-model", messages=HI)
+    assert reply.choices[0].message.content == "Hello!"
+    message = gw.anthropic(api_key=key).messages.create(
+        model="chat-model", max_tokens=5, messages=HI
+    )
+    assert message.content
+    assert upstream.last.headers["Authorization"] != f"Bearer {key}"  # never sent upstream
+
+
+def test_revoked_and_expired_keys_are_refused(
+    gw: RunningGateway, sqlite_url: str, upstream: FakeUpstream
+) -> None:
+    key = new_key(gw)
+    key_id = admin(gw, "GET", "/admin/keys")[1]["data"][0]["id"]
+    gw.client(api_key=key).chat.completions.create(model="chat-model", messages=HI)
+    admin(gw, "DELETE", f"/admin/keys/{key_id}")
+    with pytest.raises(openai.AuthenticationError) as caught:
+        gw.client(api_key=key).chat.completions.create(model="chat-model", messages=HI)
+    assert "revoked" in caught.value.message
+
+    async def expired_key() -> str:
+        store = Store(sqlite_url)
+        secret, _ = await store.create_key("old", expires_at=time.time() - 1)
+        await store.close()
+        return secret
+
+    secret = asyncio.run(expired_key())
+    with pytest.raises(anthropic.AuthenticationError) as refused:
+        gw.anthropic(api_key=secret).messages.create(model="chat-model", max_tokens=5, messages=HI)
+    assert "expired" in refused.value.message
+    with pytest.raises(openai.AuthenticationError):
+        gw.client(api_key="lmg-not-a-key").chat.completions.create(model="chat-model", messages=HI)
+
+
+def test_key_limited_to_some_models(gw: RunningGateway, upstream: FakeUpstream) -> None:
+    key = new_key(gw, models=["chat-model"])
+    gw.client(api_key=key).chat.completions.create(model="chat-model", messages=HI)
+    with pytest.raises(openai.PermissionDeniedError) as caught:
+        gw.client(api_key=key).chat.completions.create(model="echo", messages=HI)
+    assert "may not use model echo" in caught.value.message
+    with pytest.raises(anthropic.PermissionDeniedError):
+        gw.anthropic(api_key=key).messages.create(model="echo", max_tokens=5, messages=HI)
+    # auto goes to the candidates the key may use.
+    assert (
+        gw.client(api_key=key).chat.completions.create(model="auto", messages=HI).model
+        == "chat-model"
+    )
+
+
+def test_requests_per_minute(gw: RunningGateway) -> None:
+    key = new_key(gw, rpm=3)
+    client = gw.client(api_key=key)
+    for _ in range(3):
+        client.chat.completions.create(model="echo", messages=HI)
+    raw = gw.request("POST", "/v1/chat/completions", {"model": "echo", "messages": HI}, api_key=key)
+    assert raw.status == 429 and 55 <= int(raw.headers["retry-after"]) <= 60
+    assert "limit of 3 requests per minute" in orjson.loads(raw.body)["error"]["message"]
+    with pytest.raises(anthropic.RateLimitError):
+        gw.anthropic(api_key=key).messages.create(model="echo", max_tokens=5, messages=HI)
+
+
+def test_tokens_per_minute_and_budget(gw: RunningGateway, upstream: FakeUpstream) -> None:
+    usage = {"prompt_tokens": 60, "completion_tokens": 40, "total_tokens": 100}
+    tpm_key = new_key(gw, tpm=150)
+    budget_key = new_key(gw, budget_tokens=250)
+    for key, allowed in ((tpm_key, 2), (budget_key, 3)):
+        for _ in range(allowed):
+            upstream.push(Script(json=completion(usage=usage)))
+            gw.client(api_key=key).chat.completions.create(model="chat-model", messages=HI)
+            time.sleep(0.2)  # the batch is written and counted
+        with pytest.raises(openai.RateLimitError) as caught:
+            gw.client(api_key=key).chat.completions.create(model="chat-model", messages=HI)
+        words = "150 tokens per minute" if key == tpm_key else "budget of 250 tokens"
+        assert words in caught.value.message
+
+
+# ---- usage records -------------------------------------------------------------------
+
+
+def test_every_request_leaves_a_record(
+    gw: RunningGateway, upstream: FakeUpstream, sqlite_url: str
+) -> None:
+    usage = {"prompt_tokens": 11, "completion_tokens": 2, "total_tokens": 13,
+             "prompt_tokens_details": {"cached_tokens": 4}}  # fmt: skip
+    upstream.push(Script(json=completion(usage=usage)))
+    gw.client().chat.completions.create(
+        model="chat-model", messages=HI, extra_headers={"x-request-id": "one"}
+    )
+    with gw.anthropic().messages.stream(
+        model="echo", max_tokens=20, messages=HI, extra_headers={"x-request-id": "two"}
+    ) as stream:
+        stream.get_final_message()
+    upstream.push(Script(status=500, json={"error": {"message": "boom"}}))
+    gw.request("POST", "/v1/chat/completions", {"model": "chat-model", "messages": HI},
+               headers={"x-request-id": "three"})  # fmt: skip
+    gw.request("POST", "/v1/chat/completions", {"model": "nope", "messages": HI},
+               headers={"x-request-id": "four"})  # fmt: skip
+    gw.request("POST", "/v1/chat/completions", {"model": "echo", "messages": HI},
+               headers={"x-request-id": "five"}, api_key="wrong")  # fmt: skip
+    rows = {row["request_id"]: row for row in wait_for_records(sqlite_url, 5)}
+    one = rows["one"]
+    assert (one["protocol"], one["stream"], one["status"], one["error_type"]) == (
+        "openai",
+        False,
+        200,
+        None,
+    )
+    assert (one["requested_model"], one["model"], one["deployment"], one["provider"]) == (
+        "chat-model",
+        "chat-model",
+        "up/up-model",
+        "up",
+    )
+    assert (one["input_tokens"], one["output_tokens"], one["cached_tokens"]) == (11, 2, 4)
+    assert one["key_id"] == "config:0" and one["latency_ms"] > 0 and one["ttft_ms"] > 0
+    two = rows["two"]
+    assert (two["protocol"], two["stream"], two["status"], two["model"]) == (
+        "anthropic",
+        True,
+        200,
+        "echo",
+    )
+    assert two["output_tokens"] > 0 and 0 < two["ttft_ms"] <= two["latency_ms"]
+    assert (rows["three"]["status"], rows["three"]["error_type"]) == (502, "upstream")
+    assert (rows["four"]["status"], rows["four"]["error_type"]) == (404, "not_found")
+    assert (rows["five"]["status"], rows["five"]["key_id"]) == (401, None)
+
+
+def test_a_full_usage_queue_drops_and_counts_never_blocks(sqlite_url: str) -> None:
+    from lmgate.store import UsageRecord
+    from lmgate.usage import UsageRecorder
+
+    recorder = UsageRecorder(Store(sqlite_url), queue_size=5)  # not started: nothing drains
+    for number in range(8):
+        recorder.submit(UsageRecord(time.time(), f"r{number}", "openai", False))
+    assert recorder.dropped == 3
+
+
+# ---- several processes: Redis ----------------------------------------------------------
+
+
+def test_two_processes_share_one_rpm_limit(
+    serve: Any, upstream: FakeUpstream, postgres_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    config = accounts_config(upstream, postgres_url, redis={"url": redis_url})
+    path = tmp_path / "team.yaml"
+    path.write_bytes(orjson.dumps(config))
+    first, second = serve("--config", str(path)), serve("--config", str(path))
+    status, body = first.request(
+        "POST", "/admin/keys", {"name": "shared", "rpm": 10}, {"Authorization": f"Bearer {ADMIN}"}
+    )
+    assert status == 201
+    headers = {"Authorization": f"Bearer {orjson.loads(body)['key']}"}
+    ask = {"model": "echo", "messages": HI}
+    statuses = [
+        (first if n % 2 else second).request("POST", "/v1/chat/completions", ask, headers)[0]
+        for n in range(30)
+    ]
+    assert statuses.count(200) == 10 and statuses.count(429) == 20, statuses
+
+
+def test_a_cooldown_is_shared_through_redis(
+    start_gateway: Any, upstream: FakeUpstream, sqlite_url: str, redis_url: str
+) -> None:
+    config = accounts_config(upstream, sqlite_url, redis={"url": redis_url})
+    config["routing"]["cooldown"] = {"failures": 1, "seconds": 30}
+    one, two = start_gateway(config), start_gateway(config)
+    ask = {"model": "chat-model", "messages": HI}
+    upstream.push(Script(status=500, json={"error": {"message": "boom"}}))
+    assert one.request("POST", "/v1/chat/completions", ask).status == 502
+    time.sleep(0.3)  # the other process hears of it on the Redis channel
+    raw = two.request("POST", "/v1/chat/completions", ask)
+    assert raw.status == 503 and b"cooling down" in raw.body
+    three = start_gateway(config)  # started later: learns it from the expiring key
+    assert three.request("POST", "/v1/chat/completions", ask).status == 503
+    assert len(upstream.requests) == 1
