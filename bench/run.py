@@ -178,13 +178,22 @@ def main() -> int:
     upstream = subprocess.Popen(
         pinned(1, [sys.executable, str(HERE / "upstream.py"), str(up_port)])
     )
-    gateway = subprocess.Popen(
-        pinned(0, [sys.executable, "-m", "lmgate", "serve", "--config", str(HERE / "bench.yaml"),
-                   "--port", str(gw_port), "--log-level", "warning"]),
-        env=env,
-    )  # fmt: skip
+    store_dir = tempfile.mkdtemp(prefix="lmgate-bench-")
+
+    def start_gateway(port: int, store_url: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            pinned(0, [sys.executable, "-m", "lmgate", "serve", "--config", str(HERE / "bench.yaml"),
+                       "--port", str(port), "--log-level", "warning"]),
+            env={**env, "BENCH_STORE_URL": store_url},
+        )  # fmt: skip
+
+    gateway = start_gateway(gw_port, f"sqlite:///{store_dir}/lmgate.db")
+    # The same gateway without usage records, to measure what recording costs.
+    unrecorded_port = free_port()
+    unrecorded = start_gateway(unrecorded_port, "none")
     try:
         wait_ready(f"http://127.0.0.1:{gw_port}/ready")
+        wait_ready(f"http://127.0.0.1:{unrecorded_port}/ready")
         direct = f"http://127.0.0.1:{up_port}/v1/chat/completions"
         through = f"http://127.0.0.1:{gw_port}/v1/chat/completions"
         wrk(through, BODY, 16, 1)  # warm-up
@@ -206,6 +215,18 @@ def main() -> int:
                     for key in ("rps", "p50_ms", "p99_ms")
                 }
                 for label, name in (("one_deployment", "one"), ("routed", "routed"))
+            }
+        off = f"http://127.0.0.1:{unrecorded_port}/v1/chat/completions"
+        results["recording"] = {}
+        for connections in (1, 16):
+            order = [("on", through), ("off", off), ("off", off), ("on", through)]
+            runs = [(name, wrk(url, BODY, connections, args.seconds)) for name, url in order]
+            results["recording"][connections] = {
+                name: {
+                    key: statistics.mean(r[key] for n, r in runs if n == name)
+                    for key in ("rps", "p50_ms", "p99_ms")
+                }
+                for name in ("on", "off")
             }
         results["stream"]["rps_c16"] = {
             "direct": wrk(direct, STREAM_BODY, 16, args.seconds)["rps"],
@@ -232,9 +253,10 @@ def main() -> int:
         results["stream"]["think_200"] = think
         results["gateway_rss_mb"] = rss_mb(gateway.pid)
     finally:
-        for process in (gateway, upstream):
+        for process in (gateway, unrecorded, upstream):
             process.terminate()
             process.wait(10)
+        shutil.rmtree(store_dir, ignore_errors=True)
     report(results)
     out = HERE / "results"
     out.mkdir(exist_ok=True)
@@ -260,6 +282,14 @@ def report(results: dict[str, Any]) -> None:
             f"  c={connections}: rps {one['rps']:.0f} vs {routed['rps']:.0f}"
             f" (ratio {routed['rps'] / one['rps']:.2f}), p50 {one['p50_ms']:.3f} vs"
             f" {routed['p50_ms']:.3f}ms, p99 {one['p99_ms']:.3f} vs {routed['p99_ms']:.3f}ms"
+        )
+    print("\nusage recording (SQLite): on vs off")
+    for connections, row in results["recording"].items():
+        on, off = row["on"], row["off"]
+        print(
+            f"  c={connections}: rps {off['rps']:.0f} off vs {on['rps']:.0f} on"
+            f" (cost {(1 - on['rps'] / off['rps']) * 100:+.1f}%), p50 {off['p50_ms']:.3f} vs"
+            f" {on['p50_ms']:.3f}ms"
         )
     s = results["stream"]
     d, g = s["c1"]["direct"], s["c1"]["gateway"]

@@ -1,6 +1,6 @@
 """The HTTP layer: routes, client auth, body limits, and turning errors into responses.
 
-The only module that knows Starlette; frontends, router and providers do not.
+With admin.py, the only module that knows Starlette; frontends, router and providers do not.
 """
 
 from __future__ import annotations

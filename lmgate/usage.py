@@ -12,6 +12,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable
+from typing import Any
 
 from lmgate.canonical import (
     ChatRequest,
@@ -23,7 +24,7 @@ from lmgate.canonical import (
     Usage,
 )
 from lmgate.errors import GatewayError
-from lmgate.store import Store, UsageRecord
+from lmgate.store import Store, UsageRecord, record_row, tokens_by_key
 
 log = logging.getLogger("lmgate")
 CLIENT_LEFT = 499  # nginx's status for a client that closed the connection
@@ -110,7 +111,7 @@ class UsageRecorder:
         self.on_tokens = on_tokens  # after each batch: tokens per key id
         self.dropped = 0
         self.written = 0
-        self._queue: deque[UsageRecord] = deque()
+        self._queue: deque[tuple[Any, ...]] = deque()  # record_row tuples
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -129,7 +130,7 @@ class UsageRecorder:
                     self.dropped,
                 )
             return
-        self._queue.append(record)
+        self._queue.append(record_row(record))
         if len(self._queue) >= self.batch_size:
             self._wake.set()
 
@@ -157,13 +158,15 @@ class UsageRecorder:
             while self._queue:
                 if not await self._flush_batch():
                     break
+                if len(self._queue) < self.batch_size and not self._stopping:
+                    break  # what arrived meanwhile waits for the next round: big batches
             if self._stopping and not self._queue:
                 return
 
     async def _flush_batch(self) -> bool:
         batch = [self._queue.popleft() for _ in range(min(self.batch_size, len(self._queue)))]
         try:
-            await self.store.record(batch)
+            await self.store.record_rows(batch)
         except Exception as error:
             log.error("could not write %d usage records (will retry): %s", len(batch), error)
             self._queue.extendleft(reversed(batch))
@@ -174,13 +177,8 @@ class UsageRecorder:
             return True
         self.written += len(batch)
         if self.on_tokens is not None:
-            used: dict[str, int] = {}
-            for record in batch:
-                if record.key_id is not None:
-                    tokens = record.input_tokens + record.output_tokens
-                    used[record.key_id] = used.get(record.key_id, 0) + tokens
             try:
-                await self.on_tokens(used)
+                await self.on_tokens(tokens_by_key(batch))
             except Exception as error:
                 log.warning("could not count tokens for key limits: %s", error)
         return True

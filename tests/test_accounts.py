@@ -307,3 +307,56 @@ def test_a_cooldown_is_shared_through_redis(
     three = start_gateway(config)  # started later: learns it from the expiring key
     assert three.request("POST", "/v1/chat/completions", ask).status == 503
     assert len(upstream.requests) == 1
+
+
+# ---- command line ------------------------------------------------------------------------
+
+
+def test_keys_and_usage_commands(tmp_path: Path, serve: Any) -> None:
+    from tests.test_cli_config import run_cli
+
+    path = tmp_path / "lmgate.yaml"
+    path.write_text("providers: {e: {type: echo}}\nmodels: [{id: echo, provider: e}]\n")
+    made = run_cli("keys", "create", "--config", str(path), "--name", "ci", "--models", "echo",
+                   "--rpm", "100", "--budget-tokens", "5000", "--expires", "2099-01-01")  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    secret = made.stdout.split()[-1]
+    assert secret.startswith("lmg-") and (tmp_path / "lmgate.db").exists()  # next to the config
+    listed = run_cli("keys", "list", "--config", str(path))
+    assert "ci" in listed.stdout and "active" in listed.stdout and secret not in listed.stdout
+    key_id = made.stdout.split()[2]
+
+    served = serve("--config", str(path))  # a managed key now exists: the gateway is closed
+    ask = {"model": "echo", "messages": HI}
+    assert served.request("POST", "/v1/chat/completions", ask)[0] == 401
+    auth = {"Authorization": f"Bearer {secret}"}
+    assert served.request("POST", "/v1/chat/completions", ask, auth)[0] == 200
+    served.process.terminate()
+    served.process.wait(10)  # records are written at shutdown
+
+    usage = run_cli("usage", "--config", str(path), "--by", "key")
+    assert usage.returncode == 0
+    lines = usage.stdout.splitlines()
+    assert lines[0].split() == [
+        "KEY",
+        "REQUESTS",
+        "ERRORS",
+        "INPUT",
+        "OUTPUT",
+        "P50",
+        "MS",
+        "P95",
+        "MS",
+    ]
+    by_key = {line.split()[0]: line.split() for line in lines[1:]}
+    assert by_key[key_id][1:3] == ["1", "0"] and by_key["-"][1:3] == ["1", "1"]
+
+    assert run_cli("keys", "revoke", "--config", str(path), key_id).returncode == 0
+    assert run_cli("keys", "revoke", "--config", str(path), key_id).returncode == 1
+    assert "revoked" in run_cli("keys", "list", "--config", str(path)).stdout
+    bad = run_cli("usage", "--config", str(path), "--since", "yesterday")
+    assert bad.returncode == 2 and "expected a duration" in bad.stderr
+    assert (
+        run_cli("keys", "create", "--config", str(path), "--name", "x", "--rpm", "0").returncode
+        == 2
+    )
