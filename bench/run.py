@@ -5,7 +5,8 @@
 Starts bench/upstream.py and `lmgate serve --config bench/bench.yaml` (one
 worker), then drives both with wrk (non-stream requests/s and latency at
 concurrency 1, 16, 64) and with a small uvloop client (stream time to first
-chunk and to the end, one request at a time). The gateway is pinned to CPU 0;
+chunk and to the end, one request at a time). What usage recording costs is CPU
+per request of the gateway vs the same without a store. The gateway is pinned to CPU 0;
 the upstream and the load generators to CPU 1, so the gateway's figures are one
 core's. Needs wrk (apt-get install wrk). Prints a table; writes
 bench/results/latest.json.
@@ -26,6 +27,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -107,7 +109,33 @@ def wrk(url: str, body: str, connections: int, seconds: int) -> dict[str, float]
         return float(match.group(1)) * _UNITS[match.group(2)]
 
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    return {"rps": rps, "p50_ms": latency("50"), "p99_ms": latency("99")}
+    done = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    return {"rps": rps, "p50_ms": latency("50"), "p99_ms": latency("99"), "requests": done}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_per_request(
+    a: tuple[int, str], b: tuple[int, str], connections: int, rounds: int = 6, seconds: int = 3
+) -> float:
+    """How much more CPU per request gateway ``a`` spends than ``b`` (median ratio - 1).
+
+    Both are loaded at once, on the same core: whatever else the machine does in a
+    round slows both alike, which alternating runs cannot promise on a noisy VM."""
+    ratios = []
+    for _ in range(rounds):
+        before = [cpu_seconds(pid) for pid, _ in (a, b)]
+        with ThreadPoolExecutor(2) as pool:
+            runs = list(pool.map(lambda url: wrk(url, BODY, connections, seconds), (a[1], b[1])))
+        time.sleep(1)  # the last usage batch is written (store.flush_interval 0.5)
+        after = [cpu_seconds(pid) for pid, _ in (a, b)]
+        used = [(after[i] - before[i]) / runs[i]["requests"] for i in (0, 1)]
+        ratios.append(used[0] / used[1])
+    return statistics.median(ratios) - 1
 
 
 async def _stream_latency(
@@ -173,27 +201,30 @@ def main() -> int:
     if not shutil.which("wrk"):
         print("bench needs wrk: apt-get install wrk", file=sys.stderr)
         return 2
-    up_port, gw_port = free_port(), free_port()
+    up_port = free_port()
     env = {**os.environ, "BENCH_UPSTREAM_PORT": str(up_port)}
     upstream = subprocess.Popen(
         pinned(1, [sys.executable, str(HERE / "upstream.py"), str(up_port)])
     )
     store_dir = tempfile.mkdtemp(prefix="lmgate-bench-")
 
-    def start_gateway(port: int, store_url: str) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
+    def start_gateway(store_url: str) -> tuple[subprocess.Popen[bytes], int]:
+        port = free_port()
+        process = subprocess.Popen(
             pinned(0, [sys.executable, "-m", "lmgate", "serve", "--config", str(HERE / "bench.yaml"),
                        "--port", str(port), "--log-level", "warning"]),
             env={**env, "BENCH_STORE_URL": store_url},
         )  # fmt: skip
+        return process, port
 
-    gateway = start_gateway(gw_port, f"sqlite:///{store_dir}/lmgate.db")
-    # The same gateway without usage records, to measure what recording costs.
-    unrecorded_port = free_port()
-    unrecorded = start_gateway(unrecorded_port, "none")
+    gateway, gw_port = start_gateway(f"sqlite:///{store_dir}/lmgate.db")
+    # The same gateway without usage records, twice: the second is the control (two
+    # identical gateways show how far this machine's noise goes).
+    unrecorded = [start_gateway("none") for _ in range(2)]
+    gateways = [(gateway, gw_port), *unrecorded]
     try:
-        wait_ready(f"http://127.0.0.1:{gw_port}/ready")
-        wait_ready(f"http://127.0.0.1:{unrecorded_port}/ready")
+        for _, port in gateways:
+            wait_ready(f"http://127.0.0.1:{port}/ready")
         direct = f"http://127.0.0.1:{up_port}/v1/chat/completions"
         through = f"http://127.0.0.1:{gw_port}/v1/chat/completions"
         wrk(through, BODY, 16, 1)  # warm-up
@@ -216,18 +247,17 @@ def main() -> int:
                 }
                 for label, name in (("one_deployment", "one"), ("routed", "routed"))
             }
-        off = f"http://127.0.0.1:{unrecorded_port}/v1/chat/completions"
-        results["recording"] = {}
-        for connections in (1, 16):
-            order = [("on", through), ("off", off), ("off", off), ("on", through)]
-            runs = [(name, wrk(url, BODY, connections, args.seconds)) for name, url in order]
-            results["recording"][connections] = {
-                name: {
-                    key: statistics.mean(r[key] for n, r in runs if n == name)
-                    for key in ("rps", "p50_ms", "p99_ms")
-                }
-                for name in ("on", "off")
+        on, off, control = (
+            (process.pid, f"http://127.0.0.1:{port}/v1/chat/completions")
+            for process, port in gateways
+        )
+        results["recording"] = {
+            connections: {
+                "cost": cpu_per_request(on, off, connections),
+                "control": cpu_per_request(control, off, connections),
             }
+            for connections in (1, 8)
+        }
         results["stream"]["rps_c16"] = {
             "direct": wrk(direct, STREAM_BODY, 16, args.seconds)["rps"],
             "gateway": wrk(through, STREAM_BODY, 16, args.seconds)["rps"],
@@ -253,7 +283,7 @@ def main() -> int:
         results["stream"]["think_200"] = think
         results["gateway_rss_mb"] = rss_mb(gateway.pid)
     finally:
-        for process in (gateway, unrecorded, upstream):
+        for process in (*(p for p, _ in gateways), upstream):
             process.terminate()
             process.wait(10)
         shutil.rmtree(store_dir, ignore_errors=True)
@@ -283,13 +313,12 @@ def report(results: dict[str, Any]) -> None:
             f" (ratio {routed['rps'] / one['rps']:.2f}), p50 {one['p50_ms']:.3f} vs"
             f" {routed['p50_ms']:.3f}ms, p99 {one['p99_ms']:.3f} vs {routed['p99_ms']:.3f}ms"
         )
-    print("\nusage recording (SQLite): on vs off")
+    print("\nusage recording (SQLite): CPU per request, gateway vs the same without a store,")
+    print("both loaded at once; the control is two identical gateways (this machine's noise)")
     for connections, row in results["recording"].items():
-        on, off = row["on"], row["off"]
         print(
-            f"  c={connections}: rps {off['rps']:.0f} off vs {on['rps']:.0f} on"
-            f" (cost {(1 - on['rps'] / off['rps']) * 100:+.1f}%), p50 {off['p50_ms']:.3f} vs"
-            f" {on['p50_ms']:.3f}ms"
+            f"  {connections} connection(s) each: recording {row['cost'] * 100:+.1f}%,"
+            f" control {row['control'] * 100:+.1f}%"
         )
     s = results["stream"]
     d, g = s["c1"]["direct"], s["c1"]["gateway"]

@@ -18,8 +18,11 @@ from lmgate.canonical import (
 )
 
 
-async def accumulate(events: AsyncIterator[Event]) -> Reply:
-    reply = Reply()
+async def accumulate(events: AsyncIterator[Event], reply: Reply | None = None) -> Reply:
+    """Fold ``events`` into ``reply`` (a new one by default); a caller that passes its
+    own still sees what arrived (the model, the deployment) when the events fail."""
+    if reply is None:
+        reply = Reply()
     text: list[str] = []
     reasoning: list[str] = []
     arguments: dict[int, list[str]] = {}

@@ -169,13 +169,18 @@ class Gateway:
             chain = self.catalog.candidates(chat.model, self.check_media(chat), bool(chat.tools))
             chain = await self.accounts.admit(caller, chain)
             events = self.router.stream(chat, chain)
-            if meter is not None:
-                events = meter.watch(events, chat.stream)
             if not chat.stream:
-                reply = await accumulate(events)
+                reply = Reply()
+                if meter is not None:
+                    meter.reply = reply  # read when the meter finishes: no per-event work
+                await accumulate(events, reply)
                 body = frontend.reply_body(reply, chat)
                 headers = _ids(request_id, reply.deployment, reply.attempts)
+                if meter is not None:
+                    meter.finish(200)
                 return Response(body, media_type="application/json", headers=headers)
+            if meter is not None:
+                events = meter.watch(events)
             # Wait for the upstream to accept before sending 200, so that an early
             # failure still gets its real status.
             try:

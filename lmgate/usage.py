@@ -18,6 +18,7 @@ from lmgate.canonical import (
     ChatRequest,
     Event,
     ReasoningDelta,
+    Reply,
     Start,
     TextDelta,
     ToolCallStart,
@@ -34,13 +35,16 @@ class Meter:
     """Builds the usage record of one request; ``finish`` may be called many times,
     the first call wins."""
 
-    __slots__ = ("_recorder", "_started", "done", "record")
+    __slots__ = ("_recorder", "_started", "done", "record", "reply")
 
     def __init__(self, recorder: UsageRecorder, request_id: str, protocol: str) -> None:
         self._recorder = recorder
         self._started = time.perf_counter()
         self.record = UsageRecord(time.time(), request_id, protocol, stream=False)
         self.done = False
+        # A non-stream request's reply as it is folded; read once at the end, where
+        # watching each event would cost a generator layer per request.
+        self.reply: Reply | None = None
 
     def request(self, chat: ChatRequest, key_id: str | None) -> None:
         self.record.requested_model = chat.model
@@ -50,33 +54,45 @@ class Meter:
     def see(self, event: Event) -> None:
         record = self.record
         if isinstance(event, Start):
-            record.model = event.model
-            record.deployment = event.deployment
-            record.provider = event.deployment.split("/", 1)[0]
+            self._served_by(event.model, event.deployment)
         elif isinstance(event, Usage):
-            record.input_tokens = event.input_tokens
-            record.output_tokens = event.output_tokens
-            record.cached_tokens = event.cache_read_tokens or 0
+            self._used(event)
         elif record.ttft_ms is None and isinstance(
             event, TextDelta | ReasoningDelta | ToolCallStart
         ):
             record.ttft_ms = (time.perf_counter() - self._started) * 1000
 
+    def _served_by(self, model: str, deployment: str) -> None:
+        self.record.model = model
+        self.record.deployment = deployment
+        self.record.provider = deployment.split("/", 1)[0]
+
+    def _used(self, usage: Usage) -> None:
+        self.record.input_tokens = usage.input_tokens
+        self.record.output_tokens = usage.output_tokens
+        self.record.cached_tokens = usage.cache_read_tokens or 0
+
+    def _take(self, reply: Reply) -> None:
+        if reply.deployment:
+            self._served_by(reply.model, reply.deployment)
+        if reply.usage is not None:
+            self._used(reply.usage)
+
     def finish(self, status: int, error_type: str | None = None) -> None:
         if self.done:
             return
         self.done = True
+        if self.reply is not None:
+            self._take(self.reply)
         self.record.status = status
         self.record.error_type = error_type
         self.record.latency_ms = (time.perf_counter() - self._started) * 1000
         self._recorder.submit(self.record)
 
-    async def watch(
-        self, events: AsyncGenerator[Event, None], streaming: bool
-    ) -> AsyncGenerator[Event, None]:
-        """Pass ``events`` on, noting what the record needs and how they ended. A
-        failure before a stream started, or of a whole (non-stream) reply, is the
-        caller's to record: only it knows the status the client gets."""
+    async def watch(self, events: AsyncGenerator[Event, None]) -> AsyncGenerator[Event, None]:
+        """Pass a stream's ``events`` on, noting what the record needs and how they
+        ended. A failure before the stream started is the caller's to record: only it
+        knows the status the client gets."""
         started = False
         try:
             async for event in events:
@@ -84,7 +100,7 @@ class Meter:
                 started = True
                 yield event
         except GatewayError as error:
-            if started and streaming:
+            if started:
                 self.finish(200, error.kind)
             raise
         except (asyncio.CancelledError, GeneratorExit):
