@@ -31,6 +31,7 @@ from lmgate.admin import Admin
 from lmgate.canonical import ChatRequest, Event, Reply, Start
 from lmgate.catalog import Catalog
 from lmgate.config import Config, load_config
+from lmgate.discovery import ModelDiscovery
 from lmgate.errors import ErrorKind, GatewayError
 from lmgate.fetch import ImageFetcher
 from lmgate.frontends import anthropic_messages, openai_chat
@@ -52,6 +53,7 @@ class Gateway:
         self.config = config
         self.providers = {name: build_provider(name, raw) for name, raw in config.providers.items()}
         self.catalog = Catalog.from_config(config, self.providers)
+        self.discovery = ModelDiscovery(self.catalog, self.providers)
         limits = config.media
         self.fetcher = ImageFetcher(
             int(limits.max_image_mb * 2**20), limits.fetch_timeout, limits.allow_private_urls
@@ -68,6 +70,7 @@ class Gateway:
         for provider in self.providers.values():
             await provider.start()
         await self.fetcher.start()
+        await self.discovery.start()
         await self.accounts.start()
         # Load the tokenizer off the event loop so the first request does not pay for it.
         await asyncio.to_thread(tokens.encoding)
@@ -82,6 +85,7 @@ class Gateway:
         self.ready = False
         if self._cut is not None:
             self._cut.cancel()
+        await self.discovery.stop()
         for provider in self.providers.values():
             await provider.close()
         await self.fetcher.close()
@@ -352,5 +356,7 @@ def build_app(config: Config) -> Starlette:
 
 
 def app_from_env() -> Starlette:
-    """uvicorn factory: the config named by ``LMGATE_CONFIG``, or the built-in default."""
-    return build_app(load_config(os.environ.get("LMGATE_CONFIG") or None))
+    """uvicorn factory: the config file in ``LMGATE_CONFIG``, or the preset in
+    ``LMGATE_PRESET``, or the built-in default."""
+    path, preset = os.environ.get("LMGATE_CONFIG"), os.environ.get("LMGATE_PRESET")
+    return build_app(load_config(path or None, preset))

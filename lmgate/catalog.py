@@ -6,10 +6,10 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from lmgate.config import CatalogInfo, Config
+from lmgate.config import CatalogInfo, Config, CooldownConfig
 from lmgate.errors import GatewayError
 from lmgate.health import Health
-from lmgate.providers.base import Provider, Target
+from lmgate.providers.base import Discovery, Provider, Target
 
 
 @dataclass(slots=True, eq=False)  # compared by identity: two may look alike
@@ -55,18 +55,75 @@ class Catalog:
         auto: list[str],
         info: CatalogInfo,
         fallbacks: dict[str, list[str]] | None = None,
+        cooldown: CooldownConfig | None = None,
     ) -> None:
-        self.entries = entries
+        self._configured = entries
         self._fallbacks = fallbacks or {}
         self.info = info
+        self._info_given = set(info.model_fields_set)  # written in the config: kept
+        self._cooldown = cooldown or CooldownConfig()
         self.started = datetime.now(UTC)
-        self._by_id = {entry.id: entry for entry in entries}
-        # Display names and aliases never shadow an id.
-        self._by_name: dict[str, ModelEntry] = {}
-        for entry in entries:
-            for name in (*entry.aliases, entry.name):
-                self._by_name.setdefault(name.casefold(), entry)
+        self._discovered: dict[str, list[ModelEntry]] = {}  # provider name -> its models
+        self._index()
         self._auto = [self._by_id[model_id] for model_id in auto if model_id in self._by_id]
+
+    def _index(self) -> None:
+        configured = {entry.id for entry in self._configured}
+        entries = list(self._configured)
+        for found in self._discovered.values():
+            entries.extend(entry for entry in found if entry.id not in configured)
+        by_id: dict[str, ModelEntry] = {}
+        for entry in entries:
+            by_id.setdefault(entry.id, entry)
+        # Display names and aliases never shadow an id.
+        by_name: dict[str, ModelEntry] = {}
+        for entry in by_id.values():
+            for name in (*entry.aliases, entry.name):
+                by_name.setdefault(name.casefold(), entry)
+        self.entries, self._by_id, self._by_name = list(by_id.values()), by_id, by_name
+
+    def add_discovered(self, provider: Provider, found: Discovery) -> None:
+        """Replace what ``provider`` listed before by ``found``. Models written in the
+        config win over discovered ones, and so do its ``catalog`` fields."""
+        before = {entry.id: entry for entry in self._discovered.get(provider.name, ())}
+        now_ms = int(time.time() * 1000)
+        entries = []
+        for model in found.models:
+            known = before.get(model.id)
+            entry = ModelEntry(
+                id=model.id,
+                name=model.name or model.id,
+                owned_by=model.owned_by or owner_of(model.id),
+                description=model.description,
+                support=model.support,
+                tip=model.tip or model.name or model.id,
+                created=known.created if known else now_ms,
+                # The same deployment across refreshes keeps its health.
+                deployments=known.deployments if known else [self._deployment(provider, model.id)],
+            )
+            entries.append(entry)
+        self._discovered[provider.name] = entries
+        update = {
+            name: value
+            for name, value in (("version", found.version), ("provider", found.provider))
+            if value and name not in self._info_given
+        }
+        if update:
+            self.info = self.info.model_copy(update=update)
+        self._index()
+
+    def _deployment(self, provider: Provider, model_id: str) -> Deployment:
+        cooldown = self._cooldown
+        health = Health(None, 100, cooldown.failures, cooldown.seconds)
+        return Deployment(provider, Target(model_id), health=health, key=f"{model_id}#0")
+
+    def deployment(self, key: str) -> Deployment | None:
+        """The deployment with this ``Deployment.key``."""
+        entry = self._by_id.get(key.rpartition("#")[0])
+        for deployment in entry.deployments if entry else ():
+            if deployment.key == key:
+                return deployment
+        return None
 
     @classmethod
     def from_config(cls, config: Config, providers: dict[str, Provider]) -> Catalog:
@@ -105,7 +162,8 @@ class Catalog:
                     balance=model.balance,
                 )
             )
-        return cls(entries, config.routing.auto, config.catalog, config.routing.fallbacks)
+        routing = config.routing
+        return cls(entries, routing.auto, config.catalog, routing.fallbacks, routing.cooldown)
 
     def get(self, model_id: str) -> ModelEntry | None:
         return self._by_id.get(model_id)
@@ -186,3 +244,9 @@ class Catalog:
                 code="model_not_found",
             )
         return entry
+
+
+def owner_of(model_id: str) -> str:
+    """``owned_by`` as the reference catalog derives it: the id's first word."""
+    head, dash, _ = model_id.partition("-")
+    return head if dash and head else "unknown"

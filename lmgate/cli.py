@@ -62,9 +62,9 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        config = _load(args.config)
+        config = _load(args.config, args.preset)
     except ConfigError as error:
-        where = args.config or "the built-in default config"
+        where = args.config or (args.preset and f"preset {args.preset}") or "the built-in default"
         print(f"lmgate: invalid config ({where}):\n{error}", file=sys.stderr)
         return 2
     if args.command == "check":
@@ -163,10 +163,15 @@ def _config_argument(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("LMGATE_CONFIG") or None,
         help="YAML config file (default: $LMGATE_CONFIG, else the built-in offline default)",
     )
+    parser.add_argument(
+        "--preset",
+        default=os.environ.get("LMGATE_PRESET") or None,
+        help="a config that ships with lmgate, by name: degpt (default: $LMGATE_PRESET)",
+    )
 
 
-def _load(path: str | None) -> Config:
-    config = load_config(path)
+def _load(path: str | None, preset: str | None) -> Config:
+    config = load_config(path, preset)
     # Building the gateway validates what config parsing alone cannot (provider options).
     from lmgate.app import Gateway
 
@@ -194,11 +199,13 @@ def _serve(args: argparse.Namespace, config: Config) -> int:
         log.warning(
             "server.api_keys is empty: anyone who can reach %s:%s can use every model", host, port
         )
+    # Worker processes build their app from the environment.
+    os.environ.pop("LMGATE_CONFIG", None)
+    os.environ.pop("LMGATE_PRESET", None)
     if args.config:
-        # Worker processes build their app from the environment.
         os.environ["LMGATE_CONFIG"] = os.path.abspath(args.config)
-    else:
-        os.environ.pop("LMGATE_CONFIG", None)
+    elif args.preset:
+        os.environ["LMGATE_PRESET"] = args.preset
     log.info("lmgate %s listening on http://%s:%s", __version__, host, port)
     uvicorn.run(
         "lmgate.app:app_from_env",

@@ -71,13 +71,16 @@ class StoreConfig(_Strict):
             return None
         if self.url:
             return self.url
-        if config_path is not None:
-            directory = config_path.resolve().parent
-        else:
-            default = Path.home() / ".local" / "share" / "lmgate"
-            directory = Path(os.environ.get("LMGATE_DATA_DIR") or default)
+        directory = config_path.resolve().parent if config_path is not None else data_dir()
         directory.mkdir(parents=True, exist_ok=True)
         return f"sqlite:///{directory / 'lmgate.db'}"
+
+
+def data_dir() -> Path:
+    """Where lmgate keeps state of its own: ``$LMGATE_DATA_DIR``, else
+    ``~/.local/share/lmgate``."""
+    default = Path.home() / ".local" / "share" / "lmgate"
+    return Path(os.environ.get("LMGATE_DATA_DIR") or default)
 
 
 class RedisConfig(_Strict):
@@ -276,20 +279,34 @@ def _check_references(config: Config) -> None:
         raise ConfigError("\n".join(problems))
 
 
-def load_config(path: str | os.PathLike[str] | None) -> Config:
-    """Load ``path``, or the built-in default when it is None."""
+def load_config(path: str | os.PathLike[str] | None, preset: str | None = None) -> Config:
+    """Load ``path``, or the named preset, or the built-in default when neither."""
+    if path is not None and preset:
+        raise ConfigError("give a config file or a preset, not both")
+    if preset:
+        file = PRESETS / f"{preset}.yaml"
+        if not preset.isidentifier() or not file.is_file():
+            known = ", ".join(sorted(p.stem for p in PRESETS.glob("*.yaml")))
+            raise ConfigError(f"unknown preset {preset!r} (known: {known})")
+        # No path: a preset's state goes to the data directory, not beside the package.
+        return parse_config(_read_yaml(file))
     if path is None:
         return parse_config(default_config_dict())
-    file = Path(path)
+    return parse_config(_read_yaml(Path(path)), Path(path))
+
+
+PRESETS = Path(__file__).parent / "presets"
+
+
+def _read_yaml(file: Path) -> Any:
     try:
         text = file.read_text(encoding="utf-8")
     except OSError as error:
         raise ConfigError(f"{file}: cannot read the config file ({error.strerror})") from None
     try:
-        raw = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as error:
         raise ConfigError(f"{file}: not valid YAML: {error}") from None
-    return parse_config(raw, file)
 
 
 def default_config_dict() -> dict[str, Any]:

@@ -152,15 +152,16 @@ class CooldownBus:
         self.channel = f"{prefix}cooldown"
         self.prefix = prefix
         self.origin = uuid.uuid4().hex
-        self._deployments = {d.key: d for entry in catalog.entries for d in entry.deployments}
+        self.catalog = catalog
         self._tasks: set[asyncio.Task[Any]] = set()
         self._listener: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        names = [f"{self.prefix}open:{key}" for key in self._deployments]
-        for key, ttl in zip(self._deployments, await self._ttls(names), strict=True):
+        deployments = [d for entry in self.catalog.entries for d in entry.deployments]
+        names = [f"{self.prefix}open:{d.key}" for d in deployments]
+        for deployment, ttl in zip(deployments, await self._ttls(names), strict=True):
             if ttl > 0:
-                self._deployments[key].health.open_for(ttl / 1000)
+                deployment.health.open_for(ttl / 1000)
         pubsub = self.redis.pubsub()
         await pubsub.subscribe(self.channel)
         self._listener = asyncio.create_task(self._listen(pubsub))
@@ -195,7 +196,7 @@ class CooldownBus:
                     if message.get("type") != "message":
                         continue
                     data = orjson.loads(message["data"])
-                    deployment = self._deployments.get(data.get("key"))
+                    deployment = self.catalog.deployment(str(data.get("key")))
                     if deployment is not None and data.get("origin") != self.origin:
                         deployment.health.open_for(float(data["seconds"]))
             except asyncio.CancelledError:

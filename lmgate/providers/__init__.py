@@ -9,6 +9,7 @@ from pydantic import ValidationError
 from lmgate.config import ConfigError, format_validation_error
 from lmgate.providers.anthropic import AnthropicProvider
 from lmgate.providers.base import Provider
+from lmgate.providers.degpt import DegptProvider
 from lmgate.providers.echo import EchoProvider
 from lmgate.providers.lmv2 import LmV2Provider
 from lmgate.providers.openai_compat import OpenAICompatProvider
@@ -17,6 +18,7 @@ PROVIDER_TYPES: dict[str, type[Provider]] = {
     "openai": OpenAICompatProvider,
     "anthropic": AnthropicProvider,
     "lmv2": LmV2Provider,
+    "degpt": DegptProvider,
     "echo": EchoProvider,
 }
 

@@ -49,18 +49,43 @@ def apply_overrides(
     return body
 
 
+@dataclass(slots=True)
+class DiscoveredModel:
+    """A model an upstream lists itself, with what ``GET /v1/models`` shows of it."""
+
+    id: str
+    name: str | None = None
+    description: str = ""
+    support: str = "text"  # "text" | "image"
+    tip: str | None = None
+    owned_by: str | None = None
+
+
+@dataclass(slots=True)
+class Discovery:
+    models: list[DiscoveredModel]
+    version: str | None = None  # for the top-level fields of GET /v1/models
+    provider: str | None = None
+
+
 class Provider(ABC):
     config_class: ClassVar[type[ProviderConfig]] = ProviderConfig
 
     def __init__(self, name: str, config: ProviderConfig) -> None:
         self.name = name
         self.config = config
+        # Seconds between model discoveries, for a provider that lists its models.
+        self.discovery_interval: float | None = None
 
     async def start(self) -> None:
         """Open pooled resources; called once inside the running event loop."""
 
     async def close(self) -> None:
         """Release pooled resources."""
+
+    async def discover(self) -> Discovery:
+        """The upstream's own model list (when ``discovery_interval`` is set)."""
+        raise NotImplementedError
 
     @abstractmethod
     def stream(self, request: ChatRequest, target: Target) -> AsyncGenerator[Event, None]:

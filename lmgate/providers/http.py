@@ -56,22 +56,33 @@ class HttpProvider(Provider):
             await self._session.close()
             self._session = None
 
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise GatewayError("internal", f"provider {self.name} is not started")
+        return self._session
+
     def auth_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.config.api_key}"} if self.config.api_key else {}
 
-    async def post(self, url: str, body: dict[str, Any]) -> tuple[aiohttp.ClientResponse, float]:
+    async def post(
+        self, url: str, body: dict[str, Any], headers: dict[str, str] | None = None
+    ) -> tuple[aiohttp.ClientResponse, float]:
         """POST JSON and wait for a 2xx response's headers; returns it with its deadline.
 
         Failures before the first byte are retryable ``GatewayError``s.
         """
-        if self._session is None:
-            raise GatewayError("internal", f"provider {self.name} is not started")
+        session = self.session()
         timeouts = self.config.timeouts
         deadline = time.monotonic() + timeouts.total if timeouts.total else float("inf")
-        headers = {"Content-Type": "application/json", **self.auth_headers(), **self.config.headers}
+        headers = {
+            "Content-Type": "application/json",
+            **self.auth_headers(),
+            **(headers or {}),
+            **self.config.headers,
+        }
         try:
             async with asyncio.timeout(min(timeouts.first_byte, deadline - time.monotonic())):
-                response = await self._session.post(url, data=orjson.dumps(body), headers=headers)
+                response = await session.post(url, data=orjson.dumps(body), headers=headers)
         except TimeoutError:
             raise GatewayError(
                 "timeout",

@@ -6,6 +6,7 @@ import base64
 from collections.abc import AsyncGenerator
 from typing import Any
 
+import aiohttp
 import orjson
 
 from lmgate import lenient_json
@@ -70,8 +71,9 @@ class OpenAICompatProvider(HttpProvider):
         return self.config.base_url.rstrip("/") + "/chat/completions"
 
     async def stream(self, request: ChatRequest, target: Target) -> AsyncGenerator[Event, None]:
-        response, deadline = await self.post(self.chat_url(), self.build_body(request, target))
-        if not request.stream or response.content_type == "application/json":
+        body = self.build_body(request, target)
+        response, deadline = await self.send(body)
+        if not body["stream"] or response.content_type == "application/json":
             # Some servers answer a stream request with one JSON reply; take it as one.
             raw = await self.read_body(response, deadline)
             for event in self.parse_reply(raw, target):
@@ -99,6 +101,9 @@ class OpenAICompatProvider(HttpProvider):
                 yield event
         for event in parser.end(done):
             yield event
+
+    async def send(self, body: dict[str, Any]) -> tuple[aiohttp.ClientResponse, float]:
+        return await self.post(self.chat_url(), body)
 
     def messages_out(self, request: ChatRequest) -> list[dict[str, Any]]:
         messages: list[dict[str, Any]] = []
