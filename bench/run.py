@@ -227,8 +227,20 @@ def main() -> int:
             wait_ready(f"http://127.0.0.1:{port}/ready")
         direct = f"http://127.0.0.1:{up_port}/v1/chat/completions"
         through = f"http://127.0.0.1:{gw_port}/v1/chat/completions"
-        wrk(through, BODY, 16, 1)  # warm-up
         results: dict[str, Any] = {"non_stream": {}, "stream": {}}
+        for _, port in gateways:  # the same warm-up for the three, compared first
+            wrk(f"http://127.0.0.1:{port}/v1/chat/completions", BODY, 16, 2)
+        on, off, control = (
+            (process.pid, f"http://127.0.0.1:{port}/v1/chat/completions")
+            for process, port in gateways
+        )
+        results["recording"] = {
+            connections: {
+                "cost": cpu_per_request(on, off, connections),
+                "control": cpu_per_request(control, off, connections),
+            }
+            for connections in (1, 8)
+        }
         for connections in (1, 16, 64):
             results["non_stream"][connections] = {
                 "direct": wrk(direct, BODY, connections, args.seconds),
@@ -247,17 +259,6 @@ def main() -> int:
                 }
                 for label, name in (("one_deployment", "one"), ("routed", "routed"))
             }
-        on, off, control = (
-            (process.pid, f"http://127.0.0.1:{port}/v1/chat/completions")
-            for process, port in gateways
-        )
-        results["recording"] = {
-            connections: {
-                "cost": cpu_per_request(on, off, connections),
-                "control": cpu_per_request(control, off, connections),
-            }
-            for connections in (1, 8)
-        }
         results["stream"]["rps_c16"] = {
             "direct": wrk(direct, STREAM_BODY, 16, args.seconds)["rps"],
             "gateway": wrk(through, STREAM_BODY, 16, args.seconds)["rps"],

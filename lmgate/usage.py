@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
@@ -25,7 +24,24 @@ from lmgate.canonical import (
     Usage,
 )
 from lmgate.errors import GatewayError
-from lmgate.store import Store, UsageRecord, record_row, tokens_by_key
+from lmgate.store import (
+    CACHED_TOKENS,
+    DEPLOYMENT,
+    ERROR_TYPE,
+    INPUT_TOKENS,
+    KEY_ID,
+    LATENCY_MS,
+    MODEL,
+    OUTPUT_TOKENS,
+    PROVIDER,
+    REQUESTED_MODEL,
+    STATUS,
+    STREAM,
+    TTFT_MS,
+    Store,
+    new_row,
+    tokens_by_key,
+)
 
 log = logging.getLogger("lmgate")
 CLIENT_LEFT = 499  # nginx's status for a client that closed the connection
@@ -35,59 +51,55 @@ class Meter:
     """Builds the usage record of one request; ``finish`` may be called many times,
     the first call wins."""
 
-    __slots__ = ("_recorder", "_started", "done", "record", "reply")
+    __slots__ = ("_recorder", "_started", "done", "reply", "row")
 
     def __init__(self, recorder: UsageRecorder, request_id: str, protocol: str) -> None:
         self._recorder = recorder
         self._started = time.perf_counter()
-        self.record = UsageRecord(time.time(), request_id, protocol, stream=False)
+        self.row = new_row(time.time(), request_id, protocol)  # UsageRecord's fields
         self.done = False
         # A non-stream request's reply as it is folded; read once at the end, where
         # watching each event would cost a generator layer per request.
         self.reply: Reply | None = None
 
     def request(self, chat: ChatRequest, key_id: str | None) -> None:
-        self.record.requested_model = chat.model
-        self.record.stream = chat.stream
-        self.record.key_id = key_id
+        row = self.row
+        row[REQUESTED_MODEL], row[STREAM], row[KEY_ID] = chat.model, chat.stream, key_id
 
     def see(self, event: Event) -> None:
-        record = self.record
         if isinstance(event, Start):
             self._served_by(event.model, event.deployment)
         elif isinstance(event, Usage):
             self._used(event)
-        elif record.ttft_ms is None and isinstance(
+        elif self.row[TTFT_MS] is None and isinstance(
             event, TextDelta | ReasoningDelta | ToolCallStart
         ):
-            record.ttft_ms = (time.perf_counter() - self._started) * 1000
+            self.row[TTFT_MS] = (time.perf_counter() - self._started) * 1000
 
     def _served_by(self, model: str, deployment: str) -> None:
-        self.record.model = model
-        self.record.deployment = deployment
-        self.record.provider = deployment.split("/", 1)[0]
+        row = self.row
+        row[MODEL], row[DEPLOYMENT] = model, deployment
+        row[PROVIDER] = deployment.partition("/")[0]
 
     def _used(self, usage: Usage) -> None:
-        self.record.input_tokens = usage.input_tokens
-        self.record.output_tokens = usage.output_tokens
-        self.record.cached_tokens = usage.cache_read_tokens or 0
-
-    def _take(self, reply: Reply) -> None:
-        if reply.deployment:
-            self._served_by(reply.model, reply.deployment)
-        if reply.usage is not None:
-            self._used(reply.usage)
+        row = self.row
+        row[INPUT_TOKENS], row[OUTPUT_TOKENS] = usage.input_tokens, usage.output_tokens
+        row[CACHED_TOKENS] = usage.cache_read_tokens or 0
 
     def finish(self, status: int, error_type: str | None = None) -> None:
         if self.done:
             return
         self.done = True
-        if self.reply is not None:
-            self._take(self.reply)
-        self.record.status = status
-        self.record.error_type = error_type
-        self.record.latency_ms = (time.perf_counter() - self._started) * 1000
-        self._recorder.submit(self.record)
+        reply = self.reply
+        if reply is not None:
+            if reply.deployment:
+                self._served_by(reply.model, reply.deployment)
+            if reply.usage is not None:
+                self._used(reply.usage)
+        row = self.row
+        row[STATUS], row[ERROR_TYPE] = status, error_type
+        row[LATENCY_MS] = (time.perf_counter() - self._started) * 1000
+        self._recorder.submit(tuple(row))
 
     async def watch(self, events: AsyncGenerator[Event, None]) -> AsyncGenerator[Event, None]:
         """Pass a stream's ``events`` on, noting what the record needs and how they
@@ -127,7 +139,7 @@ class UsageRecorder:
         self.on_tokens = on_tokens  # after each batch: tokens per key id
         self.dropped = 0
         self.written = 0
-        self._queue: deque[tuple[Any, ...]] = deque()  # record_row tuples
+        self._queue: list[tuple[Any, ...]] = []  # record_row tuples
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -135,8 +147,9 @@ class UsageRecorder:
     def meter(self, request_id: str, protocol: str) -> Meter:
         return Meter(self, request_id, protocol)
 
-    def submit(self, record: UsageRecord) -> None:
-        """Queue a record; never blocks. A full queue drops it, counted and logged."""
+    def submit(self, row: tuple[Any, ...]) -> None:
+        """Queue a record (a ``record_row`` tuple); never blocks. A full queue drops
+        it, counted and logged."""
         if len(self._queue) >= self.queue_size:
             self.dropped += 1
             if self.dropped == 1 or self.dropped % 1000 == 0:
@@ -146,7 +159,7 @@ class UsageRecorder:
                     self.dropped,
                 )
             return
-        self._queue.append(record_row(record))
+        self._queue.append(row)
         if len(self._queue) >= self.batch_size:
             self._wake.set()
 
@@ -180,12 +193,12 @@ class UsageRecorder:
                 return
 
     async def _flush_batch(self) -> bool:
-        batch = [self._queue.popleft() for _ in range(min(self.batch_size, len(self._queue)))]
+        batch, self._queue = self._queue[: self.batch_size], self._queue[self.batch_size :]
         try:
             await self.store.record_rows(batch)
         except Exception as error:
             log.error("could not write %d usage records (will retry): %s", len(batch), error)
-            self._queue.extendleft(reversed(batch))
+            self._queue[:0] = batch
             if self._stopping:
                 await asyncio.sleep(self.flush_interval)
             else:

@@ -261,12 +261,12 @@ def test_every_request_leaves_a_record(
 
 
 def test_a_full_usage_queue_drops_and_counts_never_blocks(sqlite_url: str) -> None:
-    from lmgate.store import UsageRecord
+    from lmgate.store import UsageRecord, record_row
     from lmgate.usage import UsageRecorder
 
     recorder = UsageRecorder(Store(sqlite_url), queue_size=5)  # not started: nothing drains
     for number in range(8):
-        recorder.submit(UsageRecord(time.time(), f"r{number}", "openai", False))
+        recorder.submit(record_row(UsageRecord(time.time(), f"r{number}", "openai", False)))
     assert recorder.dropped == 3
 
 

@@ -143,8 +143,11 @@ def test_a_401_renews_the_token_once_and_the_request_is_sent_again(
 
 
 def test_a_token_refused_twice_is_an_upstream_error_without_secrets(
-    gw: RunningGateway, fake: FakeDegpt, caplog: pytest.LogCaptureFixture
+    start_gateway: Any, fake: FakeDegpt, caplog: pytest.LogCaptureFixture
 ) -> None:
+    config = degpt_config(fake)
+    del config["routing"]  # the router's retries would not help: none happen
+    gw = start_gateway(config)
     fake.lifetime = -60  # every token it issues is already expired
     caplog.set_level(logging.DEBUG, logger="lmgate")
     with pytest.raises(openai.APIStatusError) as caught:

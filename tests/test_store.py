@@ -116,3 +116,12 @@ def test_schema_version_is_recorded(store_url: str) -> None:
         return versions
 
     assert run(scenario()) == [number for number, _ in MIGRATIONS]
+
+
+def test_row_positions_follow_the_record_fields() -> None:
+    import lmgate.store as store_module
+    from lmgate.store import new_row, record_row
+
+    names = [field.upper() for field in UsageRecord.__slots__]
+    assert [getattr(store_module, name) for name in names] == list(range(len(names)))
+    assert tuple(new_row(1.0, "r", "openai")) == record_row(UsageRecord(1.0, "r", "openai", False))

@@ -110,8 +110,8 @@ class DegptProvider(OpenAICompatProvider):
 
     def status_error(self, status: int, raw: bytes, retry_after: str | None) -> GatewayError:
         error = super().status_error(status, raw, retry_after)
-        if status == 401:
-            return TokenRejected(error.kind, error.message, retryable=True)
+        if status == 401:  # send() renews the token once; a second 401 is final
+            return TokenRejected(error.kind, error.message)
         return error
 
     # ---- the token ----------------------------------------------------------------
