@@ -68,13 +68,12 @@ class Catalog:
         self._auto = [self._by_id[model_id] for model_id in auto if model_id in self._by_id]
 
     def _index(self) -> None:
-        configured = {entry.id for entry in self._configured}
-        entries = list(self._configured)
-        for found in self._discovered.values():
-            entries.extend(entry for entry in found if entry.id not in configured)
         by_id: dict[str, ModelEntry] = {}
-        for entry in entries:
-            by_id.setdefault(entry.id, entry)
+        for entry in self._configured:
+            by_id[entry.id] = entry
+        for found in self._discovered.values():  # the config's entry wins, then the first
+            for entry in found:
+                by_id.setdefault(entry.id, entry)
         # Display names and aliases never shadow an id.
         by_name: dict[str, ModelEntry] = {}
         for entry in by_id.values():

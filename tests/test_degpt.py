@@ -395,3 +395,15 @@ def test_examples_degpt_is_the_preset() -> None:
     root = Path(__file__).parent.parent
     preset = root / "lmgate" / "presets" / "degpt.yaml"
     assert (root / "examples" / "degpt.yaml").read_bytes() == preset.read_bytes()
+
+
+def test_preset_on_the_command_line(tmp_path: Path) -> None:
+    from tests.test_cli_config import run_cli
+
+    env = {"LMGATE_CONFIG": "", "LMGATE_PRESET": "", "LMGATE_DATA_DIR": str(tmp_path)}
+    listed_models = run_cli("models", "--preset", "degpt", env=env)
+    assert listed_models.returncode == 0 and "qwen3-235b-a22b-thinking" in listed_models.stdout
+    unknown = run_cli("check", "--preset", "nope", env=env)
+    assert unknown.returncode == 2 and "unknown preset 'nope' (known: degpt)" in unknown.stderr
+    both = run_cli("check", "--preset", "degpt", "--config", "x.yaml", env=env)
+    assert both.returncode == 2 and "not both" in both.stderr
