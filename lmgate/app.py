@@ -12,10 +12,10 @@ import os
 import signal
 import threading
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from types import FrameType
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import orjson
 from starlette.applications import Starlette
@@ -177,7 +177,7 @@ class Gateway:
                 reply = Reply()
                 if meter is not None:
                     meter.reply = reply  # read when the meter finishes: no per-event work
-                await accumulate(events, reply)
+                await _unless_client_leaves(request, accumulate(events, reply))
                 body = frontend.reply_body(reply, chat)
                 headers = _ids(request_id, reply.deployment, reply.attempts)
                 if meter is not None:
@@ -200,7 +200,7 @@ class Gateway:
             if error.kind in _UPSTREAM_KINDS:
                 log.warning("request %s: %s", request_id, error.message)
             response, kind = _error(frontend, error, request_id), str(error.kind)
-        except ClientDisconnect:  # the client left while sending its body
+        except ClientDisconnect:  # the client left while sending its body, or waiting
             response, kind = Response(status_code=CLIENT_LEFT), "client_disconnected"
         except Exception:
             log.exception("request %s failed", request_id)
@@ -277,6 +277,42 @@ class Gateway:
                 Route(f"{prefix}/v1/messages/count_tokens", self.count_tokens, methods=["POST"]),
             ]
         return routes
+
+
+T = TypeVar("T")
+_LEFT = "lmgate: the client left"
+# A non-stream reply that takes longer than this gets a watcher, which cancels it
+# (and so the upstream request) when the client leaves; quicker replies finish
+# before a watcher would be worth its task.
+_WATCH_AFTER = 0.5
+
+
+async def _unless_client_leaves(request: Request, work: Awaitable[T]) -> T:
+    """``await work``, or ``ClientDisconnect`` once the client has gone (nothing
+    else notices during a non-stream reply: no byte is sent until it is whole)."""
+    task = asyncio.current_task()
+    assert task is not None
+    watchers: list[asyncio.Task[None]] = []
+    timer = asyncio.get_running_loop().call_later(
+        _WATCH_AFTER, lambda: watchers.append(asyncio.create_task(_on_disconnect(request, task)))
+    )
+    try:
+        return await work
+    except asyncio.CancelledError as cancel:
+        if cancel.args != (_LEFT,):
+            raise
+        task.uncancel()
+        raise ClientDisconnect() from None
+    finally:
+        timer.cancel()
+        for watcher in watchers:
+            watcher.cancel()
+
+
+async def _on_disconnect(request: Request, task: asyncio.Task[Any]) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    task.cancel(_LEFT)
 
 
 def _request_id(request: Request) -> str:

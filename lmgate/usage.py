@@ -204,10 +204,10 @@ class UsageRecorder:
             else:
                 return False
             return True
-        self.written += len(batch)
         if self.on_tokens is not None:
             try:
                 await self.on_tokens(tokens_by_key(batch))
             except Exception as error:
                 log.warning("could not count tokens for key limits: %s", error)
+        self.written += len(batch)  # written, and counted against the keys' limits
         return True

@@ -62,6 +62,13 @@ def records(store_url: str, request_id: str | None = None) -> list[dict[str, Any
     return asyncio.run(read())
 
 
+def wait_until(condition: Any, seconds: float = 10) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
 def wait_for_records(store_url: str, count: int) -> list[dict[str, Any]]:
     deadline = time.monotonic() + 10
     while len(rows := records(store_url)) < count:
@@ -196,11 +203,14 @@ def test_tokens_per_minute_and_budget(gw: RunningGateway, upstream: FakeUpstream
     usage = {"prompt_tokens": 60, "completion_tokens": 40, "total_tokens": 100}
     tpm_key = new_key(gw, tpm=150)
     budget_key = new_key(gw, budget_tokens=250)
+    recorder = gw.app.state.gateway.accounts.recorder
     for key, allowed in ((tpm_key, 2), (budget_key, 3)):
         for _ in range(allowed):
             upstream.push(Script(json=completion(usage=usage)))
+            expected = recorder.written + 1
             gw.client(api_key=key).chat.completions.create(model="chat-model", messages=HI)
-            time.sleep(0.2)  # the batch is written and counted
+            # Tokens count once their record is written: wait for that, not a guess.
+            wait_until(lambda: recorder.written >= expected)  # noqa: B023
         with pytest.raises(openai.RateLimitError) as caught:
             gw.client(api_key=key).chat.completions.create(model="chat-model", messages=HI)
         words = "150 tokens per minute" if key == tpm_key else "budget of 250 tokens"
@@ -260,6 +270,26 @@ def test_every_request_leaves_a_record(
     assert (rows["five"]["status"], rows["five"]["key_id"]) == (401, None)
 
 
+def test_a_client_leaving_a_slow_non_stream_reply_cancels_it(
+    gw: RunningGateway, upstream: FakeUpstream, sqlite_url: str
+) -> None:
+    upstream.push(Script(json=completion(), delay=8))
+    with pytest.raises(openai.APITimeoutError):
+        gw.client().with_options(timeout=1.5).chat.completions.create(
+            model="chat-model", messages=HI, extra_headers={"x-request-id": "left"}
+        )
+    started = time.monotonic()
+    (row,) = wait_for_records(sqlite_url, 1)
+    assert time.monotonic() - started < 5  # the upstream's 8 s were not waited out
+    assert (row["request_id"], row["status"], row["error_type"]) == (
+        "left",
+        499,
+        "client_disconnected",
+    )
+    deployments = [d for entry in gw.app.state.gateway.catalog.entries for d in entry.deployments]
+    assert all(d.health.in_flight == 0 for d in deployments)  # the upstream request was cut
+
+
 def test_a_full_usage_queue_drops_and_counts_never_blocks(sqlite_url: str) -> None:
     from lmgate.store import UsageRecord, record_row
     from lmgate.usage import UsageRecorder
@@ -302,7 +332,9 @@ def test_a_cooldown_is_shared_through_redis(
     ask = {"model": "chat-model", "messages": HI}
     upstream.push(Script(status=500, json={"error": {"message": "boom"}}))
     assert one.request("POST", "/v1/chat/completions", ask).status == 502
-    time.sleep(0.3)  # the other process hears of it on the Redis channel
+    # The other gateway hears of it on the Redis channel.
+    health = two.app.state.gateway.catalog.get("chat-model").deployments[0].health
+    wait_until(lambda: health.open_until > time.monotonic())
     raw = two.request("POST", "/v1/chat/completions", ask)
     assert raw.status == 503 and b"cooling down" in raw.body
     three = start_gateway(config)  # started later: learns it from the expiring key
