@@ -169,6 +169,27 @@ def test_a_failed_sign_in_is_a_clear_502(start_gateway: Any, fake: FakeDegpt) ->
     assert "sign-in failed" in caught.value.message and DEVICE not in caught.value.message
 
 
+def test_requests_waiting_for_a_sign_in_share_its_failure(
+    start_gateway: Any, fake: FakeDegpt
+) -> None:
+    config = degpt_config(fake, sign_in_timeout=1)
+    config["routing"]["cooldown"] = {"failures": 100}  # the breaker is not under test
+    gw = start_gateway(config)
+    fake.sign_in_delay = 3  # longer than the timeout
+
+    def ask(_: int) -> int:
+        raw = gw.request("POST", "/v1/chat/completions", {"model": "qwen3", "messages": HI})
+        return raw.status
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(ask, range(4))) == [502] * 4
+    assert time.monotonic() - started < 2.5  # one timeout for all, not one after another
+    assert len(fake.sign_ins) <= 2  # usually one; a latecomer may start the next
+    fake.sign_in_delay = 0
+    assert ask(0) == 200  # the next request signs in afresh
+
+
 # ---- chat ---------------------------------------------------------------------------
 
 

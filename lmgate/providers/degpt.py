@@ -78,11 +78,10 @@ class DegptProvider(OpenAICompatProvider):
         self._device_id = self.config.device_id
         self._token: str | None = None
         self._renew_at = 0.0
-        self._signing_in: asyncio.Lock | None = None
+        self._renewal: asyncio.Future[str] | None = None  # the sign-in under way
 
     async def start(self) -> None:
         await super().start()
-        self._signing_in = asyncio.Lock()
         if self._device_id is None:
             self._device_id = await asyncio.to_thread(stored_device_id)
         self._secrets = (self._device_id,)
@@ -117,20 +116,30 @@ class DegptProvider(OpenAICompatProvider):
     # ---- the token ----------------------------------------------------------------
 
     async def token(self) -> str:
-        """A token good for now; one sign-in however many requests wait for it."""
+        """A token good for now. Requests that arrive meanwhile share one sign-in, and
+        its failure: none waits out another's timeout after it."""
         if self._token is not None and time.time() < self._renew_at:
             return self._token
-        assert self._signing_in is not None, "provider not started"
-        async with self._signing_in:
-            if self._token is None or time.time() >= self._renew_at:
-                token = await self._sign_in()
-                now = time.time()
-                expires = jwt_expiry(token)
-                lifetime = expires - now if expires is not None else _UNKNOWN_LIFETIME
-                # Renew renew_before ahead, or a tenth of the lifetime when it is short.
-                self._renew_at = now + lifetime - min(self.config.renew_before, lifetime / 10)
-                self._token = token
-            return self._token
+        if self._renewal is None:
+            self._renewal = asyncio.ensure_future(self._renew())
+            self._renewal.add_done_callback(self._renewed)
+        # Shielded: a client that leaves does not cancel the others' sign-in.
+        return await asyncio.shield(self._renewal)
+
+    def _renewed(self, renewal: asyncio.Future[str]) -> None:
+        self._renewal = None
+        if not renewal.cancelled():
+            renewal.exception()  # retrieved, even when every waiter has gone
+
+    async def _renew(self) -> str:
+        token = await self._sign_in()
+        now = time.time()
+        expires = jwt_expiry(token)
+        lifetime = expires - now if expires is not None else _UNKNOWN_LIFETIME
+        # Renewed renew_before ahead, or a tenth of the lifetime when that is shorter.
+        self._renew_at = now + lifetime - min(self.config.renew_before, lifetime / 10)
+        self._token = token
+        return token
 
     async def _sign_in(self) -> str:
         url = self.config.base_url.rstrip("/") + "/v1/auths/printSignIn"

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -46,6 +47,7 @@ class FakeDegpt(FakeUpstream):
         self.revoked: set[str] = set()  # tokens refused although not expired
         self.refused = 0  # chat requests answered 401
         self.config_requests = 0
+        self.sign_in_delay = 0.0
         self._issued = 0
         self._issue_lock = threading.Lock()
 
@@ -55,6 +57,7 @@ class FakeDegpt(FakeUpstream):
         self.sign_ins.clear()
         self.revoked.clear()
         self.refused = 0
+        self.sign_in_delay = 0.0
         self.config_status = 200
 
     def chats(self) -> list[Any]:
@@ -63,6 +66,7 @@ class FakeDegpt(FakeUpstream):
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         if request.path == "/api/v1/auths/printSignIn":
             body = orjson.loads(await request.read())
+            await asyncio.sleep(self.sign_in_delay)
             with self._issue_lock:
                 self.sign_ins.append(body)
                 self._issued += 1
