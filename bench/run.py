@@ -20,18 +20,18 @@ import json
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import instructions
 import uvloop
+from common import free_port, wait_ready
 
 HERE = Path(__file__).resolve().parent
 BODY = json.dumps(
@@ -57,23 +57,6 @@ PIN = shutil.which("taskset") is not None and (os.cpu_count() or 1) >= 2
 
 def pinned(cpu: int, command: list[str]) -> list[str]:
     return ["taskset", "-c", str(cpu), *command] if PIN else command
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_ready(url: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=1):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} did not come up")
 
 
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
@@ -197,6 +180,12 @@ def main() -> int:
     )
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--stream-requests", type=int, default=500)
+    parser.add_argument(
+        "--instructions",
+        type=int,
+        default=3000,
+        help="requests per valgrind run for the recording cost in instructions (0: skip)",
+    )
     args = parser.parse_args()
     if not shutil.which("wrk"):
         print("bench needs wrk: apt-get install wrk", file=sys.stderr)
@@ -283,6 +272,11 @@ def main() -> int:
             )
         results["stream"]["think_200"] = think
         results["gateway_rss_mb"] = rss_mb(gateway.pid)
+        for process, _ in gateways:  # the core to valgrind alone
+            process.terminate()
+        if args.instructions and instructions.available():
+            counted = instructions.recording_cost(env, args.instructions, BODY)
+            results["recording"]["instructions"] = counted
     finally:
         for process in (*(p for p, _ in gateways), upstream):
             process.terminate()
@@ -317,9 +311,17 @@ def report(results: dict[str, Any]) -> None:
     print("\nusage recording (SQLite): CPU per request, gateway vs the same without a store,")
     print("both loaded at once; the control is two identical gateways (this machine's noise)")
     for connections, row in results["recording"].items():
+        if connections == "instructions":
+            continue
         print(
             f"  {connections} connection(s) each: recording {row['cost'] * 100:+.1f}%,"
             f" control {row['control'] * 100:+.1f}%"
+        )
+    counted = results["recording"].get("instructions")
+    if counted:
+        print(
+            f"  instructions per request (valgrind): {counted['off']:.0f} without a store,"
+            f" {counted['on']:.0f} with ({(counted['on'] / counted['off'] - 1) * 100:+.1f}%)"
         )
     s = results["stream"]
     d, g = s["c1"]["direct"], s["c1"]["gateway"]

@@ -1,0 +1,93 @@
+"""What usage recording costs, in instructions per request: counted by valgrind
+(cachegrind without cache simulation), so no other load on the machine moves it.
+
+Each gateway runs under valgrind four times (with and without a SQLite store; with
+no request and with N), so that start and shutdown cancel out:
+
+    per request = (instructions with N requests - instructions with none) / N
+
+Requests go one at a time on one keep-alive connection. The store flushes every 3 s,
+so that at valgrind's pace its batches are as large as at full speed (500 rows).
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from common import free_port, wait_ready
+
+HERE = Path(__file__).resolve().parent
+
+
+def available() -> bool:
+    return shutil.which("valgrind") is not None
+
+
+def recording_cost(env: dict[str, str], requests: int, body: str) -> dict[str, float]:
+    """Instructions per request of the gateway with a SQLite store ("on") and
+    without ("off")."""
+    store_dir = tempfile.mkdtemp(prefix="lmgate-bench-vg-")
+    try:
+        per_request = {}
+        for name in ("on", "off"):
+            runs = []
+            for count in (0, requests):
+                store = f"sqlite:///{store_dir}/{name}-{count}.db" if name == "on" else "none"
+                runs.append(_instructions(env, store, count, body))
+            per_request[name] = (runs[1] - runs[0]) / requests
+        return per_request
+    finally:
+        shutil.rmtree(store_dir, ignore_errors=True)
+
+
+def _instructions(env: dict[str, str], store_url: str, requests: int, body: str) -> int:
+    port = free_port()
+    command = [
+        "valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
+        sys.executable, "-m", "lmgate", "serve", "--config", str(HERE / "bench.yaml"),
+        "--port", str(port), "--log-level", "warning",
+    ]  # fmt: skip
+    settings = {"BENCH_STORE_URL": store_url, "BENCH_FLUSH": "3", "PYTHONHASHSEED": "0"}
+    gateway = subprocess.Popen(command, env={**env, **settings}, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}/ready", timeout=300)
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        headers = {"Content-Type": "application/json"}
+        for _ in range(requests):
+            connection.request("POST", "/v1/chat/completions", body=body, headers=headers)
+            response = connection.getresponse()
+            response.read()
+            if response.status != 200:
+                raise RuntimeError(f"the gateway answered {response.status}")
+        connection.close()
+        gateway.send_signal(signal.SIGTERM)  # a graceful stop writes what is queued
+        _, errors = gateway.communicate(timeout=300)
+    finally:
+        if gateway.poll() is None:
+            gateway.kill()
+    match = re.search(r"I\s+refs:\s+([\d,]+)", errors)
+    if not match:
+        raise RuntimeError(f"no instruction count from valgrind:\n{errors[-2000:]}")
+    return int(match.group(1).replace(",", ""))
+
+
+if __name__ == "__main__":  # a quick look on its own: python bench/instructions.py [N]
+    from run import BODY
+
+    upstream_port = free_port()
+    upstream = subprocess.Popen([sys.executable, str(HERE / "upstream.py"), str(upstream_port)])
+    try:
+        environment = {**os.environ, "BENCH_UPSTREAM_PORT": str(upstream_port)}
+        cost = recording_cost(environment, int(sys.argv[1]) if len(sys.argv) > 1 else 3000, BODY)
+    finally:
+        upstream.terminate()
+    print(f"instructions per request: {cost['off']:.0f} without a store, {cost['on']:.0f} with")
+    print(f"usage recording adds {(cost['on'] / cost['off'] - 1) * 100:+.1f}%")
