@@ -88,9 +88,8 @@ class Accounts:
         return self.recorder.meter(request_id, protocol) if self.recorder else None
 
     async def _tokens_written(self, used: dict[str, int]) -> None:
-        managed = {key: tokens for key, tokens in used.items() if not key.startswith("config:")}
-        self.keys.used(managed)
-        await self.limiter.add_tokens(managed)
+        self.keys.used(used)
+        await self.limiter.add_tokens(used)
 
 
 def _shown(url: str) -> str:

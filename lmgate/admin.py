@@ -16,6 +16,7 @@ from starlette.routing import BaseRoute, Route
 from lmgate.accounts import Accounts, parse_since
 from lmgate.errors import GatewayError, invalid
 from lmgate.frontends import openai_chat
+from lmgate.keys import presented_key
 from lmgate.store import Store
 
 _KEY_FIELDS = {"name", "models", "rpm", "tpm", "budget_tokens", "expires"}
@@ -53,9 +54,7 @@ class Admin:
     def _authenticate(self, request: Request) -> None:
         if self._key is None:
             raise GatewayError("not_found", "the admin API is off: set server.admin_key")
-        header = request.headers.get("authorization", "")
-        given = header[7:].strip() if header[:7].lower() == "bearer " else ""
-        given = given or request.headers.get("x-api-key", "")
+        given = presented_key(request.headers)
         if not given:
             raise GatewayError("authentication", "missing admin key", code="missing_api_key")
         if not hmac.compare_digest(given.encode(), self._key):

@@ -35,7 +35,7 @@ from lmgate.discovery import ModelDiscovery
 from lmgate.errors import ErrorKind, GatewayError
 from lmgate.fetch import ImageFetcher
 from lmgate.frontends import anthropic_messages, openai_chat
-from lmgate.keys import Caller
+from lmgate.keys import Caller, presented_key
 from lmgate.providers import build_provider
 from lmgate.router import Router
 from lmgate.usage import CLIENT_LEFT
@@ -124,9 +124,7 @@ class Gateway:
         self._cut = asyncio.get_running_loop().call_later(grace, self.router.cut)
 
     async def authenticate(self, request: Request) -> Caller:
-        header = request.headers.get("authorization", "")
-        key = header[7:].strip() if header[:7].lower() == "bearer " else ""
-        return await self.accounts.identify(key or request.headers.get("x-api-key", ""))
+        return await self.accounts.identify(presented_key(request.headers))
 
     async def read_body(self, request: Request) -> bytes:
         length = request.headers.get("content-length", "")

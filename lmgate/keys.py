@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hmac
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from lmgate.errors import GatewayError
@@ -19,6 +20,13 @@ class Caller:
 
 
 ANONYMOUS = Caller(None)
+
+
+def presented_key(headers: Mapping[str, str]) -> str:
+    """The key a request presents: ``Authorization: Bearer KEY``, else ``x-api-key``."""
+    header = headers.get("authorization", "")
+    key = header[7:].strip() if header[:7].lower() == "bearer " else ""
+    return key or headers.get("x-api-key", "")
 
 
 class KeyRing:

@@ -195,12 +195,12 @@ class Store:
     async def record(self, records: list[UsageRecord]) -> None:
         await self.record_rows([record_row(record) for record in records])
 
-    async def record_rows(self, rows: list[tuple[Any, ...]]) -> None:
+    async def record_rows(self, rows: list[tuple[Any, ...]]) -> dict[str, int]:
         """Write a batch of ``record_row`` tuples, and add their tokens to each managed
-        key's running total."""
-        if not rows:
-            return
+        key's running total; returns those tokens per key."""
         used = tokens_by_key(rows)
+        if not rows:
+            return used
         async with self.engine.begin() as connection:
             # Multi-row INSERTs of plain tuples, straight to the driver: a fraction of
             # the cost of an SQLAlchemy insert of dicts, and this runs for every request.
@@ -211,12 +211,13 @@ class Store:
                 await connection.exec_driver_sql(_insert_usage(style, size), values)
                 start += size
             for key_id, tokens in used.items():
-                if tokens and not key_id.startswith("config:"):
+                if tokens:
                     await connection.execute(
                         keys.update()
                         .where(keys.c.id == key_id)
                         .values(used_tokens=keys.c.used_tokens + tokens)
                     )
+        return used
 
     async def usage_rows(self, since: float, request_id: str | None = None) -> list[dict[str, Any]]:
         query = usage.select().where(usage.c.at >= since).order_by(usage.c.id)
@@ -332,10 +333,12 @@ def new_row(at: float, request_id: str, protocol: str) -> list[Any]:
 
 
 def tokens_by_key(rows: list[tuple[Any, ...]]) -> dict[str, int]:
+    """Tokens per managed key (``server.api_keys`` keys, ``config:N``, have no limits)."""
     used: dict[str, int] = {}
     for row in rows:
-        if row[KEY_ID] is not None:
-            used[row[KEY_ID]] = used.get(row[KEY_ID], 0) + row[INPUT_TOKENS] + row[OUTPUT_TOKENS]
+        key_id = row[KEY_ID]
+        if key_id is not None and not key_id.startswith("config:"):
+            used[key_id] = used.get(key_id, 0) + row[INPUT_TOKENS] + row[OUTPUT_TOKENS]
     return used
 
 

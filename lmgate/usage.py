@@ -40,7 +40,6 @@ from lmgate.store import (
     TTFT_MS,
     Store,
     new_row,
-    tokens_by_key,
 )
 
 log = logging.getLogger("lmgate")
@@ -136,7 +135,7 @@ class UsageRecorder:
         self.queue_size = queue_size
         self.batch_size = batch_size
         self.flush_interval = flush_interval
-        self.on_tokens = on_tokens  # after each batch: tokens per key id
+        self.on_tokens = on_tokens  # after each batch: tokens per managed key id
         self.dropped = 0
         self.written = 0
         self._queue: list[tuple[Any, ...]] = []  # record_row tuples
@@ -195,7 +194,7 @@ class UsageRecorder:
     async def _flush_batch(self) -> bool:
         batch, self._queue = self._queue[: self.batch_size], self._queue[self.batch_size :]
         try:
-            await self.store.record_rows(batch)
+            used = await self.store.record_rows(batch)
         except Exception as error:
             log.error("could not write %d usage records (will retry): %s", len(batch), error)
             self._queue[:0] = batch
@@ -206,7 +205,7 @@ class UsageRecorder:
             return True
         if self.on_tokens is not None:
             try:
-                await self.on_tokens(tokens_by_key(batch))
+                await self.on_tokens(used)
             except Exception as error:
                 log.warning("could not count tokens for key limits: %s", error)
         self.written += len(batch)  # written, and counted against the keys' limits

@@ -225,6 +225,14 @@ def start_gateway() -> Iterator[Any]:
         gateway.stop()
 
 
+def wait_until(condition: Any, timeout: float = 10) -> None:
+    """Poll instead of sleeping a guessed time: CI machines are slow and noisy."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.01)
+
+
 # ---- lmgate serve in a subprocess, as a user runs it -----------------------------
 
 

@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from lmgate.store import Store
-from tests.conftest import API_KEY, RunningGateway, upstream_config
+from tests.conftest import API_KEY, RunningGateway, upstream_config, wait_until
 from tests.fakes.upstream import FakeUpstream, Script, completion
 
 ADMIN = "admin-secret-key"
@@ -60,13 +60,6 @@ def records(store_url: str, request_id: str | None = None) -> list[dict[str, Any
             await store.close()
 
     return asyncio.run(read())
-
-
-def wait_until(condition: Any, seconds: float = 10) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
 
 
 def wait_for_records(store_url: str, count: int) -> list[dict[str, Any]]:

@@ -20,7 +20,7 @@ import orjson
 import pytest
 
 from lmgate.providers.degpt import jwt_expiry, parse_config, stored_device_id
-from tests.conftest import API_KEY, RunningGateway
+from tests.conftest import API_KEY, RunningGateway, wait_until
 from tests.fakes.degpt import FakeDegpt, Script, make_jwt, thinking_stream
 from tests.fakes.upstream import text_stream
 
@@ -72,13 +72,6 @@ def degpt_config(fake: FakeDegpt, **provider: Any) -> dict[str, Any]:
 def gw(fake: FakeDegpt, start_gateway: Any) -> RunningGateway:
     gateway: RunningGateway = start_gateway(degpt_config(fake))
     return gateway
-
-
-def wait_for(condition: Any, seconds: float = 5) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 # ---- tokens ---------------------------------------------------------------------------
@@ -306,12 +299,12 @@ def test_discovered_models_join_the_catalog_and_the_config_wins(
     # A failing refresh keeps the last good list.
     fake.config_status = 500
     asked = fake.config_requests
-    wait_for(lambda: fake.config_requests >= asked + 2)
+    wait_until(lambda: fake.config_requests >= asked + 2)
     assert "new-model" in listed(gw)
     # A good one replaces it.
     fake.config_status = 200
     fake.config = {"default_models": "newer", "version": "9.9.10"}
-    wait_for(lambda: "newer" in listed(gw))
+    wait_until(lambda: "newer" in listed(gw))
     assert "new-model" not in listed(gw) and "qwen3" in listed(gw)
     assert gw.request("GET", "/v1/models").json()["version"] == "9.9.10"
 

@@ -20,7 +20,7 @@ import openai
 import orjson
 import pytest
 
-from tests.conftest import API_KEY, RunningGateway
+from tests.conftest import API_KEY, RunningGateway, wait_until
 from tests.fakes.upstream import FakeUpstream, Script, completion, text_stream
 
 HI = [{"role": "user", "content": "hi"}]
@@ -106,14 +106,6 @@ def start(start_gateway: Any, a: FakeUpstream, b: FakeUpstream) -> Any:
         return start_gateway(config(a, b, **routing))  # type: ignore[no-any-return]
 
     return started
-
-
-def wait_until(condition: Any, timeout: float = 5) -> None:
-    """Poll instead of sleeping a guessed time: CI machines are slow and noisy."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(0.01)
 
 
 def health(gw: RunningGateway, model: str = "one") -> Any:
