@@ -70,11 +70,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check":
         print(f"config ok: {len(config.providers)} providers, {len(config.models)} models")
         return 0
-    if args.command == "models":
-        _print_models(config)
-        return 0
-    if args.command in ("keys", "usage"):
-        return asyncio.run(_accounts_command(args, config))
+    try:
+        if args.command == "models":
+            _print_models(config)
+            sys.stdout.flush()  # here, where a closed pipe can still be caught
+            return 0
+        if args.command in ("keys", "usage"):
+            code = asyncio.run(_accounts_command(args, config))
+            sys.stdout.flush()
+            return code
+    except BrokenPipeError:  # `lmgate models | head`: the reader left; no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     return _serve(args, config)
 
 

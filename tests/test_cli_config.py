@@ -304,3 +304,19 @@ def test_vision_fallback_must_accept_images() -> None:
         .vision_fallback
         == "u"
     )
+
+
+def test_a_table_cut_short_by_its_reader_ends_quietly(tmp_path: Path) -> None:
+    env = {**os.environ, "LMGATE_CONFIG": "", "LMGATE_PRESET": "", "LMGATE_DATA_DIR": str(tmp_path)}
+    models = subprocess.Popen(
+        [sys.executable, "-m", "lmgate", "models"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    assert models.stdout is not None and models.stderr is not None
+    models.stdout.close()  # like `| head -0`: the reader is gone before the table comes
+    assert models.wait(30) in (0, 1)
+    errors = models.stderr.read()
+    models.stderr.close()
+    assert b"Traceback" not in errors and b"BrokenPipeError" not in errors
