@@ -85,7 +85,7 @@ class Accounts:
         return chain
 
     def meter(self, request_id: str, protocol: str) -> Meter | None:
-        return self.recorder.meter(request_id, protocol) if self.recorder else None
+        return Meter(self.recorder, request_id, protocol) if self.recorder else None
 
     async def _tokens_written(self, used: dict[str, int]) -> None:
         self.keys.used(used)

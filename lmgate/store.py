@@ -299,33 +299,9 @@ _USAGE_FIELDS = tuple(f.name for f in fields(UsageRecord))
 # A record as a plain tuple: what the driver takes, and what the garbage collector
 # stops tracking (records wait in a queue; thousands of tracked objects cost GC time).
 record_row = attrgetter(*_USAGE_FIELDS)
-# Positions in a row, for code that builds rows directly (the request path does: a
-# list filled in place costs a fraction of a dataclass and its conversion).
-(
-    AT,
-    REQUEST_ID,
-    PROTOCOL,
-    STREAM,
-    KEY_ID,
-    REQUESTED_MODEL,
-    MODEL,
-    DEPLOYMENT,
-    PROVIDER,
-    STATUS,
-    ERROR_TYPE,
-    INPUT_TOKENS,
-    OUTPUT_TOKENS,
-    CACHED_TOKENS,
-    LATENCY_MS,
-    TTFT_MS,
-) = range(16)
-assert _USAGE_FIELDS[TTFT_MS] == "ttft_ms" and len(_USAGE_FIELDS) == 16
-
-
-def new_row(at: float, request_id: str, protocol: str) -> list[Any]:
-    """A row with ``UsageRecord``'s defaults."""
-    return [at, request_id, protocol, False, None, None, None, None, None, 200, None, 0, 0, 0,
-            0.0, None]  # fmt: skip
+KEY_ID, INPUT_TOKENS, OUTPUT_TOKENS = map(
+    _USAGE_FIELDS.index, ("key_id", "input_tokens", "output_tokens")
+)
 
 
 def tokens_by_key(rows: list[tuple[Any, ...]]) -> dict[str, int]:

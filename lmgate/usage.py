@@ -24,23 +24,7 @@ from lmgate.canonical import (
     Usage,
 )
 from lmgate.errors import GatewayError
-from lmgate.store import (
-    CACHED_TOKENS,
-    DEPLOYMENT,
-    ERROR_TYPE,
-    INPUT_TOKENS,
-    KEY_ID,
-    LATENCY_MS,
-    MODEL,
-    OUTPUT_TOKENS,
-    PROVIDER,
-    REQUESTED_MODEL,
-    STATUS,
-    STREAM,
-    TTFT_MS,
-    Store,
-    new_row,
-)
+from lmgate.store import Store
 
 log = logging.getLogger("lmgate")
 CLIENT_LEFT = 499  # nginx's status for a client that closed the connection
@@ -48,57 +32,92 @@ CLIENT_LEFT = 499  # nginx's status for a client that closed the connection
 
 class Meter:
     """Builds the usage record of one request; ``finish`` may be called many times,
-    the first call wins."""
+    the first call wins. Runs on every request: plain slots, and the record built
+    once, as the tuple the store writes (``UsageRecord``'s field order)."""
 
-    __slots__ = ("_recorder", "_started", "done", "reply", "row")
+    __slots__ = (
+        "_at",
+        "_deployment",
+        "_key_id",
+        "_model",
+        "_protocol",
+        "_recorder",
+        "_request_id",
+        "_requested",
+        "_started",
+        "_stream",
+        "_ttft_ms",
+        "_usage",
+        "done",
+        "reply",
+    )
 
     def __init__(self, recorder: UsageRecorder, request_id: str, protocol: str) -> None:
         self._recorder = recorder
+        self._at = time.time()
         self._started = time.perf_counter()
-        self.row = new_row(time.time(), request_id, protocol)  # UsageRecord's fields
+        self._request_id = request_id
+        self._protocol = protocol
+        self._stream = False
+        self._requested: str | None = None
+        self._key_id: str | None = None
+        self._model: str | None = None
+        self._deployment: str | None = None
+        self._usage: Usage | None = None
+        self._ttft_ms: float | None = None
         self.done = False
         # A non-stream request's reply as it is folded; read once at the end, where
         # watching each event would cost a generator layer per request.
         self.reply: Reply | None = None
 
     def request(self, chat: ChatRequest, key_id: str | None) -> None:
-        row = self.row
-        row[REQUESTED_MODEL], row[STREAM], row[KEY_ID] = chat.model, chat.stream, key_id
+        self._requested, self._stream, self._key_id = chat.model, chat.stream, key_id
 
     def see(self, event: Event) -> None:
         if isinstance(event, Start):
-            self._served_by(event.model, event.deployment)
+            self._model, self._deployment = event.model, event.deployment
         elif isinstance(event, Usage):
-            self._used(event)
-        elif self.row[TTFT_MS] is None and isinstance(
+            self._usage = event
+        elif self._ttft_ms is None and isinstance(
             event, TextDelta | ReasoningDelta | ToolCallStart
         ):
-            self.row[TTFT_MS] = (time.perf_counter() - self._started) * 1000
-
-    def _served_by(self, model: str, deployment: str) -> None:
-        row = self.row
-        row[MODEL], row[DEPLOYMENT] = model, deployment
-        row[PROVIDER] = deployment.partition("/")[0]
-
-    def _used(self, usage: Usage) -> None:
-        row = self.row
-        row[INPUT_TOKENS], row[OUTPUT_TOKENS] = usage.input_tokens, usage.output_tokens
-        row[CACHED_TOKENS] = usage.cache_read_tokens or 0
+            self._ttft_ms = (time.perf_counter() - self._started) * 1000
 
     def finish(self, status: int, error_type: str | None = None) -> None:
         if self.done:
             return
         self.done = True
+        model, deployment, usage = self._model, self._deployment, self._usage
         reply = self.reply
         if reply is not None:
             if reply.deployment:
-                self._served_by(reply.model, reply.deployment)
-            if reply.usage is not None:
-                self._used(reply.usage)
-        row = self.row
-        row[STATUS], row[ERROR_TYPE] = status, error_type
-        row[LATENCY_MS] = (time.perf_counter() - self._started) * 1000
-        self._recorder.submit(tuple(row))
+                model, deployment = reply.model, reply.deployment
+            usage = reply.usage or usage
+        if usage is None:
+            input_tokens = output_tokens = cached_tokens = 0
+        else:
+            input_tokens, output_tokens = usage.input_tokens, usage.output_tokens
+            cached_tokens = usage.cache_read_tokens or 0
+        self._recorder.submit(
+            (
+                self._at,
+                self._request_id,
+                self._protocol,
+                self._stream,
+                self._key_id,
+                self._requested,
+                model,
+                deployment,
+                deployment.partition("/")[0] if deployment else None,
+                status,
+                error_type,
+                input_tokens,
+                output_tokens,
+                cached_tokens,
+                (time.perf_counter() - self._started) * 1000,
+                self._ttft_ms,
+            )
+        )
 
     async def watch(self, events: AsyncGenerator[Event, None]) -> AsyncGenerator[Event, None]:
         """Pass a stream's ``events`` on, noting what the record needs and how they
@@ -142,9 +161,6 @@ class UsageRecorder:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
-
-    def meter(self, request_id: str, protocol: str) -> Meter:
-        return Meter(self, request_id, protocol)
 
     def submit(self, row: tuple[Any, ...]) -> None:
         """Queue a record (a ``record_row`` tuple); never blocks. A full queue drops

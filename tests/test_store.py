@@ -118,13 +118,39 @@ def test_schema_version_is_recorded(store_url: str) -> None:
     assert run(scenario()) == [number for number, _ in MIGRATIONS]
 
 
-def test_row_positions_follow_the_record_fields() -> None:
-    import lmgate.store as store_module
-    from lmgate.store import new_row, record_row
+def test_a_meter_builds_the_row_in_the_record_field_order() -> None:
+    """The request path builds its row as a bare tuple; it must be the row the
+    store's INSERT expects, field for field."""
+    from lmgate.canonical import ChatRequest, Message, Reply, TextPart, Usage
+    from lmgate.store import record_row
+    from lmgate.usage import Meter
 
-    names = [field.upper() for field in UsageRecord.__slots__]
-    assert [getattr(store_module, name) for name in names] == list(range(len(names)))
-    assert tuple(new_row(1.0, "r", "openai")) == record_row(UsageRecord(1.0, "r", "openai", False))
+    class Queue:
+        rows: list[tuple[Any, ...]] = []
+
+        def submit(self, row: tuple[Any, ...]) -> None:
+            self.rows.append(row)
+
+    queue = Queue()
+    meter = Meter(queue, "req-1", "anthropic")  # type: ignore[arg-type]
+    chat = ChatRequest(model="auto", messages=[Message("user", [TextPart("hi")])], stream=True)
+    meter.request(chat, "key-1")
+    meter.reply = Reply(model="m", deployment="prov/m", usage=Usage(3, 4, cache_read_tokens=2))
+    meter.finish(502, "upstream_error")
+    meter.finish(200)  # the first call wins
+    [row] = queue.rows
+    latency = row[_FIELDS.index("latency_ms")]
+    expected = UsageRecord(
+        at=row[0], request_id="req-1", protocol="anthropic", stream=True, key_id="key-1",
+        requested_model="auto", model="m", deployment="prov/m", provider="prov", status=502,
+        error_type="upstream_error", input_tokens=3, output_tokens=4, cached_tokens=2,
+        latency_ms=latency, ttft_ms=None,
+    )  # fmt: skip
+    assert row == record_row(expected)
+    assert abs(row[0] - time.time()) < 5 and 0 <= latency < 5000
+
+
+_FIELDS = list(UsageRecord.__slots__)
 
 
 def test_new_sqlite_files_migrated_by_several_stores_at_once(tmp_path: Path) -> None:
