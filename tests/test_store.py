@@ -95,6 +95,10 @@ def test_usage_batches_and_summary(store_url: str) -> None:
         assert by_model["m"]["input_tokens"] == 1000 and by_model["m"]["output_tokens"] == 500
         assert by_model["m"]["p50_ms"] == 50.5 and by_model["m"]["p95_ms"] == 96
         assert by_model["other"]["errors"] == 1
+        assert by_model["other"]["p50_ms"] == by_model["other"]["p95_ms"] == 200
+        await store.record([record(n, model="odd") for n in (5, 1, 3)])
+        [odd] = [row for row in await store.usage_summary(0, "model") if row["group"] == "odd"]
+        assert (odd["requests"], odd["p50_ms"], odd["p95_ms"]) == (3, 3, 5)
         by_key = {row["group"] for row in await store.usage_summary(time.time() - 3 * 3600, "key")}
         assert by_key == {key.id, "config:0", "-"}
         assert {r["group"] for r in await store.usage_summary(0, "provider")} == {"up", "p2"}
