@@ -81,7 +81,7 @@ class KeyRing:
     async def _check_managed(self) -> None:
         self._checked_at = time.monotonic()
         if self._store is not None:
-            self._managed_exist = bool(await self._store.list_keys())
+            self._managed_exist = await self._store.any_key()
 
     async def _lookup(self, secret: str) -> KeyInfo | None:
         if self._store is None:

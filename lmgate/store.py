@@ -303,6 +303,11 @@ class Store:
             result = await connection.execute(keys.select().order_by(keys.c.created_at))
             return [_key(row._mapping) for row in result]
 
+    async def any_key(self) -> bool:
+        """Whether any key was ever created (revoked ones too)."""
+        async with self.engine.connect() as connection:
+            return (await connection.execute(sa.select(keys.c.id).limit(1))).first() is not None
+
     async def revoke_key(self, key_id: str) -> bool:
         async with self.engine.begin() as connection:
             result = await connection.execute(

@@ -90,6 +90,28 @@ def test_admin_key_lifecycle(gw: RunningGateway) -> None:
     assert admin(gw, "DELETE", f"/admin/keys/{created['id']}")[0] == 404
 
 
+def test_an_open_gateway_closes_when_its_first_key_is_created(
+    start_gateway: Any, upstream: FakeUpstream, sqlite_url: str
+) -> None:
+    """No ``server.api_keys`` and no managed key: anyone may call. The first managed
+    key closes the gateway, and it stays closed once that key is revoked."""
+    config = accounts_config(upstream, sqlite_url)
+    config["server"]["api_keys"] = []
+    gw = start_gateway(config)
+    body = {"model": "chat-model", "messages": HI}
+
+    def keyless() -> Any:
+        return gw.request("POST", "/v1/chat/completions", body, api_key=None)
+
+    assert keyless().status == 200
+    new_key(gw)
+    refused = keyless()
+    assert refused.status == 401 and b"missing API key" in refused.body
+    key_id = admin(gw, "GET", "/admin/keys")[1]["data"][0]["id"]
+    admin(gw, "DELETE", f"/admin/keys/{key_id}")
+    assert keyless().status == 401
+
+
 @pytest.mark.parametrize(
     ("body", "words"),
     [
