@@ -87,9 +87,9 @@ class Accounts:
     def meter(self, request_id: str, protocol: str) -> Meter | None:
         return Meter(self.recorder, request_id, protocol) if self.recorder else None
 
-    async def _tokens_written(self, used: dict[str, int]) -> None:
-        self.keys.used(used)
-        await self.limiter.add_tokens(used)
+    async def _tokens_written(self, spent: dict[str, tuple[int, int]]) -> None:
+        self.keys.spent(spent)
+        await self.limiter.add_tokens(spent)
 
 
 def _shown(url: str) -> str:

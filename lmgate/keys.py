@@ -96,11 +96,12 @@ class KeyRing:
         self._cache[digest] = (key, time.monotonic() + self._ttl)
         return key
 
-    def used(self, tokens_by_key: dict[str, int]) -> None:
-        """Tokens this process just wrote to the store: count them at once."""
+    def spent(self, spent: dict[str, tuple[int, int]]) -> None:
+        """Keys' running totals, as this process just wrote them to the store (other
+        processes' usage included): count them at once."""
         for key, _ in self._cache.values():
-            if key is not None and key.id in tokens_by_key:
-                key.used_tokens += tokens_by_key[key.id]
+            if key is not None and key.id in spent:
+                key.used_tokens = max(key.used_tokens, spent[key.id][1])
 
     def changed(self) -> None:
         """A key was created or revoked here: look again on the next request."""

@@ -3,9 +3,10 @@ and the state several gateway processes share through Redis.
 
 Requests per minute is a sliding 60-second window, so "rpm 10" means at most 10
 in any minute. Tokens per minute counts the tokens of finished requests in the
-current clock minute. The budget is checked
-against the key's running total in the store (this process's own usage counts as
-soon as it is written; other processes' within ``store.key_cache_seconds``).
+current clock minute. The budget is checked against the key's running total in
+the store, as this process last read or wrote it; with Redis, against the total
+any process last wrote (without it, other processes' usage counts within
+``store.key_cache_seconds``).
 """
 
 from __future__ import annotations
@@ -40,12 +41,16 @@ def _limited(key: KeyInfo, what: str, retry_after: float | None) -> GatewayError
 
 def over_budget(key: KeyInfo) -> GatewayError | None:
     if key.budget_tokens is not None and key.used_tokens >= key.budget_tokens:
-        return GatewayError(
-            "rate_limit",
-            f"API key {key.name!r} has used its budget of {key.budget_tokens} tokens",
-            code="budget_exhausted",
-        )
+        return _budget_exhausted(key)
     return None
+
+
+def _budget_exhausted(key: KeyInfo) -> GatewayError:
+    return GatewayError(
+        "rate_limit",
+        f"API key {key.name!r} has used its budget of {key.budget_tokens} tokens",
+        code="budget_exhausted",
+    )
 
 
 class LocalLimiter:
@@ -73,9 +78,10 @@ class LocalLimiter:
                 )
             times.append(now)
 
-    async def add_tokens(self, used: dict[str, int]) -> None:
+    async def add_tokens(self, spent: dict[str, tuple[int, int]]) -> None:
+        """Tokens just written, per key: (the batch's, the key's new running total)."""
         minute = int(time.time() // WINDOW)
-        for key_id, tokens in used.items():
+        for key_id, (tokens, _) in spent.items():
             then, total = self._minute_tokens.get(key_id, (minute, 0))
             self._minute_tokens[key_id] = (minute, (total if then == minute else 0) + tokens)
 
@@ -83,9 +89,16 @@ class LocalLimiter:
         return None
 
 
-# One round trip decides a request: tokens this minute, then the sliding request log.
+# One round trip decides a request: the budget (the larger of the running totals this
+# process and any process saw), tokens this minute, then the sliding request log.
 _ADMIT = """
 local now = tonumber(ARGV[1])
+if ARGV[5] ~= '' then
+  local total = tonumber(redis.call('ZSCORE', KEYS[3], ARGV[6]) or '0')
+  if math.max(total, tonumber(ARGV[7])) >= tonumber(ARGV[5]) then
+    return {'budget', 0}
+  end
+end
 if ARGV[3] ~= '' and tonumber(redis.call('GET', KEYS[2]) or '0') >= tonumber(ARGV[3]) then
   return {'tpm', 60000 - now % 60000}
 end
@@ -110,28 +123,45 @@ class RedisLimiter(LocalLimiter):
         self.redis = client
         self.prefix = prefix
         self._admit = client.register_script(_ADMIT)
+        self._totals = f"{prefix}used_tokens"  # sorted set: key id -> running total
 
     async def admit(self, key: KeyInfo) -> None:
         if (error := over_budget(key)) is not None:
             raise error
-        if key.rpm is None and key.tpm is None:
+        if key.rpm is None and key.tpm is None and key.budget_tokens is None:
             return
         now_ms = int(time.time() * 1000)
         verdict, wait_ms = await self._admit(
-            keys=[f"{self.prefix}rpm:{key.id}", self._tpm_key(key.id, now_ms / 1000)],
-            args=[now_ms, key.rpm or "", key.tpm or "", uuid.uuid4().hex],
+            keys=[
+                f"{self.prefix}rpm:{key.id}",
+                self._tpm_key(key.id, now_ms / 1000),
+                self._totals,
+            ],
+            args=[
+                now_ms,
+                key.rpm or "",
+                key.tpm or "",
+                uuid.uuid4().hex,
+                key.budget_tokens if key.budget_tokens is not None else "",
+                key.id,
+                key.used_tokens,
+            ],
         )
+        if verdict == b"budget":
+            raise _budget_exhausted(key)
         if verdict == b"rpm":
             raise _limited(key, f"limit of {key.rpm} requests per minute", int(wait_ms) / 1000)
         if verdict == b"tpm":
             raise _limited(key, f"limit of {key.tpm} tokens per minute", int(wait_ms) / 1000)
 
-    async def add_tokens(self, used: dict[str, int]) -> None:
+    async def add_tokens(self, spent: dict[str, tuple[int, int]]) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:
-            for key_id, tokens in used.items():
+            for key_id, (tokens, total) in spent.items():
                 name = self._tpm_key(key_id, time.time())
                 pipe.incrby(name, tokens)
                 pipe.expire(name, 120)
+                # Totals only grow; batches' totals may arrive out of order (GT).
+                pipe.zadd(self._totals, {key_id: total}, gt=True)
             await pipe.execute()
 
     def _tpm_key(self, key_id: str, now: float) -> str:

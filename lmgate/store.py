@@ -193,12 +193,13 @@ class Store:
     async def record(self, records: list[UsageRecord]) -> None:
         await self.record_rows([record_row(record) for record in records])
 
-    async def record_rows(self, rows: list[tuple[Any, ...]]) -> dict[str, int]:
+    async def record_rows(self, rows: list[tuple[Any, ...]]) -> dict[str, tuple[int, int]]:
         """Write a batch of ``record_row`` tuples, and add their tokens to each managed
-        key's running total; returns those tokens per key."""
+        key's running total; returns, per key, (the batch's tokens, the new total)."""
         used = tokens_by_key(rows)
+        spent: dict[str, tuple[int, int]] = {}
         if not rows:
-            return used
+            return spent
         async with self.engine.begin() as connection:
             # Plain tuples straight to the driver's executemany: one prepared one-row
             # INSERT stepped per row, one round trip to the driver's thread or server.
@@ -207,12 +208,15 @@ class Store:
             await connection.exec_driver_sql(_insert_usage(connection.dialect.paramstyle), rows)
             for key_id, tokens in used.items():
                 if tokens:
-                    await connection.execute(
+                    total = await connection.scalar(
                         keys.update()
                         .where(keys.c.id == key_id)
                         .values(used_tokens=keys.c.used_tokens + tokens)
+                        .returning(keys.c.used_tokens)
                     )
-        return used
+                    if total is not None:  # a key this store does not know: no total
+                        spent[key_id] = (tokens, total)
+        return spent
 
     async def usage_rows(self, since: float, request_id: str | None = None) -> list[dict[str, Any]]:
         query = usage.select().where(usage.c.at >= since).order_by(usage.c.id)

@@ -148,13 +148,13 @@ class UsageRecorder:
         queue_size: int = 10_000,
         batch_size: int = 500,
         flush_interval: float = 0.5,
-        on_tokens: Callable[[dict[str, int]], Awaitable[None]] | None = None,
+        on_tokens: Callable[[dict[str, tuple[int, int]]], Awaitable[None]] | None = None,
     ) -> None:
         self.store = store
         self.queue_size = queue_size
         self.batch_size = batch_size
         self.flush_interval = flush_interval
-        self.on_tokens = on_tokens  # after each batch: tokens per managed key id
+        self.on_tokens = on_tokens  # after each batch: per key, (tokens, new total)
         self.dropped = 0
         self.written = 0
         self._queue: list[tuple[Any, ...]] = []  # record_row tuples
@@ -210,7 +210,7 @@ class UsageRecorder:
     async def _flush_batch(self) -> bool:
         batch, self._queue = self._queue[: self.batch_size], self._queue[self.batch_size :]
         try:
-            used = await self.store.record_rows(batch)
+            spent = await self.store.record_rows(batch)
         except Exception as error:
             log.error("could not write %d usage records (will retry): %s", len(batch), error)
             self._queue[:0] = batch
@@ -221,7 +221,7 @@ class UsageRecorder:
             return True
         if self.on_tokens is not None:
             try:
-                await self.on_tokens(used)
+                await self.on_tokens(spent)
             except Exception as error:
                 log.warning("could not count tokens for key limits: %s", error)
         self.written += len(batch)  # written, and counted against the keys' limits

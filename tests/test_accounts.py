@@ -342,6 +342,51 @@ def test_two_processes_share_one_rpm_limit(
     assert statuses.count(200) == 10 and statuses.count(429) == 20, statuses
 
 
+def test_two_processes_share_one_token_budget(
+    serve: Any, upstream: FakeUpstream, postgres_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    """A key's budget spent through one process is refused by the other at once, not
+    after its cached copy of the key expires (a minute here)."""
+    config = accounts_config(upstream, postgres_url, redis={"url": redis_url})
+    config["store"]["key_cache_seconds"] = 60
+    path = tmp_path / "team.yaml"
+    path.write_bytes(orjson.dumps(config))
+    first, second = serve("--config", str(path)), serve("--config", str(path))
+    ask = {"model": "echo", "messages": HI}
+    status, body = second.request(
+        "POST", "/v1/chat/completions", ask, {"Authorization": f"Bearer {API_KEY}"}
+    )
+    per_request = orjson.loads(body)["usage"]["total_tokens"]  # the same for each below
+    budget = per_request * 3 // 2  # the second request spends it
+    status, body = first.request(
+        "POST",
+        "/admin/keys",
+        {"name": "shared", "budget_tokens": budget},
+        {"Authorization": f"Bearer {ADMIN}"},
+    )
+    created = orjson.loads(body)
+    headers = {"Authorization": f"Bearer {created['key']}"}
+
+    def total() -> int:
+        async def read() -> int:
+            store = Store(postgres_url)
+            try:
+                key = await store.get_key(created["id"])
+                return key.used_tokens if key is not None else -1
+            finally:
+                await store.close()
+
+        return asyncio.run(read())
+
+    assert second.request("POST", "/v1/chat/completions", ask, headers)[0] == 200
+    wait_until(lambda: total() == per_request)  # written; the second process caches the key
+    assert first.request("POST", "/v1/chat/completions", ask, headers)[0] == 200
+    wait_until(lambda: total() == 2 * per_request)  # over the budget now
+    status, body = second.request("POST", "/v1/chat/completions", ask, headers)
+    assert status == 429 and b"budget_exhausted" in body, body
+    assert first.request("POST", "/v1/chat/completions", ask, headers)[0] == 429
+
+
 def test_a_cooldown_is_shared_through_redis(
     start_gateway: Any, upstream: FakeUpstream, sqlite_url: str, redis_url: str
 ) -> None:

@@ -104,6 +104,10 @@ def test_usage_batches_and_summary(store_url: str) -> None:
         assert {r["group"] for r in await store.usage_summary(0, "provider")} == {"up", "p2"}
         stored = await store.get_key(key.id)
         assert stored is not None and stored.used_tokens == 1500  # running total for budgets
+        from lmgate.store import record_row
+
+        one_more = [record_row(record(400, key_id=key.id)), record_row(record(401))]
+        assert await store.record_rows(one_more) == {key.id: (15, 1515)}  # batch's, total
         await store.close()
 
     run(scenario())
