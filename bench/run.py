@@ -103,9 +103,10 @@ def cpu_seconds(pid: int) -> float:
 
 
 def cpu_per_request(
-    a: tuple[int, str], b: tuple[int, str], connections: int, rounds: int = 6, seconds: int = 3
-) -> float:
-    """How much more CPU per request gateway ``a`` spends than ``b`` (median ratio - 1).
+    a: tuple[int, str], b: tuple[int, str], connections: int, rounds: int = 8, seconds: int = 3
+) -> list[float]:
+    """How much more CPU per request gateway ``a`` spends than ``b``, each round
+    (ratio - 1), sorted: the median is the figure, the ends show the spread.
 
     Both are loaded at once, on the same core: whatever else the machine does in a
     round slows both alike, which alternating runs cannot promise on a noisy VM."""
@@ -117,8 +118,8 @@ def cpu_per_request(
         time.sleep(1)  # the last usage batch is written (store.flush_interval 0.5)
         after = [cpu_seconds(pid) for pid, _ in (a, b)]
         used = [(after[i] - before[i]) / runs[i]["requests"] for i in (0, 1)]
-        ratios.append(used[0] / used[1])
-    return statistics.median(ratios) - 1
+        ratios.append(used[0] / used[1] - 1)
+    return sorted(ratios)
 
 
 async def _stream_latency(
@@ -313,9 +314,12 @@ def report(results: dict[str, Any]) -> None:
     for connections, row in results["recording"].items():
         if connections == "instructions":
             continue
+        cost, control = row["cost"], row["control"]
         print(
-            f"  {connections} connection(s) each: recording {row['cost'] * 100:+.1f}%,"
-            f" control {row['control'] * 100:+.1f}%"
+            f"  {connections} connection(s) each: recording {statistics.median(cost) * 100:+.1f}%"
+            f" (rounds {cost[0] * 100:+.1f}..{cost[-1] * 100:+.1f}%),"
+            f" control {statistics.median(control) * 100:+.1f}%"
+            f" ({control[0] * 100:+.1f}..{control[-1] * 100:+.1f}%)"
         )
     counted = results["recording"].get("instructions")
     if counted:
