@@ -89,15 +89,13 @@ class LocalLimiter:
         return None
 
 
-# One round trip decides a request: the budget (the larger of the running totals this
-# process and any process saw), tokens this minute, then the sliding request log.
+# One round trip decides a request: the budget (the running total any process last
+# wrote), tokens this minute, then the sliding request log.
 _ADMIT = """
 local now = tonumber(ARGV[1])
-if ARGV[5] ~= '' then
-  local total = tonumber(redis.call('ZSCORE', KEYS[3], ARGV[6]) or '0')
-  if math.max(total, tonumber(ARGV[7])) >= tonumber(ARGV[5]) then
-    return {'budget', 0}
-  end
+if ARGV[5] ~= ''
+  and tonumber(redis.call('ZSCORE', KEYS[3], ARGV[6]) or '0') >= tonumber(ARGV[5]) then
+  return {'budget', 0}
 end
 if ARGV[3] ~= '' and tonumber(redis.call('GET', KEYS[2]) or '0') >= tonumber(ARGV[3]) then
   return {'tpm', 60000 - now % 60000}
@@ -126,7 +124,7 @@ class RedisLimiter(LocalLimiter):
         self._totals = f"{prefix}used_tokens"  # sorted set: key id -> running total
 
     async def admit(self, key: KeyInfo) -> None:
-        if (error := over_budget(key)) is not None:
+        if (error := over_budget(key)) is not None:  # as this process knows it
             raise error
         if key.rpm is None and key.tpm is None and key.budget_tokens is None:
             return
@@ -144,7 +142,6 @@ class RedisLimiter(LocalLimiter):
                 uuid.uuid4().hex,
                 key.budget_tokens if key.budget_tokens is not None else "",
                 key.id,
-                key.used_tokens,
             ],
         )
         if verdict == b"budget":

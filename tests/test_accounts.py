@@ -385,6 +385,12 @@ def test_two_processes_share_one_token_budget(
     status, body = second.request("POST", "/v1/chat/completions", ask, headers)
     assert status == 429 and b"budget_exhausted" in body, body
     assert first.request("POST", "/v1/chat/completions", ask, headers)[0] == 429
+    client = anthropic.Anthropic(
+        base_url=f"http://127.0.0.1:{second.port}", api_key=created["key"], max_retries=0
+    )
+    with pytest.raises(anthropic.RateLimitError) as refused:  # in the client's own shape
+        client.messages.create(model="echo", max_tokens=5, messages=HI)
+    assert f"budget of {budget} tokens" in refused.value.message
 
 
 def test_a_cooldown_is_shared_through_redis(
