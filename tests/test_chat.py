@@ -7,8 +7,16 @@ import json
 import openai
 import pytest
 
-from tests.conftest import UPSTREAM_KEY, RunningGateway
-from tests.fakes.upstream import FakeUpstream, Script, chunk, completion, text_stream
+from tests.conftest import UPSTREAM_KEY, RunningGateway, wait_until
+from tests.fakes.upstream import (
+    FakeUpstream,
+    Script,
+    anthropic_message,
+    anthropic_text_stream,
+    chunk,
+    completion,
+    text_stream,
+)
 
 DEEPSEEK_USAGE = {
     "prompt_tokens": 12,
@@ -450,16 +458,39 @@ def test_echo_honours_max_tokens_and_stop(client: openai.OpenAI) -> None:
     assert stopped.choices[0].finish_reason == "stop"
 
 
-def test_upstream_connections_are_pooled(client: openai.OpenAI, upstream: FakeUpstream) -> None:
-    for stream in (False, True, False, True, False):
+@pytest.mark.parametrize("model", ["chat-model", "claude-model"])
+def test_upstream_connections_are_pooled(
+    client: openai.OpenAI, upstream: FakeUpstream, model: str
+) -> None:
+    # Each stream's body ends a moment after its last event, as it may over a real
+    # network: the gateway stops reading at the last event, yet must not drop the
+    # connection that is about to become reusable.
+    if model == "chat-model":
+        streamed = Script(chunks=text_stream(["a"]), end_delay=0.05)
+        whole = Script(json=completion("a"))
+    else:
+        streamed = anthropic_text_stream(["a"])
+        streamed.end_delay = 0.05
+        whole = Script(json=anthropic_message([{"type": "text", "text": "a"}]))
+    for sent, stream in enumerate((False, True, False, True, False), 1):
+        upstream.push(streamed if stream else whole)
+        reply = client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "x"}], stream=stream
+        )
         if stream:
-            list(
-                client.chat.completions.create(
-                    model="chat-model", messages=[{"role": "user", "content": "x"}], stream=True
-                )
-            )
-        else:
-            client.chat.completions.create(
-                model="chat-model", messages=[{"role": "user", "content": "x"}]
-            )
+            assert "".join(c.choices[0].delta.content or "" for c in reply if c.choices) == "a"
+        wait_until(lambda sent=sent: upstream.completed == sent)
     assert len({request.peer for request in upstream.requests}) == 1
+
+
+def test_a_stream_body_left_open_after_its_last_event_is_dropped(
+    client: openai.OpenAI, upstream: FakeUpstream
+) -> None:
+    upstream.push(Script(chunks=text_stream(["a", "b"]), end_delay=60))
+    stream = client.chat.completions.create(
+        model="chat-model", messages=[{"role": "user", "content": "x"}], stream=True
+    )
+    # The client's reply ends at the upstream's last event, not at the body's end.
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "ab"
+    wait_until(lambda: upstream.cancelled == 1)
+    assert upstream.completed == 0

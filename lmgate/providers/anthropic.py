@@ -81,14 +81,12 @@ class AnthropicProvider(HttpProvider):
             return
         yield Start(target.model)
         parser = _StreamParser(self.name)
-        async for item in self.iter_sse(response, deadline):
+        async for item in self.iter_sse(response, deadline, lambda: parser.stopped):
             if item is None:
                 yield Heartbeat()
                 continue
             for event in parser.feed(item[1]):
                 yield event
-            if parser.stopped:
-                break
         for event in parser.end():
             yield event
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -16,6 +16,8 @@ from lmgate.providers.base import Provider, ProviderConfig, Timeouts
 from lmgate.sse import SSEDecoder
 
 _MAX_ERROR_BODY = 64 * 1024
+# Seconds a complete stream's body may take to end before its connection is dropped.
+_BODY_END_GRACE = 1.0
 
 
 class HttpProviderConfig(ProviderConfig):
@@ -118,13 +120,15 @@ class HttpProvider(Provider):
             response.release()
 
     async def iter_sse(
-        self, response: aiohttp.ClientResponse, deadline: float
+        self, response: aiohttp.ClientResponse, deadline: float, ended: Callable[[], bool]
     ) -> AsyncIterator[tuple[bytes | None, bytes] | None]:
         """``(event name, data)`` of each SSE event, every read bounded by the idle
-        timeout; ``None`` after each ``heartbeat`` seconds of silence."""
+        timeout; ``None`` after each ``heartbeat`` seconds of silence. Stops when
+        ``ended()`` turns true after an event: the reply is complete."""
         decoder = SSEDecoder()
         content = response.content
         heartbeat = self.config.heartbeat
+        complete = False
         try:
             while True:
                 silent_until = time.monotonic() + self._read_timeout(deadline)
@@ -143,12 +147,21 @@ class HttpProvider(Provider):
                     break
                 for event in decoder.feed(chunk):
                     yield event
+                    if ended():
+                        complete = True
+                        return
             for event in decoder.flush():
                 yield event
         finally:
-            # Closing (not releasing) drops a connection whose reply was cut short,
-            # which is also how a client disconnect cancels the upstream request.
-            response.close()
+            if complete and response.connection is not None:
+                # The body's end (a chunked terminator) usually follows the last event
+                # within microseconds; when it comes, the connection goes back to the
+                # pool by itself. Closing now would throw that connection away.
+                asyncio.get_running_loop().call_later(_BODY_END_GRACE, response.close)
+            else:
+                # Closing (not releasing) drops a connection whose reply was cut short,
+                # which is also how a client disconnect cancels the upstream request.
+                response.close()
 
     def _read_timeout(self, deadline: float) -> float:
         return min(self.config.timeouts.idle, deadline - time.monotonic())

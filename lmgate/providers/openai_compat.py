@@ -88,18 +88,13 @@ class OpenAICompatProvider(HttpProvider):
             )
         yield Start(target.model)
         parser = _StreamParser(self.name)
-        done = False
-        async for item in self.iter_sse(response, deadline):
+        async for item in self.iter_sse(response, deadline, lambda: parser.done):
             if item is None:
                 yield Heartbeat()
                 continue
-            payload = item[1]
-            if payload == b"[DONE]":
-                done = True
-                break
-            for event in parser.feed(payload):
+            for event in parser.feed(item[1]):
                 yield event
-        for event in parser.end(done):
+        for event in parser.end():
             yield event
 
     async def send(self, body: dict[str, Any]) -> tuple[aiohttp.ClientResponse, float]:
@@ -177,15 +172,19 @@ class _StreamParser:
     """Turns ``chat.completion.chunk`` payloads into events. Usage is held back and
     emitted once at the end: some servers repeat it on every chunk."""
 
-    __slots__ = ("_calls", "_finished", "_provider", "_usage")
+    __slots__ = ("_calls", "_finished", "_provider", "_usage", "done")
 
     def __init__(self, provider: str) -> None:
         self._provider = provider
         self._usage: Usage | None = None
         self._finished = False
         self._calls: dict[int, bool] = {}
+        self.done = False  # saw ``[DONE]``: the stream is complete
 
     def feed(self, payload: bytes) -> list[Event]:
+        if payload == b"[DONE]":
+            self.done = True
+            return []
         try:
             data = lenient_json.loads(payload)
         except orjson.JSONDecodeError:
@@ -228,11 +227,11 @@ class _StreamParser:
                 events.append(Finish(_FINISH.get(reason, "stop")))
         return events
 
-    def end(self, done: bool) -> list[Event]:
-        """After the stream: ``done`` when it ended with ``[DONE]``, not a dropped connection."""
+    def end(self) -> list[Event]:
+        """After the stream, which ended with ``[DONE]`` or a dropped connection."""
         events: list[Event] = []
         if not self._finished:
-            if not done:
+            if not self.done:
                 raise unfinished(self._provider)
             events.append(Finish("stop"))  # [DONE] with no finish_reason: a complete reply
         if self._usage:

@@ -42,6 +42,7 @@ class Script:
     done: bool = True  # send `data: [DONE]` after the chunks
     delay: float = 0.0  # before the response headers
     chunk_delay: float = 0.0
+    end_delay: float = 0.0  # between the last event and the end of the body
     stall_after: int | None = None  # stop sending (but keep the connection) after N chunks
     disconnect_after: int | None = None  # drop the connection after N chunks
 
@@ -216,6 +217,8 @@ class FakeUpstream:
                 await response.write(data)
             if script.done:
                 await response.write(b"data: [DONE]\n\n")
+            if script.end_delay:
+                await asyncio.sleep(script.end_delay)
             await response.write_eof()
             self.completed += 1
         except ConnectionResetError:
