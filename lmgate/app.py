@@ -78,6 +78,11 @@ class Gateway:
         # collector's full passes, which otherwise lengthen tail latency.
         gc.collect()
         gc.freeze()
+        # Requests leave no cyclic garbage (none found under load with DEBUG_SAVEALL),
+        # so each young pass only re-scans live in-flight objects: at the default
+        # threshold (700 allocations) that took some 8% of the CPU under load. At
+        # 10,000 the passes are 14 times rarer and still short (only live objects).
+        gc.set_threshold(10_000, 10, 10)
         self._watch_exit_signals()
         self.ready = True
 
