@@ -11,7 +11,6 @@ import logging
 import os
 import signal
 import threading
-import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from types import FrameType
@@ -35,6 +34,7 @@ from lmgate.discovery import ModelDiscovery
 from lmgate.errors import ErrorKind, GatewayError
 from lmgate.fetch import ImageFetcher
 from lmgate.frontends import anthropic_messages, openai_chat
+from lmgate.ids import unique_hex
 from lmgate.keys import Caller, presented_key
 from lmgate.providers import build_provider
 from lmgate.router import Router
@@ -322,7 +322,7 @@ def _request_id(request: Request) -> str:
     given = request.headers.get("x-request-id")
     if given and len(given) <= 128 and given.isprintable():
         return given
-    return uuid.uuid4().hex
+    return unique_hex()
 
 
 def _ids(request_id: str, deployment: str = "", attempts: int = 0) -> dict[str, str]:

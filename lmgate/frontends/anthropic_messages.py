@@ -47,6 +47,7 @@ from lmgate.frontends.validate import (
     parse_json_object,
     string,
 )
+from lmgate.ids import unique_hex
 
 _KNOWN_FIELDS = frozenset(
     {
@@ -328,7 +329,7 @@ def reply_body(reply: Reply, request: ChatRequest) -> bytes:
     usage = reply.usage or Usage(0, 0)
     return orjson.dumps(
         {
-            "id": f"msg_{uuid.uuid4().hex}",
+            "id": f"msg_{unique_hex()}",
             "type": "message",
             "role": "assistant",
             "content": content,
@@ -357,7 +358,7 @@ async def stream_frames(
         {
             "type": "message_start",
             "message": {
-                "id": f"msg_{uuid.uuid4().hex}",
+                "id": f"msg_{unique_hex()}",
                 "type": "message",
                 "role": "assistant",
                 "content": [],

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from typing import Any
@@ -43,6 +42,7 @@ from lmgate.frontends.validate import (
     parse_json_object,
     string,
 )
+from lmgate.ids import unique_hex
 from lmgate.media import decode_data_url
 
 _KNOWN_FIELDS = frozenset(
@@ -285,7 +285,7 @@ def usage_body(usage: Usage) -> dict[str, Any]:
 
 
 def _completion_id() -> str:
-    return f"chatcmpl-{uuid.uuid4().hex}"
+    return f"chatcmpl-{unique_hex()}"
 
 
 def reply_body(reply: Reply, request: ChatRequest) -> bytes:
