@@ -24,6 +24,7 @@ import redis.asyncio as aioredis
 
 from lmgate.catalog import Catalog, Deployment
 from lmgate.errors import GatewayError
+from lmgate.ids import unique_hex
 from lmgate.store import KeyInfo
 
 log = logging.getLogger("lmgate")
@@ -139,7 +140,7 @@ class RedisLimiter(LocalLimiter):
                 now_ms,
                 key.rpm or "",
                 key.tpm or "",
-                uuid.uuid4().hex,
+                unique_hex(),
                 key.budget_tokens if key.budget_tokens is not None else "",
                 key.id,
             ],
