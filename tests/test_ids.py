@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import os
+import subprocess
+import sys
 
 from lmgate.ids import unique_hex
 
@@ -14,14 +15,21 @@ def test_ids_are_unique_hex_within_a_process() -> None:
 
 
 def test_a_forked_process_does_not_repeat_its_parents_ids() -> None:
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: its next id, then out without pytest's teardown
-        os.write(write, unique_hex().encode())
-        os._exit(0)
-    os.close(write)
-    os.waitpid(pid, 0)
-    child = os.read(read, 64).decode()
-    os.close(read)
-    assert len(child) == 32
-    assert child != unique_hex()
+    # Forked from a fresh single-threaded interpreter: forking pytest's own process,
+    # which runs threads, could deadlock the child (and Python 3.12 warns about it).
+    script = """
+import os
+from lmgate.ids import unique_hex
+read, write = os.pipe()
+if os.fork() == 0:
+    os.write(write, unique_hex().encode())
+    os._exit(0)
+os.wait()
+print(os.read(read, 64).decode(), unique_hex())
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    child, parent = done.stdout.split()
+    assert len(child) == len(parent) == 32
+    assert child != parent
