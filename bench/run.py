@@ -98,28 +98,42 @@ def wrk(url: str, body: str, connections: int, seconds: int) -> dict[str, float]
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process, all its threads."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return _cpu(f"/proc/{pid}/stat")
+
+
+def side_cpu_seconds(pid: int) -> float:
+    """The same for the threads other than the main one (a store's writer thread)."""
+    tasks = Path(f"/proc/{pid}/task")
+    return sum(_cpu(f"{tasks}/{tid}/stat") for tid in os.listdir(tasks) if tid != str(pid))
+
+
+def _cpu(stat: str) -> float:
+    fields = Path(stat).read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def cpu_per_request(
     a: tuple[int, str], b: tuple[int, str], connections: int, rounds: int = 8, seconds: int = 3
-) -> list[float]:
-    """How much more CPU per request gateway ``a`` spends than ``b``, each round
-    (ratio - 1), sorted: the median is the figure, the ends show the spread.
+) -> dict[str, list[float]]:
+    """How much more CPU per request gateway ``a`` spends than ``b``, each round:
+    ``extra`` (ratio - 1), sorted: the median is the figure, the ends show the
+    spread; ``side_threads``: the part of it spent in ``a``'s threads other than the
+    event loop's (the store's writer), as a share of ``b``'s CPU, sorted too.
 
     Both are loaded at once, on the same core: whatever else the machine does in a
     round slows both alike, which alternating runs cannot promise on a noisy VM."""
-    ratios = []
+    extra, side = [], []
     for _ in range(rounds):
         before = [cpu_seconds(pid) for pid, _ in (a, b)]
+        side_before = side_cpu_seconds(a[0])
         with ThreadPoolExecutor(2) as pool:
             runs = list(pool.map(lambda url: wrk(url, BODY, connections, seconds), (a[1], b[1])))
         time.sleep(1)  # the last usage batch is written (store.flush_interval 0.5)
         after = [cpu_seconds(pid) for pid, _ in (a, b)]
         used = [(after[i] - before[i]) / runs[i]["requests"] for i in (0, 1)]
-        ratios.append(used[0] / used[1] - 1)
-    return sorted(ratios)
+        extra.append(used[0] / used[1] - 1)
+        side.append((side_cpu_seconds(a[0]) - side_before) / runs[0]["requests"] / used[1])
+    return {"extra": sorted(extra), "side_threads": sorted(side)}
 
 
 async def _stream_latency(
@@ -314,11 +328,12 @@ def report(results: dict[str, Any]) -> None:
     for connections, row in results["recording"].items():
         if connections == "instructions":
             continue
-        cost, control = row["cost"], row["control"]
+        cost, control = row["cost"]["extra"], row["control"]["extra"]
+        writer = statistics.median(row["cost"]["side_threads"])
         print(
             f"  {connections} connection(s) each: recording {statistics.median(cost) * 100:+.1f}%"
-            f" (rounds {cost[0] * 100:+.1f}..{cost[-1] * 100:+.1f}%),"
-            f" control {statistics.median(control) * 100:+.1f}%"
+            f" (rounds {cost[0] * 100:+.1f}..{cost[-1] * 100:+.1f}%; the writer thread"
+            f" {writer * 100:+.1f}%), control {statistics.median(control) * 100:+.1f}%"
             f" ({control[0] * 100:+.1f}..{control[-1] * 100:+.1f}%)"
         )
     counted = results["recording"].get("instructions")
