@@ -20,6 +20,7 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import PoolResetState
 
 KEY_PREFIX = "lmg-"
 
@@ -156,6 +157,7 @@ class Store:
         options: dict[str, Any] = {}
         if url.startswith("sqlite"):
             options["connect_args"] = {"timeout": 30}
+            options["pool_reset_on_return"] = None  # see _sqlite_transactions
         self.engine: AsyncEngine = create_async_engine(engine_url(url), **options)
         if url.startswith("sqlite"):
             _sqlite_transactions(self.engine)
@@ -371,12 +373,16 @@ _EMPTY: dict[None, None] = {}
 
 
 def _sqlite_transactions(engine: AsyncEngine) -> None:
-    """Let SQLite transactions include DDL, and let a migration take the write lock
-    up front (``BEGIN IMMEDIATE``) so that processes starting together queue up."""
+    """Let a migration take the write lock up front (``BEGIN IMMEDIATE``), so that
+    processes starting together queue up, and keep every other transaction to the
+    driver: it begins one before the first write, in the same call to its thread.
+
+    Each call into aiosqlite is a round trip to its thread: this leaves four per
+    usage batch (cursor, executemany, cursor close, commit), where a ``BEGIN`` of
+    our own and the pool's rollback after the commit made eight."""
 
     @sa.event.listens_for(engine.sync_engine, "connect")
     def connect(dbapi_connection: Any, record: Any) -> None:
-        dbapi_connection.isolation_level = None  # the driver's own BEGINs are off
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")  # readers never wait for the writer
         # WAL's usual setting: a commit does not wait for the disk (a power cut may lose
@@ -386,8 +392,15 @@ def _sqlite_transactions(engine: AsyncEngine) -> None:
 
     @sa.event.listens_for(engine.sync_engine, "begin")
     def begin(connection: Connection) -> None:
-        immediate = connection.get_execution_options().get("sqlite_immediate")
-        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        if connection.get_execution_options().get("sqlite_immediate"):
+            connection.exec_driver_sql("BEGIN IMMEDIATE")  # DDL and all, in one transaction
+
+    @sa.event.listens_for(engine.sync_engine, "reset")
+    def reset(dbapi_connection: Any, record: Any, state: PoolResetState) -> None:
+        # Instead of the pool's own reset (``pool_reset_on_return=None``), which rolls
+        # back even after a commit: only a transaction still open.
+        if state.asyncio_safe and dbapi_connection.driver_connection.in_transaction:
+            dbapi_connection.rollback()
 
 
 def _migrate(connection: Connection) -> int:

@@ -177,3 +177,53 @@ def test_new_sqlite_files_migrated_by_several_stores_at_once(tmp_path: Path) -> 
     for round_number in range(30):
         url = f"sqlite:///{tmp_path / f'round-{round_number}.db'}"
         assert run(scenario(url)) == [latest] * 3
+
+
+def test_a_failed_batch_writes_none_of_its_records(store_url: str) -> None:
+    async def scenario() -> None:
+        store = Store(store_url)
+        await store.migrate()
+        broken = [record(1), record(2, request_id=None), record(3)]  # NOT NULL violated
+        with pytest.raises(sa.exc.IntegrityError):
+            await store.record(broken)
+        assert await store.usage_rows(0) == []
+        await store.record([record(4)])  # the connection is clean for the next batch
+        assert [row["request_id"] for row in await store.usage_rows(0)] == ["r4"]
+        if store_url.startswith("sqlite"):
+            assert _write_lock_is_free(store_url)
+        await store.close()
+
+    run(scenario())
+
+
+def test_a_sqlite_connection_returned_mid_transaction_is_rolled_back(tmp_path: Path) -> None:
+    """The pool skips its rollback after a commit (a round trip to the driver's
+    thread per usage batch), so it must still roll back a transaction left open."""
+    url = f"sqlite:///{tmp_path / 'lmgate.db'}"
+
+    async def scenario() -> bool:
+        store = Store(url)
+        await store.migrate()
+        async with store.engine.connect() as connection:
+            raw = await connection.get_raw_connection()
+            # Behind SQLAlchemy's back, so that its own rollback does not run.
+            await raw.driver_connection.execute("BEGIN IMMEDIATE")  # type: ignore[union-attr]
+        free = _write_lock_is_free(url)
+        await store.close()
+        return free
+
+    assert run(scenario())
+
+
+def _write_lock_is_free(url: str) -> bool:
+    import sqlite3
+
+    other = sqlite3.connect(url.removeprefix("sqlite:///"), timeout=0.1, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        other.execute("ROLLBACK")
+        return True
+    except sqlite3.OperationalError:  # database is locked
+        return False
+    finally:
+        other.close()
