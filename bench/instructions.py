@@ -2,9 +2,10 @@
 (cachegrind without cache simulation), so no other load on the machine moves it.
 
 Each gateway runs under valgrind four times (with and without a SQLite store; with
-no request and with N), so that start and shutdown cancel out:
+W requests and with W + N), so that start, shutdown and what only the first requests
+do (the first key check, the first usage batch's setup) cancel out:
 
-    per request = (instructions with N requests - instructions with none) / N
+    per request = (instructions with W + N requests - instructions with W) / N
 
 Requests go one at a time on one keep-alive connection. At valgrind's pace (some 50
 times slower) work done per second rather than per request would count 50 times
@@ -35,15 +36,17 @@ def available() -> bool:
     return shutil.which("valgrind") is not None
 
 
-def recording_cost(env: dict[str, str], requests: int, body: str) -> dict[str, float]:
+def recording_cost(
+    env: dict[str, str], requests: int, body: str, warm_up: int = 500
+) -> dict[str, float]:
     """Instructions per request of the gateway with a SQLite store ("on") and
-    without ("off")."""
+    without ("off"). ``warm_up`` is one usage batch (store.batch_size)."""
     store_dir = tempfile.mkdtemp(prefix="lmgate-bench-vg-")
     try:
         per_request = {}
         for name in ("on", "off"):
             runs = []
-            for count in (0, requests):
+            for count in (warm_up, warm_up + requests):
                 store = f"sqlite:///{store_dir}/{name}-{count}.db" if name == "on" else "none"
                 runs.append(_instructions(env, store, count, body))
             per_request[name] = (runs[1] - runs[0]) / requests

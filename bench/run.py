@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -97,28 +98,30 @@ def wrk(url: str, body: str, connections: int, seconds: int) -> dict[str, float]
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, all its threads."""
-    return _cpu(f"/proc/{pid}/stat")
+    """CPU time of a process, all its threads."""
+    return sum(_cpu(pid, tid) for tid in os.listdir(f"/proc/{pid}/task"))
 
 
 def side_cpu_seconds(pid: int) -> float:
     """The same for the threads other than the main one (a store's writer thread)."""
-    tasks = Path(f"/proc/{pid}/task")
-    return sum(_cpu(f"{tasks}/{tid}/stat") for tid in os.listdir(tasks) if tid != str(pid))
+    return sum(_cpu(pid, tid) for tid in os.listdir(f"/proc/{pid}/task") if tid != str(pid))
 
 
-def _cpu(stat: str) -> float:
-    fields = Path(stat).read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def _cpu(pid: int, tid: str) -> float:
+    # The scheduler's own count, in nanoseconds (/proc/PID/stat rounds it to 10 ms:
+    # up to 1% of a round's figure).
+    try:
+        return int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0]) / 1e9
+    except FileNotFoundError:  # a thread that just ended
+        return 0.0
 
 
 def cpu_per_request(
-    a: tuple[int, str], b: tuple[int, str], connections: int, rounds: int = 8, seconds: int = 3
-) -> dict[str, list[float]]:
+    a: tuple[int, str], b: tuple[int, str], connections: int, rounds: int, seconds: int = 3
+) -> tuple[list[float], list[float]]:
     """How much more CPU per request gateway ``a`` spends than ``b``, each round:
-    ``extra`` (ratio - 1), sorted: the median is the figure, the ends show the
-    spread; ``side_threads``: the part of it spent in ``a``'s threads other than the
-    event loop's (the store's writer), as a share of ``b``'s CPU, sorted too.
+    (ratio - 1), and the part of it spent in ``a``'s threads other than the event
+    loop's (the store's writer), as a share of ``b``'s CPU.
 
     Both are loaded at once, on the same core: whatever else the machine does in a
     round slows both alike, which alternating runs cannot promise on a noisy VM."""
@@ -133,7 +136,44 @@ def cpu_per_request(
         used = [(after[i] - before[i]) / runs[i]["requests"] for i in (0, 1)]
         extra.append(used[0] / used[1] - 1)
         side.append((side_cpu_seconds(a[0]) - side_before) / runs[0]["requests"] / used[1])
-    return {"extra": sorted(extra), "side_threads": sorted(side)}
+    return extra, side
+
+
+def recording_cost(
+    start: Callable[[str], tuple[subprocess.Popen[bytes], int]],
+    store_url: Callable[[int], str],
+    connections: int,
+    pairs: int = 6,
+    rounds: int = 2,
+) -> dict[str, list[float]]:
+    """``cpu_per_request`` of a gateway with the store ``store_url(i)`` against one
+    without, over ``pairs`` pairs of freshly started gateways (which starts first
+    alternates). A process keeps its luck for life: two identical gateways differ by
+    up to 3% either way, pair to pair (with one hash seed and no address randomization
+    too), so a figure from one pair is one draw. ``extra``: every round's, sorted (the
+    median is the figure); ``pairs``: each pair's median, sorted (the spread);
+    ``side_threads``: the writer thread's share, sorted."""
+    extra, side, medians = [], [], []
+    for i in range(pairs):
+        urls = (store_url(i), "none") if i % 2 == 0 else ("none", store_url(i))
+        started = [start(url) for url in urls]
+        on, off = started if i % 2 == 0 else started[::-1]
+        try:
+            ends = []
+            for process, port in (on, off):
+                url = f"http://127.0.0.1:{port}/v1/chat/completions"
+                wait_ready(f"http://127.0.0.1:{port}/ready")
+                wrk(url, BODY, 16, 1)  # warm-up
+                ends.append((process.pid, url))
+            pair_extra, pair_side = cpu_per_request(ends[0], ends[1], connections, rounds)
+        finally:
+            for process, _ in started:
+                process.terminate()
+                process.wait(10)
+        extra += pair_extra
+        side += pair_side
+        medians.append(statistics.median(pair_extra))
+    return {"extra": sorted(extra), "pairs": sorted(medians), "side_threads": sorted(side)}
 
 
 async def _stream_latency(
@@ -221,30 +261,23 @@ def main() -> int:
         )  # fmt: skip
         return process, port
 
-    gateway, gw_port = start_gateway(f"sqlite:///{store_dir}/lmgate.db")
-    # The same gateway without usage records, twice: the second is the control (two
-    # identical gateways show how far this machine's noise goes).
-    unrecorded = [start_gateway("none") for _ in range(2)]
-    gateways = [(gateway, gw_port), *unrecorded]
+    results: dict[str, Any] = {"non_stream": {}, "stream": {}, "recording": {}}
+    gateways: list[subprocess.Popen[bytes]] = []
     try:
-        for _, port in gateways:
-            wait_ready(f"http://127.0.0.1:{port}/ready")
+        for connections in (1, 8):
+            results["recording"][connections] = {
+                "cost": recording_cost(
+                    start_gateway, lambda i: f"sqlite:///{store_dir}/pair-{i}.db", connections
+                ),
+                # Two identical gateways: how far this machine's noise goes.
+                "control": recording_cost(start_gateway, lambda i: "none", connections),
+            }
+        gateway, gw_port = start_gateway(f"sqlite:///{store_dir}/lmgate.db")
+        gateways.append(gateway)
+        wait_ready(f"http://127.0.0.1:{gw_port}/ready")
         direct = f"http://127.0.0.1:{up_port}/v1/chat/completions"
         through = f"http://127.0.0.1:{gw_port}/v1/chat/completions"
-        results: dict[str, Any] = {"non_stream": {}, "stream": {}}
-        for _, port in gateways:  # the same warm-up for the three, compared first
-            wrk(f"http://127.0.0.1:{port}/v1/chat/completions", BODY, 16, 2)
-        on, off, control = (
-            (process.pid, f"http://127.0.0.1:{port}/v1/chat/completions")
-            for process, port in gateways
-        )
-        results["recording"] = {
-            connections: {
-                "cost": cpu_per_request(on, off, connections),
-                "control": cpu_per_request(control, off, connections),
-            }
-            for connections in (1, 8)
-        }
+        wrk(through, BODY, 16, 2)  # warm-up
         for connections in (1, 16, 64):
             results["non_stream"][connections] = {
                 "direct": wrk(direct, BODY, connections, args.seconds),
@@ -287,13 +320,12 @@ def main() -> int:
             )
         results["stream"]["think_200"] = think
         results["gateway_rss_mb"] = rss_mb(gateway.pid)
-        for process, _ in gateways:  # the core to valgrind alone
-            process.terminate()
+        gateway.terminate()  # the core to valgrind alone
         if args.instructions and instructions.available():
             counted = instructions.recording_cost(env, args.instructions, BODY)
             results["recording"]["instructions"] = counted
     finally:
-        for process in (*(p for p, _ in gateways), upstream):
+        for process in (*gateways, upstream):
             process.terminate()
             process.wait(10)
         shutil.rmtree(store_dir, ignore_errors=True)
@@ -324,17 +356,15 @@ def report(results: dict[str, Any]) -> None:
             f" {routed['p50_ms']:.3f}ms, p99 {one['p99_ms']:.3f} vs {routed['p99_ms']:.3f}ms"
         )
     print("\nusage recording (SQLite): CPU per request, gateway vs the same without a store,")
-    print("both loaded at once; the control is two identical gateways (this machine's noise)")
+    print("both loaded at once on one core, over pairs of fresh gateways; the control is")
+    print("pairs of two identical gateways (this machine's noise)")
     for connections, row in results["recording"].items():
         if connections == "instructions":
             continue
-        cost, control = row["cost"]["extra"], row["control"]["extra"]
-        writer = statistics.median(row["cost"]["side_threads"])
+        cost, control = row["cost"], row["control"]
         print(
-            f"  {connections} connection(s) each: recording {statistics.median(cost) * 100:+.1f}%"
-            f" (rounds {cost[0] * 100:+.1f}..{cost[-1] * 100:+.1f}%; the writer thread"
-            f" {writer * 100:+.1f}%), control {statistics.median(control) * 100:+.1f}%"
-            f" ({control[0] * 100:+.1f}..{control[-1] * 100:+.1f}%)"
+            f"  {connections} connection(s) each: recording {_spread(cost)}, of which the writer"
+            f" thread {statistics.median(cost['side_threads']) * 100:+.1f}%; control {_spread(control)}"
         )
     counted = results["recording"].get("instructions")
     if counted:
@@ -372,6 +402,14 @@ def report(results: dict[str, Any]) -> None:
     )
     print(f"  added per chunk: {per_chunk:.1f}us (of which the splitter {splitter:.1f}us)")
     print(f"\ngateway RSS after the run: {results['gateway_rss_mb']:.1f} MB")
+
+
+def _spread(figure: dict[str, list[float]]) -> str:
+    pairs = figure["pairs"]
+    return (
+        f"{statistics.median(figure['extra']) * 100:+.1f}% (pairs {pairs[0] * 100:+.1f}"
+        f"..{pairs[-1] * 100:+.1f}%)"
+    )
 
 
 if __name__ == "__main__":
