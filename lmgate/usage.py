@@ -146,7 +146,7 @@ class UsageRecorder:
         self,
         store: Store,
         queue_size: int = 10_000,
-        batch_size: int = 500,
+        batch_size: int = 2_000,
         flush_interval: float = 0.5,
         on_tokens: Callable[[dict[str, tuple[int, int]]], Awaitable[None]] | None = None,
     ) -> None:
