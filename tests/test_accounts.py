@@ -319,6 +319,58 @@ def test_a_full_usage_queue_drops_and_counts_never_blocks(sqlite_url: str) -> No
     assert recorder.dropped == 3
 
 
+def test_a_write_holds_at_most_batch_size_records_and_starts_when_that_many_wait(
+    sqlite_url: str,
+) -> None:
+    from lmgate.store import UsageRecord, record_row
+    from lmgate.usage import UsageRecorder
+
+    async def run() -> list[int]:
+        store = Store(sqlite_url)
+        await store.migrate()
+        writes: list[int] = []
+        six_written = asyncio.Event()
+        write = store.record_rows
+
+        async def counted(rows: list[tuple[Any, ...]]) -> dict[str, tuple[int, int]]:
+            writes.append(len(rows))
+            spent = await write(rows)
+            if sum(writes) >= 6:
+                six_written.set()
+            return spent
+
+        store.record_rows = counted  # type: ignore[method-assign]
+        # A flush interval far longer than the test: only a full batch starts a write.
+        recorder = UsageRecorder(store, batch_size=3, flush_interval=60)
+        await recorder.start()
+        for number in range(7):
+            recorder.submit(record_row(UsageRecord(time.time(), f"r{number}", "openai", False)))
+        await asyncio.wait_for(six_written.wait(), 5)
+        early = list(writes)
+        await recorder.stop()  # the last record, short of a batch, is written at shutdown
+        await store.close()
+        return early
+
+    assert asyncio.run(run()) == [3, 3]
+    assert len(records(sqlite_url)) == 7
+
+
+def test_records_are_written_within_the_flush_interval_on_default_settings(
+    start_gateway: Any, upstream: FakeUpstream, sqlite_url: str
+) -> None:
+    # The default batch is large (fewer writes cost less under load); a quiet gateway
+    # still writes every store.flush_interval (0.5 s), not when a batch fills.
+    config = upstream_config(upstream)
+    config["store"] = {"url": sqlite_url}
+    gw = start_gateway(config)
+    gw.client().chat.completions.create(model="echo", messages=HI)
+    deadline = time.monotonic() + 3
+    while not (rows := records(sqlite_url)):
+        assert time.monotonic() < deadline, "no record written while the gateway runs"
+        time.sleep(0.05)
+    assert [(row["requested_model"], row["status"]) for row in rows] == [("echo", 200)]
+
+
 # ---- several processes: Redis ----------------------------------------------------------
 
 
