@@ -9,7 +9,7 @@ do (the first key check, the first usage batch's setup) cancel out:
 
 Requests go one at a time on one keep-alive connection. At valgrind's pace (some 50
 times slower) work done per second rather than per request would count 50 times
-over. So the store writes when 2,000 records wait (store.batch_size), as under load
+over. So the store writes when a batch waits (store.batch_size, 2,000), as under load
 at full speed, rather than every 0.5 s (at valgrind's pace, a few dozen); and an
 open gateway checks the store for new keys every 600 s rather than 10 s (a check
 costs about 0.01% of a request at full speed, 0.4% here).
@@ -29,7 +29,10 @@ from pathlib import Path
 
 from common import free_port, wait_ready
 
+from lmgate.config import StoreConfig
+
 HERE = Path(__file__).resolve().parent
+BATCH = StoreConfig().batch_size  # records per usage write, by default
 
 
 def available() -> bool:
@@ -37,7 +40,7 @@ def available() -> bool:
 
 
 def recording_cost(
-    env: dict[str, str], requests: int, body: str, warm_up: int = 2_000
+    env: dict[str, str], requests: int, body: str, warm_up: int = BATCH
 ) -> dict[str, float]:
     """Instructions per request of the gateway with a SQLite store ("on") and
     without ("off"). ``warm_up`` is one usage batch (store.batch_size)."""
@@ -98,7 +101,9 @@ if __name__ == "__main__":  # a quick look on its own: python bench/instructions
     upstream = subprocess.Popen([sys.executable, str(HERE / "upstream.py"), str(upstream_port)])
     try:
         environment = {**os.environ, "BENCH_UPSTREAM_PORT": str(upstream_port)}
-        cost = recording_cost(environment, int(sys.argv[1]) if len(sys.argv) > 1 else 4000, BODY)
+        cost = recording_cost(
+            environment, int(sys.argv[1]) if len(sys.argv) > 1 else 2 * BATCH, BODY
+        )
     finally:
         upstream.terminate()
     print(f"instructions per request: {cost['off']:.0f} without a store, {cost['on']:.0f} with")

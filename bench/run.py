@@ -238,7 +238,7 @@ def main() -> int:
     parser.add_argument(
         "--instructions",
         type=int,
-        default=4000,  # two usage batches
+        default=2 * instructions.BATCH,  # two usage batches
         help="requests per valgrind run for the recording cost in instructions (0: skip)",
     )
     args = parser.parse_args()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -216,8 +217,6 @@ def test_a_sqlite_connection_returned_mid_transaction_is_rolled_back(tmp_path: P
 
 
 def _write_lock_is_free(url: str) -> bool:
-    import sqlite3
-
     other = sqlite3.connect(url.removeprefix("sqlite:///"), timeout=0.1, isolation_level=None)
     try:
         other.execute("BEGIN IMMEDIATE")
