@@ -11,7 +11,7 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Mapping
 from contextlib import asynccontextmanager
 from types import FrameType
 from typing import Any, Protocol, TypeVar
@@ -43,7 +43,6 @@ from lmgate.usage import CLIENT_LEFT
 log = logging.getLogger("lmgate")
 
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-_UPSTREAM_KINDS = frozenset({"upstream", "timeout", "overloaded"})
 
 
 class Gateway:
@@ -170,7 +169,7 @@ class Gateway:
         meter = self.accounts.meter(request_id, frontend.PROTOCOL)
         try:
             caller = await self.authenticate(request)
-            chat = frontend.parse_request(await self.read_body(request))
+            chat = frontend.parse_request(await self.read_body(request), request.headers)
             if meter is not None:
                 meter.request(chat, caller.key_id)
             chain = self.catalog.candidates(chat.model, self.check_media(chat), bool(chat.tools))
@@ -200,8 +199,6 @@ class Gateway:
             headers = {**_SSE_HEADERS, **_ids(request_id, start.deployment, start.attempts)}
             return StreamingResponse(frames, media_type="text/event-stream", headers=headers)
         except GatewayError as error:
-            if error.kind in _UPSTREAM_KINDS:
-                log.warning("request %s: %s", request_id, error.message)
             response, kind = _error(frontend, error, request_id), str(error.kind)
         except ClientDisconnect:  # the client left while sending its body, or waiting
             response, kind = Response(status_code=CLIENT_LEFT), "client_disconnected"
@@ -218,7 +215,7 @@ class Gateway:
         try:
             await self.authenticate(request)
             body = await self.read_body(request)
-            chat = anthropic_messages.parse_request(body, for_counting=True)
+            chat = anthropic_messages.parse_request(body, request.headers, for_counting=True)
             self.catalog.resolve(chat.model)
         except GatewayError as error:
             return _error(anthropic_messages, error, request_id)
@@ -341,7 +338,7 @@ class Frontend(Protocol):
 
     PROTOCOL: str
 
-    def parse_request(self, body: bytes) -> ChatRequest: ...
+    def parse_request(self, body: bytes, headers: Mapping[str, str]) -> ChatRequest: ...
     def reply_body(self, reply: Reply, request: ChatRequest) -> bytes: ...
     def stream_frames(
         self, start: Start, events: AsyncGenerator[Event, None], request: ChatRequest
@@ -351,12 +348,16 @@ class Frontend(Protocol):
 
 
 def _error(frontend: Frontend, error: GatewayError, request_id: str) -> Response:
+    """The error reply in the client's protocol; every one is logged with its reason."""
+    status = frontend.error_status(error)
+    where = f" (at {error.param})" if error.param else ""
+    log.warning("request %s: %d %s: %s%s", request_id, status, error.kind, error.message, where)
     headers = _ids(request_id, attempts=error.attempts)
     if error.retry_after is not None:
         headers["Retry-After"] = str(max(1, round(error.retry_after)))
     return Response(
         frontend.error_body(error),
-        status_code=frontend.error_status(error),
+        status_code=status,
         media_type="application/json",
         headers=headers,
     )

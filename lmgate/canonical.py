@@ -90,6 +90,9 @@ class Tool:
     description: str | None = None
     parameters: dict[str, Any] | None = None  # JSON schema
     cache_control: dict[str, Any] | None = None
+    # Fields of the client's dialect beyond these (Anthropic's defer_loading, …): only an
+    # upstream of that dialect gets them, like ``ChatRequest.extra``.
+    extra: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -114,14 +117,17 @@ class ChatRequest:
     # "auto" | "none" | "required" | {"name": tool}
     tool_choice: str | dict[str, str] | None = None
     parallel_tool_calls: bool | None = None
-    thinking: bool | None = None
-    thinking_budget: int | None = None
-    reasoning_effort: str | None = None  # "low" | "medium" | "high"
+    thinking: bool | None = None  # None: the client did not say
+    thinking_budget: int | None = None  # None with thinking on: the model decides
+    reasoning_effort: str | None = None  # "minimal" | "low" | "medium" | "high"
     user: str | None = None
     # Fields the frontend did not recognise, and the API dialect they belong to
     # ("openai" | "anthropic"): only an upstream of the same dialect gets them.
     extra: dict[str, Any] = field(default_factory=dict)
     extra_dialect: str = "openai"
+    # Anthropic beta features the client asked for (its anthropic-beta header); they
+    # make the Anthropic fields in ``extra`` valid, so Anthropic upstreams get them too.
+    betas: list[str] = field(default_factory=list)
 
 
 # ---- events --------------------------------------------------------------------

@@ -133,7 +133,7 @@ class Catalog:
             deployments = [
                 Deployment(
                     providers[item.provider],
-                    Target(item.model or model.id, dict(item.params)),
+                    Target(item.model or model.id, dict(item.params), bool(item.thinking)),
                     item.weight,
                     item.reasoning == "think_tags",
                     Health(

@@ -106,6 +106,7 @@ class DeploymentConfig(_Strict):
     weight: float = Field(1.0, gt=0)
     # "think_tags": the model writes <think>…</think> in its text; split it out.
     reasoning: Literal["think_tags"] | None = None
+    thinking: bool | None = None  # per deployment, overrides the entry's
     max_in_flight: int | None = Field(None, gt=0)  # concurrent requests to this deployment
     max_queued: int = Field(100, ge=0)  # requests waiting for a slot; more get 429 / 529
 
@@ -127,6 +128,10 @@ class ModelConfig(_Strict):
     model: str | None = None
     params: dict[str, Any] = {}
     reasoning: Literal["think_tags"] | None = None  # default for the deployments
+    # The model thinks on request: clients' reasoning_effort, and Anthropic clients'
+    # thinking and output_config.effort, reach its upstream. False: they never do (a
+    # model that does not reason may refuse them, and Claude Code sends thinking always).
+    thinking: bool = False
     vision_fallback: str | None = None  # the model that takes requests with images
     tools: bool = True  # whether the model takes tool definitions
     balance: Literal["weighted", "least_in_flight"] = "weighted"
@@ -138,12 +143,15 @@ class ModelConfig(_Strict):
                 provider=self.provider, model=self.model, params=self.params
             )
             deployments.insert(0, shorthand)
-        if self.reasoning:
-            deployments = [
-                item.model_copy(update={"reasoning": item.reasoning or self.reasoning})
-                for item in deployments
-            ]
-        return deployments
+        return [
+            item.model_copy(
+                update={
+                    "reasoning": item.reasoning or self.reasoning,
+                    "thinking": self.thinking if item.thinking is None else item.thinking,
+                }
+            )
+            for item in deployments
+        ]
 
 
 class MediaConfig(_Strict):
@@ -342,6 +350,7 @@ def default_config_dict() -> dict[str, Any]:
                 "description": "Suitable for reasoning and writing",
                 "tip": "DeepSeek V3.1",
                 "context_window": 128000,
+                "max_output_tokens": 8192,
                 "provider": "deepseek",
             },
             {
@@ -351,6 +360,8 @@ def default_config_dict() -> dict[str, Any]:
                 "description": "Strong writing and coding skills",
                 "tip": "DeepSeek R1",
                 "context_window": 128000,
+                "max_output_tokens": 65536,
+                "thinking": True,
                 "provider": "deepseek",
             },
             *config["models"],

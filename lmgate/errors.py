@@ -65,6 +65,7 @@ class GatewayError(Exception):
 def from_exception(error: Exception) -> GatewayError:
     """What a client is told about a failure: a bug becomes a logged, bare internal error."""
     if isinstance(error, GatewayError):
+        logging.getLogger("lmgate").warning("stream ended with %s: %s", error.kind, error.message)
         return error
     logging.getLogger("lmgate").error("stream failed", exc_info=error)
     return GatewayError("internal", "internal error")

@@ -389,9 +389,17 @@ def test_models_list_in_anthropic_shape(claude: anthropic.Anthropic) -> None:
             {
                 "model": "chat-model",
                 "max_tokens": 10,
-                "messages": [{"role": "system", "content": "x"}],
+                "messages": [{"role": "tool", "content": "x"}],
             },
             "messages.0.role",
+        ),
+        (
+            {
+                "model": "chat-model",
+                "max_tokens": 10,
+                "messages": [{"role": "system", "content": "x"}],
+            },
+            "only system turns",
         ),
         ({"model": "chat-model", "max_tokens": 10, "messages": []}, "non-empty"),
         (

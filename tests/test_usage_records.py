@@ -67,7 +67,7 @@ def test_no_record_lost(
     config = upstream_config(upstream)
     # A long flush interval: most records are still queued when the gateway stops.
     config["store"] = {"url": url, "flush_interval": 30, "batch_size": 10_000}
-    upstream.route = lambda body: CASES[body["messages"][0]["content"]][1]
+    upstream.route = lambda request: CASES[request.body["messages"][0]["content"]][1]
     gw = start_gateway(config)
     plan = random.Random(5).choices(list(CASES), k=REQUESTS)
     asyncio.run(run_all(gw, plan))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import binascii
 import uuid
 from base64 import b64decode
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import aclosing
 from datetime import UTC, datetime
 from typing import Any
@@ -49,12 +49,17 @@ from lmgate.frontends.validate import (
 )
 from lmgate.ids import unique_hex
 
+# Parsed into the canonical request. ``thinking``, ``output_config`` and ``output_format``
+# are parsed too, but also kept in ``extra``: an Anthropic upstream gets them as they came.
 _KNOWN_FIELDS = frozenset(
     {
         "model", "max_tokens", "messages", "system", "stop_sequences", "temperature", "top_p",
-        "top_k", "tools", "tool_choice", "metadata", "thinking", "stream",
+        "top_k", "tools", "tool_choice", "metadata", "stream",
     }
 )  # fmt: skip
+_TOOL_FIELDS = frozenset({"type", "name", "description", "input_schema", "cache_control"})
+# Anthropic's effort levels as OpenAI's reasoning_effort (which has no "max").
+_EFFORTS = {"low": "low", "medium": "medium", "high": "high", "max": "high"}
 
 _STOP_REASONS = {
     "stop": "end_turn",
@@ -69,7 +74,9 @@ _STOP_REASONS = {
 PROTOCOL = "anthropic"  # as usage records name the client protocol
 
 
-def parse_request(body: bytes, *, for_counting: bool = False) -> ChatRequest:
+def parse_request(
+    body: bytes, headers: Mapping[str, str] | None = None, *, for_counting: bool = False
+) -> ChatRequest:
     data = parse_json_object(body)
     model = string(data.get("model"), "model", allow_empty=False)
     max_tokens = optional_int(data, "max_tokens", 1)
@@ -80,7 +87,9 @@ def parse_request(body: bytes, *, for_counting: bool = False) -> ChatRequest:
         raise invalid("stop_sequences: expected an array of strings", "stop_sequences")
     tool_choice, parallel = _parse_tool_choice(optional_object(data, "tool_choice"))
     thinking, budget = _parse_thinking(optional_object(data, "thinking"))
+    response_format, effort = _parse_output_config(data)
     metadata = optional_object(data, "metadata") or {}
+    betas = (headers or {}).get("anthropic-beta", "")
     return ChatRequest(
         model=model,
         messages=_parse_messages(data.get("messages")),
@@ -95,27 +104,30 @@ def parse_request(body: bytes, *, for_counting: bool = False) -> ChatRequest:
         tools=_parse_tools(data.get("tools")),
         tool_choice=tool_choice,
         parallel_tool_calls=parallel,
+        response_format=response_format,
         thinking=thinking,
         thinking_budget=budget,
+        reasoning_effort=effort,
         user=optional_string(metadata, "user_id", "metadata.user_id"),
         extra={key: value for key, value in data.items() if key not in _KNOWN_FIELDS},
         extra_dialect="anthropic",
+        betas=[beta for beta in (item.strip() for item in betas.split(",")) if beta],
     )
 
 
-def _parse_system(raw: Any) -> list[TextPart]:
+def _parse_system(raw: Any, where: str = "system") -> list[TextPart]:
     if raw is None or raw == "":
         return []
     if isinstance(raw, str):
         return [TextPart(raw)]
     if not isinstance(raw, list):
-        raise invalid("system: expected a string or an array of text blocks", "system")
+        raise invalid(f"{where}: expected a string or an array of text blocks", where)
     parts = []
     for index, block in enumerate(raw):
-        where = f"system.{index}"
+        at = f"{where}.{index}"
         if not isinstance(block, dict) or block.get("type") != "text":
-            raise invalid(f"{where}: expected a text block", where)
-        parts.append(_text_block(block, where))
+            raise invalid(f"{at}: expected a text block", at)
+        parts.append(_text_block(block, at))
     return parts
 
 
@@ -135,8 +147,15 @@ def _parse_messages(raw: Any) -> list[Message]:
         if not isinstance(item, dict):
             raise invalid(f"{where}: expected an object", where)
         role = item.get("role")
+        if role == "system":
+            # Instructions mid-conversation (Claude Code sends them, with the beta
+            # mid-conversation-system-…): kept in place.
+            messages.append(Message("system", [*_parse_system(item.get("content"), where)]))
+            continue
         if role not in ("user", "assistant"):
-            raise invalid(f"{where}.role: expected 'user' or 'assistant', got {role!r}", where)
+            raise invalid(
+                f"{where}.role: expected 'user', 'assistant' or 'system', got {role!r}", where
+            )
         content = item.get("content")
         if isinstance(content, str):
             blocks: list[Any] = [{"type": "text", "text": content}]
@@ -154,6 +173,8 @@ def _parse_messages(raw: Any) -> list[Message]:
             messages.append(Message("tool", results))
         if rest or not results:
             messages.append(Message(role, rest))
+    if all(message.role == "system" for message in messages):
+        raise invalid("messages: no user or assistant message, only system turns", "messages")
     return messages
 
 
@@ -246,12 +267,14 @@ def _parse_tools(raw: Any) -> list[Tool] | None:
         schema = optional_object(item, "input_schema", f"{where}.input_schema")
         if schema is None:
             raise invalid(f"{where}.input_schema: field required", where)
+        extra = {key: value for key, value in item.items() if key not in _TOOL_FIELDS}
         tools.append(
             Tool(
                 string(item.get("name"), f"{where}.name", allow_empty=False),
                 optional_string(item, "description", f"{where}.description"),
                 schema,
                 optional_object(item, "cache_control", f"{where}.cache_control"),
+                extra or None,
             )
         )
     return tools
@@ -289,6 +312,34 @@ def _parse_thinking(raw: dict[str, Any] | None) -> tuple[bool | None, int | None
             raise invalid("thinking.budget_tokens: field required", "thinking")
         return True, budget
     raise invalid("thinking.type: expected 'enabled', 'disabled' or 'adaptive'", "thinking")
+
+
+def _parse_output_config(data: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
+    """``output_config`` (``format``: a JSON schema the reply must follow; ``effort``), or
+    the older ``output_format``, as the canonical response_format and reasoning effort."""
+    config = optional_object(data, "output_config") or {}
+    output_format = optional_object(config, "format", "output_config.format")
+    where = "output_config.format"
+    if output_format is None:
+        output_format, where = optional_object(data, "output_format"), "output_format"
+    response_format = None
+    if output_format is not None:
+        if output_format.get("type") != "json_schema":
+            raise invalid(f"{where}.type: expected 'json_schema'", f"{where}.type")
+        schema = optional_object(output_format, "schema", f"{where}.schema")
+        if schema is None:
+            raise invalid(f"{where}.schema: field required", f"{where}.schema")
+        response_format = {
+            "type": "json_schema",
+            "json_schema": {"name": "output", "schema": schema, "strict": True},
+        }
+    effort = optional_string(config, "effort", "output_config.effort")
+    if effort is not None and effort not in _EFFORTS:
+        raise invalid(
+            "output_config.effort: expected 'low', 'medium', 'high' or 'max'",
+            "output_config.effort",
+        )
+    return response_format, _EFFORTS.get(effort or "")
 
 
 # ---- replies -------------------------------------------------------------------

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import aclosing
 from typing import Any
 
@@ -62,7 +62,7 @@ _FINISH_OUT = {"stop_sequence": "stop"}
 # ---- request -------------------------------------------------------------------
 
 
-def parse_request(body: bytes) -> ChatRequest:
+def parse_request(body: bytes, headers: Mapping[str, str] | None = None) -> ChatRequest:
     data = parse_json_object(body)
     model = string(data.get("model"), "model", allow_empty=False)
     system, messages = _parse_messages(data.get("messages"))

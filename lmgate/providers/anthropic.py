@@ -30,7 +30,7 @@ from lmgate.canonical import (
     arguments_object,
 )
 from lmgate.errors import ErrorKind, GatewayError
-from lmgate.providers.base import Target, apply_overrides
+from lmgate.providers.base import Target, apply_overrides, fold_system_turns
 from lmgate.providers.http import HttpProvider, HttpProviderConfig, unfinished
 
 _FINISH: dict[str, FinishReason] = {
@@ -44,6 +44,10 @@ _FINISH: dict[str, FinishReason] = {
 }
 _EFFORT_BUDGET = {"minimal": 1024, "low": 2048, "medium": 8192, "high": 24576}
 _MIN_BUDGET = 1024  # Anthropic's smallest thinking budget
+# System turns inside messages reach Anthropic as they stand when an Anthropic client put
+# them there, or the provider's own betas include this one (…-2026-04-07); other clients'
+# are folded into the neighbouring user turn.
+_MID_SYSTEM_BETA = "mid-conversation-system"
 _ERROR_KINDS: dict[str, ErrorKind] = {
     "overloaded_error": "overloaded",
     "rate_limit_error": "rate_limit",
@@ -68,13 +72,17 @@ class AnthropicProvider(HttpProvider):
         headers = {"anthropic-version": self.config.version}
         if self.config.api_key:
             headers["x-api-key"] = self.config.api_key
-        if self.config.beta:
-            headers["anthropic-beta"] = ",".join(self.config.beta)
         return headers
+
+    def betas(self, request: ChatRequest) -> list[str]:
+        """The provider's own beta features, then the client's (dict: ordered, no repeats)."""
+        return list(dict.fromkeys((*self.config.beta, *request.betas)))
 
     async def stream(self, request: ChatRequest, target: Target) -> AsyncGenerator[Event, None]:
         url = self.config.base_url.rstrip("/") + "/v1/messages"
-        response, deadline = await self.post(url, self.build_body(request, target))
+        betas = self.betas(request)
+        headers = {"anthropic-beta": ",".join(betas)} if betas else None
+        response, deadline = await self.post(url, self.build_body(request, target), headers)
         if not request.stream or response.content_type == "application/json":
             for event in self.parse_reply(await self.read_body(response, deadline), target):
                 yield event
@@ -91,17 +99,20 @@ class AnthropicProvider(HttpProvider):
             yield event
 
     def build_body(self, request: ChatRequest, target: Target) -> dict[str, Any]:
+        # An Anthropic client's own fields (thinking, output_config, context_management…)
+        # reach the upstream as they came, in ``extra``; others are translated here.
+        own = request.extra_dialect == "anthropic"
         system = [_text(part) for part in request.system]
+        conversation = request.messages
+        if not own and not any(beta.startswith(_MID_SYSTEM_BETA) for beta in self.config.beta):
+            conversation = fold_system_turns(conversation)
         messages: list[dict[str, Any]] = []
-        for message in request.messages:
-            if message.role == "system":  # Anthropic has instructions only up front
-                system.extend(_text(part) for part in message.parts if isinstance(part, TextPart))
-                continue
-            role = "assistant" if message.role == "assistant" else "user"
+        for message in conversation:
             blocks = _blocks(message)
             if not blocks:
                 continue
-            if messages and messages[-1]["role"] == role:  # turns must alternate
+            role = "user" if message.role == "tool" else message.role
+            if messages and messages[-1]["role"] == role != "system":  # turns must alternate
                 messages[-1]["content"].extend(blocks)
             else:
                 messages.append({"role": role, "content": blocks})
@@ -112,14 +123,25 @@ class AnthropicProvider(HttpProvider):
         if request.stop:
             body["stop_sequences"] = request.stop
         effort = request.reasoning_effort
-        if request.thinking or (request.thinking is None and effort in _EFFORT_BUDGET):
+        if own:
+            thinking, budget = bool(request.thinking), request.thinking_budget
+        else:  # OpenAI's reasoning_effort is a thinking budget here
+            thinking = bool(
+                request.thinking or (request.thinking is None and effort in _EFFORT_BUDGET)
+            )
             asked = request.thinking_budget or _EFFORT_BUDGET.get(effort or "", 4096)
-            budget = max(_MIN_BUDGET, asked)
-            if max_tokens <= budget:
-                # The budget is part of max_tokens; keep the client's room for the answer.
-                max_tokens += budget
-            body["thinking"] = {"type": "enabled", "budget_tokens": budget}
-        else:  # sampling settings are refused together with thinking
+            budget = max(_MIN_BUDGET, asked) if thinking else None
+            if budget:
+                body["thinking"] = {"type": "enabled", "budget_tokens": budget}
+            schema = (request.response_format or {}).get("json_schema") or {}
+            if isinstance(schema.get("schema"), dict):
+                body["output_config"] = {
+                    "format": {"type": "json_schema", "schema": schema["schema"]}
+                }
+        if budget and max_tokens <= budget:
+            # The budget is part of max_tokens; keep the client's room for the answer.
+            max_tokens += budget
+        if not thinking:  # sampling settings are refused together with thinking
             if request.temperature is not None:
                 body["temperature"] = min(request.temperature, 1.0)
             if request.top_p is not None:
@@ -134,6 +156,7 @@ class AnthropicProvider(HttpProvider):
                     **({"description": tool.description} if tool.description else {}),
                     "input_schema": tool.parameters or {"type": "object", "properties": {}},
                     **({"cache_control": tool.cache_control} if tool.cache_control else {}),
+                    **(tool.extra if tool.extra and own else {}),
                 }
                 for tool in request.tools
             ]

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from lmgate.canonical import ChatRequest, Event
+from lmgate.canonical import ChatRequest, Event, Message, Part
 
 
 class Timeouts(BaseModel):
@@ -35,6 +35,10 @@ class Target:
 
     model: str
     params: dict[str, Any] = field(default_factory=dict)
+    # The model thinks on request (the catalog's ``thinking``): only then do reasoning
+    # controls (reasoning_effort, DeepSeek's thinking switch) reach an upstream that
+    # would otherwise refuse them.
+    thinking: bool = False
 
 
 def apply_overrides(
@@ -47,6 +51,27 @@ def apply_overrides(
     if target.params:
         body.update(target.params)
     return body
+
+
+def fold_system_turns(messages: list[Message]) -> list[Message]:
+    """For upstreams that take instructions only up front: each system turn inside the
+    conversation goes, in its place, to the start of the next user turn (at the end,
+    into a user turn of its own)."""
+    if not any(message.role == "system" for message in messages):
+        return messages
+    folded: list[Message] = []
+    pending: list[Part] = []
+    for message in messages:
+        if message.role == "system":
+            pending += message.parts
+        elif message.role == "user" and pending:
+            folded.append(Message("user", [*pending, *message.parts], message.name))
+            pending = []
+        else:
+            folded.append(message)
+    if pending:
+        folded.append(Message("user", pending))
+    return folded
 
 
 @dataclass(slots=True)

@@ -19,7 +19,7 @@ from lmgate.canonical import (
     ToolCallPart,
     ToolResultPart,
 )
-from lmgate.providers.base import Target
+from lmgate.providers.base import Target, fold_system_turns
 from lmgate.providers.openai_compat import (
     OpenAICompatConfig,
     OpenAICompatProvider,
@@ -53,7 +53,7 @@ class LmV2Provider(OpenAICompatProvider):
     def chat_url(self) -> str:
         return self.config.base_url.rstrip("/") + "/lm/v2/chat/completions"
 
-    def messages_out(self, request: ChatRequest) -> list[dict[str, Any]]:
+    def messages_out(self, request: ChatRequest, target: Target) -> list[dict[str, Any]]:
         return normalise(request)
 
     def build_body(self, request: ChatRequest, target: Target) -> dict[str, Any]:
@@ -73,11 +73,8 @@ def normalise(request: ChatRequest) -> list[dict[str, Any]]:
     """The conversation as LM v2 accepts it (see the module docstring)."""
     names: dict[str, str] = {}  # tool call id -> tool name, for function turns
     turns: list[_Turn] = []
-    pending_system: list[str] = []  # mid-conversation instructions: into the next user turn
-    for message in request.messages:
-        if message.role == "system":
-            pending_system.extend(p.text for p in message.parts if isinstance(p, TextPart))
-        elif message.role == "assistant":
+    for message in fold_system_turns(request.messages):
+        if message.role == "assistant":
             calls = [p for p in message.parts if isinstance(p, ToolCallPart)]
             names.update((call.id, call.name) for call in calls)
             text = "".join(p.text for p in message.parts if isinstance(p, TextPart))
@@ -89,12 +86,7 @@ def normalise(request: ChatRequest) -> list[dict[str, Any]]:
                     turns.append(_Turn("function", list(result.content), name=name))
         else:
             parts = [p for p in message.parts if isinstance(p, TextPart | ImagePart)]
-            if pending_system:
-                parts.insert(0, TextPart("\n\n".join(pending_system)))
-                pending_system = []
             turns.append(_Turn("user", parts))
-    if pending_system:
-        turns.append(_Turn("user", [TextPart("\n\n".join(pending_system))]))
 
     merged: list[_Turn] = []
     for turn in turns:

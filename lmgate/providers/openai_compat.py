@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import base64
 from collections.abc import AsyncGenerator
-from typing import Any
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -19,6 +20,7 @@ from lmgate.canonical import (
     ImagePart,
     Message,
     ReasoningDelta,
+    ReasoningPart,
     Start,
     TextDelta,
     TextPart,
@@ -29,7 +31,7 @@ from lmgate.canonical import (
     Usage,
 )
 from lmgate.errors import GatewayError
-from lmgate.providers.base import Target, apply_overrides
+from lmgate.providers.base import Target, apply_overrides, fold_system_turns
 from lmgate.providers.http import HttpProvider, HttpProviderConfig, unfinished
 
 _FINISH: dict[str, FinishReason] = {
@@ -54,13 +56,20 @@ _PLAIN_FIELDS = (
     "top_logprobs",
     "parallel_tool_calls",
     "user",
-    "reasoning_effort",
 )
 
 
 class OpenAICompatConfig(HttpProviderConfig):
     # Ask for usage in streams even when the client did not, so usage is always real.
     stream_usage: bool = True
+    # Send earlier turns' reasoning back as reasoning_content, and switch thinking with
+    # DeepSeek's ``thinking`` field. DeepSeek's thinking models refuse a conversation
+    # whose tool-calling turns lost their reasoning. auto: when the base URL's host or
+    # the upstream model name says deepseek.
+    send_reasoning: Literal["auto", "always", "never"] = "auto"
+    # System turns inside the conversation: where they stand, or folded into the
+    # next user turn (for servers whose chat template takes one system message, first).
+    system_turns: Literal["keep", "fold"] = "keep"
 
 
 class OpenAICompatProvider(HttpProvider):
@@ -100,22 +109,41 @@ class OpenAICompatProvider(HttpProvider):
     async def send(self, body: dict[str, Any]) -> tuple[aiohttp.ClientResponse, float]:
         return await self.post(self.chat_url(), body)
 
-    def messages_out(self, request: ChatRequest) -> list[dict[str, Any]]:
+    def sends_reasoning(self, target: Target) -> bool:
+        if self.config.send_reasoning != "auto":
+            return self.config.send_reasoning == "always"
+        host = urlsplit(self.config.base_url).hostname or ""
+        return "deepseek" in host or "deepseek" in target.model.lower()
+
+    def messages_out(self, request: ChatRequest, target: Target) -> list[dict[str, Any]]:
         messages: list[dict[str, Any]] = []
         if request.system:
             # One system message: some chat templates accept no more than one.
             text = "\n\n".join(part.text for part in request.system)
             messages.append({"role": "system", "content": text})
-        for message in request.messages:
-            messages.extend(_message_out(message))
+        conversation = request.messages
+        if self.config.system_turns == "fold":
+            conversation = fold_system_turns(conversation)
+        reasoning = self.sends_reasoning(target)
+        for message in conversation:
+            messages.extend(_message_out(message, reasoning))
         return messages
 
     def build_body(self, request: ChatRequest, target: Target) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": target.model, "messages": self.messages_out(request)}
+        body: dict[str, Any] = {
+            "model": target.model,
+            "messages": self.messages_out(request, target),
+        }
         for name in _PLAIN_FIELDS:
             value = getattr(request, name)
             if value is not None:
                 body[name] = value
+        if target.thinking:
+            effort = request.reasoning_effort or _effort_of(request.thinking_budget)
+            if effort and request.thinking is not False:
+                body["reasoning_effort"] = effort
+            if request.thinking is not None and self.sends_reasoning(target):
+                body["thinking"] = {"type": "enabled" if request.thinking else "disabled"}
         if request.max_tokens is not None:
             body["max_tokens"] = request.max_tokens
         if request.stop:
@@ -247,8 +275,16 @@ def _usage(data: dict[str, Any]) -> Usage:
     return Usage(prompt, data.get("completion_tokens") or 0, cached, None, reasoning)
 
 
-def _message_out(message: Message) -> list[dict[str, Any]]:
-    """One canonical message as OpenAI messages (tool results become one each)."""
+def _effort_of(budget: int | None) -> str | None:
+    """A thinking budget in tokens as a reasoning effort (the reverse of Anthropic's)."""
+    if budget is None:
+        return None
+    return "low" if budget <= 2048 else "medium" if budget <= 8192 else "high"
+
+
+def _message_out(message: Message, reasoning: bool = False) -> list[dict[str, Any]]:
+    """One canonical message as OpenAI messages (tool results become one each);
+    ``reasoning``: assistant turns carry their reasoning as ``reasoning_content``."""
     if message.role == "tool":
         return [
             {"role": "tool", "tool_call_id": part.call_id, "content": _text_of(part.content)}
@@ -261,8 +297,11 @@ def _message_out(message: Message) -> list[dict[str, Any]]:
     if message.role == "assistant":
         text = "".join(part.text for part in message.parts if isinstance(part, TextPart))
         calls = [tool_call_out(part) for part in message.parts if isinstance(part, ToolCallPart)]
-        # Reasoning is not sent back: DeepSeek rejects reasoning_content in input.
         out["content"] = text if text or not calls else None
+        if reasoning:
+            thought = "".join(p.text for p in message.parts if isinstance(p, ReasoningPart))
+            if thought:
+                out["reasoning_content"] = thought
         if calls:
             out["tool_calls"] = calls
         return [out]

@@ -102,9 +102,9 @@ class FakeUpstream:
         self.requests: list[Recorded] = []
         self.scripts: collections.deque[Script] = collections.deque()
         self.cancelled = 0  # streams the client abandoned before their end
-        # Picks the answer from the request body, for concurrent tests where the
-        # queue's order cannot follow the requests' (None: use the queue).
-        self.route: Callable[[Any], Script] | None = None
+        # Picks the answer from the request, for concurrent tests where the queue's
+        # order cannot follow the requests', and for scripted agents (None: use the queue).
+        self.route: Callable[[Recorded], Script] | None = None
         self.completed = 0  # responses fully written
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
@@ -173,13 +173,12 @@ class FakeUpstream:
         except orjson.JSONDecodeError:
             body = raw
         peer = request.transport.get_extra_info("peername") if request.transport else ("", 0)
+        recorded = Recorded(request.method, request.path, dict(request.headers), body, peer)
         with self._lock:
-            self.requests.append(
-                Recorded(request.method, request.path, dict(request.headers), body, peer)
-            )
+            self.requests.append(recorded)
             script = self.scripts.popleft() if self.scripts else None
         if script is None and self.route is not None:
-            script = self.route(body)
+            script = self.route(recorded)
         if script is None:
             script = _default_script(body, request.path)
         if script.delay:

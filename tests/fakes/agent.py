@@ -1,0 +1,262 @@
+"""A fake upstream model that does one small agentic task, for the real-client tests.
+
+Given to ``FakeUpstream.route``, it answers each request in the request's own
+protocol (OpenAI Chat Completions, or Anthropic Messages by the path), streamed or
+not as asked:
+
+* a request with tools and no tool result yet: a call to the client's file-writing
+  tool, found by its JSON schema (a path-like and a content-like property), with
+  arguments built from that schema;
+* a request that carries a tool result: a final text;
+* a request without tools (titles, summaries): a short text.
+
+``reasoning`` makes it think first: ``"deepseek"`` streams ``reasoning_content`` and
+enforces DeepSeek's rule (every earlier assistant turn with tool calls must carry its
+``reasoning_content`` back, else 400), ``"think_tags"`` writes ``<think>…</think>`` in
+the text, ``"anthropic"`` sends signed thinking blocks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from tests.fakes.upstream import Recorded, Script, anthropic_events, chunk
+
+_PATH_KEYS = ("file_path", "filePath", "path", "filename", "file")
+_CONTENT_KEYS = ("content", "contents", "text", "data")
+THOUGHT = "The user wants a file; I will write it with the tool."
+SIGNATURE = "sig-fake-upstream-0001"
+FINAL = "Done: the file is written."
+
+
+@dataclass
+class Agent:
+    path: str  # the file the model writes (absolute)
+    content: str = "hello from lmgate\n"
+    reasoning: str | None = None  # None | "deepseek" | "think_tags" | "anthropic"
+    calls: int = 0  # tool calls made
+    finals: int = 0  # final answers given
+    refused: list[str] = field(default_factory=list)  # DeepSeek-rule violations seen
+
+    def __call__(self, request: Recorded) -> Script:
+        body = request.body if isinstance(request.body, dict) else {}
+        anthropic = request.path.endswith("/messages")
+        if self.reasoning == "deepseek" and not anthropic:
+            missing = _missing_reasoning(body.get("messages") or [])
+            if missing:
+                self.refused.append(missing)
+                return Script(
+                    status=400,
+                    json={
+                        "error": {
+                            "message": "The reasoning_content in the thinking mode must be "
+                            f"passed back to the API. ({missing})",
+                            "type": "invalid_request_error",
+                        }
+                    },
+                )
+        tool = _write_tool(body.get("tools") or [], anthropic)
+        if tool is None or _has_tool_result(body.get("messages") or [], anthropic):
+            if tool is not None:
+                self.finals += 1
+            reply: tuple[str | None, dict[str, Any] | None] = (FINAL if tool else "OK", None)
+        else:
+            self.calls += 1
+            reply = (None, {"name": tool[0], "arguments": tool[1](self.path, self.content)})
+        stream = bool(body.get("stream"))
+        if anthropic:
+            return _anthropic(reply, stream, self.reasoning == "anthropic")
+        return _openai(reply, stream, self.reasoning)
+
+
+def _write_tool(tools: list[Any], anthropic: bool) -> tuple[str, Any] | None:
+    """The file-writing tool's name and a function building its arguments."""
+    for tool in tools:
+        if not isinstance(tool, dict):
+            continue
+        function = tool if anthropic else tool.get("function") or {}
+        schema = function.get("input_schema" if anthropic else "parameters") or {}
+        properties = schema.get("properties") or {}
+        path_key = next((key for key in _PATH_KEYS if key in properties), None)
+        content_key = next((key for key in _CONTENT_KEYS if key in properties), None)
+        if path_key and content_key and "old_string" not in properties:
+            required = [key for key in schema.get("required") or () if key in properties]
+
+            def build(
+                path: str, content: str, p=path_key, c=content_key, r=required, s=properties
+            ) -> str:  # type: ignore[no-untyped-def]
+                arguments: dict[str, Any] = {p: path, c: content}
+                for key in r:  # anything else the schema insists on
+                    arguments.setdefault(key, _example(s[key]))
+                return orjson.dumps(arguments).decode()
+
+            return str(function.get("name")), build
+    return None
+
+
+def _example(schema: dict[str, Any]) -> Any:
+    kind = schema.get("type")
+    if "enum" in schema:
+        return schema["enum"][0]
+    return {"string": "x", "number": 0, "integer": 0, "boolean": False, "array": []}.get(
+        kind if isinstance(kind, str) else "", {}
+    )
+
+
+def _has_tool_result(messages: list[Any], anthropic: bool) -> bool:
+    for message in messages:
+        if not isinstance(message, dict):
+            continue
+        if not anthropic and message.get("role") == "tool":
+            return True
+        content = message.get("content")
+        blocks = content if anthropic and isinstance(content, list) else ()
+        if any(isinstance(b, dict) and b.get("type") == "tool_result" for b in blocks):
+            return True
+    return False
+
+
+def _missing_reasoning(messages: list[Any]) -> str:
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") != "assistant":
+            continue
+        if message.get("tool_calls") and message.get("reasoning_content") != THOUGHT:
+            return f"messages[{index}] has tool_calls but no reasoning_content"
+    return ""
+
+
+_USAGE = {"prompt_tokens": 40, "completion_tokens": 12, "total_tokens": 52}
+
+
+def _openai(
+    reply: tuple[str | None, dict[str, Any] | None], stream: bool, reasoning: str | None
+) -> Script:
+    text, call = reply
+    thought = THOUGHT if reasoning == "deepseek" else None
+    if reasoning == "think_tags" and text is not None:
+        text = f"<think>{THOUGHT}</think>{text}"
+    elif reasoning == "think_tags":
+        text = f"<think>{THOUGHT}</think>"
+    finish = "tool_calls" if call else "stop"
+    calls = [{"id": "call_fake_1", "type": "function", "function": call}] if call else None
+    if not stream:
+        message: dict[str, Any] = {"role": "assistant", "content": text}
+        if thought:
+            message["reasoning_content"] = thought
+        if calls:
+            message["tool_calls"] = calls
+        return Script(
+            json={
+                "id": "up-1",
+                "object": "chat.completion",
+                "created": 1,
+                "model": "up-model",
+                "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+                "usage": _USAGE,
+            }
+        )
+    chunks: list[Any] = [chunk(delta={"role": "assistant", "content": ""})]
+    if thought:
+        chunks += [chunk(delta={"reasoning_content": piece}) for piece in _pieces(thought)]
+    if text:
+        chunks += [chunk(delta={"content": piece}) for piece in _pieces(text)]
+    if call:
+        arguments = call["arguments"]
+        head = {"index": 0, "id": "call_fake_1", "type": "function"}
+        chunks.append(
+            chunk(
+                delta={
+                    "tool_calls": [{**head, "function": {"name": call["name"], "arguments": ""}}]
+                }
+            )
+        )
+        middle = len(arguments) // 2
+        for part in (arguments[:middle], arguments[middle:]):
+            chunks.append(
+                chunk(delta={"tool_calls": [{"index": 0, "function": {"arguments": part}}]})
+            )
+    chunks.append(chunk(finish_reason=finish))
+    chunks.append({**chunk(), "choices": [], "usage": _USAGE})
+    return Script(chunks=chunks)
+
+
+def _anthropic(
+    reply: tuple[str | None, dict[str, Any] | None], stream: bool, thinking: bool
+) -> Script:
+    text, call = reply
+    blocks: list[dict[str, Any]] = []
+    if thinking:
+        blocks.append({"type": "thinking", "thinking": THOUGHT, "signature": SIGNATURE})
+    if text:
+        blocks.append({"type": "text", "text": text})
+    if call:
+        blocks.append(
+            {
+                "type": "tool_use",
+                "id": "toolu_fake_1",
+                "name": call["name"],
+                "input": orjson.loads(call["arguments"]),
+            }
+        )
+    stop = "tool_use" if call else "end_turn"
+    usage = {"input_tokens": 40, "output_tokens": 12}
+    message = {"id": "msg_up", "type": "message", "role": "assistant", "model": "claude-up"}
+    if not stream:
+        return Script(
+            json={
+                **message,
+                "content": blocks,
+                "stop_reason": stop,
+                "stop_sequence": None,
+                "usage": usage,
+            }
+        )
+    events: list[dict[str, Any]] = [
+        {
+            "type": "message_start",
+            "message": {
+                **message,
+                "content": [],
+                "stop_reason": None,
+                "stop_sequence": None,
+                "usage": {"input_tokens": 40, "output_tokens": 1},
+            },
+        }
+    ]
+    for index, block in enumerate(blocks):
+        if block["type"] == "thinking":
+            start = {"type": "thinking", "thinking": "", "signature": ""}
+            deltas = [{"type": "thinking_delta", "thinking": p} for p in _pieces(THOUGHT)]
+            deltas.append({"type": "signature_delta", "signature": SIGNATURE})
+        elif block["type"] == "text":
+            start = {"type": "text", "text": ""}
+            deltas = [{"type": "text_delta", "text": p} for p in _pieces(block["text"])]
+        else:
+            start = {**block, "input": {}}
+            arguments = orjson.dumps(block["input"]).decode()
+            middle = len(arguments) // 2
+            deltas = [
+                {"type": "input_json_delta", "partial_json": p}
+                for p in (arguments[:middle], arguments[middle:])
+            ]
+        events.append({"type": "content_block_start", "index": index, "content_block": start})
+        events += [{"type": "content_block_delta", "index": index, "delta": d} for d in deltas]
+        events.append({"type": "content_block_stop", "index": index})
+    events.append(
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": stop, "stop_sequence": None},
+            "usage": {"output_tokens": 12},
+        }
+    )
+    events.append({"type": "message_stop"})
+    return Script(chunks=anthropic_events(*events), done=False)
+
+
+def _pieces(text: str) -> list[str]:
+    """A text in a few stream deltas."""
+    size = max(1, len(text) // 3)
+    return [text[i : i + size] for i in range(0, len(text), size)]
