@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install everything lmgate needs for development, then run every gate:
-# lint, format, types, and the whole test suite.
+# lint, format, types, and the whole test suite (the real client programs included).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,7 +14,15 @@ if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || ! command -v re
 fi
 export LMGATE_REQUIRE_SERVERS=1  # here a missing server is a failure, not a skip
 
-python3 -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+python3 -m pip install --quiet --disable-pip-version-check -e '.[dev,clients]'
+
+# The real client programs (Claude Code, opencode, the AI SDK), pinned by the lock file;
+# installed again only when the lock file changed since the last install.
+clients=tests/clients
+if ! cmp -s "$clients/package-lock.json" "$clients/node_modules/.lmgate-installed"; then
+    (cd "$clients" && npm ci --no-audit --no-fund --loglevel=error)
+    cp "$clients/package-lock.json" "$clients/node_modules/.lmgate-installed"
+fi
 python3 -m ruff check .
 python3 -m ruff format --check .
 python3 -m mypy
