@@ -351,7 +351,8 @@ def _error(frontend: Frontend, error: GatewayError, request_id: str) -> Response
     """The error reply in the client's protocol; every one is logged with its reason."""
     status = frontend.error_status(error)
     where = f" (at {error.param})" if error.param else ""
-    log.warning("request %s: %d %s: %s%s", request_id, status, error.kind, error.message, where)
+    message = error.message if len(error.message) <= 1000 else error.message[:1000] + "…"
+    log.warning("request %s: %d %s: %s%s", request_id, status, error.kind, message, where)
     headers = _ids(request_id, attempts=error.attempts)
     if error.retry_after is not None:
         headers["Retry-After"] = str(max(1, round(error.retry_after)))

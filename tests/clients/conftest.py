@@ -141,9 +141,20 @@ class Task:
         ]
 
     def assert_done(self) -> None:
+        """The file is written, and the upstream saw the whole loop: the call's result
+        came back with the call's id, and no turn lost its reasoning."""
         assert self.target.read_text() == self.agent.content
         assert self.agent.calls >= 1 and self.agent.finals >= 1
         assert self.agent.refused == []
+        last = [body for body in self.bodies() if body.get("tools")][-1]
+        results = [
+            block.get("tool_use_id") or block.get("tool_call_id")
+            for message in last["messages"]
+            for block in (message["content"] if isinstance(message["content"], list) else [message])
+            if isinstance(block, dict)
+            and (block.get("type") == "tool_result" or block.get("role") == "tool")
+        ]
+        assert results and set(results) <= {"call_fake_1", "toolu_fake_1"}, results
 
 
 @pytest.fixture
