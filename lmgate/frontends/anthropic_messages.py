@@ -148,8 +148,8 @@ def _parse_messages(raw: Any) -> list[Message]:
             raise invalid(f"{where}: expected an object", where)
         role = item.get("role")
         if role == "system":
-            # Instructions mid-conversation (Claude Code sends them, with the beta
-            # mid-conversation-system-…): kept in place.
+            # Instructions mid-conversation (Claude Code sends them for model ids it
+            # does not know): kept in place.
             messages.append(Message("system", [*_parse_system(item.get("content"), where)]))
             continue
         if role not in ("user", "assistant"):
