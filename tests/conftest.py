@@ -236,6 +236,19 @@ def wait_until(condition: Any, timeout: float = 10) -> None:
 # ---- lmgate serve in a subprocess, as a user runs it -----------------------------
 
 
+_HELD: list[socket.socket] = []  # bound for the whole session, never listening
+
+
+def refusing_url(path: str = "/v1") -> str:
+    """An address that refuses connections and that nothing else in the suite can take:
+    its port is bound (and kept) by a socket that never listens. A port closed again
+    after a probe could be handed to the next fake server, which would answer."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    _HELD.append(sock)
+    return f"http://127.0.0.1:{sock.getsockname()[1]}{path}"
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

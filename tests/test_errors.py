@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import http.client
-import socket
 import time
 from typing import Any
 
@@ -11,7 +10,7 @@ import openai
 import orjson
 import pytest
 
-from tests.conftest import API_KEY, UPSTREAM_KEY, RunningGateway, upstream_config
+from tests.conftest import API_KEY, UPSTREAM_KEY, RunningGateway, refusing_url, upstream_config
 from tests.fakes.upstream import FakeUpstream, Script, chunk, completion, text_stream
 
 HI = [{"role": "user", "content": "hi"}]
@@ -261,12 +260,8 @@ def test_upstream_invalid_json_reply(gateway: RunningGateway, upstream: FakeUpst
 
 
 def test_upstream_unreachable_is_502(start_gateway: Any, upstream: FakeUpstream) -> None:
-    closed = socket.socket()
-    closed.bind(("127.0.0.1", 0))
-    port = closed.getsockname()[1]
-    closed.close()
     config = upstream_config(upstream)
-    config["providers"]["up"]["base_url"] = f"http://127.0.0.1:{port}/v1"
+    config["providers"]["up"]["base_url"] = refusing_url()
     gateway = start_gateway(config)
     with pytest.raises(openai.APIStatusError) as caught:
         gateway.client().chat.completions.create(model="chat-model", messages=HI)

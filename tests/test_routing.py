@@ -8,7 +8,6 @@ attempts the upstreams saw as well as what the client got.
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ import openai
 import orjson
 import pytest
 
-from tests.conftest import API_KEY, RunningGateway, wait_until
+from tests.conftest import API_KEY, RunningGateway, refusing_url, wait_until
 from tests.fakes.upstream import FakeUpstream, Script, completion, text_stream
 
 HI = [{"role": "user", "content": "hi"}]
@@ -49,13 +48,6 @@ def b(servers: tuple[FakeUpstream, FakeUpstream]) -> Iterator[FakeUpstream]:
     servers[1].reset()
 
 
-def dead_url() -> str:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    return f"http://127.0.0.1:{port}/v1"  # closed again: connections are refused
-
-
 def provider(url: str) -> dict[str, Any]:
     return {
         "type": "openai",
@@ -70,7 +62,7 @@ def config(a: FakeUpstream, b: FakeUpstream, **routing: Any) -> dict[str, Any]:
         "providers": {
             "a": provider(a.url + "/v1"),
             "b": provider(b.url + "/v1"),
-            "dead": provider(dead_url()),
+            "dead": provider(refusing_url()),
         },
         "models": [
             {"id": "one", "provider": "a", "model": "m"},
