@@ -31,7 +31,7 @@ from lmgate.canonical import ChatRequest, Event, Reply, Start
 from lmgate.catalog import Catalog
 from lmgate.config import Config, load_config
 from lmgate.discovery import ModelDiscovery
-from lmgate.errors import ErrorKind, GatewayError
+from lmgate.errors import ErrorKind, GatewayError, Redactor
 from lmgate.fetch import ImageFetcher
 from lmgate.frontends import anthropic_messages, openai_chat
 from lmgate.ids import unique_hex
@@ -43,6 +43,8 @@ from lmgate.usage import CLIENT_LEFT
 log = logging.getLogger("lmgate")
 
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+# Every line these write loses the config's secrets (and keys sent in a query string).
+_REDACTED_LOGGERS = ("lmgate", "uvicorn.access", "uvicorn.error")
 
 
 class Gateway:
@@ -57,7 +59,8 @@ class Gateway:
         self.fetcher = ImageFetcher(
             int(limits.max_image_mb * 2**20), limits.fetch_timeout, limits.allow_private_urls
         )
-        self.router = Router(config.routing, self.fetcher)
+        self.redactor = Redactor(self._secrets)
+        self.router = Router(config.routing, self.fetcher, redactor=self.redactor)
         self.accounts = Accounts(config, self.catalog, self.router)
         self.admin = Admin(config.server.admin_key, self.accounts)
         self.max_body = int(config.server.max_body_mb * 1024 * 1024)
@@ -65,7 +68,14 @@ class Gateway:
         self.draining = False
         self._cut: asyncio.TimerHandle | None = None
 
+    def _secrets(self) -> list[str]:
+        server = self.config.server
+        keys = [*server.api_keys, *([server.admin_key] if server.admin_key else [])]
+        return [*keys, *(s for provider in self.providers.values() for s in provider.secrets())]
+
     async def startup(self) -> None:
+        for name in _REDACTED_LOGGERS:
+            logging.getLogger(name).addFilter(self.redactor.filter)
         for provider in self.providers.values():
             await provider.start()
         await self.fetcher.start()
@@ -86,6 +96,8 @@ class Gateway:
         self.ready = True
 
     async def shutdown(self) -> None:
+        for name in _REDACTED_LOGGERS:
+            logging.getLogger(name).removeFilter(self.redactor.filter)
         self.ready = False
         if self._cut is not None:
             self._cut.cancel()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable, Iterable
 from typing import Literal
 
 ErrorKind = Literal[
@@ -75,15 +76,48 @@ def invalid(message: str, param: str | None = None) -> GatewayError:
     return GatewayError("invalid_request", message, param=param)
 
 
-# Credentials that upstreams like to echo back ("Incorrect API key provided: sk-…").
+# Credentials that upstreams like to echo back ("Incorrect API key provided: sk-…"), and
+# lmgate's own managed keys.
 _SECRET_PATTERNS = re.compile(
-    r"(sk-[A-Za-z0-9_\-*]{6,}|Bearer\s+[A-Za-z0-9._\-~+/=*]+|eyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-.]+)"
+    r"(sk-[A-Za-z0-9_\-*]{6,}|lmg-[A-Za-z0-9_\-]{6,}|Bearer\s+[A-Za-z0-9._\-~+/=*]+"
+    r"|eyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-.]+)"
 )
+# A key a client put in a URL's query string (?key=…, as Google's API takes it).
+_QUERY_KEYS = re.compile(r"([?&](?:key|api_key|api-key|apikey|token|access_token)=)[^&\s\"']+")
+_MIN_SECRET = 4  # shorter configured values would redact ordinary words
 
 
-def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
     """Remove known secrets and anything shaped like an API key or bearer token."""
-    for secret in secrets:
-        if secret:
+    for secret in sorted(secrets, key=len, reverse=True):  # a secret inside another: longest first
+        if len(secret) >= _MIN_SECRET:
             text = text.replace(secret, "[redacted]")
-    return _SECRET_PATTERNS.sub("[redacted]", text)
+    return _QUERY_KEYS.sub(r"\1[redacted]", _SECRET_PATTERNS.sub("[redacted]", text))
+
+
+class Redactor:
+    """One redaction that knows every secret of a running gateway: what ``secrets()``
+    returns when asked (client and admin keys, every provider's key, header values and
+    tokens, which may change), plus the generic patterns. Every path that carries text
+    from an upstream to a client or a log goes through it."""
+
+    def __init__(self, secrets: Callable[[], Iterable[str]]) -> None:
+        self._secrets = secrets
+
+    def __call__(self, text: str) -> str:
+        return redact(text, self._secrets())
+
+    def error(self, error: GatewayError) -> GatewayError:
+        """The same error with its message redacted (in place: it is about to be raised)."""
+        error.message = self(error.message)
+        error.args = (error.message,)
+        return error
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """As a logging filter: the record's text redacted, arguments and traceback included."""
+        text = record.getMessage()
+        if record.exc_info:
+            text += "\n" + logging.Formatter().formatException(record.exc_info)
+            record.exc_info, record.exc_text = None, None
+        record.msg, record.args = self(text), None
+        return True

@@ -28,7 +28,7 @@ from lmgate.canonical import (
 )
 from lmgate.catalog import Deployment, ModelEntry
 from lmgate.config import RoutingConfig
-from lmgate.errors import GatewayError
+from lmgate.errors import GatewayError, Redactor
 from lmgate.fetch import ImageFetcher
 from lmgate.reasoning import split_think_tags
 
@@ -43,9 +43,12 @@ class Router:
         routing: RoutingConfig | None = None,
         fetcher: ImageFetcher | None = None,
         rng: random.Random | None = None,
+        redactor: Redactor | None = None,
     ) -> None:
         self.routing = routing or RoutingConfig()
         self._fetcher = fetcher
+        # Upstream text in errors, before the first byte or mid-stream, loses every secret.
+        self._redactor = redactor or Redactor(tuple)
         self._rng = rng or random.Random()
         self._live: set[asyncio.Task[object]] = set()  # tasks reading a reply
         # Told when a deployment's circuit opens (to share it with other processes).
@@ -72,6 +75,8 @@ class Router:
                     if reader is not task and reader is not None:
                         self._live.discard(task)
                         self._live.add(task := reader)
+        except GatewayError as error:
+            raise self._redactor.error(error) from None
         except asyncio.CancelledError as cancel:
             if cancel.args != (_CUT,):
                 raise

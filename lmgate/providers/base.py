@@ -108,6 +108,10 @@ class Provider(ABC):
     async def close(self) -> None:
         """Release pooled resources."""
 
+    def secrets(self) -> tuple[str, ...]:
+        """Values no client or log may see: keys, header values, tokens held now."""
+        return ()
+
     async def discover(self) -> Discovery:
         """The upstream's own model list (when ``discovery_interval`` is set)."""
         raise NotImplementedError

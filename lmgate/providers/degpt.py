@@ -84,7 +84,10 @@ class DegptProvider(OpenAICompatProvider):
         await super().start()
         if self._device_id is None:
             self._device_id = await asyncio.to_thread(stored_device_id)
-        self._secrets = (self._device_id,)
+
+    def secrets(self) -> tuple[str, ...]:
+        own = (value for value in (self._device_id, self._token) if value)
+        return (*super().secrets(), *own)
 
     def chat_url(self) -> str:
         return self.config.base_url.rstrip("/") + "/v1/chat/completion/proxy"
@@ -156,7 +159,7 @@ class DegptProvider(OpenAICompatProvider):
             detail = f"no answer within {self.config.sign_in_timeout:g}s"
             raise self._sign_in_error(detail) from None
         except aiohttp.ClientError as error:
-            raise self._sign_in_error(redact(str(error), self._secrets)) from None
+            raise self._sign_in_error(redact(str(error), self.secrets())) from None
         if status >= 300:
             refused = super().status_error(status, raw, None)  # never a TokenRejected here
             raise self._sign_in_error(refused.message.removeprefix(f"upstream {self.name}: "))

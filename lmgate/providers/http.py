@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -36,7 +37,12 @@ class HttpProvider(Provider):
     def __init__(self, name: str, config: ProviderConfig) -> None:
         super().__init__(name, config)
         self._session: aiohttp.ClientSession | None = None
-        self._secrets = tuple(s for s in (self.config.api_key,) if s)
+        password = urlsplit(self.config.base_url).password
+        self._secrets = tuple(
+            value
+            for value in (self.config.api_key, password, *self.config.headers.values())
+            if value
+        )
 
     async def start(self) -> None:
         timeouts = self.config.timeouts
@@ -57,6 +63,9 @@ class HttpProvider(Provider):
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+    def secrets(self) -> tuple[str, ...]:
+        return self._secrets
 
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -94,7 +103,7 @@ class HttpProvider(Provider):
         except aiohttp.ClientError as error:
             raise GatewayError(
                 "upstream",
-                f"cannot reach upstream {self.name}: {redact(str(error), self._secrets)}",
+                f"cannot reach upstream {self.name}: {redact(str(error), self.secrets())}",
                 retryable=True,
             ) from None
         if response.status >= 300:
@@ -172,12 +181,12 @@ class HttpProvider(Provider):
         )
 
     def broken_error(self, error: Exception) -> GatewayError:
-        detail = redact(str(error) or type(error).__name__, self._secrets)
+        detail = redact(str(error) or type(error).__name__, self.secrets())
         return GatewayError("upstream", f"upstream {self.name} broke off the reply: {detail}")
 
     def status_error(self, status: int, raw: bytes, retry_after: str | None) -> GatewayError:
         """Map an upstream error status to what the client should see."""
-        detail = redact(_error_message(raw) or f"HTTP {status}", self._secrets)
+        detail = redact(_error_message(raw) or f"HTTP {status}", self.secrets())
         message = f"upstream {self.name}: {detail}"
         wait = _parse_retry_after(retry_after)
         if status in (400, 422):

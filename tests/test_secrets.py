@@ -1,0 +1,101 @@
+"""No secret of the config reaches a client or a log line: every secret is set to a
+marker (shaped like no known key, so only the config-aware redaction can catch it),
+and the upstream echoes all of them in every error form it has — before the first
+byte and mid-stream, in both upstream protocols, to both client protocols, stream
+and not — with logging at debug and the access log on."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+
+from tests.conftest import RunningGateway, upstream_config
+from tests.fakes.upstream import FakeUpstream, Script, anthropic_events, chunk
+
+CLIENT, ADMIN = "MARKERclient7f3a", "MARKERadmin22b1"
+UPSTREAM, HEADER, ANTHROPIC = "MARKERupstream91c2", "MARKERheader5d0e", "MARKERanthropicaa11"
+MARKERS = (CLIENT, ADMIN, UPSTREAM, HEADER, ANTHROPIC)
+ECHO = "rejected: " + " ".join(MARKERS) + " Bearer sk-generic-secret-123456"
+
+
+def error_forms(anthropic: bool) -> list[Script]:
+    """Every way an upstream can carry text back, each echoing every secret."""
+    if anthropic:
+        error = {"type": "error", "error": {"type": "api_error", "message": ECHO}}
+        start = {
+            "type": "message_start",
+            "message": {"id": "m", "type": "message", "role": "assistant", "content": [],
+                        "model": "claude-up", "usage": {"input_tokens": 1, "output_tokens": 0}},
+        }  # fmt: skip
+        mid = anthropic_events(
+            start,
+            {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+            {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "a"}},
+            error,
+        )
+        return [
+            Script(status=400, json=error),
+            Script(status=401, json=error),
+            Script(status=500, raw=ECHO.encode(), content_type="text/plain"),
+            Script(chunks=mid, done=False),
+        ]
+    error = {"error": {"message": ECHO, "type": "invalid_request_error"}}
+    return [
+        Script(status=400, json=error),
+        Script(status=403, json=error),
+        Script(status=502, raw=ECHO.encode(), content_type="text/html"),
+        Script(chunks=[chunk(delta={"content": "a"}), error], done=False),
+    ]
+
+
+@pytest.fixture
+def secret_gateway(start_gateway: Any, upstream: FakeUpstream) -> RunningGateway:
+    config = upstream_config(upstream, api_key=UPSTREAM, headers={"X-Team-Token": HEADER})
+    config["server"].update(api_keys=[CLIENT], admin_key=ADMIN)
+    config["providers"]["claude"].update(api_key=ANTHROPIC, headers={"X-Team-Token": HEADER})
+    return start_gateway(config)
+
+
+@pytest.mark.parametrize("upstream_kind", ["openai", "anthropic"])
+@pytest.mark.parametrize("client_kind", ["openai", "anthropic"])
+def test_no_secret_in_any_response_or_log_line(
+    secret_gateway: RunningGateway,
+    upstream: FakeUpstream,
+    caplog: pytest.LogCaptureFixture,
+    request: pytest.FixtureRequest,
+    client_kind: str,
+    upstream_kind: str,
+) -> None:
+    request_finalizer = request.addfinalizer
+    caplog.set_level(logging.DEBUG)
+    access = logging.getLogger("uvicorn.access")  # it does not propagate to caplog's handler
+    access.setLevel(logging.DEBUG)
+    access.addHandler(caplog.handler)
+    request_finalizer(lambda: access.removeHandler(caplog.handler))
+    model = "claude-model" if upstream_kind == "anthropic" else "chat-model"
+    path = "/v1/messages" if client_kind == "anthropic" else "/v1/chat/completions"
+    seen = []
+    for stream in (False, True):
+        for script in error_forms(upstream_kind == "anthropic"):
+            if script.chunks is not None and not stream:
+                continue  # a mid-stream error needs a stream
+            upstream.push(script)
+            body = {"model": model, "max_tokens": 20, "stream": stream,
+                    "messages": [{"role": "user", "content": "hi"}]}  # fmt: skip
+            raw = secret_gateway.request(
+                "POST", f"{path}?key={CLIENT}", body, headers={"Authorization": f"Bearer {CLIENT}"}
+            )
+            seen.append(raw)
+            text = raw.body.decode()
+            assert "rejected" in text  # the upstream's message does reach the client…
+            for marker in MARKERS:  # …without a secret
+                assert marker not in text and marker not in str(raw.headers)
+            assert "sk-generic-secret" not in text
+    assert len(seen) == 7
+    assert upstream.requests and upstream.last.headers["X-Team-Token"] == HEADER
+    logged = caplog.text
+    assert "rejected" in logged and f"{path}?key=[redacted]" in logged
+    for marker in MARKERS:
+        assert marker not in logged
