@@ -16,10 +16,13 @@ from starlette.routing import BaseRoute, Route
 from lmgate.accounts import Accounts, parse_since
 from lmgate.errors import GatewayError, invalid
 from lmgate.frontends import openai_chat
+from lmgate.frontends.validate import INT64
 from lmgate.keys import presented_key
 from lmgate.store import Store
 
 _KEY_FIELDS = {"name", "models", "rpm", "tpm", "budget_tokens", "expires"}
+_MAX_BODY = 64 * 1024  # a key's settings are a few hundred bytes
+_MAX_NAME = 200
 
 
 class Admin:
@@ -85,7 +88,7 @@ class Admin:
 
     async def create_key(self, request: Request, store: Store) -> tuple[int, Any]:
         try:
-            body = orjson.loads(await request.body())
+            body = orjson.loads(await _body(request))
         except orjson.JSONDecodeError:
             raise invalid("the body is not valid JSON") from None
         if not isinstance(body, dict):
@@ -96,8 +99,8 @@ class Admin:
                 f"unknown field {unknown[0]!r}; expected {sorted(_KEY_FIELDS)}", unknown[0]
             )
         name = body.get("name")
-        if not isinstance(name, str) or not name.strip():
-            raise invalid("name: a non-empty string is required", "name")
+        if not isinstance(name, str) or not name.strip() or len(name) > _MAX_NAME:
+            raise invalid(f"name: a non-empty string of at most {_MAX_NAME} characters", "name")
         models = body.get("models")
         if models is not None and (
             not isinstance(models, list) or not all(isinstance(m, str) for m in models)
@@ -121,12 +124,22 @@ class Admin:
         return 200, {"by": by, "since": since, "data": await store.usage_summary(since, by)}
 
 
+async def _body(request: Request) -> bytes:
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > _MAX_BODY:
+            raise GatewayError("request_too_large", f"the body is larger than {_MAX_BODY} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def _positive(body: dict[str, Any], field: str) -> int | None:
     value = body.get(field)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise invalid(f"{field}: expected a positive integer", field)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < INT64:
+        raise invalid(f"{field}: expected a positive integer (64-bit)", field)
     return value
 
 

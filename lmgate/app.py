@@ -229,11 +229,12 @@ class Gateway:
             body = await self.read_body(request)
             chat = anthropic_messages.parse_request(body, request.headers, for_counting=True)
             self.catalog.resolve(chat.model)
+            counted = await tokens.count_request_async(chat)
         except GatewayError as error:
             return _error(anthropic_messages, error, request_id)
         except ClientDisconnect:
             return Response(status_code=499)
-        body = orjson.dumps({"input_tokens": await tokens.count_request_async(chat)})
+        body = orjson.dumps({"input_tokens": counted})
         return Response(body, media_type="application/json", headers=_ids(request_id))
 
     async def list_models(self, request: Request) -> Response:

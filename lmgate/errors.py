@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Iterable
-from typing import Literal
+from typing import Any, Literal
+
+import orjson
 
 ErrorKind = Literal[
     "invalid_request",
@@ -74,6 +76,24 @@ def from_exception(error: Exception) -> GatewayError:
 
 def invalid(message: str, param: str | None = None) -> GatewayError:
     return GatewayError("invalid_request", message, param=param)
+
+
+# orjson writes at most this many levels of nesting (it reads more): deeper JSON in a
+# request could be parsed but never sent on.
+MAX_DEPTH = 254
+
+
+def encodable(value: Any, where: str) -> bytes:
+    """``value`` as JSON, or a 400 naming ``where`` when it cannot be written (nested
+    deeper than ``MAX_DEPTH`` levels, or an integer beyond 64 bits)."""
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError as error:
+        raise invalid(
+            f"{where}: cannot be sent on ({error}); at most {MAX_DEPTH} levels of nesting "
+            "and 64-bit integers",
+            where,
+        ) from None
 
 
 # Credentials that upstreams like to echo back ("Incorrect API key provided: sk-…"), and

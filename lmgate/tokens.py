@@ -11,8 +11,6 @@ import asyncio
 import threading
 from typing import TYPE_CHECKING
 
-import orjson
-
 from lmgate.canonical import (
     ChatRequest,
     ImagePart,
@@ -21,6 +19,7 @@ from lmgate.canonical import (
     ToolCallPart,
     ToolResultPart,
 )
+from lmgate.errors import encodable
 
 if TYPE_CHECKING:
     import tiktoken
@@ -95,11 +94,11 @@ def _prompt(request: ChatRequest) -> tuple[str, int]:
                         pieces.append(inner.text)
                     else:
                         images += 1
-    for tool in request.tools or ():
+    for index, tool in enumerate(request.tools or ()):
         pieces.append(tool.name)
         if tool.description:
             pieces.append(tool.description)
         if tool.parameters:
-            pieces.append(orjson.dumps(tool.parameters).decode())
+            pieces.append(encodable(tool.parameters, f"tools[{index}]").decode())
     framing = _PER_MESSAGE * (len(request.messages) + (1 if request.system else 0))
     return "\n".join(pieces), framing + _REPLY_PRIMING + _PER_IMAGE * images

@@ -31,8 +31,16 @@ def error_forms(anthropic: bool) -> list[Script]:
         }  # fmt: skip
         mid = anthropic_events(
             start,
-            {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
-            {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "a"}},
+            {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "text", "text": ""},
+            },
+            {
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "text_delta", "text": "a"},
+            },
             error,
         )
         return [

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import binascii
 import uuid
 from base64 import b64decode
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
@@ -36,7 +35,7 @@ from lmgate.canonical import (
     arguments_object,
 )
 from lmgate.catalog import Catalog
-from lmgate.errors import GatewayError, from_exception, invalid
+from lmgate.errors import GatewayError, encodable, from_exception, invalid
 from lmgate.frontends.validate import (
     optional_bool,
     optional_int,
@@ -197,7 +196,7 @@ def _block(block: Any, where: str, role: str) -> Part:
             return ToolCallPart(
                 string(block.get("id"), f"{where}.id", allow_empty=False),
                 string(block.get("name"), f"{where}.name", allow_empty=False),
-                orjson.dumps(arguments).decode(),
+                encodable(arguments, f"{where}.input").decode(),
             )
         if kind == "thinking":
             return ReasoningPart(
@@ -217,7 +216,7 @@ def _image(block: dict[str, Any], where: str) -> ImagePart:
         media_type = string(source.get("media_type"), f"{where}.source.media_type")
         try:
             data = b64decode(string(source.get("data"), f"{where}.source.data"), validate=True)
-        except binascii.Error:
+        except ValueError:  # binascii.Error, or characters beyond ASCII
             raise invalid(f"{where}.source.data: not valid base64", where) from None
         return ImagePart(data=data, media_type=media_type, where=where)
     if source.get("type") == "url":

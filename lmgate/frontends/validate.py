@@ -8,6 +8,8 @@ import orjson
 
 from lmgate.errors import invalid
 
+INT64 = 2**63
+
 
 def parse_json_object(body: bytes) -> dict[str, Any]:
     if not body:
@@ -50,6 +52,8 @@ def optional_int(
     if isinstance(value, bool) or not isinstance(value, int):
         raise invalid(f"{key}: expected an integer", key)
     _check_range(key, value, low, high)
+    if not -INT64 <= value < INT64:  # no upstream, store or JSON encoder takes more
+        raise invalid(f"{key}: {value} is out of range (64-bit integers only)", key)
     return value
 
 

@@ -30,7 +30,7 @@ from lmgate.canonical import (
     arguments_object,
 )
 from lmgate.errors import ErrorKind, GatewayError
-from lmgate.providers.base import Target, apply_overrides, fold_system_turns
+from lmgate.providers.base import Target, apply_overrides, count, fold_system_turns
 from lmgate.providers.http import HttpProvider, HttpProviderConfig, unfinished
 
 _FINISH: dict[str, FinishReason] = {
@@ -172,13 +172,14 @@ class AnthropicProvider(HttpProvider):
 
     def parse_reply(self, raw: bytes, target: Target) -> list[Event]:
         try:
-            data = orjson.loads(raw)
-            content = data["content"]
-            iter(content)
-        except (orjson.JSONDecodeError, KeyError, TypeError):
+            return self._reply_events(orjson.loads(raw), target)
+        except (orjson.JSONDecodeError, LookupError, TypeError, AttributeError, ValueError):
             raise GatewayError(
                 "upstream", f"upstream {self.name} sent a reply that is not a message"
             ) from None
+
+    def _reply_events(self, data: Any, target: Target) -> list[Event]:
+        content = data["content"]
         events: list[Event] = [Start(data.get("model") or target.model)]
         tools = 0
         for block in content:
@@ -215,7 +216,17 @@ class _StreamParser:
             raise GatewayError(
                 "upstream", f"upstream {self._provider} sent a stream event that is not JSON"
             ) from None
-        kind = data.get("type") if isinstance(data, dict) else None
+        if not isinstance(data, dict):
+            return []
+        try:
+            return self._events(data)
+        except (LookupError, TypeError, AttributeError, ValueError):
+            raise GatewayError(
+                "upstream", f"upstream {self._provider} sent a stream event of the wrong shape"
+            ) from None
+
+    def _events(self, data: dict[str, Any]) -> list[Event]:
+        kind = data.get("type")
         if kind == "content_block_delta":
             delta = data.get("delta") or {}
             delta_kind = delta.get("type")
@@ -269,10 +280,10 @@ def _finish(data: dict[str, Any]) -> Finish:
 
 
 def _usage(data: dict[str, Any]) -> Usage:
-    read = data.get("cache_read_input_tokens") or 0
-    write = data.get("cache_creation_input_tokens") or 0
-    total = (data.get("input_tokens") or 0) + read + write
-    return Usage(total, data.get("output_tokens") or 0, read, write)
+    read = count(data.get("cache_read_input_tokens")) or 0
+    write = count(data.get("cache_creation_input_tokens")) or 0
+    total = count((count(data.get("input_tokens")) or 0) + read + write) or 0
+    return Usage(total, count(data.get("output_tokens")) or 0, read, write)
 
 
 def _tool_choice(choice: str | dict[str, str] | None) -> dict[str, Any] | None:

@@ -53,6 +53,19 @@ def apply_overrides(
     return body
 
 
+_MAX_COUNT = 2**63 - 1
+
+
+def count(value: Any) -> int | None:
+    """A token count an upstream reported, as a sane integer: numeric strings are read,
+    anything else is None, and absurd figures are clamped (they must fit the store)."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+        return None
+    return int(min(max(value, 0), _MAX_COUNT))
+
+
 def fold_system_turns(messages: list[Message]) -> list[Message]:
     """For upstreams that take instructions only up front: each system turn inside the
     conversation goes, in its place, to the start of the next user turn (at the end,

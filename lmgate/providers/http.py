@@ -12,7 +12,7 @@ import aiohttp
 import orjson
 from pydantic import Field
 
-from lmgate.errors import GatewayError, redact
+from lmgate.errors import GatewayError, encodable, redact
 from lmgate.providers.base import Provider, ProviderConfig, Timeouts
 from lmgate.sse import SSEDecoder
 
@@ -91,9 +91,10 @@ class HttpProvider(Provider):
             **(headers or {}),
             **self.config.headers,
         }
+        data = encodable(body, "the request")  # a pass-through field too deep: 400
         try:
             async with asyncio.timeout(min(timeouts.first_byte, deadline - time.monotonic())):
-                response = await session.post(url, data=orjson.dumps(body), headers=headers)
+                response = await session.post(url, data=data, headers=headers)
         except TimeoutError:
             raise GatewayError(
                 "timeout",

@@ -31,7 +31,7 @@ from lmgate.canonical import (
     Usage,
 )
 from lmgate.errors import GatewayError
-from lmgate.providers.base import Target, apply_overrides, fold_system_turns
+from lmgate.providers.base import Target, apply_overrides, count, fold_system_turns
 from lmgate.providers.http import HttpProvider, HttpProviderConfig, unfinished
 
 _FINISH: dict[str, FinishReason] = {
@@ -171,23 +171,26 @@ class OpenAICompatProvider(HttpProvider):
 
     def parse_reply(self, raw: bytes, target: Target) -> list[Event]:
         try:
-            data = lenient_json.loads(raw)
-            choice = data["choices"][0]
-            message = choice["message"]
-        except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
+            return self._reply_events(lenient_json.loads(raw), target)
+        except (orjson.JSONDecodeError, LookupError, TypeError, AttributeError, ValueError):
             raise GatewayError(
                 "upstream", f"upstream {self.name} sent a reply that is not a chat completion"
             ) from None
+
+    def _reply_events(self, data: Any, target: Target) -> list[Event]:
+        choice = data["choices"][0]
+        message = choice["message"]
         events: list[Event] = [Start(data.get("model") or target.model)]
         if message.get("reasoning_content"):
-            events.append(ReasoningDelta(message["reasoning_content"]))
+            events.append(ReasoningDelta(_text(message["reasoning_content"])))
         logprobs = (choice.get("logprobs") or {}).get("content")
         if message.get("content") or logprobs:
-            events.append(TextDelta(message.get("content") or "", logprobs))
+            events.append(TextDelta(_text(message.get("content") or ""), logprobs))
         for index, call in enumerate(message.get("tool_calls") or ()):
             function = call.get("function") or {}
-            events.append(ToolCallStart(index, call.get("id") or "", function.get("name") or ""))
-            events.append(ToolCallDelta(index, function.get("arguments") or ""))
+            name, call_id = _text(function.get("name") or ""), _text(call.get("id") or "")
+            events.append(ToolCallStart(index, call_id, name))
+            events.append(ToolCallDelta(index, _text(function.get("arguments") or "")))
         # A null finish_reason (the LM v2 reference does this) means a complete reply.
         reason = choice.get("finish_reason") or data.get("finish_reason") or "stop"
         events.append(Finish(_FINISH.get(reason, "stop")))
@@ -221,6 +224,14 @@ class _StreamParser:
             ) from None
         if not isinstance(data, dict):
             return []
+        try:
+            return self._events(data)
+        except (LookupError, TypeError, AttributeError, ValueError):
+            raise GatewayError(
+                "upstream", f"upstream {self._provider} sent a stream chunk of the wrong shape"
+            ) from None
+
+    def _events(self, data: dict[str, Any]) -> list[Event]:
         if data.get("error"):
             error = data["error"]
             message = error.get("message") if isinstance(error, dict) else str(error)
@@ -233,21 +244,23 @@ class _StreamParser:
                 continue
             delta = choice.get("delta") or {}
             if delta.get("reasoning_content"):
-                events.append(ReasoningDelta(delta["reasoning_content"]))
+                events.append(ReasoningDelta(_text(delta["reasoning_content"])))
             content = delta.get("content")
             logprobs = (choice.get("logprobs") or {}).get("content")
             if content or logprobs:
-                events.append(TextDelta(content or "", logprobs))
+                events.append(TextDelta(_text(content or ""), logprobs))
             for position, call in enumerate(delta.get("tool_calls") or ()):
                 index = call.get("index", position)
                 function = call.get("function") or {}
                 if index not in self._calls:
                     self._calls[index] = True
                     events.append(
-                        ToolCallStart(index, call.get("id") or "", function.get("name") or "")
+                        ToolCallStart(
+                            index, _text(call.get("id") or ""), _text(function.get("name") or "")
+                        )
                     )
                 if function.get("arguments"):
-                    events.append(ToolCallDelta(index, function["arguments"]))
+                    events.append(ToolCallDelta(index, _text(function["arguments"])))
             # Some servers put finish_reason beside "choices" instead of inside.
             reason = choice.get("finish_reason") or data.get("finish_reason")
             if reason and not self._finished:
@@ -267,12 +280,23 @@ class _StreamParser:
         return events
 
 
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError("text is not a string")  # a reply of the wrong shape
+    return value
+
+
 def _usage(data: dict[str, Any]) -> Usage:
-    prompt = data.get("prompt_tokens") or 0
     details = data.get("prompt_tokens_details") or {}
     cached = data.get("prompt_cache_hit_tokens", details.get("cached_tokens"))
     reasoning = (data.get("completion_tokens_details") or {}).get("reasoning_tokens")
-    return Usage(prompt, data.get("completion_tokens") or 0, cached, None, reasoning)
+    return Usage(
+        count(data.get("prompt_tokens")) or 0,
+        count(data.get("completion_tokens")) or 0,
+        count(cached),
+        None,
+        count(reasoning),
+    )
 
 
 def _effort_of(budget: int | None) -> str | None:
