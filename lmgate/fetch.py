@@ -29,12 +29,37 @@ _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
+_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+
+
 def is_public(address: IPAddress) -> bool:
     """Whether an address is on the public internet: not loopback, private,
-    link-local (cloud metadata at 169.254.169.254), shared, reserved or multicast."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    link-local (cloud metadata at 169.254.169.254), shared, reserved, site-local or
+    multicast. An IPv6 address that carries an IPv4 one (mapped ``::ffff:a.b.c.d``,
+    compatible ``::a.b.c.d``, NAT64, 6to4, Teredo) is judged by the IPv4 address,
+    which is where a connection to it ends up."""
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.is_site_local:
+            return False
+        embedded = _embedded_ipv4(address)
+        if embedded:
+            return all(is_public(inner) for inner in embedded)
     return address.is_global and not address.is_multicast
+
+
+def _embedded_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    if address.ipv4_mapped is not None:
+        return [address.ipv4_mapped]
+    if address.sixtofour is not None:
+        return [address.sixtofour]
+    if address.teredo is not None:
+        return list(address.teredo)
+    low = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    if int(address) >> 32 == 0 and int(low) > 1:  # IPv4-compatible (::1 is loopback)
+        return [low]
+    if any(address in network for network in _NAT64):
+        return [low]
+    return []
 
 
 class _Refused(OSError):
