@@ -20,7 +20,7 @@ import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from lmgate import media, tokens
@@ -38,11 +38,12 @@ from lmgate.ids import unique_hex
 from lmgate.keys import Caller, presented_key
 from lmgate.providers import build_provider
 from lmgate.router import Router
+from lmgate.server import ClientLimits, EventStream, connection_cap
 from lmgate.usage import CLIENT_LEFT
 
 log = logging.getLogger("lmgate")
 
-_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+_SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 # Every line these write loses the config's secrets (and keys sent in a query string).
 _REDACTED_LOGGERS = ("lmgate", "uvicorn.access", "uvicorn.error")
 
@@ -57,7 +58,11 @@ class Gateway:
         self.discovery = ModelDiscovery(self.catalog, self.providers)
         limits = config.media
         self.fetcher = ImageFetcher(
-            int(limits.max_image_mb * 2**20), limits.fetch_timeout, limits.allow_private_urls
+            int(limits.max_image_mb * 2**20),
+            limits.fetch_timeout,
+            limits.allow_private_urls,
+            int(limits.max_request_mb * 2**20),
+            int(limits.max_fetching_mb * 2**20),
         )
         self.redactor = Redactor(self._secrets)
         self.router = Router(config.routing, self.fetcher, redactor=self.redactor)
@@ -169,13 +174,13 @@ class Gateway:
 
     # ---- handlers --------------------------------------------------------------
 
-    async def chat_completions(self, request: Request) -> Response:
+    async def chat_completions(self, request: Request) -> Response | EventStream:
         return await self._chat(request, openai_chat)
 
-    async def messages(self, request: Request) -> Response:
+    async def messages(self, request: Request) -> Response | EventStream:
         return await self._chat(request, anthropic_messages)
 
-    async def _chat(self, request: Request, frontend: Frontend) -> Response:
+    async def _chat(self, request: Request, frontend: Frontend) -> Response | EventStream:
         """One handler for every client protocol; ``frontend`` does the wire format."""
         request_id = _request_id(request)
         meter = self.accounts.meter(request_id, frontend.PROTOCOL)
@@ -209,7 +214,7 @@ class Gateway:
             assert isinstance(start, Start)
             frames = frontend.stream_frames(start, events, chat)
             headers = {**_SSE_HEADERS, **_ids(request_id, start.deployment, start.attempts)}
-            return StreamingResponse(frames, media_type="text/event-stream", headers=headers)
+            return EventStream(frames, headers)
         except GatewayError as error:
             response, kind = _error(frontend, error, request_id), str(error.kind)
         except ClientDisconnect:  # the client left while sending its body, or waiting
@@ -355,7 +360,7 @@ class Frontend(Protocol):
     def reply_body(self, reply: Reply, request: ChatRequest) -> bytes: ...
     def stream_frames(
         self, start: Start, events: AsyncGenerator[Event, None], request: ChatRequest
-    ) -> AsyncIterator[bytes]: ...
+    ) -> AsyncGenerator[bytes, None]: ...
     def error_status(self, error: GatewayError) -> int: ...
     def error_body(self, error: GatewayError) -> bytes: ...
 
@@ -393,10 +398,11 @@ def build_app(config: Config) -> Starlette:
     gateway = Gateway(config)
 
     @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         await gateway.startup()
         try:
-            yield
+            # Read by lmgate.server.GuardedProtocol, for every connection.
+            yield {"client_limits": ClientLimits(config.server, connection_cap(config.server))}
         finally:
             await gateway.shutdown()
 

@@ -221,7 +221,7 @@ def _serve(args: argparse.Namespace, config: Config) -> int:
         port=port,
         workers=args.workers,
         loop="uvloop",
-        http="httptools",
+        http="lmgate.server:GuardedProtocol",  # httptools, with client timeouts and a cap
         log_level=args.log_level,
         access_log=args.access_log,
         lifespan="on",

@@ -25,6 +25,15 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class ServerTimeouts(_Strict):
+    """Seconds a client connection may take (lmgate/server.py says what each bounds)."""
+
+    keep_alive: float = Field(5, gt=0)  # idle between two requests
+    head: float = Field(10, gt=0)  # to send a request's line and headers
+    body: float = Field(60, gt=0)  # to send a request's body, once its headers are in
+    write: float = Field(30, gt=0)  # a client may read nothing of its reply this long
+
+
 class ServerConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(7860, ge=0, le=65535)
@@ -34,6 +43,10 @@ class ServerConfig(_Strict):
     # On SIGTERM/SIGINT: seconds in-flight requests get to finish before they are cut.
     shutdown_grace: float = Field(30, ge=0)
     admin_key: str | None = None  # enables /admin/; no client key reaches it
+    timeouts: ServerTimeouts = ServerTimeouts()
+    # Open client connections; beyond, a new one gets a 503 (and never more than the
+    # open-file limit, raised to its hard limit at start, allows).
+    max_connections: int = Field(10_000, gt=0)
 
     @field_validator("admin_key")
     @classmethod
@@ -157,6 +170,10 @@ class ModelConfig(_Strict):
 class MediaConfig(_Strict):
     max_image_mb: float = Field(20, gt=0)  # decoded size of one image
     max_images: int = Field(20, ge=0)  # per request
+    # Bytes fetched for image URLs: all the images of one request, and all the fetches
+    # under way in one process (beyond it, requests get a retryable 503/529).
+    max_request_mb: float = Field(50, gt=0)
+    max_fetching_mb: float = Field(200, gt=0)
     # http(s) image URLs fetched for upstreams that need bytes (inline_image_urls)
     fetch_timeout: float = Field(10, gt=0)
     allow_private_urls: bool = False  # also fetch from loopback, private, link-local hosts

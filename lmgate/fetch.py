@@ -86,11 +86,32 @@ class _GuardedResolver(aiohttp.abc.AbstractResolver):
         await self._inner.close()
 
 
+class _Tally:
+    """Bytes fetched for one request so far."""
+
+    __slots__ = ("taken",)
+
+    def __init__(self) -> None:
+        self.taken = 0
+
+
 class ImageFetcher:
-    def __init__(self, max_bytes: int, timeout: float, allow_private: bool = False) -> None:
-        self.max_bytes = max_bytes
+    def __init__(
+        self,
+        max_bytes: int,
+        timeout: float,
+        allow_private: bool = False,
+        request_bytes: int | None = None,
+        process_bytes: int | None = None,
+    ) -> None:
+        self.max_bytes = max_bytes  # one image
         self.timeout = timeout
         self.allow_private = allow_private
+        # All the images of one request, and all fetches under way in this process:
+        # without these, a small request could make the gateway hold gigabytes.
+        self.request_bytes = request_bytes or 2**62
+        self.process_bytes = process_bytes or 2**62
+        self.held = 0  # bytes fetched by inline() calls still under way
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
@@ -110,11 +131,14 @@ class ImageFetcher:
         pending = [part for part in _url_images(request) if part.data is None]
         if not pending:
             return request
+        tally = _Tally()
         try:
             async with asyncio.TaskGroup() as group:  # the first failure cancels the rest
-                tasks = [group.create_task(self._fetch_part(part)) for part in pending]
+                tasks = [group.create_task(self._fetch_part(part, tally)) for part in pending]
         except ExceptionGroup as failures:
             raise failures.exceptions[0] from None
+        finally:
+            self.held -= tally.taken
         fetched = {id(part): task.result() for part, task in zip(pending, tasks, strict=True)}
 
         def swap(part: Any) -> Any:
@@ -130,11 +154,11 @@ class ImageFetcher:
         ]
         return replace(request, messages=messages)
 
-    async def _fetch_part(self, part: ImagePart) -> ImagePart:
+    async def _fetch_part(self, part: ImagePart, tally: _Tally) -> ImagePart:
         where = part.where or "messages"
         try:
             async with asyncio.timeout(self.timeout):
-                data, declared = await self.fetch(part.url or "")
+                data, declared = await self.fetch(part.url or "", tally)
             kind = sniff(data)
             if kind is None:
                 raise FetchError(f"it is not a {ACCEPTED} image (Content-Type {declared})")
@@ -145,8 +169,9 @@ class ImageFetcher:
             raise invalid(f"{where}: could not fetch the image: {error}", where) from None
         return replace(part, data=data, media_type=kind)
 
-    async def fetch(self, url: str) -> tuple[bytes, str]:
-        """GET an image: (bytes, declared content type). Raises ``FetchError``."""
+    async def fetch(self, url: str, tally: _Tally | None = None) -> tuple[bytes, str]:
+        """GET an image: (bytes, declared content type). Raises ``FetchError``, or a
+        retryable ``GatewayError`` when the process holds too much already."""
         if self._session is None:
             raise GatewayError("internal", "the image fetcher is not started")
         current = URL(url)
@@ -159,7 +184,7 @@ class ImageFetcher:
                     if response.status in _REDIRECTS and "Location" in response.headers:
                         current = current.join(URL(response.headers["Location"]))
                         continue
-                    return await self._read(response)
+                    return await self._read(response, tally or _Tally())
             except aiohttp.ClientConnectorError as error:
                 if isinstance(error.os_error, _Refused):
                     raise _refused(str(error.os_error)) from None
@@ -178,7 +203,7 @@ class ImageFetcher:
         if not self.allow_private and not is_public(address):
             raise _refused(f"{address} is not a public address")
 
-    async def _read(self, response: aiohttp.ClientResponse) -> tuple[bytes, str]:
+    async def _read(self, response: aiohttp.ClientResponse, tally: _Tally) -> tuple[bytes, str]:
         if response.status != 200:
             raise FetchError(f"{response.url.host} answered {response.status}")
         declared = response.headers.get("Content-Type", "none").split(";")[0].strip().lower()
@@ -187,12 +212,34 @@ class ImageFetcher:
         too_large = f"it is larger than {self.max_bytes / 2**20:g} MB (media.max_image_mb)"
         if (response.content_length or 0) > self.max_bytes:
             raise FetchError(too_large)
+        self._take(tally, response.content_length or 0, counted=False)
         body = bytearray()
         async for chunk in response.content.iter_chunked(_CHUNK):
             body += chunk
             if len(body) > self.max_bytes:
                 raise FetchError(too_large)
+            self._take(tally, len(chunk))
         return bytes(body), declared
+
+    def _take(self, tally: _Tally, size: int, counted: bool = True) -> None:
+        """Count ``size`` more bytes against the request's and the process's caps
+        (with ``counted`` false, only check that they would fit)."""
+        if tally.taken + size > self.request_bytes:
+            limit = self.request_bytes / 2**20
+            raise FetchError(
+                f"the request's images add up to more than {limit:g} MB (media.max_request_mb)"
+            )
+        if self.held + size > self.process_bytes:
+            raise GatewayError(
+                "overloaded",
+                "the gateway is fetching too many images at once (media.max_fetching_mb); "
+                "send the request again",
+                retryable=True,
+                retry_after=1,
+            )
+        if counted:
+            tally.taken += size
+            self.held += size
 
 
 class FetchError(Exception):

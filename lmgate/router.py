@@ -35,6 +35,9 @@ from lmgate.reasoning import split_think_tags
 _CUT = "lmgate: cut at shutdown"
 # Failures mid-reply that say something about the deployment, not the request.
 _UNHEALTHY_KINDS = frozenset({"upstream", "timeout", "overloaded", "rate_limit"})
+# Characters of a reply kept for counting its tokens (when the upstream reports none)
+# before they are counted and let go.
+_HELD_TEXT = 65_536
 
 
 class Router:
@@ -232,15 +235,18 @@ def _cooling(entry: ModelEntry) -> GatewayError:
 async def _metered(
     request: ChatRequest, first: Event, events: AsyncGenerator[Event, None]
 ) -> AsyncGenerator[Event, None]:
-    output: list[str] = []
+    output: list[str] = []  # the reply's text not counted yet
+    held = counted = 0  # its characters; the tokens of what was counted already
     usage_seen = False
 
     def note(event: Event) -> None:
-        nonlocal usage_seen
+        nonlocal usage_seen, held
         if isinstance(event, TextDelta | ReasoningDelta):
             output.append(event.text)
+            held += len(event.text)
         elif isinstance(event, ToolCallDelta):
             output.append(event.arguments)
+            held += len(event.arguments)
         elif isinstance(event, ToolCallStart):
             output.append(event.name)
         elif isinstance(event, Usage):
@@ -252,6 +258,12 @@ async def _metered(
     async for event in events:
         note(event)
         yield event
+        if held > _HELD_TEXT and not usage_seen:
+            # A long reply is counted as it goes, so that its text is not all kept.
+            counted += await tokens.count_text_async("".join(output))
+            output.clear()
+            held = 0
     if not usage_seen:
         prompt = await tokens.count_request_async(request)
-        yield Usage(prompt, await tokens.count_text_async("".join(output)), estimated=True)
+        counted += await tokens.count_text_async("".join(output))
+        yield Usage(prompt, counted, estimated=True)

@@ -220,6 +220,15 @@ class Store:
                         spent[key_id] = (tokens, total)
         return spent
 
+    async def reachable(self) -> bool:
+        """Whether the database answers at all (a refused record is not an outage)."""
+        try:
+            async with asyncio.timeout(5), self.engine.connect() as connection:
+                await connection.execute(sa.text("SELECT 1"))
+        except Exception:
+            return False
+        return True
+
     async def usage_rows(self, since: float, request_id: str | None = None) -> list[dict[str, Any]]:
         query = usage.select().where(usage.c.at >= since).order_by(usage.c.id)
         if request_id is not None:

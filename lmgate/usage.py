@@ -28,6 +28,16 @@ from lmgate.store import Store
 
 log = logging.getLogger("lmgate")
 CLIENT_LEFT = 499  # nginx's status for a client that closed the connection
+_NAME = 200  # the model columns' length
+_COUNT = 2**31 - 1  # the token columns are 32-bit integers
+
+
+def _fit(name: str) -> str:
+    return name.replace("\0", "")[:_NAME]
+
+
+def _clamp(count: int) -> int:
+    return min(max(count, 0), _COUNT)
 
 
 class Meter:
@@ -98,6 +108,13 @@ class Meter:
         else:
             input_tokens, output_tokens = usage.input_tokens, usage.output_tokens
             cached_tokens = usage.cache_read_tokens or 0
+        # What a client or an upstream chose (a model name, token counts) is made to
+        # fit its column here: a record the store refuses would be lost.
+        requested = self._requested
+        if requested is not None and (len(requested) > _NAME or "\0" in requested):
+            requested = _fit(requested)
+        if model is not None and (len(model) > _NAME or "\0" in model):
+            model = _fit(model)
         self._recorder.submit(
             (
                 self._at,
@@ -105,15 +122,15 @@ class Meter:
                 self._protocol,
                 self._stream,
                 self._key_id,
-                self._requested,
+                requested,
                 model,
                 deployment,
                 deployment.partition("/")[0] if deployment else None,
                 status,
                 error_type,
-                input_tokens,
-                output_tokens,
-                cached_tokens,
+                input_tokens if 0 <= input_tokens <= _COUNT else _clamp(input_tokens),
+                output_tokens if 0 <= output_tokens <= _COUNT else _clamp(output_tokens),
+                cached_tokens if 0 <= cached_tokens <= _COUNT else _clamp(cached_tokens),
                 (time.perf_counter() - self._started) * 1000,
                 self._ttft_ms,
             )
@@ -155,7 +172,8 @@ class UsageRecorder:
         self.batch_size = batch_size
         self.flush_interval = flush_interval
         self.on_tokens = on_tokens  # after each batch: per key, (tokens, new total)
-        self.dropped = 0
+        self.dropped = 0  # queue full
+        self.bad = 0  # refused by the store
         self.written = 0
         self._queue: list[tuple[Any, ...]] = []  # record_row tuples
         self._wake = asyncio.Event()
@@ -199,30 +217,54 @@ class UsageRecorder:
             except TimeoutError:
                 pass
             self._wake.clear()
-            while self._queue:
-                if not await self._flush_batch():
-                    break
-                if len(self._queue) < self.batch_size and not self._stopping:
-                    break  # what arrived meanwhile waits for the next round: big batches
+            try:
+                while self._queue:
+                    if not await self._flush_batch():
+                        break
+                    if len(self._queue) < self.batch_size and not self._stopping:
+                        break  # what arrived meanwhile waits for the next round: big batches
+            except Exception:  # a bug here must not stop recording (and so the limits)
+                log.exception("usage writer failed; it goes on")
             if self._stopping and not self._queue:
                 return
 
     async def _flush_batch(self) -> bool:
+        """Write the next batch; False when the store is unreachable (the batch is
+        queued again, for the next round). A batch the store refuses is split until
+        the records it refuses are found: those are dropped (counted and logged), the
+        rest is written."""
         batch, self._queue = self._queue[: self.batch_size], self._queue[self.batch_size :]
-        try:
-            spent = await self.store.record_rows(batch)
-        except Exception as error:
-            log.error("could not write %d usage records (will retry): %s", len(batch), error)
-            self._queue[:0] = batch
-            if self._stopping:
-                await asyncio.sleep(self.flush_interval)
-            else:
-                return False
-            return True
-        if self.on_tokens is not None:
+        spent: dict[str, tuple[int, int]] = {}
+        parts = [batch]
+        reachable = True
+        while parts:
+            rows = parts.pop()
             try:
-                await self.on_tokens(spent)
+                written = await self.store.record_rows(rows)
+            except Exception as error:
+                if not await self.store.reachable():
+                    log.error("could not write %d usage records (will retry): %s", len(rows), error)
+                    self._queue[:0] = [*rows, *(row for part in parts for row in part)]
+                    reachable = False
+                    break
+                if len(rows) > 1:
+                    half = len(rows) // 2
+                    parts += [rows[half:], rows[:half]]
+                    continue
+                self.bad += 1
+                log.error(
+                    "dropped a usage record the store refused (%d so far): %s; the record: %.1000r",
+                    self.bad,
+                    error,
+                    rows[0],
+                )
+                continue
+            self.written += len(rows)
+            for key_id, (tokens, total) in written.items():
+                spent[key_id] = (spent.get(key_id, (0, 0))[0] + tokens, total)
+        if spent and self.on_tokens is not None:
+            try:
+                await self.on_tokens(spent)  # written, and counted against the keys' limits
             except Exception as error:
                 log.warning("could not count tokens for key limits: %s", error)
-        self.written += len(batch)  # written, and counted against the keys' limits
-        return True
+        return reachable

@@ -22,6 +22,7 @@ import uvloop
 
 from lmgate.app import build_app
 from lmgate.config import parse_config
+from lmgate.server import GuardedProtocol
 from tests.fakes.upstream import FakeUpstream
 from tests.servers import postgres_server, postgres_url, redis_server, redis_url  # noqa: F401
 
@@ -45,7 +46,7 @@ class RunningGateway:
         self.url = f"http://127.0.0.1:{self.port}"
         self.server = uvicorn.Server(
             uvicorn.Config(
-                self.app, loop="uvloop", http="httptools", log_level="warning", lifespan="on"
+                self.app, loop="uvloop", http=GuardedProtocol, log_level="warning", lifespan="on"
             )
         )
         self.loop = uvloop.new_event_loop()

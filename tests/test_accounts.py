@@ -515,3 +515,30 @@ def test_keys_and_usage_commands(tmp_path: Path, serve: Any) -> None:
         run_cli("keys", "create", "--config", str(path), "--name", "x", "--rpm", "0").returncode
         == 2
     )
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
+def test_a_record_the_store_would_refuse_does_not_stop_the_budget(
+    start_gateway: Any, upstream: FakeUpstream, request: pytest.FixtureRequest, engine: str
+) -> None:
+    """A model name longer than its column or with a NUL (PostgreSQL refuses both), and
+    an upstream reporting more tokens than a column holds: before, one such record made
+    every later batch fail, so nothing was recorded and budgets were never spent."""
+    url = request.getfixturevalue("sqlite_url" if engine == "sqlite" else "postgres_url")
+    gw = start_gateway(accounts_config(upstream, url))
+    recorder = gw.app.state.gateway.accounts.recorder
+    key = new_key(gw, budget_tokens=250)
+    client = gw.client(api_key=key)
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="m" * 300 + "\0", messages=HI)
+    huge = {"prompt_tokens": 2**63, "completion_tokens": 1, "total_tokens": 2**63}
+    upstream.push(Script(json=completion(usage=huge)))
+    client.chat.completions.create(model="chat-model", messages=HI)  # spends the budget
+    wait_until(lambda: recorder.written == 2)
+    with pytest.raises(openai.RateLimitError):
+        client.chat.completions.create(model="chat-model", messages=HI)
+    wait_until(lambda: recorder.written == 3)
+    rows = records(url)
+    assert rows[0]["requested_model"] == "m" * 200 and rows[0]["status"] == 404
+    assert rows[1]["input_tokens"] == 2**31 - 1
+    assert recorder.bad == 0

@@ -162,6 +162,20 @@ def test_config_from_environment_variable(serve: Any, tmp_path: Path) -> None:
             "server: {api_keys: ['${LMGATE_TEST_UNSET_VAR}']}",
             "server.api_keys.0: environment variable LMGATE_TEST_UNSET_VAR is not set",
         ),
+        (
+            "providers: {p: {type: openai, base_url: 'https://u:pw@x/v1', api_key: k}}\n"
+            "models: [{id: m, provider: p}]",
+            "providers.p.base_url: credentials in the URL (user:password@) cannot be sent",
+        ),
+        (
+            "providers: {p: {type: openai, base_url: 'ftp://x'}}\nmodels: [{id: m, provider: p}]",
+            "providers.p.base_url: must be an http:// or https:// URL with a host",
+        ),
+        (
+            "providers: {p: {type: openai, base_url: 'http://x:99999'}}\n"
+            "models: [{id: m, provider: p}]",
+            "providers.p.base_url: Port out of range",
+        ),
         ("server: [1, 2", "not valid YAML"),
         ("- a list", "must be a mapping"),
     ],

@@ -10,13 +10,14 @@ from __future__ import annotations
 import base64
 import ipaddress
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import openai
 import pytest
 
 from lmgate import fetch
-from tests.conftest import RunningGateway, upstream_config
+from tests.conftest import RunningGateway, upstream_config, wait_until
 from tests.fakes.upstream import FakeUpstream, Script, anthropic_message
 from tests.test_multimodal import DATA_URL, PNG, PNG_B64
 
@@ -253,3 +254,45 @@ def test_address_policy(address: str, public: bool) -> None:
 def test_data_urls_are_never_fetched(gw: RunningGateway, upstream: FakeUpstream) -> None:
     ask(gw, "data:image/png;base64," + base64.b64encode(PNG).decode())
     assert upstream.last.body["messages"][0]["content"][1]["image_url"]["url"] == DATA_URL
+
+
+BIG_PNG = PNG + b"\0" * (600_000 - len(PNG))  # 0.6 MB, a PNG by its signature
+
+
+def test_the_images_of_one_request_are_capped_together(
+    start_gateway: Any, upstream: FakeUpstream, images: FakeUpstream
+) -> None:
+    """Each image within media.max_image_mb, but together more than max_request_mb."""
+    gw = start_gateway(config(upstream, max_request_mb=1.5))
+    images.push(*[Script(raw=BIG_PNG, content_type="image/png") for _ in range(3)])
+    parts: Any = [
+        {"type": "image_url", "image_url": {"url": f"{images.url}/{n}.png"}} for n in range(3)
+    ]
+    with pytest.raises(openai.BadRequestError) as caught:
+        gw.client().chat.completions.create(
+            model="lm-vision", messages=[{"role": "user", "content": parts}]
+        )
+    assert "add up to more than 1.5 MB (media.max_request_mb)" in caught.value.message
+    assert gw.app.state.gateway.fetcher.held == 0
+
+
+def test_the_image_bytes_fetched_at_once_are_capped(
+    start_gateway: Any, upstream: FakeUpstream, images: FakeUpstream
+) -> None:
+    """While one request's 0.6 MB image is coming in (it stalls), another's 0.6 MB
+    would pass media.max_fetching_mb (1): that one gets a retryable refusal."""
+    gw = start_gateway(config(upstream, max_fetching_mb=1, fetch_timeout=3))
+    stalling = Script(
+        chunks=[BIG_PNG, b"more"], done=False, stall_after=1, headers={"Content-Type": "image/png"}
+    )
+    images.push(stalling, Script(raw=BIG_PNG, content_type="image/png"))
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(ask, gw, images.url + "/slow.png")
+        wait_until(lambda: gw.app.state.gateway.fetcher.held >= len(BIG_PNG))
+        with pytest.raises(openai.APIStatusError) as caught:
+            ask(gw, images.url + "/second.png")
+        assert caught.value.status_code == 503
+        assert "fetching too many images at once (media.max_fetching_mb)" in caught.value.message
+        with pytest.raises(openai.BadRequestError):  # the stalled fetch times out
+            first.result()
+    assert gw.app.state.gateway.fetcher.held == 0

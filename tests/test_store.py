@@ -226,3 +226,32 @@ def _write_lock_is_free(url: str) -> bool:
         return False
     finally:
         other.close()
+
+
+def test_the_writer_drops_only_the_records_the_store_refuses(store_url: str) -> None:
+    """A batch that fails is split until the refused records are found; those are
+    dropped, counted and logged, the others are written, and writing goes on."""
+    from lmgate.store import record_row
+    from lmgate.usage import UsageRecorder
+
+    async def scenario() -> tuple[list[str], UsageRecorder]:
+        store = Store(store_url)
+        await store.migrate()
+        recorder = UsageRecorder(store, batch_size=100, flush_interval=0.01)
+        await recorder.start()
+        for number in range(20):
+            if number in (5, 13):  # both engines refuse a count beyond 64 bits
+                recorder.submit(record_row(record(number, input_tokens=2**64)))
+            else:
+                recorder.submit(record_row(record(number)))
+        while recorder.written + recorder.bad < 20:  # noqa: ASYNC110 (polls counters)
+            await asyncio.sleep(0.01)
+        recorder.submit(record_row(record(20)))  # the writer goes on
+        await recorder.stop()
+        written = sorted(row["request_id"] for row in await store.usage_rows(0))
+        await store.close()
+        return written, recorder
+
+    written, recorder = run(scenario())
+    assert written == sorted(f"r{n}" for n in range(21) if n not in (5, 13))
+    assert (recorder.bad, recorder.written) == (2, 19)

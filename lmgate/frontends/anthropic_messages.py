@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from base64 import b64decode
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from contextlib import aclosing
 from datetime import UTC, datetime
 from typing import Any
@@ -400,7 +400,7 @@ _PING = b'event: ping\ndata: {"type":"ping"}\n\n'
 
 async def stream_frames(
     start: Start, events: AsyncGenerator[Event, None], request: ChatRequest
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """SSE frames for a reply whose ``Start`` was already received."""
     estimate = await tokens.count_request_async(request)
     yield _frame(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from contextlib import aclosing
 from typing import Any
 
@@ -328,7 +328,7 @@ async def stream_frames(
     start: Start,
     events: AsyncGenerator[Event, None],
     request: ChatRequest,
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """SSE frames for a reply whose ``Start`` was already received."""
     include_usage = request.include_usage
     head = (

@@ -70,6 +70,8 @@ class DegptProvider(OpenAICompatProvider):
     config_class = DegptConfig
     config: DegptConfig
 
+    bearer_per_request = True  # the sign-in token
+
     def __init__(self, name: str, config: ProviderConfig) -> None:
         super().__init__(name, config)
         self.config.headers = {"User-Agent": self.config.user_agent, **self.config.headers}

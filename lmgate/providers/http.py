@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
 from pydantic import Field
 
+from lmgate.config import ConfigError
 from lmgate.errors import GatewayError, encodable, redact
 from lmgate.providers.base import Provider, ProviderConfig, Timeouts
 from lmgate.sse import SSEDecoder
@@ -19,6 +20,10 @@ from lmgate.sse import SSEDecoder
 _MAX_ERROR_BODY = 64 * 1024
 # Seconds a complete stream's body may take to end before its connection is dropped.
 _BODY_END_GRACE = 1.0
+# At most this much of a stream is read (and decoded) at a time. Reading whatever is
+# buffered let one fast upstream hand a slow client's stream megabytes of decoded
+# events to hold.
+_READ_SIZE = 64 * 1024
 
 
 class HttpProviderConfig(ProviderConfig):
@@ -33,16 +38,37 @@ class HttpProviderConfig(ProviderConfig):
 
 class HttpProvider(Provider):
     config: HttpProviderConfig
+    # Whether requests carry an Authorization header of their own (a sign-in token).
+    bearer_per_request: ClassVar[bool] = False
 
     def __init__(self, name: str, config: ProviderConfig) -> None:
         super().__init__(name, config)
         self._session: aiohttp.ClientSession | None = None
+        self._check_base_url()
         password = urlsplit(self.config.base_url).password
         self._secrets = tuple(
             value
             for value in (self.config.api_key, password, *self.config.headers.values())
             if value
         )
+
+    def _check_base_url(self) -> None:
+        """What would otherwise fail on every request (so ``lmgate check`` says it)."""
+        where = f"providers.{self.name}.base_url"
+        parts = urlsplit(self.config.base_url)
+        try:
+            parts.port  # noqa: B018 (raises for a port that is not a number in range)
+        except ValueError as error:
+            raise ConfigError(f"{where}: {error}") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"{where}: must be an http:// or https:// URL with a host")
+        if parts.username is not None or parts.password is not None:
+            names = {name.lower() for name in (*self.auth_headers(), *self.config.headers)}
+            if "authorization" in names or self.bearer_per_request:
+                raise ConfigError(
+                    f"{where}: credentials in the URL (user:password@) cannot be sent with "
+                    "an Authorization header (from api_key or headers): keep one of them"
+                )
 
     async def start(self) -> None:
         timeouts = self.config.timeouts
@@ -145,7 +171,7 @@ class HttpProvider(Provider):
                 while True:
                     try:
                         async with asyncio.timeout(min(heartbeat, silent_until - time.monotonic())):
-                            chunk = await content.readany()
+                            chunk = await content.read(_READ_SIZE)
                         break
                     except TimeoutError:
                         if time.monotonic() >= silent_until:

@@ -1,0 +1,236 @@
+"""What lmgate adds to uvicorn at the connection level: bounds on what one client
+can hold (time to send a request, time it may read nothing, how many connections
+are open) and a streamed reply that stops as soon as its client is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import orjson
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from lmgate.config import ServerConfig
+
+log = logging.getLogger("lmgate")
+
+_GONE = "lmgate: the client left"
+# Descriptors kept for what is not a client connection: upstream pools, the store, logs.
+_RESERVED_FDS = 256
+
+
+def raise_fd_limit() -> int:
+    """Raise the open-file limit to the hard limit; returns the soft limit now in force.
+    Every client and upstream connection is a descriptor, and the usual soft limit
+    (1,024) is reached long before the machine's."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        wanted = 1_048_576 if hard == resource.RLIM_INFINITY else hard
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError) as error:
+            log.warning("could not raise the open-file limit from %d: %s", soft, error)
+    return soft
+
+
+def connection_cap(server: ServerConfig) -> int:
+    """``server.max_connections``, within what the descriptor limit allows."""
+    return max(1, min(server.max_connections, raise_fd_limit() - _RESERVED_FDS))
+
+
+class EventStream:
+    """A streamed (SSE) reply as a plain ASGI callable.
+
+    A watcher task cancels the stream the moment the client disconnects, wherever
+    it is (reading the upstream, or blocked on a client that stopped reading), so
+    the upstream request is cut at once and the record says 499. Starlette's
+    StreamingResponse cancels through an anyio scope, which does not cancel a task
+    whose wait has already completed: behind an upstream faster than the gateway
+    that is every wait, and 40 MB replies were read to the end for a client long gone.
+    """
+
+    __slots__ = ("_frames", "_headers", "_open", "status_code")
+
+    def __init__(self, frames: AsyncGenerator[bytes, None], headers: dict[str, str]) -> None:
+        self._frames = frames
+        self._headers = [
+            (b"content-type", b"text/event-stream; charset=utf-8"),
+            *((name.lower().encode(), value.encode()) for name, value in headers.items()),
+        ]
+        self._open = True
+        self.status_code = 200
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        watcher = asyncio.create_task(self._watch(receive, task))
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": self._headers})
+            async for frame in self._frames:
+                await send({"type": "http.response.body", "body": frame, "more_body": True})
+            self._open = False
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except asyncio.CancelledError as cancel:
+            if cancel.args != (_GONE,):
+                raise
+            task.uncancel()
+        finally:
+            self._open = False
+            watcher.cancel()
+            # Ends the frames where they wait (the usage record is made there), also
+            # when the stream was cancelled while blocked on sending.
+            await self._frames.aclose()
+
+    async def _watch(self, receive: Any, task: asyncio.Task[Any]) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        if self._open:
+            task.cancel(_GONE)
+
+
+def _timeout_reply(message: str) -> bytes:
+    # Both the OpenAI and the Anthropic SDKs read their message out of this shape.
+    body = orjson.dumps(
+        {"type": "error", "error": {"type": "timeout_error", "code": "timeout", "message": message}}
+    )
+    head = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+    return head + b"connection: close\r\ncontent-length: %d\r\n\r\n" % len(body) + body
+
+
+_BUSY_BODY = orjson.dumps(
+    {
+        "type": "error",
+        "error": {
+            "type": "overloaded_error",
+            "code": "too_many_connections",
+            "message": "the gateway has too many open connections (server.max_connections)",
+        },
+    }
+)
+_BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n"
+    b"connection: close\r\ncontent-length: %d\r\n\r\n" % len(_BUSY_BODY) + _BUSY_BODY
+)
+
+
+class GuardedProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, with the bounds it lacks (``server.timeouts``):
+
+    - ``head``: from a connection's first byte (or its opening) to the end of the
+      request's headers; slowloris and connections that never send get a 408.
+    - ``body``: from the end of the headers to the end of the body; a 408.
+    - ``write``: a client that takes nothing from a full send buffer for this long is
+      disconnected (its stream then ends as a 499, and its memory is given back).
+    - ``keep_alive``: idle time between requests (uvicorn's own timer).
+    - ``server.max_connections``: beyond it a new connection gets a 503 at once.
+
+    The settings come from the app's lifespan state (``client_limits``).
+    """
+
+    def __init__(
+        self, config: Any, server_state: Any, app_state: dict[str, Any], _loop: Any = None
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        limits: ClientLimits = app_state.get("client_limits") or ClientLimits(ServerConfig())
+        self.limits = limits
+        self.timeout_keep_alive = limits.keep_alive  # type: ignore[assignment]  # a float works
+        self._reading: asyncio.TimerHandle | None = None
+        self._writing: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self.limits.max_connections:
+            self.limits.refused += 1
+            if self.limits.refused in (1, 10, 100) or self.limits.refused % 1000 == 0:
+                log.warning(
+                    "refused a connection: %d open (server.max_connections %d); %d refused so far",
+                    len(self.connections) - 1,
+                    self.limits.max_connections,
+                    self.limits.refused,
+                )
+            transport.write(_BUSY)
+            transport.close()
+            return
+        self._arm_read(self.limits.head, "head")
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._reading is None:
+            self._arm_read(self.limits.head, "head")
+
+    def on_headers_complete(self) -> None:
+        self._disarm_read()
+        super().on_headers_complete()
+        self._arm_read(self.limits.body, "body")
+
+    def on_message_complete(self) -> None:
+        self._disarm_read()
+        super().on_message_complete()
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._writing is None:
+            self._writing = self.loop.call_later(self.limits.write, self._write_timed_out)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._writing is not None:
+            self._writing.cancel()
+            self._writing = None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_read()
+        if self._writing is not None:
+            self._writing.cancel()
+            self._writing = None
+        super().connection_lost(exc)
+
+    def _arm_read(self, seconds: float, part: str) -> None:
+        self._disarm_read()
+        self._reading = self.loop.call_later(seconds, self._read_timed_out, seconds, part)
+
+    def _disarm_read(self) -> None:
+        if self._reading is not None:
+            self._reading.cancel()
+            self._reading = None
+
+    def _read_timed_out(self, seconds: float, part: str) -> None:
+        self._reading = None
+        if self.transport.is_closing():
+            return
+        message = f"the request's {part} took over {seconds:g}s (server.timeouts.{part})"
+        log.info("client %s: %s", _peer(self.client), message)
+        if self.cycle is None or not self.cycle.response_started:
+            self.transport.write(_timeout_reply(message))
+        self.transport.close()
+
+    def _write_timed_out(self) -> None:
+        self._writing = None
+        log.warning(
+            "client %s read nothing for %gs (server.timeouts.write): disconnected",
+            _peer(self.client),
+            self.limits.write,
+        )
+        self.transport.abort()
+
+
+class ClientLimits:
+    """The bounds of ``GuardedProtocol``, from ``server``; shared by its connections."""
+
+    __slots__ = ("body", "head", "keep_alive", "max_connections", "refused", "write")
+
+    def __init__(self, server: ServerConfig, max_connections: int | None = None) -> None:
+        timeouts = server.timeouts
+        self.keep_alive, self.head = timeouts.keep_alive, timeouts.head
+        self.body, self.write = timeouts.body, timeouts.write
+        self.max_connections = max_connections or server.max_connections
+        self.refused = 0
+
+
+def _peer(client: tuple[str, int] | None) -> str:
+    return f"{client[0]}:{client[1]}" if client else "?"

@@ -1,0 +1,217 @@
+"""Clients that hold what they should not: hang up on a fast upstream, never read,
+send a request byte by byte, or never send one, or open too many connections.
+Against ``lmgate serve`` in its own process, as a user runs it (uvloop, httptools,
+and an upstream in another process than the gateway, which is what made a fast
+upstream outrun the disconnect)."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from tests.conftest import Served, wait_until
+from tests.fakes.upstream import FakeUpstream, Script, chunk
+
+BODY = orjson.dumps({"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]})
+REQUEST = (
+    b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    b"Content-Length: %d\r\n\r\n" % len(BODY) + BODY
+)
+KB_CHUNK = b"data: " + orjson.dumps(chunk(delta={"content": "x" * 1000})) + b"\n\n"
+
+
+def big_stream(chunks: int = 40_000) -> Script:
+    """About ``chunks`` KB of SSE, sent as fast as the upstream can."""
+    first = chunk(delta={"role": "assistant", "content": ""})
+    return Script(chunks=[first, *[KB_CHUNK] * chunks, chunk(delta={}, finish_reason="stop")])
+
+
+def start(serve: Any, upstream: FakeUpstream, tmp_path: Path, **server: Any) -> Served:
+    config = {
+        "server": server,
+        "store": {"url": f"sqlite:///{tmp_path}/usage.db", "flush_interval": 0.05},
+        "providers": {"up": {"type": "openai", "base_url": upstream.url + "/v1"}},
+        "models": [{"id": "m", "provider": "up"}],
+    }
+    path = tmp_path / "lmgate.yaml"
+    path.write_bytes(orjson.dumps(config))
+    return serve("--config", str(path))  # type: ignore[no-any-return]
+
+
+def records(tmp_path: Path) -> list[tuple[int, str | None]]:
+    with sqlite3.connect(tmp_path / "usage.db") as db:
+        return db.execute("SELECT status, error_type FROM lmgate_usage ORDER BY id").fetchall()
+
+
+OPEN: list[socket.socket] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_sockets() -> Any:
+    yield
+    while OPEN:
+        OPEN.pop().close()
+
+
+def connect(served: Served, receive_buffer: int | None = None) -> socket.socket:
+    sock = socket.socket()
+    OPEN.append(sock)
+    if receive_buffer is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.connect(("127.0.0.1", served.port))
+    sock.settimeout(20)
+    return sock
+
+
+def read_all(sock: socket.socket) -> bytes:
+    data = b""
+    while piece := sock.recv(65536):
+        data += piece
+    return data
+
+
+def rss_mb(served: Served) -> float:
+    with open(f"/proc/{served.process.pid}/statm") as statm:
+        return int(statm.read().split()[1]) * 4096 / 2**20
+
+
+def test_a_client_that_hangs_up_stops_a_fast_upstream(
+    serve: Any, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    served = start(serve, upstream, tmp_path)
+    for number in range(1, 6):
+        upstream.push(big_stream())
+        sock = connect(served)
+        sock.sendall(REQUEST)
+        got = 0
+        while got < 100_000:
+            got += len(sock.recv(65536))
+        sock.close()
+        # Cut within the stream's first megabytes, not after its 40.
+        wait_until(lambda number=number: upstream.cancelled == number)
+    assert upstream.completed == 0
+    wait_until(lambda: len(records(tmp_path)) == 5)
+    assert records(tmp_path) == [(499, "client_disconnected")] * 5
+
+
+def test_clients_that_never_read_are_cut_and_hold_little(
+    serve: Any, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    served = start(serve, upstream, tmp_path, timeouts={"write": 2})
+    streams = 40
+    upstream.push(*[big_stream(20_000) for _ in range(streams)])
+    before = rss_mb(served)
+    socks = [connect(served, receive_buffer=4096) for _ in range(streams)]
+    for sock in socks:
+        sock.sendall(REQUEST)
+    wait_until(lambda: len(upstream.requests) == streams)
+    held = rss_mb(served) - before  # measured before the write timeout lets them go
+    # Each stream holds a bounded buffer, not what the upstream sent meanwhile (that
+    # was 3.4 MB a stream: the decoded events of whatever had arrived, and the text).
+    assert held < streams * 2, held
+    wait_until(lambda: upstream.cancelled == streams, timeout=20)
+    for sock in socks:
+        sock.close()
+    wait_until(lambda: len(records(tmp_path)) == streams)
+    assert set(records(tmp_path)) == {(499, "client_disconnected")}
+    assert upstream.completed == 0
+
+
+def test_a_request_head_sent_too_slowly_gets_a_408(
+    serve: Any, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    served = start(serve, upstream, tmp_path, timeouts={"head": 1})
+    silent = connect(served)  # sends nothing at all
+    slow = connect(served)  # slowloris: the head a few bytes at a time
+    started = time.monotonic()
+    for piece in (b"POST /v1/chat/com", b"pletions HTTP/1.1\r\n", b"Host: x\r\n"):
+        slow.sendall(piece)
+        time.sleep(0.3)
+    for sock in (silent, slow):
+        reply = read_all(sock)  # the gateway closes the connection after its answer
+        assert reply.startswith(b"HTTP/1.1 408 "), reply
+        body = orjson.loads(reply.split(b"\r\n\r\n", 1)[1])
+        assert "server.timeouts.head" in body["error"]["message"]
+    assert time.monotonic() - started < 5
+    assert served.request("GET", "/health")[0] == 200
+
+
+def test_a_body_sent_too_slowly_gets_a_408(
+    serve: Any, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    served = start(serve, upstream, tmp_path, timeouts={"body": 1})
+    sock = connect(served)
+    sock.sendall(REQUEST[: -len(BODY)] + BODY[:10])  # a tenth of the declared body
+    started = time.monotonic()
+    reply = read_all(sock)
+    assert reply.startswith(b"HTTP/1.1 408 "), reply
+    assert b"server.timeouts.body" in reply
+    assert 0.8 < time.monotonic() - started < 5
+    wait_until(lambda: records(tmp_path) == [(499, "client_disconnected")])
+    assert upstream.requests == []
+
+
+def test_an_idle_keep_alive_connection_is_closed(
+    serve: Any, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    served = start(serve, upstream, tmp_path, timeouts={"keep_alive": 0.5})
+    sock = connect(served)
+    sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    started = time.monotonic()
+    reply = read_all(sock)  # ends when the gateway closes the idle connection
+    assert reply.startswith(b"HTTP/1.1 200 ") and reply.endswith(b'{"status":"ok"}')
+    assert 0.4 < time.monotonic() - started < 5
+
+
+def test_connections_beyond_the_cap_get_a_503(
+    serve: Any, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    served = start(serve, upstream, tmp_path, max_connections=5)
+    idle = [connect(served) for _ in range(5)]
+    extra = connect(served)
+    reply = read_all(extra)
+    assert reply.startswith(b"HTTP/1.1 503 ") and b"retry-after: 1" in reply.lower()
+    body = orjson.loads(reply.split(b"\r\n\r\n", 1)[1])
+    assert "server.max_connections" in body["error"]["message"]
+    for sock in idle:
+        sock.close()
+    wait_until(lambda: _health(served))
+    with open(f"/proc/{served.process.pid}/limits") as limits:
+        line = next(line for line in limits if line.startswith("Max open files"))
+    soft, hard = line.split()[3:5]
+    assert soft == hard  # raised to the hard limit at start
+
+
+def _health(served: Served) -> bool:
+    try:
+        return served.request("GET", "/health")[0] == 200
+    except OSError:
+        return False
+
+
+def test_shutdown_writes_the_records_of_streams_blocked_on_clients(
+    serve: Any, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    served = start(serve, upstream, tmp_path, shutdown_grace=1, timeouts={"write": 60})
+    streams = 10
+    upstream.push(*[big_stream(20_000) for _ in range(streams)])
+    socks = [connect(served, receive_buffer=4096) for _ in range(streams)]
+    for sock in socks:
+        sock.sendall(REQUEST)
+    wait_until(lambda: len(upstream.requests) == streams)
+    time.sleep(0.5)  # let them fill their buffers and block
+    served.process.send_signal(signal.SIGTERM)
+    assert served.process.wait(15) in (0, -signal.SIGTERM)
+    output = served.process.stdout.read() if served.process.stdout else ""
+    assert "Traceback" not in output
+    assert "returned without completing response" not in output
+    assert len(records(tmp_path)) == streams
+    for sock in socks:
+        sock.close()
