@@ -191,7 +191,7 @@ class Gateway:
                 meter.request(chat, caller.key_id)
             chain = self.catalog.candidates(chat.model, self.check_media(chat), bool(chat.tools))
             chain = await self.accounts.admit(caller, chain)
-            events = self.router.stream(chat, chain)
+            events = self.router.stream(chat, chain, meter.cut_short if meter else None)
             if not chat.stream:
                 reply = Reply()
                 if meter is not None:

@@ -58,18 +58,23 @@ class Router:
         self.on_cooldown: Callable[[Deployment], None] | None = None
 
     async def stream(
-        self, request: ChatRequest, chain: list[ModelEntry]
+        self,
+        request: ChatRequest,
+        chain: list[ModelEntry],
+        on_cut_short: Callable[[Usage], None] | None = None,
     ) -> AsyncGenerator[Event, None]:
         """The reply's events from the first model of ``chain`` that answers, starting
         with ``Start`` (which names the model, deployment and attempts) and always
         ending with ``Usage`` (counted offline when the upstream reported none).
+        A reply cut short before its usage (the client left) is counted offline too,
+        and told to ``on_cut_short``: what the upstream produced is still spent.
 
         ``cut()`` ends it early with an error, wherever it is waiting."""
         task = asyncio.current_task()
         assert task is not None
         self._live.add(task)
         try:
-            async with aclosing(self._route(request, chain)) as events:
+            async with aclosing(self._route(request, chain, on_cut_short)) as events:
                 async for event in events:
                     yield event
                     # A streamed reply is read on by another task than the one that
@@ -96,7 +101,10 @@ class Router:
             task.cancel(_CUT)
 
     async def _route(
-        self, request: ChatRequest, chain: list[ModelEntry]
+        self,
+        request: ChatRequest,
+        chain: list[ModelEntry],
+        on_cut_short: Callable[[Usage], None] | None,
     ) -> AsyncGenerator[Event, None]:
         attempts = 0
         failure: GatewayError | None = None
@@ -155,7 +163,7 @@ class Router:
                 health.succeeded()
                 try:
                     yield Start(entry.id, deployment.name, attempts)
-                    async for event in _metered(sent, first, events):
+                    async for event in _metered(sent, first, events, on_cut_short):
                         yield event
                 except GatewayError as error:
                     if error.kind in _UNHEALTHY_KINDS:
@@ -233,7 +241,10 @@ def _cooling(entry: ModelEntry) -> GatewayError:
 
 
 async def _metered(
-    request: ChatRequest, first: Event, events: AsyncGenerator[Event, None]
+    request: ChatRequest,
+    first: Event,
+    events: AsyncGenerator[Event, None],
+    on_cut_short: Callable[[Usage], None] | None,
 ) -> AsyncGenerator[Event, None]:
     output: list[str] = []  # the reply's text not counted yet
     held = counted = 0  # its characters; the tokens of what was counted already
@@ -252,18 +263,26 @@ async def _metered(
         elif isinstance(event, Usage):
             usage_seen = True
 
-    if not isinstance(first, Start):
-        note(first)
-        yield first
-    async for event in events:
-        note(event)
-        yield event
-        if held > _HELD_TEXT and not usage_seen:
-            # A long reply is counted as it goes, so that its text is not all kept.
-            counted += await tokens.count_text_async("".join(output))
-            output.clear()
-            held = 0
-    if not usage_seen:
+    async def estimate() -> Usage:
         prompt = await tokens.count_request_async(request)
-        counted += await tokens.count_text_async("".join(output))
-        yield Usage(prompt, counted, estimated=True)
+        output_tokens = counted + await tokens.count_text_async("".join(output))
+        return Usage(prompt, output_tokens, estimated=True)
+
+    try:
+        if not isinstance(first, Start):
+            note(first)
+            yield first
+        async for event in events:
+            note(event)
+            yield event
+            if held > _HELD_TEXT and not usage_seen:
+                # A long reply is counted as it goes, so that its text is not all kept.
+                counted += await tokens.count_text_async("".join(output))
+                output.clear()
+                held = 0
+    except (asyncio.CancelledError, GeneratorExit):
+        if not usage_seen and on_cut_short is not None:
+            on_cut_short(await estimate())
+        raise
+    if not usage_seen:
+        yield await estimate()

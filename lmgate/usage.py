@@ -93,6 +93,11 @@ class Meter:
         ):
             self._ttft_ms = (time.perf_counter() - self._started) * 1000
 
+    def cut_short(self, usage: Usage) -> None:
+        """The tokens of a reply that ended before the upstream reported its usage."""
+        if self._usage is None:
+            self._usage = usage
+
     def finish(self, status: int, error_type: str | None = None) -> None:
         if self.done:
             return
@@ -151,6 +156,7 @@ class Meter:
                 self.finish(200, error.kind)
             raise
         except (asyncio.CancelledError, GeneratorExit):
+            await events.aclose()  # first, so that the router tells what was spent (cut_short)
             self.finish(CLIENT_LEFT, "client_disconnected")
             raise
         finally:

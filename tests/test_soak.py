@@ -1,24 +1,36 @@
 """Soak: 100 concurrent clients (OpenAI and Anthropic SDKs, streamed and not) for a
-bounded time against an upstream that misbehaves at random. Every request must
-end in a valid reply or a valid protocol error, nothing may hang, and afterwards
-no slot, task or connection may be left behind and memory must be flat."""
+bounded time against an upstream that misbehaves at random, joined in the later
+phases by hostile clients: some never read their (fast, long) streams, some hang
+up after the first bytes, some send their request head a byte at a time. Every
+request must end in a valid reply or a valid protocol error, nothing may hang,
+and afterwards no slot, task, connection or descriptor may be left behind, memory
+must be flat, and every request that reached the gateway has its usage record, up
+to a shutdown with hostile streams still in flight."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import socket
+import sqlite3
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import anthropic
 import openai
+import pytest
 
-from tests.conftest import API_KEY, RunningGateway
-from tests.fakes.upstream import FakeUpstream, Script, chunk, completion, text_stream
+from tests.conftest import API_KEY, RunningGateway, wait_until
+from tests.fakes.upstream import FakeUpstream, Recorded, Script, chunk, completion, text_stream
+from tests.test_slow_clients import big_stream, request_bytes
 
 CONCURRENCY = 100
-PHASE_SECONDS = 10  # two phases: the second must not grow memory
+PHASE_SECONDS = int(
+    os.environ.get("SOAK_SECONDS", 8)
+)  # three phases: the third must not grow memory
 PER_REQUEST_LIMIT = 15  # seconds; longer is a hang
 
 FAULTS: list[tuple[int, Script]] = [  # (weight, script)
@@ -39,15 +51,21 @@ OPENAI_ERRORS = {429, 502, 503, 504}
 ANTHROPIC_ERRORS = {429, 502, 504, 529}
 
 
-def gateway_config(upstream: FakeUpstream) -> dict[str, Any]:
+HOSTILE = 10  # of each kind, at once
+BIG = request_bytes("big", API_KEY)  # a long reply, sent fast
+
+
+def gateway_config(upstream: FakeUpstream, store: Path) -> dict[str, Any]:
     return {
-        "server": {"api_keys": [API_KEY]},
+        "server": {"api_keys": [API_KEY], "timeouts": {"head": 3, "body": 3, "write": 1}},
+        "store": {"url": f"sqlite:///{store}", "flush_interval": 0.1},
         "providers": {
             "up": {
                 "type": "openai",
                 "base_url": upstream.url + "/v1",
                 "timeouts": {"connect": 1, "first_byte": 0.5, "idle": 0.5},
-            }
+            },
+            "long": {"type": "openai", "base_url": upstream.url + "/v1"},  # fast, long replies
         },
         "models": [
             {
@@ -56,7 +74,8 @@ def gateway_config(upstream: FakeUpstream) -> dict[str, Any]:
                     {"provider": "up", "model": "one"},
                     {"provider": "up", "model": "two", "max_in_flight": 40, "max_queued": 20},
                 ],
-            }
+            },
+            {"id": "big", "provider": "long", "model": "big"},
         ],
         "routing": {
             "retries": 1,
@@ -142,42 +161,173 @@ async def soak(gw: RunningGateway, seconds: float, seed: int) -> Counter[str]:
     return outcomes
 
 
+async def hostile(gw: RunningGateway, seconds: float) -> Counter[str]:
+    """Clients that hold what they can, each kind ``HOSTILE`` at once, for ``seconds``;
+    counts the requests that reached the gateway (they must leave a record)."""
+    done: Counter[str] = Counter()
+    deadline = time.monotonic() + seconds
+
+    async def connect() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", gw.port))
+        return await asyncio.open_connection(sock=sock)
+
+    async def holds(port: int) -> bool:
+        async def look() -> bool:
+            return any(c.client[1] == port for c in gw.server.server_state.connections)
+
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(look(), gw.loop))
+
+    async def never_reads() -> None:
+        reader, writer = await connect()
+        writer.write(BIG)
+        await reader.read(1)  # the reply's first byte, then nothing (past what the
+        # transport buffers): the write timeout must cut the connection. The client
+        # cannot see that without reading: ask the gateway.
+        port = writer.get_extra_info("sockname")[1]
+        while await holds(port):  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        writer.transport.abort()
+        done["never read"] += 1
+
+    async def hangs_up() -> None:
+        reader, writer = await connect()
+        writer.write(BIG)
+        got = b""
+        while len(got) < 50_000:
+            piece = await reader.read(65536)
+            assert piece, got[:300]  # the gateway must not end the stream first
+            got += piece
+        writer.transport.abort()
+        done["hung up"] += 1
+
+    async def slowloris() -> None:
+        reader, writer = await connect()
+        for byte in BIG[:40]:
+            if reader.at_eof() or writer.is_closing():
+                break
+            writer.write(bytes([byte]))
+            try:
+                async with asyncio.timeout(0.2):
+                    reply = await reader.read(200)
+            except TimeoutError:
+                continue
+            assert reply.startswith(b"HTTP/1.1 408 ") or not reply, reply
+            break
+        else:
+            raise AssertionError("a head sent a byte at a time was never cut off")
+        writer.close()
+        done["slowloris"] += 1
+
+    async def repeat(actor: Any) -> None:
+        while time.monotonic() < deadline:
+            await asyncio.wait_for(actor(), PER_REQUEST_LIMIT)
+
+    await asyncio.gather(
+        *(repeat(actor) for actor in (never_reads, hangs_up, slowloris) for _ in range(HOSTILE))
+    )
+    return done
+
+
+async def soak_under_attack(gw: RunningGateway, seconds: float, seed: int) -> Counter[str]:
+    results = await asyncio.gather(soak(gw, seconds, seed), hostile(gw, seconds))
+    return results[0] + results[1]
+
+
 def gateway_state(gw: RunningGateway) -> dict[str, Any]:
     """What must be back to idle after the soak, read on the gateway's own loop."""
     gateway = gw.app.state.gateway
 
     async def read() -> dict[str, Any]:
-        deployments = gateway.catalog.get("m").deployments
-        connector = gateway.providers["up"]._session.connector
+        deployments = [d for e in ("m", "big") for d in gateway.catalog.get(e).deployments]
+        connectors = [gateway.providers[name]._session.connector for name in ("up", "long")]
         return {
             "tasks": len(asyncio.all_tasks()) - 1,
             "in_flight": [d.health.in_flight for d in deployments],
             "queued": [len(d.health._waiters) for d in deployments],
-            "upstream_connections_in_use": len(connector._acquired),
+            "upstream_connections_in_use": [len(c._acquired) for c in connectors],
             "client_connections": len(gw.server.server_state.connections),
         }
 
     return asyncio.run_coroutine_threadsafe(read(), gw.loop).result(5)
 
 
-def test_soak_with_random_faults(start_gateway: Any, upstream: FakeUpstream) -> None:
+def pooled_connections(gw: RunningGateway) -> int:
+    providers = gw.app.state.gateway.providers
+
+    async def count() -> int:
+        pools = [providers[name]._session.connector._conns for name in ("up", "long")]
+        return sum(len(idle) for pool in pools for idle in pool.values())
+
+    return asyncio.run_coroutine_threadsafe(count(), gw.loop).result(5)
+
+
+def descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def records(store: Path) -> int:
+    with sqlite3.connect(store) as db:
+        return int(db.execute("SELECT count(*) FROM lmgate_usage").fetchone()[0])
+
+
+@pytest.mark.timeout(240)
+def test_soak_with_random_faults_and_hostile_clients(
+    start_gateway: Any, upstream: FakeUpstream, tmp_path: Path
+) -> None:
     rng = random.Random(7)
-    scripts = rng.choices([s for _, s in FAULTS], weights=[w for w, _ in FAULTS], k=40_000)
-    upstream.push(*scripts)
-    gw = start_gateway(gateway_config(upstream))
-    idle = gateway_state(gw)
+    scripts = [s for _, s in FAULTS]
+    weights = [w for w, _ in FAULTS]
+
+    def route(request: Recorded) -> Script:
+        if request.body.get("model") == "big":
+            return big_stream(5_000)
+        return rng.choices(scripts, weights=weights)[0]
+
+    upstream.route = route
+    store = tmp_path / "usage.db"
+    gw = start_gateway(gateway_config(upstream, store))
+    idle, fds = gateway_state(gw), descriptors()
 
     first = asyncio.run(soak(gw, PHASE_SECONDS, seed=1))
-    after_first = rss_mb()
-    second = asyncio.run(soak(gw, PHASE_SECONDS, seed=2))
+    second = asyncio.run(soak_under_attack(gw, PHASE_SECONDS, seed=2))
     after_second = rss_mb()
+    third = asyncio.run(soak_under_attack(gw, PHASE_SECONDS, seed=3))
+    after_third = rss_mb()
 
-    total = first + second
-    print(dict(total), f"RSS {after_first:.0f} -> {after_second:.0f} MB")
+    total = first + second + third
+    print(dict(total), f"RSS {after_second:.0f} -> {after_third:.0f} MB")
     assert total["ok"] > 500, total
-    assert sum(total.values()) - total["ok"] > 50, total  # the faults were exercised
+    assert sum(n for k, n in total.items() if k.startswith(("openai ", "anthropic "))) > 50, total
+    assert min(total["never read"], total["hung up"], total["slowloris"]) >= HOSTILE, total
     deadline = time.monotonic() + 10
     while (state := gateway_state(gw)) != idle and time.monotonic() < deadline:
         time.sleep(0.1)
     assert state == idle, (state, idle)
-    assert after_second - after_first < 25, (after_first, after_second)
+    # Descriptors: back to the start but for the upstream pools' idle connections
+    # (two each here: the fake upstream's end is in this process too).
+    pooled = 2 * pooled_connections(gw)
+    assert descriptors() - pooled - fds < 10, (fds, descriptors(), pooled)
+    assert after_third - after_second < 25, (after_second, after_third)
+
+    # Every request that reached the gateway has its record (slowloris never did).
+    reached = sum(total.values()) - total["slowloris"]
+    recorder = gw.app.state.gateway.accounts.recorder
+    wait_until(lambda: recorder.written == reached)
+    assert (recorder.dropped, recorder.bad) == (0, 0)
+
+    # A shutdown with streams blocked on clients that do not read: their records too.
+    socks = []
+    for _ in range(HOSTILE):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", gw.port))
+        sock.sendall(BIG)
+        socks.append(sock)
+    wait_until(lambda: recorder.written + sum(gateway_state(gw)["in_flight"]) >= reached + HOSTILE)
+    gw.stop()
+    for sock in socks:
+        sock.close()
+    assert records(store) == reached + HOSTILE
