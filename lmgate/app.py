@@ -33,7 +33,7 @@ from lmgate.config import Config, load_config
 from lmgate.discovery import ModelDiscovery
 from lmgate.errors import ErrorKind, GatewayError, Redactor
 from lmgate.fetch import ImageFetcher
-from lmgate.frontends import anthropic_messages, openai_chat
+from lmgate.frontends import anthropic_messages, openai_chat, openai_responses
 from lmgate.ids import unique_hex
 from lmgate.keys import Caller, presented_key
 from lmgate.providers import build_provider
@@ -69,6 +69,9 @@ class Gateway:
         self.accounts = Accounts(config, self.catalog, self.router)
         self.admin = Admin(config.server.admin_key, self.accounts)
         self.max_body = int(config.server.max_body_mb * 1024 * 1024)
+        self.responses_frontend = _Configured(
+            openai_responses, refuse_unsupported=config.responses.unsupported_tools == "refuse"
+        )
         self.ready = False
         self.draining = False
         self._cut: asyncio.TimerHandle | None = None
@@ -180,6 +183,9 @@ class Gateway:
     async def messages(self, request: Request) -> Response | EventStream:
         return await self._chat(request, anthropic_messages)
 
+    async def responses(self, request: Request) -> Response | EventStream:
+        return await self._chat(request, self.responses_frontend)
+
     async def _chat(self, request: Request, frontend: Frontend) -> Response | EventStream:
         """One handler for every client protocol; ``frontend`` does the wire format."""
         request_id = _request_id(request)
@@ -199,6 +205,7 @@ class Gateway:
                 await _unless_client_leaves(request, accumulate(events, reply))
                 body = frontend.reply_body(reply, chat)
                 headers = _ids(request_id, reply.deployment, reply.attempts)
+                headers.update(frontend.reply_headers(chat))
                 if meter is not None:
                     meter.finish(200)
                 return Response(body, media_type="application/json", headers=headers)
@@ -214,6 +221,7 @@ class Gateway:
             assert isinstance(start, Start)
             frames = frontend.stream_frames(start, events, chat)
             headers = {**_SSE_HEADERS, **_ids(request_id, start.deployment, start.attempts)}
+            headers.update(frontend.reply_headers(chat))
             return EventStream(frames, headers)
         except GatewayError as error:
             response, kind = _error(frontend, error, request_id), str(error.kind)
@@ -292,6 +300,7 @@ class Gateway:
                 Route(f"{prefix}/v1/models/{{model_id:path}}", self.get_model, methods=["GET"]),
                 Route(f"{prefix}/v1/chat/completions", self.chat_completions, methods=["POST"]),
                 Route(f"{prefix}/v1/messages", self.messages, methods=["POST"]),
+                Route(f"{prefix}/v1/responses", self.responses, methods=["POST"]),
                 Route(f"{prefix}/v1/messages/count_tokens", self.count_tokens, methods=["POST"]),
             ]
         return routes
@@ -363,6 +372,21 @@ class Frontend(Protocol):
     ) -> AsyncGenerator[bytes, None]: ...
     def error_status(self, error: GatewayError) -> int: ...
     def error_body(self, error: GatewayError) -> bytes: ...
+    def reply_headers(self, request: ChatRequest) -> dict[str, str]: ...
+
+
+class _Configured:
+    """A frontend module whose ``parse_request`` takes options from the config."""
+
+    def __init__(self, module: Any, **options: Any) -> None:
+        self._module = module
+        self._options = options
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._module, name)
+
+    def parse_request(self, body: bytes, headers: Mapping[str, str]) -> ChatRequest:
+        return self._module.parse_request(body, headers, **self._options)
 
 
 def _error(frontend: Frontend, error: GatewayError, request_id: str) -> Response:

@@ -195,6 +195,14 @@ class RoutingConfig(_Strict):
     cooldown: CooldownConfig = CooldownConfig()
 
 
+class ResponsesConfig(_Strict):
+    """The Responses API frontend (``/v1/responses``)."""
+
+    # Tools no upstream model can be given (web_search, file_search, Codex's namespace
+    # groups, …): "drop" them (named in x-lmgate-dropped-tools) or "refuse" with a 400.
+    unsupported_tools: Literal["drop", "refuse"] = "drop"
+
+
 class Config(_Strict):
     server: ServerConfig = ServerConfig()
     catalog: CatalogInfo = CatalogInfo()
@@ -204,6 +212,7 @@ class Config(_Strict):
     media: MediaConfig = MediaConfig()
     store: StoreConfig = StoreConfig()
     redis: RedisConfig = RedisConfig()
+    responses: ResponsesConfig = ResponsesConfig()
     path: Path | None = Field(None, exclude=True)
 
 

@@ -28,7 +28,7 @@ from tests.conftest import API_KEY, RunningGateway
 from tests.fakes.upstream import FakeUpstream
 from tests.test_multimodal import PNG_B64
 
-CASES = 1_100  # per endpoint: 5,500 in all
+CASES = 1_000  # per endpoint: 6,000 in all
 ADMIN = "fuzz-admin-key"
 RAW = "\x00raw\x00"  # a string replaced by a raw JSON fragment once the body is written
 
@@ -92,6 +92,35 @@ MESSAGES: Any = {
     "tool_choice": {"type": "auto"},
     "thinking": {"type": "enabled", "budget_tokens": 1024},
     "metadata": {"user_id": "u"},
+    "stream": False,
+}
+RESPONSES: Any = {
+    "model": "gpt",
+    "instructions": "be brief",
+    "input": [
+        {"role": "developer", "content": "be kind"},
+        {
+            "role": "user",
+            "content": [
+                {"type": "input_text", "text": "hi"},
+                {"type": "input_image", "image_url": f"data:image/png;base64,{PNG_B64}"},
+            ],
+        },
+        {"type": "reasoning", "summary": [{"type": "summary_text", "text": "hmm"}]},
+        {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "c1", "output": "ok"},
+    ],
+    "tools": [
+        {"type": "function", "name": "f", "parameters": TOOL_SCHEMA},
+        {"type": "custom", "name": "patch", "format": {"type": "grammar", "definition": "x"}},
+        {"type": "web_search"},
+    ],
+    "tool_choice": {"type": "function", "name": "f"},
+    "text": {"format": {"type": "json_schema", "name": "s", "schema": TOOL_SCHEMA}},
+    "reasoning": {"effort": "low", "summary": "auto"},
+    "max_output_tokens": 5,
+    "store": False,
+    "include": ["reasoning.encrypted_content"],
     "stream": False,
 }
 KEY: Any = {
@@ -281,7 +310,10 @@ def check(status: int, content_type: str, data: bytes, shape: str) -> None:
     assert b"Traceback" not in data
     if status < 400:
         if content_type.startswith("text/event-stream"):
-            assert data.rstrip().endswith((b"data: [DONE]", b'"message_stop"}')), data[-300:]
+            ends = (b"data: [DONE]", b'"message_stop"}', b"}}")  # the last: response.completed
+            assert data.rstrip().endswith(ends), data[-300:]
+            if b"event: response." in data:
+                assert b"event: response.completed" in data, data[-300:]
         return
     body = orjson.loads(data)  # every error is JSON
     if shape == "anthropic":
@@ -308,6 +340,7 @@ AUTH = {"Authorization": f"Bearer {API_KEY}"}
         ("/v1/chat/completions", CHAT, "openai", API_KEY),
         ("/v1/messages", MESSAGES, "anthropic", API_KEY),
         ("/v1/messages/count_tokens", MESSAGES, "anthropic", API_KEY),
+        ("/v1/responses", RESPONSES, "openai", API_KEY),
         ("/admin/keys", KEY, "openai", ADMIN),
     ],
 )

@@ -560,3 +560,7 @@ def models_body(catalog: Catalog) -> bytes:
 
 def _iso(milliseconds: int) -> str:
     return datetime.fromtimestamp(milliseconds / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def reply_headers(request: ChatRequest) -> dict[str, str]:
+    return {}

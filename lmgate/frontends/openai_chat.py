@@ -444,3 +444,7 @@ def models_body(catalog: Catalog) -> bytes:
             "time": int(catalog.started.strftime("%Y%m%d")),
         }
     )
+
+
+def reply_headers(request: ChatRequest) -> dict[str, str]:
+    return {}

@@ -1,6 +1,7 @@
 // The Vercel AI SDK as its users run it: one generateText or streamText call with a
 // file-writing tool, the SDK running the tool loop. Prints what it got as JSON.
-// usage: node ai_sdk.mjs openai|anthropic generate|stream MODEL BASE_URL API_KEY FILE
+// usage: node ai_sdk.mjs openai|responses|anthropic generate|stream MODEL BASE_URL API_KEY FILE
+// ("responses" is @ai-sdk/openai's default, openai(id); "openai" is openai.chat(id))
 import { writeFileSync } from "node:fs";
 import { createAnthropic } from "@ai-sdk/anthropic";
 import { createOpenAI } from "@ai-sdk/openai";
@@ -8,10 +9,13 @@ import { generateText, stepCountIs, streamText, tool } from "ai";
 import { z } from "zod";
 
 const [sdk, mode, modelId, baseURL, apiKey, file] = process.argv.slice(2);
+const openai = createOpenAI({ baseURL: `${baseURL}/v1`, apiKey });
 const model =
   sdk === "anthropic"
     ? createAnthropic({ baseURL: `${baseURL}/v1`, apiKey })(modelId)
-    : createOpenAI({ baseURL: `${baseURL}/v1`, apiKey }).chat(modelId);
+    : sdk === "responses"
+      ? openai(modelId)
+      : openai.chat(modelId);
 
 const writeFile = tool({
   description: "Write a text file",

@@ -2,7 +2,8 @@
 process of their own (their environment, their warnings). Prints the final text as JSON.
 
 usage: python py_clients.py CLIENT MODE MODEL BASE_URL API_KEY FILE
-CLIENT: agents | langchain-openai | langchain-anthropic | litellm-openai | litellm-anthropic
+CLIENT: agents | agents-responses | langchain-openai | langchain-responses |
+        langchain-anthropic | litellm-openai | litellm-anthropic
 MODE: invoke | stream
 """
 
@@ -37,10 +38,11 @@ WRITE_TOOL = {
 }
 
 
-async def agents(mode: str, model: str, url: str, key: str, prompt: str) -> str:
+async def agents(mode: str, model: str, url: str, key: str, prompt: str, kind: str) -> str:
     from agents import (
         Agent,
         OpenAIChatCompletionsModel,
+        OpenAIResponsesModel,
         Runner,
         function_tool,
         set_tracing_disabled,
@@ -49,11 +51,13 @@ async def agents(mode: str, model: str, url: str, key: str, prompt: str) -> str:
 
     set_tracing_disabled(True)
     client = AsyncOpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0)
+    # The SDK's default model class speaks the Responses API.
+    model_class = OpenAIResponsesModel if kind == "responses" else OpenAIChatCompletionsModel
     agent = Agent(
         name="writer",
         instructions="You write files when asked.",
         tools=[function_tool(write_file)],
-        model=OpenAIChatCompletionsModel(model=model, openai_client=client),
+        model=model_class(model=model, openai_client=client),
     )
     if mode == "stream":
         run = Runner.run_streamed(agent, prompt)
@@ -67,10 +71,16 @@ def langchain(mode: str, model: str, url: str, key: str, prompt: str, kind: str)
     from langchain_core.messages import BaseMessage, HumanMessage, ToolMessage
     from langchain_core.tools import tool
 
-    if kind == "openai":
+    if kind in ("openai", "responses"):
         from langchain_openai import ChatOpenAI
 
-        llm: Any = ChatOpenAI(model=model, base_url=f"{url}/v1", api_key=key, max_retries=0)
+        llm: Any = ChatOpenAI(
+            model=model,
+            base_url=f"{url}/v1",
+            api_key=key,
+            max_retries=0,
+            use_responses_api=kind == "responses",
+        )
     else:
         from langchain_anthropic import ChatAnthropic
 
@@ -135,7 +145,7 @@ def main() -> None:
     prompt = f"Write the file {file} with the text: hello from lmgate"
     family, _, kind = client.partition("-")
     if family == "agents":
-        text = asyncio.run(agents(mode, model, url, key, prompt))
+        text = asyncio.run(agents(mode, model, url, key, prompt, kind))
     elif family == "langchain":
         text = langchain(mode, model, url, key, prompt, kind)
     else:

@@ -1,5 +1,6 @@
 """The Vercel AI SDK (npm ai + @ai-sdk/openai / @ai-sdk/anthropic): generateText and
-streamText with a tool, the SDK's own tool loop, through lmgate."""
+streamText with a tool, the SDK's own tool loop, through lmgate; @ai-sdk/openai both
+on Chat Completions (``openai.chat(id)``) and on its default, Responses (``openai(id)``)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from tests.fakes.agent import FINAL
 
 @pytest.mark.parametrize("mode", ["generate", "stream"])
 @pytest.mark.parametrize(
-    ("model", "sdk"), [("deepseek-chat", "openai"), ("big-model", "anthropic")]
+    ("model", "sdk"),
+    [("deepseek-chat", "openai"), ("deepseek-chat", "responses"), ("big-model", "anthropic")],
 )
 def test_ai_sdk_tool_loop(task: Task, model: str, sdk: str, mode: str) -> None:
     node = shutil.which("node")

@@ -1,5 +1,6 @@
-"""The OpenAI Agents SDK, LangChain (ChatOpenAI, ChatAnthropic) and the LiteLLM SDK,
-each running its tool loop through lmgate, stream and not."""
+"""The OpenAI Agents SDK (its Chat Completions model and its default, Responses one),
+LangChain (ChatOpenAI on either API, ChatAnthropic) and the LiteLLM SDK, each running
+its tool loop through lmgate, stream and not."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ from tests.fakes.agent import FINAL
 
 CLIENTS = [
     ("agents", "deepseek-chat"),
+    ("agents-responses", "deepseek-chat"),
     ("langchain-openai", "deepseek-chat"),
+    ("langchain-responses", "deepseek-chat"),
     ("langchain-anthropic", "big-model"),
     ("litellm-openai", "deepseek-chat"),
     ("litellm-anthropic", "big-model"),

@@ -6,7 +6,8 @@ not as asked:
 
 * a request with tools and no tool result yet: a call to the client's file-writing
   tool, found by its JSON schema (a path-like and a content-like property), with
-  arguments built from that schema;
+  arguments built from that schema; failing that, its shell tool (a ``cmd`` string),
+  with a command that writes the file;
 * a request that carries a tool result: a final text;
 * a request without tools (titles, summaries): a short text.
 
@@ -18,6 +19,7 @@ the text, ``"anthropic"`` sends signed thinking blocks.
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,6 +96,20 @@ def _write_tool(tools: list[Any], anthropic: bool) -> tuple[str, Any] | None:
                 return orjson.dumps(arguments).decode()
 
             return str(function.get("name")), build
+    for tool in tools:  # no file-writing tool: a shell one (Codex's exec_command)
+        function = (
+            tool if anthropic else (tool.get("function") or {}) if isinstance(tool, dict) else {}
+        )
+        schema = function.get("input_schema" if anthropic else "parameters") or {}
+        properties = schema.get("properties") or {}
+        key = next((k for k in ("cmd", "command") if k in properties), None)
+        if key and (properties[key].get("type") == "string"):
+
+            def shell(path: str, content: str, k: str = key) -> str:
+                command = f"printf %s {shlex.quote(content)} > {shlex.quote(path)}"
+                return orjson.dumps({k: command}).decode()
+
+            return str(function.get("name")), shell
     return None
 
 

@@ -1,0 +1,50 @@
+"""Codex CLI (npm @openai/codex), headless (``codex exec``), through lmgate's Responses
+API: it speaks nothing else (``wire_api = "responses"``). The fake agent answers as an
+OpenAI-compatible model or as Anthropic; Codex writes the file with its shell tool."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.clients.conftest import Task, npm_bin
+from tests.conftest import API_KEY
+from tests.fakes.agent import FINAL, THOUGHT
+
+CONFIG = """\
+model = "{model}"
+model_provider = "lmgate"
+check_for_update_on_startup = false
+
+[analytics]
+enabled = false
+
+[model_providers.lmgate]
+name = "lmgate"
+base_url = "{url}/v1"
+env_key = "LMGATE_KEY"
+wire_api = "responses"
+request_max_retries = 0
+stream_max_retries = 0
+"""
+
+
+@pytest.mark.parametrize("model", ["deepseek-chat", "deepseek-thinker", "big-model"])
+def test_codex_writes_the_file(task: Task, model: str) -> None:
+    codex_home = task.home / "codex"
+    codex_home.mkdir()
+    (codex_home / "config.toml").write_text(CONFIG.format(model=model, url=task.gateway.url))
+    env = task.env(CODEX_HOME=str(codex_home), LMGATE_KEY=API_KEY)
+    prompt = f"Write the file {task.target} with the text: hello from lmgate"
+    argv = [npm_bin("codex"), "exec", "--skip-git-repo-check", "-s", "workspace-write", prompt]
+    done = task.run(argv, env)
+    assert done.returncode == 0
+    assert FINAL in done.stdout
+    task.assert_done()
+    last = [b for b in task.bodies() if b.get("tools")][-1]
+    names = {(tool.get("function") or tool)["name"] for tool in last["tools"]}
+    # Codex's function tools arrive; its web_search and namespace group do not.
+    assert "exec_command" in names and "web_search" not in names
+    assert not any("multi_agent" in name or "close_agent" in name for name in names)
+    if model == "deepseek-thinker":  # Codex sends the reasoning back; DeepSeek needs it
+        turn = next(m for m in last["messages"] if m["role"] == "assistant")
+        assert turn["reasoning_content"] == THOUGHT

@@ -1,0 +1,359 @@
+"""The Responses API frontend (``POST /v1/responses``) through the official openai SDK,
+in front of OpenAI-compatible and Anthropic upstreams; and the request Codex CLI
+really sends (tests/data/codex_request.json), translated."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import openai
+import orjson
+import pytest
+
+from lmgate.frontends import openai_responses
+from tests.conftest import RunningGateway, upstream_config
+from tests.fakes.upstream import (
+    FakeUpstream,
+    Script,
+    anthropic_events,
+    anthropic_message,
+    chunk,
+    completion,
+    text_stream,
+)
+
+CODEX = json.loads((Path(__file__).parent / "data" / "codex_request.json").read_text())
+WEATHER: Any = {
+    "type": "function",
+    "name": "weather",
+    "description": "the weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+}
+USAGE = {
+    "prompt_tokens": 20,
+    "completion_tokens": 7,
+    "total_tokens": 27,
+    "prompt_tokens_details": {"cached_tokens": 5},
+    "completion_tokens_details": {"reasoning_tokens": 3},
+}
+
+
+def call_chunks() -> list[Any]:
+    call = {"index": 0, "id": "call_1", "type": "function", "function": {"name": "weather"}}
+    return [
+        chunk(delta={"role": "assistant", "content": None, "tool_calls": [call]}),
+        chunk(delta={"tool_calls": [{"index": 0, "function": {"arguments": '{"city":'}}]}),
+        chunk(delta={"tool_calls": [{"index": 0, "function": {"arguments": '"Paris"}'}}]}),
+        chunk(delta={}, finish_reason="tool_calls", usage=USAGE),
+    ]
+
+
+def test_non_stream_text_and_usage(client: openai.OpenAI, upstream: FakeUpstream) -> None:
+    upstream.push(Script(json=completion("Bonjour", USAGE)))
+    reply = client.responses.create(
+        model="chat-model", instructions="be brief", input="hi", max_output_tokens=50
+    )
+    assert reply.object == "response" and reply.status == "completed"
+    assert reply.id.startswith("resp_") and reply.model == "chat-model"
+    assert reply.output_text == "Bonjour"
+    assert reply.usage is not None
+    assert (reply.usage.input_tokens, reply.usage.output_tokens) == (20, 7)
+    assert reply.usage.input_tokens_details.cached_tokens == 5
+    assert reply.usage.output_tokens_details.reasoning_tokens == 3
+    sent = upstream.last.body
+    assert sent["messages"] == [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "hi"},
+    ]
+    assert sent["max_tokens"] == 50
+
+
+def test_stream_event_sequence(client: openai.OpenAI, upstream: FakeUpstream) -> None:
+    upstream.push(Script(chunks=text_stream(["Bon", "jour"], usage=USAGE)))
+    events = list(client.responses.create(model="chat-model", input="hi", stream=True))
+    kinds = [event.type for event in events]
+    assert kinds == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.output_text.delta",
+        "response.output_text.delta",
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    assert [event.sequence_number for event in events] == list(range(len(events)))
+    final = events[-1].response  # type: ignore[union-attr]
+    assert final.output_text == "Bonjour" and final.usage.output_tokens == 7
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_function_call_loop(client: openai.OpenAI, upstream: FakeUpstream, stream: bool) -> None:
+    upstream.push(
+        Script(chunks=call_chunks()) if stream else Script(json=_call_completion()),
+        Script(json=completion("Sunny in Paris")),
+    )
+    if stream:
+        with client.responses.stream(
+            model="chat-model", input="weather in Paris?", tools=[WEATHER]
+        ) as events:
+            deltas = [e.delta for e in events if e.type == "response.function_call_arguments.delta"]
+            first = events.get_final_response()
+        assert "".join(deltas) == '{"city":"Paris"}'
+    else:
+        first = client.responses.create(
+            model="chat-model", input="weather in Paris?", tools=[WEATHER]
+        )
+    [call] = [item for item in first.output if item.type == "function_call"]
+    assert (call.call_id, call.name, call.arguments) == ("call_1", "weather", '{"city":"Paris"}')
+    assert upstream.last.body["tools"] == [
+        {
+            "type": "function",
+            "function": {
+                "name": "weather",
+                "description": "the weather in a city",
+                "parameters": WEATHER["parameters"],
+            },
+        }
+    ]
+    second = client.responses.create(
+        model="chat-model",
+        tools=[WEATHER],
+        input=[
+            {"role": "user", "content": "weather in Paris?"},
+            call.model_dump(exclude_none=True),  # type: ignore[list-item]
+            {"type": "function_call_output", "call_id": "call_1", "output": "sunny"},
+        ],
+    )
+    assert second.output_text == "Sunny in Paris"
+    assert upstream.last.body["messages"][1:] == [
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "weather", "arguments": '{"city":"Paris"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+    ]
+
+
+def _call_completion() -> dict[str, Any]:
+    call = {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "weather", "arguments": '{"city":"Paris"}'},
+    }
+    return completion(None, USAGE, "tool_calls", tool_calls=[call])
+
+
+def test_structured_output(client: openai.OpenAI, upstream: FakeUpstream) -> None:
+    upstream.push(Script(json=completion('{"answer": 4}')))
+    schema = {"type": "object", "properties": {"answer": {"type": "integer"}}}
+    reply = client.responses.create(
+        model="chat-model",
+        input="2+2?",
+        text={"format": {"type": "json_schema", "name": "sum", "schema": schema, "strict": True}},
+    )
+    assert orjson.loads(reply.output_text) == {"answer": 4}
+    assert upstream.last.body["response_format"] == {
+        "type": "json_schema",
+        "json_schema": {"name": "sum", "schema": schema, "strict": True},
+    }
+
+
+def test_reasoning_summaries_from_a_deepseek_style_upstream(
+    start_gateway: Any, upstream: FakeUpstream
+) -> None:
+    client = start_gateway(upstream_config(upstream, send_reasoning="always")).client()
+    upstream.push(
+        Script(
+            chunks=[
+                chunk(delta={"role": "assistant", "reasoning_content": "Let me "}),
+                chunk(delta={"reasoning_content": "think."}),
+                chunk(delta={"content": "Four."}),
+                chunk(delta={}, finish_reason="stop", usage=USAGE),
+            ]
+        )
+    )
+    events = list(
+        client.responses.create(
+            model="reasoner", input="2+2?", stream=True, reasoning={"summary": "auto"}
+        )
+    )
+    summary = [e.delta for e in events if e.type == "response.reasoning_summary_text.delta"]
+    assert "".join(summary) == "Let me think."
+    final = events[-1].response  # type: ignore[union-attr]
+    assert [item.type for item in final.output] == ["reasoning", "message"]
+    assert final.output[0].summary[0].text == "Let me think."
+    assert final.output_text == "Four."
+    # The reasoning item sent back is the turn's reasoning again (DeepSeek's echo).
+    upstream.push(Script(json=completion("ok")))
+    client.responses.create(
+        model="reasoner",
+        input=[
+            {"role": "user", "content": "2+2?"},
+            final.output[0].model_dump(exclude_none=True),
+            final.output[1].model_dump(exclude_none=True),
+            {"role": "user", "content": "and 3+3?"},
+        ],  # type: ignore[arg-type]
+    )
+    assistant = upstream.last.body["messages"][1]
+    assert assistant["content"] == "Four." and assistant["reasoning_content"] == "Let me think."
+
+
+def test_reasoning_from_an_anthropic_upstream(
+    client: openai.OpenAI, upstream: FakeUpstream
+) -> None:
+    start = anthropic_message([], usage={"input_tokens": 9, "output_tokens": 1})
+    upstream.push(
+        Script(
+            chunks=anthropic_events(
+                {"type": "message_start", "message": start},
+                {
+                    "type": "content_block_start",
+                    "index": 0,
+                    "content_block": {"type": "thinking", "thinking": ""},
+                },
+                {
+                    "type": "content_block_delta",
+                    "index": 0,
+                    "delta": {"type": "thinking_delta", "thinking": "Hmm."},
+                },
+                {
+                    "type": "content_block_delta",
+                    "index": 0,
+                    "delta": {"type": "signature_delta", "signature": "sig"},
+                },
+                {"type": "content_block_stop", "index": 0},
+                {
+                    "type": "content_block_start",
+                    "index": 1,
+                    "content_block": {"type": "text", "text": ""},
+                },
+                {
+                    "type": "content_block_delta",
+                    "index": 1,
+                    "delta": {"type": "text_delta", "text": "Yes."},
+                },
+                {"type": "content_block_stop", "index": 1},
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": "end_turn"},
+                    "usage": {"output_tokens": 4},
+                },
+                {"type": "message_stop"},
+            ),
+            done=False,
+        )
+    )
+    with client.responses.stream(model="claude-model", input="sure?") as events:
+        final = events.get_final_response()
+    assert [item.type for item in final.output] == ["reasoning", "message"]
+    assert final.output[0].summary[0].text == "Hmm."  # type: ignore[union-attr]
+    assert final.output_text == "Yes."
+
+
+def test_a_failure_mid_stream_ends_with_response_failed(
+    client: openai.OpenAI, upstream: FakeUpstream
+) -> None:
+    upstream.push(Script(chunks=text_stream(["a", "b", "c"]), disconnect_after=2))
+    events = list(client.responses.create(model="chat-model", input="hi", stream=True))
+    assert events[-1].type == "response.failed"
+    failed = events[-1].response  # type: ignore[union-attr]
+    assert failed.status == "failed" and failed.error is not None
+    assert "upstream" in failed.error.message
+
+
+def test_errors_name_the_field(client: openai.OpenAI, upstream: FakeUpstream) -> None:
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"input": []}, "input"),
+        ({"input": [{"type": "martian"}]}, "input[0].type"),
+        (
+            {"input": [{"role": "user", "content": [{"type": "input_image", "file_id": "f"}]}]},
+            "input[0].content[0].file_id",
+        ),
+        ({"input": "hi", "previous_response_id": "resp_x"}, "previous_response_id"),
+        ({"input": "hi", "text": {"format": {"type": "yaml"}}}, "text.format.type"),
+    ]
+    for fields, param in cases:
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.responses.create(model="chat-model", **fields)
+        body: Any = caught.value.body
+        assert body["param"] == param, body
+    assert upstream.requests == []
+
+
+def test_tools_no_upstream_can_run_are_dropped_and_named(
+    gateway: RunningGateway, upstream: FakeUpstream
+) -> None:
+    raw = gateway.request(
+        "POST",
+        "/v1/responses",
+        {
+            "model": "chat-model",
+            "input": "hi",
+            "tools": [
+                WEATHER,
+                {"type": "web_search"},
+                {"type": "namespace", "name": "agents", "tools": [WEATHER]},
+            ],
+        },
+    )
+    assert raw.status == 200, raw.body
+    assert raw.headers["x-lmgate-dropped-tools"] == "web_search, namespace:agents"
+    assert [tool["function"]["name"] for tool in upstream.last.body["tools"]] == ["weather"]
+
+
+def test_refusing_unsupported_tools(start_gateway: Any, upstream: FakeUpstream) -> None:
+    config = upstream_config(upstream)
+    config["responses"] = {"unsupported_tools": "refuse"}
+    gw = start_gateway(config)
+    with pytest.raises(openai.BadRequestError) as caught:
+        gw.client().responses.create(model="chat-model", input="hi", tools=[{"type": "web_search"}])
+    assert "tools of type web_search cannot be served" in caught.value.message
+    assert upstream.requests == []
+
+
+def test_custom_tools_become_functions_and_come_back_as_custom_calls(
+    client: openai.OpenAI, upstream: FakeUpstream
+) -> None:
+    patch = "*** Begin Patch\n*** End Patch"
+    call = {
+        "id": "call_9",
+        "type": "function",
+        "function": {"name": "apply_patch", "arguments": orjson.dumps({"input": patch}).decode()},
+    }
+    upstream.push(Script(json=completion(None, None, "tool_calls", tool_calls=[call])))
+    tool: Any = {"type": "custom", "name": "apply_patch", "description": "edit files"}
+    reply = client.responses.create(model="chat-model", input="fix it", tools=[tool])
+    [item] = reply.output
+    assert item.type == "custom_tool_call" and item.input == patch and item.call_id == "call_9"
+    sent = upstream.last.body["tools"][0]["function"]
+    assert sent["name"] == "apply_patch" and sent["parameters"]["required"] == ["input"]
+
+
+def test_the_request_codex_sends() -> None:
+    """Recorded from Codex CLI 0.171: developer turns, its function tools, a namespace
+    group and web_search, store false, reasoning summaries and encrypted content."""
+    chat = openai_responses.parse_request(orjson.dumps(CODEX["body"]), CODEX["headers"])
+    assert chat.stream and chat.model == "deepseek-chat"
+    assert [tool.name for tool in chat.tools or []][:4] == [
+        "exec_command",
+        "write_stdin",
+        "request_user_input",
+        "view_image",
+    ]
+    extras = openai_responses.extras(chat)
+    assert extras.dropped_tools == ["namespace:multi_agent_v1", "web_search"]
+    assert len(chat.system) == 2 and chat.system[0].text.startswith("You are a coding agent")
+    assert [message.role for message in chat.messages] == ["user", "user"]
+    assert chat.parallel_tool_calls is True and chat.tool_choice == "auto"
