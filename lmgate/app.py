@@ -6,6 +6,7 @@ With admin.py, the only module that knows Starlette; frontends, router and provi
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import logging
 import os
@@ -29,7 +30,7 @@ from lmgate.accumulate import accumulate
 from lmgate.admin import Admin
 from lmgate.canonical import ChatRequest, Event, Reply, Start
 from lmgate.catalog import Catalog
-from lmgate.config import Config, load_config
+from lmgate.config import Config, data_dir, load_config
 from lmgate.discovery import ModelDiscovery
 from lmgate.errors import ErrorKind, GatewayError, Redactor
 from lmgate.fetch import ImageFetcher
@@ -38,6 +39,7 @@ from lmgate.ids import unique_hex
 from lmgate.keys import Caller, presented_key
 from lmgate.providers import build_provider
 from lmgate.router import Router
+from lmgate.sealing import Sealer
 from lmgate.server import ClientLimits, EventStream, connection_cap
 from lmgate.usage import CLIENT_LEFT
 
@@ -70,15 +72,24 @@ class Gateway:
         self.admin = Admin(config.server.admin_key, self.accounts)
         self.max_body = int(config.server.max_body_mb * 1024 * 1024)
         self.responses_frontend = _Configured(
-            openai_responses, refuse_unsupported=config.responses.unsupported_tools == "refuse"
+            openai_responses,
+            refuse_unsupported=config.responses.unsupported_tools == "refuse",
+            sealer=functools.cache(self._sealer),  # made when first needed
         )
         self.ready = False
         self.draining = False
         self._cut: asyncio.TimerHandle | None = None
 
+    def _sealer(self) -> Sealer:
+        path = self.config.path
+        directory = path.resolve().parent if path is not None else data_dir()
+        return Sealer.from_config(self.config.responses.secret, directory)
+
     def _secrets(self) -> list[str]:
         server = self.config.server
         keys = [*server.api_keys, *([server.admin_key] if server.admin_key else [])]
+        if self.config.responses.secret:
+            keys.append(self.config.responses.secret)
         return [*keys, *(s for provider in self.providers.values() for s in provider.secrets())]
 
     async def startup(self) -> None:

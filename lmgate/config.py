@@ -201,6 +201,9 @@ class ResponsesConfig(_Strict):
     # Tools no upstream model can be given (web_search, file_search, Codex's namespace
     # groups, …): "drop" them (named in x-lmgate-dropped-tools) or "refuse" with a 400.
     unsupported_tools: Literal["drop", "refuse"] = "drop"
+    # The key that seals reasoning for stateless clients (encrypted_content); default: a
+    # key file (responses.key) next to the config file, or in the data directory.
+    secret: str | None = None
 
 
 class Config(_Strict):

@@ -357,3 +357,113 @@ def test_the_request_codex_sends() -> None:
     assert len(chat.system) == 2 and chat.system[0].text.startswith("You are a coding agent")
     assert [message.role for message in chat.messages] == ["user", "user"]
     assert chat.parallel_tool_calls is True and chat.tool_choice == "auto"
+
+
+def _thinking_reply() -> Script:
+    return Script(
+        json=anthropic_message(
+            [
+                {"type": "thinking", "thinking": "Hmm.", "signature": "sig-anthropic-1"},
+                {"type": "text", "text": "Yes."},
+            ]
+        )
+    )
+
+
+def test_stateless_reasoning_round_trip_keeps_the_signature(
+    client: openai.OpenAI, upstream: FakeUpstream
+) -> None:
+    """Codex's way: store false, include reasoning.encrypted_content. The thinking and
+    its Anthropic signature come back sealed, and reach the upstream again intact."""
+    upstream.push(_thinking_reply(), Script(json=anthropic_message()))
+    first = client.responses.create(
+        model="claude-model",
+        input="sure?",
+        store=False,
+        include=["reasoning.encrypted_content"],
+    )
+    reasoning = first.output[0]
+    assert reasoning.type == "reasoning"
+    sealed = reasoning.encrypted_content or ""
+    assert sealed.startswith("lmg1.") and "sig-anthropic-1" not in sealed and "Hmm" not in sealed
+    client.responses.create(
+        model="claude-model",
+        store=False,
+        input=[
+            {"role": "user", "content": "sure?"},
+            reasoning.model_dump(exclude_none=True),
+            first.output[1].model_dump(exclude_none=True),
+            {"role": "user", "content": "really?"},
+        ],  # type: ignore[arg-type]
+    )
+    turn = upstream.last.body["messages"][1]
+    assert turn["content"][0] == {
+        "type": "thinking",
+        "thinking": "Hmm.",
+        "signature": "sig-anthropic-1",
+    }
+
+
+def test_reasoning_is_sealed_only_when_asked(client: openai.OpenAI, upstream: FakeUpstream) -> None:
+    upstream.push(_thinking_reply())
+    reply = client.responses.create(model="claude-model", input="sure?")
+    assert reply.output[0].encrypted_content is None  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_sealed_reasoning_in_a_stream_and_a_tampered_blob(
+    client: openai.OpenAI, upstream: FakeUpstream, stream: bool
+) -> None:
+    upstream.push(_thinking_reply() if not stream else _thinking_stream())
+    options: Any = {"include": ["reasoning.encrypted_content"], "store": False}
+    if stream:
+        with client.responses.stream(model="claude-model", input="sure?", **options) as events:
+            first = events.get_final_response()
+    else:
+        first = client.responses.create(model="claude-model", input="sure?", **options)
+    sealed = first.output[0].encrypted_content  # type: ignore[union-attr]
+    assert sealed and sealed.startswith("lmg1.")
+    tampered = sealed[:-6] + ("AAAAAA" if not sealed.endswith("AAAAAA") else "BBBBBB")
+    item = {"type": "reasoning", "summary": [], "encrypted_content": tampered}
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.responses.create(
+            model="claude-model", input=[{"role": "user", "content": "x"}, item], **options
+        )
+    assert caught.value.body["param"] == "input[1].encrypted_content"  # type: ignore[index]
+    foreign = {**item, "encrypted_content": "gAAAAB-openai-blob", "summary": []}
+    upstream.push(Script(json=anthropic_message()))
+    client.responses.create(  # another API's blob is no use here, and no error either
+        model="claude-model",
+        input=[{"role": "user", "content": "x"}, foreign, {"role": "user", "content": "y"}],
+    )
+
+
+def _thinking_stream() -> Script:
+    start = anthropic_message([], usage={"input_tokens": 9, "output_tokens": 1})
+    return Script(
+        chunks=anthropic_events(
+            {"type": "message_start", "message": start},
+            {"type": "content_block_start", "index": 0, "content_block": {"type": "thinking"}},
+            {
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "thinking_delta", "thinking": "Hmm."},
+            },
+            {
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "signature_delta", "signature": "sig-anthropic-1"},
+            },
+            {"type": "content_block_stop", "index": 0},
+            {"type": "content_block_start", "index": 1, "content_block": {"type": "text"}},
+            {
+                "type": "content_block_delta",
+                "index": 1,
+                "delta": {"type": "text_delta", "text": "Yes."},
+            },
+            {"type": "content_block_stop", "index": 1},
+            {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {}},
+            {"type": "message_stop"},
+        ),
+        done=False,
+    )

@@ -11,37 +11,33 @@ come back as ``custom_tool_call`` items.
 
 from __future__ import annotations
 
-import time
-from collections.abc import AsyncGenerator, Mapping
-from contextlib import aclosing
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
 
 from lmgate.canonical import (
     ChatRequest,
-    Event,
-    Finish,
     ImagePart,
     Message,
     Part,
-    ReasoningDelta,
     ReasoningPart,
-    Reply,
-    Start,
-    TextDelta,
     TextPart,
     Tool,
-    ToolCallDelta,
     ToolCallPart,
-    ToolCallStart,
     ToolResultPart,
-    Usage,
-    arguments_object,
 )
-from lmgate.errors import GatewayError, encodable, from_exception, invalid
+from lmgate.errors import encodable, invalid
 from lmgate.frontends import openai_chat
+from lmgate.frontends.responses_output import (
+    CUSTOM_INPUT,
+    EXTRAS_KEY,
+    ResponsesExtras,
+    extras,
+    reply_body,
+    reply_headers,
+    stream_frames,
+)
 from lmgate.frontends.validate import (
     optional_bool,
     optional_int,
@@ -52,41 +48,25 @@ from lmgate.frontends.validate import (
     parse_json_object,
     string,
 )
-from lmgate.ids import unique_hex
 from lmgate.media import decode_data_url
+from lmgate.sealing import PREFIX, Sealer, SealError
 
 PROTOCOL = "responses"
 error_status = openai_chat.error_status
 error_body = openai_chat.error_body
-
-# A custom (freeform) tool, as the function every upstream understands.
-_CUSTOM_INPUT = "input"
-
-
-@dataclass(slots=True)
-class ResponsesExtras:
-    """What the reply needs from the request beyond the canonical fields; kept in
-    ``ChatRequest.extra`` under ``_RESPONSES`` (no upstream dialect reads it)."""
-
-    custom_tools: frozenset[str] = frozenset()
-    dropped_tools: list[str] = field(default_factory=list)
-    echo: dict[str, Any] = field(default_factory=dict)  # request fields the reply repeats
-
-
-_RESPONSES = "responses"
-
-
-def extras(request: ChatRequest) -> ResponsesExtras:
-    found = request.extra.get(_RESPONSES)
-    return found if isinstance(found, ResponsesExtras) else ResponsesExtras()
-
+__all__ = ["extras", "parse_request", "reply_body", "reply_headers", "stream_frames"]
 
 # ---- request -------------------------------------------------------------------
 
 
 def parse_request(
-    body: bytes, headers: Mapping[str, str] | None = None, refuse_unsupported: bool = False
+    body: bytes,
+    headers: Mapping[str, str] | None = None,
+    refuse_unsupported: bool = False,
+    sealer: Callable[[], Sealer] | None = None,
 ) -> ChatRequest:
+    """``sealer`` opens the client's sealed reasoning, and seals the reply's when the
+    client asks for it (``include: ["reasoning.encrypted_content"]``)."""
     data = parse_json_object(body)
     model = string(data.get("model"), "model", allow_empty=False)
     if data.get("previous_response_id") is not None:
@@ -101,7 +81,9 @@ def parse_request(
     instructions = optional_string(data, "instructions")
     if instructions:
         system.append(TextPart(instructions))
-    messages = _parse_input(data.get("input"), system)
+    messages = _parse_input(data.get("input"), system, sealer)
+    include = optional_list(data, "include") or []
+    sealing = sealer if "reasoning.encrypted_content" in include else None
     tools, custom, dropped = _parse_tools(data.get("tools"), refuse_unsupported)
     text = optional_object(data, "text") or {}
     reasoning = optional_object(data, "reasoning") or {}
@@ -139,12 +121,14 @@ def parse_request(
         thinking=False if effort == "none" else None,
         reasoning_effort=effort if effort not in (None, "none") else None,
         user=optional_string(data, "user"),
-        extra={_RESPONSES: ResponsesExtras(custom, dropped, echo)},
+        extra={EXTRAS_KEY: ResponsesExtras(custom, dropped, echo, sealing)},
         extra_dialect=PROTOCOL,
     )
 
 
-def _parse_input(raw: Any, system: list[TextPart]) -> list[Message]:
+def _parse_input(
+    raw: Any, system: list[TextPart], sealer: Callable[[], Sealer] | None
+) -> list[Message]:
     if isinstance(raw, str):
         return [Message("user", [TextPart(raw)])]
     if not isinstance(raw, list) or not raw:
@@ -188,14 +172,14 @@ def _parse_input(raw: Any, system: list[TextPart]) -> list[Message]:
                 arguments = string(item.get("arguments", ""), f"{where}.arguments")
             else:
                 value = string(item.get("input", ""), f"{where}.input")
-                arguments = orjson.dumps({_CUSTOM_INPUT: value}).decode()
+                arguments = orjson.dumps({CUSTOM_INPUT: value}).decode()
             assistant().append(ToolCallPart(call_id, name, arguments))
         elif kind in ("function_call_output", "custom_tool_call_output"):
             call_id = string(item.get("call_id"), f"{where}.call_id", allow_empty=False)
             output = _tool_output(item.get("output"), f"{where}.output")
             messages.append(Message("tool", [ToolResultPart(call_id, output)]))
         elif kind == "reasoning":
-            part = _reasoning(item, where)
+            part = _reasoning(item, where, sealer)
             if part is not None:
                 assistant().append(part)
         elif kind == "item_reference":
@@ -280,7 +264,20 @@ def _tool_output(output: Any, where: str) -> list[TextPart | ImagePart]:
     raise invalid(f"{where}: expected a string or an array of parts", where)
 
 
-def _reasoning(item: dict[str, Any], where: str) -> ReasoningPart | None:
+def _reasoning(
+    item: dict[str, Any], where: str, sealer: Callable[[], Sealer] | None
+) -> ReasoningPart | None:
+    sealed = item.get("encrypted_content")
+    if isinstance(sealed, str) and sealed.startswith(PREFIX) and sealer is not None:
+        try:
+            kept = sealer().open(sealed)
+        except SealError as error:
+            at = f"{where}.encrypted_content"
+            raise invalid(f"{at}: cannot be opened: {error}", at) from None
+        if isinstance(kept, dict) and isinstance(kept.get("text"), str):
+            signature = kept.get("signature")
+            return ReasoningPart(kept["text"], signature if isinstance(signature, str) else None)
+    # Without lmgate's own blob (another API's is of no use here): the text itself.
     texts: list[str] = []
     for key, kind in (("content", "reasoning_text"), ("summary", "summary_text")):
         for index, part in enumerate(optional_list(item, key, f"{where}.{key}") or []):
@@ -326,8 +323,8 @@ def _parse_tools(
                 description += f"\n\nThe input must follow this grammar:\n{grammar}"
             schema = {
                 "type": "object",
-                "properties": {_CUSTOM_INPUT: {"type": "string", "description": "free text"}},
-                "required": [_CUSTOM_INPUT],
+                "properties": {CUSTOM_INPUT: {"type": "string", "description": "free text"}},
+                "required": [CUSTOM_INPUT],
             }
             tools.append(Tool(name, description.strip() or None, schema))
             custom.add(name)
@@ -386,348 +383,3 @@ def _response_format(text: dict[str, Any]) -> dict[str, Any] | None:
         f"text.format.type: expected text, json_object or json_schema; got {kind!r}",
         "text.format.type",
     )
-
-
-# ---- replies -------------------------------------------------------------------
-
-
-def _usage(usage: Usage | None) -> dict[str, Any] | None:
-    if usage is None:
-        return None
-    return {
-        "input_tokens": usage.input_tokens,
-        "input_tokens_details": {"cached_tokens": usage.cache_read_tokens or 0},
-        "output_tokens": usage.output_tokens,
-        "output_tokens_details": {"reasoning_tokens": usage.reasoning_tokens or 0},
-        "total_tokens": usage.input_tokens + usage.output_tokens,
-    }
-
-
-def _item_id(prefix: str) -> str:
-    return f"{prefix}_{unique_hex()}"
-
-
-def _response(
-    response_id: str, created: int, model: str, request: ChatRequest, status: str
-) -> dict[str, Any]:
-    echo = extras(request).echo
-    return {
-        "id": response_id,
-        "object": "response",
-        "created_at": created,
-        "status": status,
-        "background": False,
-        "error": None,
-        "incomplete_details": None,
-        "instructions": echo.get("instructions"),
-        "max_output_tokens": echo.get("max_output_tokens"),
-        "metadata": echo.get("metadata", {}),
-        "model": model,
-        "output": [],
-        "parallel_tool_calls": echo.get("parallel_tool_calls", True),
-        "previous_response_id": None,
-        "reasoning": echo.get("reasoning"),
-        "store": echo.get("store", True),
-        "temperature": echo.get("temperature", 1.0),
-        "text": echo.get("text"),
-        "tool_choice": echo.get("tool_choice", "auto"),
-        "tools": echo.get("tools", []),
-        "top_p": echo.get("top_p", 1.0),
-        "truncation": "disabled",
-        "usage": None,
-        "user": request.user,
-    }
-
-
-def _finished(body: dict[str, Any], finish: Finish | None, usage: Usage | None) -> None:
-    if finish is not None and finish.reason == "length":
-        body["status"] = "incomplete"
-        body["incomplete_details"] = {"reason": "max_output_tokens"}
-    elif finish is not None and finish.reason == "content_filter":
-        body["status"] = "incomplete"
-        body["incomplete_details"] = {"reason": "content_filter"}
-    else:
-        body["status"] = "completed"
-    body["usage"] = _usage(usage)
-
-
-def _reasoning_item(item_id: str, text: str) -> dict[str, Any]:
-    summary = [{"type": "summary_text", "text": text}] if text else []
-    return {"id": item_id, "type": "reasoning", "summary": summary}
-
-
-def _message_item(item_id: str, text: str, status: str = "completed") -> dict[str, Any]:
-    return {
-        "id": item_id,
-        "type": "message",
-        "status": status,
-        "role": "assistant",
-        "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}],
-    }
-
-
-def _call_item(
-    item_id: str, call_id: str, name: str, arguments: str, custom: frozenset[str]
-) -> dict[str, Any]:
-    if name in custom:
-        value = arguments_object(arguments).get(_CUSTOM_INPUT, arguments)
-        return {
-            "id": item_id,
-            "type": "custom_tool_call",
-            "status": "completed",
-            "call_id": call_id,
-            "name": name,
-            "input": value if isinstance(value, str) else orjson.dumps(value).decode(),
-        }
-    return {
-        "id": item_id,
-        "type": "function_call",
-        "status": "completed",
-        "call_id": call_id,
-        "name": name,
-        "arguments": arguments,
-    }
-
-
-def reply_body(reply: Reply, request: ChatRequest) -> bytes:
-    body = _response(_item_id("resp"), int(time.time()), reply.model, request, "completed")
-    custom = extras(request).custom_tools
-    output = body["output"]
-    if reply.reasoning:
-        output.append(_reasoning_item(_item_id("rs"), reply.reasoning))
-    if reply.text or not reply.tool_calls:
-        output.append(_message_item(_item_id("msg"), reply.text))
-    for call in reply.tool_calls:
-        output.append(_call_item(_item_id("fc"), call.id, call.name, call.arguments, custom))
-    _finished(body, reply.finish, reply.usage)
-    return orjson.dumps(body)
-
-
-def reply_headers(request: ChatRequest) -> dict[str, str]:
-    """Reply headers of this protocol: which of the client's tools were dropped."""
-    dropped = extras(request).dropped_tools
-    if not dropped:
-        return {}
-    # The names are the client's: printable ASCII only in a header (no line breaks).
-    value = "".join(c if " " <= c <= "~" else "?" for c in ", ".join(dropped))
-    return {"x-lmgate-dropped-tools": value[:1000]}
-
-
-class _Stream:
-    """The state of one streamed response: its items, and the events' numbering."""
-
-    def __init__(self, start: Start, request: ChatRequest) -> None:
-        self.request = request
-        self.custom = extras(request).custom_tools
-        self.body = _response(_item_id("resp"), int(time.time()), start.model, request, "")
-        self.sequence = 0
-        self.open: dict[str, Any] | None = None  # the reasoning or message item being written
-        self.text: list[str] = []
-        self.calls: dict[int, dict[str, Any]] = {}  # open function calls by canonical index
-
-    def event(self, kind: str, **fields: Any) -> bytes:
-        fields["type"] = kind
-        fields["sequence_number"] = self.sequence
-        self.sequence += 1
-        return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(fields) + b"\n\n"
-
-    def begin(self) -> list[bytes]:
-        self.body["status"] = "in_progress"
-        return [
-            self.event("response.created", response=self.body),
-            self.event("response.in_progress", response=self.body),
-        ]
-
-    def _add(self, item: dict[str, Any]) -> tuple[bytes, int]:
-        index = len(self.body["output"])
-        self.body["output"].append(item)
-        return self.event("response.output_item.added", output_index=index, item=item), index
-
-    def reasoning(self, text: str) -> list[bytes]:
-        frames = []
-        if self.open is None or self.open["type"] != "reasoning":
-            frames += self.close_all()
-            item = {"id": _item_id("rs"), "type": "reasoning", "summary": []}
-            frame, index = self._add(item)
-            self.open = {"type": "reasoning", "item": item, "index": index}
-            part = {"type": "summary_text", "text": ""}
-            frames += [
-                frame,
-                self.event(
-                    "response.reasoning_summary_part.added",
-                    item_id=item["id"],
-                    output_index=index,
-                    summary_index=0,
-                    part=part,
-                ),
-            ]
-        self.text.append(text)
-        frames.append(
-            self.event(
-                "response.reasoning_summary_text.delta",
-                item_id=self.open["item"]["id"],
-                output_index=self.open["index"],
-                summary_index=0,
-                delta=text,
-            )
-        )
-        return frames
-
-    def message(self, text: str) -> list[bytes]:
-        frames = []
-        if self.open is None or self.open["type"] != "message":
-            frames += self.close_all()
-            item = _message_item(_item_id("msg"), "", "in_progress")
-            item["content"] = []
-            frame, index = self._add(item)
-            self.open = {"type": "message", "item": item, "index": index}
-            part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
-            frames += [
-                frame,
-                self.event(
-                    "response.content_part.added",
-                    item_id=item["id"],
-                    output_index=index,
-                    content_index=0,
-                    part=part,
-                ),
-            ]
-        self.text.append(text)
-        frames.append(
-            self.event(
-                "response.output_text.delta",
-                item_id=self.open["item"]["id"],
-                output_index=self.open["index"],
-                content_index=0,
-                delta=text,
-                logprobs=[],
-            )
-        )
-        return frames
-
-    def call_start(self, event: ToolCallStart) -> list[bytes]:
-        frames = self.close_open()
-        custom = event.name in self.custom
-        item = {
-            "id": _item_id("ctc" if custom else "fc"),
-            "type": "custom_tool_call" if custom else "function_call",
-            "status": "in_progress",
-            "call_id": event.id,
-            "name": event.name,
-            ("input" if custom else "arguments"): "",
-        }
-        frame, index = self._add(item)
-        self.calls[event.index] = {"item": item, "index": index, "arguments": []}
-        return [*frames, frame]
-
-    def call_delta(self, event: ToolCallDelta) -> list[bytes]:
-        call = self.calls.get(event.index)
-        if call is None or not event.arguments:
-            return []
-        call["arguments"].append(event.arguments)
-        if call["item"]["type"] == "custom_tool_call":
-            return []  # its input is known once the JSON arguments are whole
-        return [
-            self.event(
-                "response.function_call_arguments.delta",
-                item_id=call["item"]["id"],
-                output_index=call["index"],
-                delta=event.arguments,
-            )
-        ]
-
-    def close_open(self) -> list[bytes]:
-        """End the reasoning or message item being written."""
-        if self.open is None:
-            return []
-        item, index = self.open["item"], self.open["index"]
-        text = "".join(self.text)
-        self.open, self.text = None, []
-        if item["type"] == "reasoning":
-            summary = {"type": "summary_text", "text": text}
-            item["summary"] = [summary]
-            ids = {"item_id": item["id"], "output_index": index, "summary_index": 0}
-            return [
-                self.event("response.reasoning_summary_text.done", text=text, **ids),
-                self.event("response.reasoning_summary_part.done", part=summary, **ids),
-                self.event("response.output_item.done", output_index=index, item=item),
-            ]
-        part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
-        item["content"], item["status"] = [part], "completed"
-        ids = {"item_id": item["id"], "output_index": index, "content_index": 0}
-        return [
-            self.event("response.output_text.done", text=text, logprobs=[], **ids),
-            self.event("response.content_part.done", part=part, **ids),
-            self.event("response.output_item.done", output_index=index, item=item),
-        ]
-
-    def close_all(self) -> list[bytes]:
-        frames = self.close_open()
-        for call in self.calls.values():
-            item, index = call["item"], call["index"]
-            arguments = "".join(call["arguments"])
-            done = _call_item(item["id"], item["call_id"], item["name"], arguments, self.custom)
-            item.update(done)
-            ids = {"item_id": item["id"], "output_index": index}
-            if item["type"] == "custom_tool_call":
-                frames.append(
-                    self.event("response.custom_tool_call_input.delta", delta=item["input"], **ids)
-                )
-                frames.append(
-                    self.event("response.custom_tool_call_input.done", input=item["input"], **ids)
-                )
-            else:
-                frames.append(
-                    self.event("response.function_call_arguments.done", arguments=arguments, **ids)
-                )
-            frames.append(self.event("response.output_item.done", output_index=index, item=item))
-        self.calls.clear()
-        return frames
-
-    def end(self, finish: Finish | None, usage: Usage | None) -> list[bytes]:
-        frames = self.close_all()
-        _finished(self.body, finish, usage)
-        kind = "response.completed" if self.body["status"] == "completed" else "response.incomplete"
-        return [*frames, self.event(kind, response=self.body)]
-
-    def fail(self, error: GatewayError) -> bytes:
-        self.body["status"] = "failed"
-        self.body["error"] = {"code": error.code or str(error.kind), "message": error.message}
-        return self.event("response.failed", response=self.body)
-
-
-async def stream_frames(
-    start: Start,
-    events: AsyncGenerator[Event, None],
-    request: ChatRequest,
-) -> AsyncGenerator[bytes, None]:
-    """SSE events for a reply whose ``Start`` was already received."""
-    state = _Stream(start, request)
-    finish: Finish | None = None
-    usage: Usage | None = None
-    for frame in state.begin():
-        yield frame
-    try:
-        async with aclosing(events):
-            async for event in events:
-                if isinstance(event, TextDelta):
-                    frames = state.message(event.text) if event.text else []
-                elif isinstance(event, ReasoningDelta):
-                    frames = state.reasoning(event.text) if event.text else []
-                elif isinstance(event, ToolCallStart):
-                    frames = state.call_start(event)
-                elif isinstance(event, ToolCallDelta):
-                    frames = state.call_delta(event)
-                elif isinstance(event, Finish):
-                    finish, frames = event, []
-                elif isinstance(event, Usage):
-                    usage, frames = event, []
-                else:  # a heartbeat: a comment line keeps the connection alive
-                    frames = [b": keep-alive\n\n"]
-                for frame in frames:
-                    yield frame
-    except Exception as error:
-        yield state.fail(from_exception(error))
-        return
-    for frame in state.end(finish, usage):
-        yield frame
