@@ -31,6 +31,7 @@ from lmgate.admin import Admin
 from lmgate.canonical import ChatRequest, Event, Reply, Start
 from lmgate.catalog import Catalog
 from lmgate.config import Config, data_dir, load_config
+from lmgate.conversations import Conversations
 from lmgate.discovery import ModelDiscovery
 from lmgate.errors import ErrorKind, GatewayError, Redactor
 from lmgate.fetch import ImageFetcher
@@ -70,12 +71,14 @@ class Gateway:
         self.router = Router(config.routing, self.fetcher, redactor=self.redactor)
         self.accounts = Accounts(config, self.catalog, self.router)
         self.admin = Admin(config.server.admin_key, self.accounts)
-        self.max_body = int(config.server.max_body_mb * 1024 * 1024)
-        self.responses_frontend = _Configured(
-            openai_responses,
+        self.conversations = Conversations(self.accounts.store, config.responses.retention_days)
+        self.responses_frontend = openai_responses.ResponsesFrontend(
+            self.conversations,
             refuse_unsupported=config.responses.unsupported_tools == "refuse",
             sealer=functools.cache(self._sealer),  # made when first needed
         )
+        self.max_body = int(config.server.max_body_mb * 1024 * 1024)
+
         self.ready = False
         self.draining = False
         self._cut: asyncio.TimerHandle | None = None
@@ -203,7 +206,12 @@ class Gateway:
         meter = self.accounts.meter(request_id, frontend.PROTOCOL)
         try:
             caller = await self.authenticate(request)
-            chat = frontend.parse_request(await self.read_body(request), request.headers)
+            body = await self.read_body(request)
+            parse_async = getattr(frontend, "parse_async", None)  # one with stored state
+            if parse_async is not None:
+                chat = await parse_async(body, request.headers, caller.key_id)
+            else:
+                chat = frontend.parse_request(body, request.headers)
             if meter is not None:
                 meter.request(chat, caller.key_id)
             chain = self.catalog.candidates(chat.model, self.check_media(chat), bool(chat.tools))
@@ -215,6 +223,8 @@ class Gateway:
                     meter.reply = reply  # read when the meter finishes: no per-event work
                 await _unless_client_leaves(request, accumulate(events, reply))
                 body = frontend.reply_body(reply, chat)
+                if (finish := getattr(frontend, "finish", None)) is not None:
+                    await finish(chat, body)
                 headers = _ids(request_id, reply.deployment, reply.attempts)
                 headers.update(frontend.reply_headers(chat))
                 if meter is not None:
@@ -291,6 +301,33 @@ class Gateway:
         body = orjson.dumps(openai_chat.model_object(entry))
         return Response(body, media_type="application/json", headers=_ids(request_id))
 
+    async def stored_response(self, request: Request) -> Response:
+        """GET / DELETE /v1/responses/{id}, GET …/{id}/input_items: the key's own only."""
+        request_id = _request_id(request)
+        response_id = request.path_params["response_id"]
+        try:
+            caller = await self.authenticate(request)
+            if request.url.path.endswith("/input_items"):
+                query = request.query_params
+                limit = query.get("limit", "20")
+                if not limit.isdigit() or not 1 <= int(limit) <= 100:
+                    raise GatewayError("invalid_request", "limit: expected 1 to 100", param="limit")
+                order = query.get("order", "desc")
+                if order not in ("asc", "desc"):
+                    raise GatewayError("invalid_request", "order: asc or desc", param="order")
+                page = await self.conversations.input_items(
+                    response_id, caller.key_id, int(limit), order, query.get("after")
+                )
+                body = orjson.dumps(page)
+            elif request.method == "DELETE":
+                await self.conversations.delete(response_id, caller.key_id)
+                body = orjson.dumps({"id": response_id, "object": "response", "deleted": True})
+            else:
+                body = await self.conversations.get(response_id, caller.key_id)
+        except GatewayError as error:
+            return _error(openai_chat, error, request_id)
+        return Response(body, media_type="application/json", headers=_ids(request_id))
+
     async def health(self, request: Request) -> Response:
         return Response(b'{"status":"ok"}', media_type="application/json")
 
@@ -312,6 +349,16 @@ class Gateway:
                 Route(f"{prefix}/v1/chat/completions", self.chat_completions, methods=["POST"]),
                 Route(f"{prefix}/v1/messages", self.messages, methods=["POST"]),
                 Route(f"{prefix}/v1/responses", self.responses, methods=["POST"]),
+                Route(
+                    f"{prefix}/v1/responses/{{response_id}}",
+                    self.stored_response,
+                    methods=["GET", "DELETE"],
+                ),
+                Route(
+                    f"{prefix}/v1/responses/{{response_id}}/input_items",
+                    self.stored_response,
+                    methods=["GET"],
+                ),
                 Route(f"{prefix}/v1/messages/count_tokens", self.count_tokens, methods=["POST"]),
             ]
         return routes
@@ -384,20 +431,6 @@ class Frontend(Protocol):
     def error_status(self, error: GatewayError) -> int: ...
     def error_body(self, error: GatewayError) -> bytes: ...
     def reply_headers(self, request: ChatRequest) -> dict[str, str]: ...
-
-
-class _Configured:
-    """A frontend module whose ``parse_request`` takes options from the config."""
-
-    def __init__(self, module: Any, **options: Any) -> None:
-        self._module = module
-        self._options = options
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._module, name)
-
-    def parse_request(self, body: bytes, headers: Mapping[str, str]) -> ChatRequest:
-        return self._module.parse_request(body, headers, **self._options)
 
 
 def _error(frontend: Frontend, error: GatewayError, request_id: str) -> Response:

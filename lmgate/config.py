@@ -204,6 +204,9 @@ class ResponsesConfig(_Strict):
     # The key that seals reasoning for stateless clients (encrypted_content); default: a
     # key file (responses.key) next to the config file, or in the data directory.
     secret: str | None = None
+    # Days a stored response (store: true, the API's default) is kept for
+    # previous_response_id and GET /v1/responses/{id}.
+    retention_days: float = Field(30, gt=0)
 
 
 class Config(_Strict):

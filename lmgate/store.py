@@ -83,6 +83,27 @@ def _migration_2(connection: Connection) -> None:
     connection.execute(sa.text("DROP INDEX IF EXISTS lmgate_usage_key_at"))
 
 
+def _responses_table(metadata: sa.MetaData) -> sa.Table:
+    return sa.Table(
+        "lmgate_responses",
+        metadata,
+        sa.Column("id", sa.String(64), primary_key=True),
+        sa.Column("key_id", sa.String(64)),  # the key that made it; only it may read it
+        sa.Column("created_at", sa.Float, nullable=False),
+        sa.Column("expires_at", sa.Float, nullable=False),
+        # JSON: the conversation's input items (earlier turns included), and the response
+        # object (its output: what a follow-up continues from).
+        sa.Column("input_items", sa.Text, nullable=False),
+        sa.Column("response", sa.Text, nullable=False),
+        sa.Index("lmgate_responses_expires", "expires_at"),
+    )
+
+
+def _migration_3(connection: Connection) -> None:
+    snapshot = sa.MetaData()
+    _responses_table(snapshot).create(connection)
+
+
 # The live schema, used by queries: the result of every migration.
 metadata = sa.MetaData()
 schema_version = sa.Table(
@@ -90,11 +111,13 @@ schema_version = sa.Table(
 )
 keys, usage = _tables_v1(metadata)
 usage.indexes = {index for index in usage.indexes if index.name != "lmgate_usage_key_at"}
+responses = _responses_table(metadata)
 
 # Append only: a released migration never changes; a new one gets the next number.
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _migration_1),
     (2, _migration_2),
+    (3, _migration_3),
 ]
 
 
@@ -278,6 +301,48 @@ class Store:
             rows = [dict(row._mapping) for row in await connection.execute(query)]
         return sorted(rows, key=itemgetter("group"))
 
+    # ---- stored responses (the Responses API) ----------------------------------------
+
+    async def save_response(
+        self, response_id: str, key_id: str | None, expires_at: float, items: bytes, body: bytes
+    ) -> None:
+        async with self.engine.begin() as connection:
+            await connection.execute(
+                responses.insert().values(
+                    id=response_id,
+                    key_id=key_id,
+                    created_at=time.time(),
+                    expires_at=expires_at,
+                    input_items=items.decode(),
+                    response=body.decode(),
+                )
+            )
+
+    async def load_response(self, response_id: str, key_id: str | None) -> tuple[str, str] | None:
+        """(input items, response) as JSON text, when ``key_id`` made it and it is live."""
+        query = sa.select(responses.c.input_items, responses.c.response).where(
+            responses.c.id == response_id,
+            _owned_by(key_id),
+            responses.c.expires_at > time.time(),
+        )
+        async with self.engine.connect() as connection:
+            row = (await connection.execute(query)).first()
+        return (row[0], row[1]) if row is not None else None
+
+    async def delete_response(self, response_id: str, key_id: str | None) -> bool:
+        async with self.engine.begin() as connection:
+            result = await connection.execute(
+                responses.delete().where(responses.c.id == response_id, _owned_by(key_id))
+            )
+            return bool(result.rowcount)
+
+    async def purge_responses(self) -> int:
+        async with self.engine.begin() as connection:
+            result = await connection.execute(
+                responses.delete().where(responses.c.expires_at <= time.time())
+            )
+            return int(result.rowcount or 0)
+
     # ---- keys -----------------------------------------------------------------------
 
     async def create_key(
@@ -421,6 +486,11 @@ def _migrate(connection: Connection) -> int:
             connection.execute(schema_version.insert().values(version=number))
             current = number
     return current
+
+
+def _owned_by(key_id: str | None) -> sa.ColumnElement[bool]:
+    column = responses.c.key_id
+    return column.is_(None) if key_id is None else column == key_id
 
 
 def _key(row: Any) -> KeyInfo:

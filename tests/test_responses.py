@@ -281,7 +281,6 @@ def test_errors_name_the_field(client: openai.OpenAI, upstream: FakeUpstream) ->
             {"input": [{"role": "user", "content": [{"type": "input_image", "file_id": "f"}]}]},
             "input[0].content[0].file_id",
         ),
-        ({"input": "hi", "previous_response_id": "resp_x"}, "previous_response_id"),
         ({"input": "hi", "text": {"format": {"type": "yaml"}}}, "text.format.type"),
     ]
     for fields, param in cases:
@@ -467,3 +466,80 @@ def _thinking_stream() -> Script:
         ),
         done=False,
     )
+
+
+OTHER_KEY = "sk-another-client-key"
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
+def test_a_stored_conversation_over_three_turns(
+    start_gateway: Any,
+    upstream: FakeUpstream,
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    engine: str,
+) -> None:
+    config = upstream_config(upstream)
+    config["server"]["api_keys"].append(OTHER_KEY)
+    url = (
+        f"sqlite:///{tmp_path}/lmgate.db"
+        if engine == "sqlite"
+        else request.getfixturevalue("postgres_url")
+    )
+    config["store"] = {"url": url}
+    gw = start_gateway(config)
+    client = gw.client()
+    upstream.push(
+        Script(json=completion("Hi Ann")),
+        Script(chunks=text_stream(["You are ", "Ann"])),
+        Script(json=completion("Bye Ann")),
+    )
+    first = client.responses.create(model="chat-model", input="I am Ann", instructions="short")
+    with client.responses.stream(
+        model="chat-model", input="who am I?", previous_response_id=first.id
+    ) as events:
+        second = events.get_final_response()
+    assert second.previous_response_id == first.id
+    third = client.responses.create(model="chat-model", input="bye", previous_response_id=second.id)
+    assert third.output_text == "Bye Ann"
+    assert upstream.last.body["messages"] == [  # instructions are not carried over
+        {"role": "user", "content": "I am Ann"},
+        {"role": "assistant", "content": "Hi Ann"},
+        {"role": "user", "content": "who am I?"},
+        {"role": "assistant", "content": "You are Ann"},
+        {"role": "user", "content": "bye"},
+    ]
+    assert upstream.requests[0].body["messages"][0] == {"role": "system", "content": "short"}
+
+    # Retrieve, list input items (paginated), delete; another key sees nothing.
+    assert client.responses.retrieve(second.id).output_text == "You are Ann"
+    items = client.responses.input_items.list(third.id, limit=2, order="asc")
+    texts = [item.content[0].text for item in items.data]  # type: ignore[union-attr]
+    assert texts == ["I am Ann", "Hi Ann"] and items.has_more
+    rest = client.responses.input_items.list(third.id, order="asc", after=items.data[-1].id)
+    assert len(rest.data) == 3 and not rest.has_more
+    other = gw.client(api_key=OTHER_KEY)
+    for call in (
+        lambda: other.responses.retrieve(first.id),
+        lambda: other.responses.delete(first.id),
+        lambda: other.responses.create(
+            model="chat-model", input="x", previous_response_id=first.id
+        ),
+    ):
+        with pytest.raises(openai.NotFoundError):
+            call()
+    client.responses.delete(first.id)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(first.id)
+    assert client.responses.retrieve(second.id).id == second.id  # the others stay
+
+
+def test_store_false_keeps_nothing(client: openai.OpenAI, upstream: FakeUpstream) -> None:
+    upstream.push(Script(json=completion("x")))
+    reply = client.responses.create(model="chat-model", input="hi", store=False)
+    assert reply.store is False
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(reply.id)
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.responses.create(model="chat-model", input="x", previous_response_id="resp_nope")
+    assert caught.value.body["param"] == "previous_response_id"  # type: ignore[index]

@@ -27,6 +27,7 @@ from lmgate.canonical import (
     ToolCallPart,
     ToolResultPart,
 )
+from lmgate.conversations import Conversations
 from lmgate.errors import encodable, invalid
 from lmgate.frontends import openai_chat
 from lmgate.frontends.responses_output import (
@@ -67,21 +68,40 @@ def parse_request(
 ) -> ChatRequest:
     """``sealer`` opens the client's sealed reasoning, and seals the reply's when the
     client asks for it (``include: ["reasoning.encrypted_content"]``)."""
-    data = parse_json_object(body)
+    return build_request(parse_json_object(body), refuse_unsupported, sealer)
+
+
+def previous_id(data: dict[str, Any]) -> str | None:
+    return optional_string(data, "previous_response_id") or None
+
+
+def input_items(data: dict[str, Any]) -> list[Any]:
+    """The request's input as a list of items (a string is one user message)."""
+    raw = data.get("input")
+    if isinstance(raw, str):
+        return [
+            {"type": "message", "role": "user", "content": [{"type": "input_text", "text": raw}]}
+        ]
+    return raw if isinstance(raw, list) else []
+
+
+def build_request(
+    data: dict[str, Any],
+    refuse_unsupported: bool = False,
+    sealer: Callable[[], Sealer] | None = None,
+    history: list[Any] | None = None,
+) -> ChatRequest:
+    """The canonical request; ``history``: the stored items it continues from (the
+    ``previous_response_id`` conversation's input and output)."""
     model = string(data.get("model"), "model", allow_empty=False)
-    if data.get("previous_response_id") is not None:
-        raise invalid(
-            "previous_response_id: stored conversations are not available on this gateway "
-            "yet; send the whole conversation in input (with store: false)",
-            "previous_response_id",
-        )
     if data.get("background"):
         raise invalid("background: background responses are not supported", "background")
     system: list[TextPart] = []
     instructions = optional_string(data, "instructions")
     if instructions:
         system.append(TextPart(instructions))
-    messages = _parse_input(data.get("input"), system, sealer)
+    messages = _parse_input(history, system, sealer, "previous_response") if history else []
+    messages = _parse_input(data.get("input"), system, sealer, "input", messages)
     include = optional_list(data, "include") or []
     sealing = sealer if "reasoning.encrypted_content" in include else None
     tools, custom, dropped = _parse_tools(data.get("tools"), refuse_unsupported)
@@ -94,6 +114,7 @@ def parse_request(
         if data.get(key) is not None
     }
     echo.update(
+        previous_response_id=previous_id(data),
         tools=data.get("tools") or [],
         tool_choice=data.get("tool_choice", "auto"),
         store=data.get("store", True) is not False,
@@ -127,13 +148,18 @@ def parse_request(
 
 
 def _parse_input(
-    raw: Any, system: list[TextPart], sealer: Callable[[], Sealer] | None
+    raw: Any,
+    system: list[TextPart],
+    sealer: Callable[[], Sealer] | None,
+    name: str,
+    messages: list[Message] | None = None,
 ) -> list[Message]:
+    """``messages`` with the items of ``raw`` (named ``name`` in errors) added."""
+    messages = messages if messages is not None else []
     if isinstance(raw, str):
-        return [Message("user", [TextPart(raw)])]
+        return [*messages, Message("user", [TextPart(raw)])]
     if not isinstance(raw, list) or not raw:
-        raise invalid("input: expected a string or a non-empty array of items", "input")
-    messages: list[Message] = []
+        raise invalid(f"{name}: expected a string or a non-empty array of items", name)
 
     def assistant() -> list[Part]:
         # Consecutive reasoning, message and call items are one assistant turn.
@@ -142,7 +168,7 @@ def _parse_input(
         return messages[-1].parts
 
     for index, item in enumerate(raw):
-        where = f"input[{index}]"
+        where = f"{name}[{index}]"
         if not isinstance(item, dict):
             raise invalid(f"{where}: expected an object", where)
         kind = item.get("type", "message" if "role" in item else None)
@@ -383,3 +409,48 @@ def _response_format(text: dict[str, Any]) -> dict[str, Any] | None:
         f"text.format.type: expected text, json_object or json_schema; got {kind!r}",
         "text.format.type",
     )
+
+
+class ResponsesFrontend:
+    """The frontend as the gateway runs it: with the config's options, and the stored
+    conversations that ``previous_response_id`` continues and ``store`` adds to."""
+
+    PROTOCOL = PROTOCOL
+
+    def __init__(
+        self,
+        conversations: Conversations,
+        refuse_unsupported: bool = False,
+        sealer: Callable[[], Sealer] | None = None,
+    ) -> None:
+        self.conversations = conversations
+        self.refuse_unsupported = refuse_unsupported
+        self.sealer = sealer
+
+    def parse_request(self, body: bytes, headers: Mapping[str, str]) -> ChatRequest:
+        return parse_request(body, headers, self.refuse_unsupported, self.sealer)
+
+    async def parse_async(
+        self, body: bytes, headers: Mapping[str, str], key_id: str | None
+    ) -> ChatRequest:
+        data = parse_json_object(body)
+        previous = previous_id(data)
+        history = await self.conversations.history(previous, key_id) if previous else []
+        chat = build_request(data, self.refuse_unsupported, self.sealer, history)
+        if data.get("store", True) is not False:
+            found = extras(chat)
+            items = [*history, *input_items(data)]
+            found.save = self.conversations.saver(found.response_id, key_id, items)
+        return chat
+
+    async def finish(self, chat: ChatRequest, body: bytes) -> None:
+        """A non-stream reply is whole: store it (a stream stores itself at its end)."""
+        save = extras(chat).save
+        if save is not None:
+            await save(body)
+
+    reply_body = staticmethod(reply_body)
+    reply_headers = staticmethod(reply_headers)
+    stream_frames = staticmethod(stream_frames)
+    error_status = staticmethod(error_status)
+    error_body = staticmethod(error_body)

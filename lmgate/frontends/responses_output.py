@@ -4,7 +4,7 @@ event stream (``lmgate/frontends/openai_responses.py`` parses the requests)."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +42,9 @@ class ResponsesExtras:
     echo: dict[str, Any] = field(default_factory=dict)  # request fields the reply repeats
     # Set when the client asked for reasoning.encrypted_content: seals it into the items.
     sealer: Callable[[], Sealer] | None = None
+    response_id: str = field(default_factory=lambda: _item_id("resp"))
+    # Set when the response is to be stored: called with the finished response object.
+    save: Callable[[bytes], Awaitable[None]] | None = None
 
     def sealed(self, text: str, signature: str | None) -> dict[str, str]:
         if self.sealer is None or not (text or signature):
@@ -94,7 +97,7 @@ def _response(
         "model": model,
         "output": [],
         "parallel_tool_calls": echo.get("parallel_tool_calls", True),
-        "previous_response_id": None,
+        "previous_response_id": echo.get("previous_response_id"),
         "reasoning": echo.get("reasoning"),
         "store": echo.get("store", True),
         "temperature": echo.get("temperature", 1.0),
@@ -163,7 +166,7 @@ def _call_item(
 
 
 def reply_body(reply: Reply, request: ChatRequest) -> bytes:
-    body = _response(_item_id("resp"), int(time.time()), reply.model, request, "completed")
+    body = _response(extras(request).response_id, int(time.time()), reply.model, request, "")
     custom = extras(request).custom_tools
     output = body["output"]
     if reply.reasoning or reply.reasoning_signature:
@@ -193,7 +196,9 @@ class _Stream:
     def __init__(self, start: Start, request: ChatRequest) -> None:
         self.request = request
         self.custom = extras(request).custom_tools
-        self.body = _response(_item_id("resp"), int(time.time()), start.model, request, "")
+        self.body = _response(
+            extras(request).response_id, int(time.time()), start.model, request, ""
+        )
         self.sequence = 0
         self.open: dict[str, Any] | None = None  # the reasoning or message item being written
         self.text: list[str] = []
@@ -410,5 +415,13 @@ async def stream_frames(
     except Exception as error:
         yield state.fail(from_exception(error))
         return
-    for frame in state.end(finish, usage):
+    frames = state.end(finish, usage)
+    save = extras(request).save
+    if save is not None:  # stored before the client hears it is complete
+        try:
+            await save(orjson.dumps(state.body))
+        except Exception as error:
+            yield state.fail(from_exception(error))
+            return
+    for frame in frames:
         yield frame
