@@ -128,6 +128,8 @@ class ChatRequest:
     # Anthropic beta features the client asked for (its anthropic-beta header); they
     # make the Anthropic fields in ``extra`` valid, so Anthropic upstreams get them too.
     betas: list[str] = field(default_factory=list)
+    # What the client's frontend needs again to write the reply (no provider reads it).
+    reply_state: Any = None
 
 
 # ---- events --------------------------------------------------------------------

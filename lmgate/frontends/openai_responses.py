@@ -32,7 +32,6 @@ from lmgate.errors import encodable, invalid
 from lmgate.frontends import openai_chat
 from lmgate.frontends.responses_output import (
     CUSTOM_INPUT,
-    EXTRAS_KEY,
     ResponsesExtras,
     extras,
     reply_body,
@@ -142,7 +141,7 @@ def build_request(
         thinking=False if effort == "none" else None,
         reasoning_effort=effort if effort not in (None, "none") else None,
         user=optional_string(data, "user"),
-        extra={EXTRAS_KEY: ResponsesExtras(custom, dropped, echo, sealing)},
+        reply_state=ResponsesExtras(custom, dropped, echo, sealing),
         extra_dialect=PROTOCOL,
     )
 

@@ -34,8 +34,8 @@ CUSTOM_INPUT = "input"
 
 @dataclass(slots=True)
 class ResponsesExtras:
-    """What the reply needs from the request beyond the canonical fields; kept in
-    ``ChatRequest.extra`` under ``EXTRAS_KEY`` (no upstream dialect reads it)."""
+    """What the reply needs from the request beyond the canonical fields (kept in
+    ``ChatRequest.reply_state``)."""
 
     custom_tools: frozenset[str] = frozenset()
     dropped_tools: list[str] = field(default_factory=list)
@@ -52,11 +52,8 @@ class ResponsesExtras:
         return {"encrypted_content": self.sealer().seal({"text": text, "signature": signature})}
 
 
-EXTRAS_KEY = "responses"
-
-
 def extras(request: ChatRequest) -> ResponsesExtras:
-    found = request.extra.get(EXTRAS_KEY)
+    found = request.reply_state
     return found if isinstance(found, ResponsesExtras) else ResponsesExtras()
 
 

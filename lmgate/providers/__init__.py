@@ -13,9 +13,11 @@ from lmgate.providers.degpt import DegptProvider
 from lmgate.providers.echo import EchoProvider
 from lmgate.providers.lmv2 import LmV2Provider
 from lmgate.providers.openai_compat import OpenAICompatProvider
+from lmgate.providers.openai_responses import OpenAIResponsesProvider
 
 PROVIDER_TYPES: dict[str, type[Provider]] = {
     "openai": OpenAICompatProvider,
+    "openai_responses": OpenAIResponsesProvider,
     "anthropic": AnthropicProvider,
     "lmv2": LmV2Provider,
     "degpt": DegptProvider,

@@ -30,7 +30,13 @@ from lmgate.canonical import (
     arguments_object,
 )
 from lmgate.errors import ErrorKind, GatewayError
-from lmgate.providers.base import Target, apply_overrides, count, fold_system_turns
+from lmgate.providers.base import (
+    REASONING_SIGNATURE,
+    Target,
+    apply_overrides,
+    count,
+    fold_system_turns,
+)
 from lmgate.providers.http import HttpProvider, HttpProviderConfig, unfinished
 
 _FINISH: dict[str, FinishReason] = {
@@ -349,7 +355,7 @@ def _blocks(message: Message) -> list[dict[str, Any]]:
             # Only Anthropic's own signed thinking may be handed back to it.
             if part.redacted:
                 blocks.append({"type": "redacted_thinking", "data": part.redacted})
-            elif part.signature:
+            elif part.signature and not part.signature.startswith(REASONING_SIGNATURE):
                 blocks.append(
                     {"type": "thinking", "thinking": part.text, "signature": part.signature}
                 )

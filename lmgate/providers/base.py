@@ -41,6 +41,11 @@ class Target:
     thinking: bool = False
 
 
+# Marks a reasoning signature that is an OpenAI Responses upstream's encrypted_content
+# (only that provider sends it back; an Anthropic signature looks different).
+REASONING_SIGNATURE = "openai-responses:"
+
+
 def apply_overrides(
     body: dict[str, Any], request: ChatRequest, target: Target, dialect: str
 ) -> dict[str, Any]:

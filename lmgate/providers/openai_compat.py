@@ -139,7 +139,7 @@ class OpenAICompatProvider(HttpProvider):
             if value is not None:
                 body[name] = value
         if target.thinking:
-            effort = request.reasoning_effort or _effort_of(request.thinking_budget)
+            effort = request.reasoning_effort or effort_of(request.thinking_budget)
             if effort and request.thinking is not False:
                 body["reasoning_effort"] = effort
             if request.thinking is not None and self.sends_reasoning(target):
@@ -299,7 +299,7 @@ def _usage(data: dict[str, Any]) -> Usage:
     )
 
 
-def _effort_of(budget: int | None) -> str | None:
+def effort_of(budget: int | None) -> str | None:
     """A thinking budget in tokens as a reasoning effort (the reverse of Anthropic's)."""
     if budget is None:
         return None
@@ -352,14 +352,14 @@ def content_out(parts: list[TextPart | ImagePart]) -> str | list[dict[str, Any]]
         if isinstance(part, TextPart):
             out.append({"type": "text", "text": part.text})
         else:
-            image: dict[str, Any] = {"url": _image_url(part)}
+            image: dict[str, Any] = {"url": image_url(part)}
             if part.detail:
                 image["detail"] = part.detail
             out.append({"type": "image_url", "image_url": image})
     return out
 
 
-def _image_url(part: ImagePart) -> str:
+def image_url(part: ImagePart) -> str:
     if part.data is not None:
         encoded = base64.b64encode(part.data).decode()
         return f"data:{part.media_type or 'image/png'};base64,{encoded}"
