@@ -53,6 +53,11 @@ MESSAGES_BODY = json.dumps(
     },
     separators=(",", ":"),
 )
+RESPONSES_BODY = json.dumps(
+    {"model": "bench", "input": "Say twenty words.", "store": False, "stream": False},
+    separators=(",", ":"),
+)
+RESPONSES_STREAM_BODY = RESPONSES_BODY.replace('"stream":false', '"stream":true')
 PIN = shutil.which("taskset") is not None and (os.cpu_count() or 1) >= 2
 
 
@@ -296,6 +301,32 @@ def main() -> int:
                 }
                 for label, name in (("one_deployment", "one"), ("routed", "routed"))
             }
+        # /v1/responses against /v1/chat/completions on the same upstream (stateless,
+        # store false; A B B A, as above). With store true each reply is also written.
+        responses = f"http://127.0.0.1:{gw_port}/v1/responses"
+        stored = RESPONSES_BODY.replace('"store":false', '"store":true')
+        results["responses"] = {}
+        for connections in (1, 16):
+            order = [
+                ("chat", through, BODY),
+                ("responses", responses, RESPONSES_BODY),
+                ("responses", responses, RESPONSES_BODY),
+                ("chat", through, BODY),
+            ]
+            runs = [(name, wrk(url, body, connections, args.seconds)) for name, url, body in order]
+            row = {
+                name: {
+                    key: statistics.mean(r[key] for n, r in runs if n == name)
+                    for key in ("rps", "p50_ms", "p99_ms")
+                }
+                for name in ("chat", "responses")
+            }
+            row["stored"] = wrk(responses, stored, connections, args.seconds)
+            results["responses"][connections] = row
+        results["stream"]["responses_c1"] = stream_latency(
+            gw_port, "/v1/responses", args.stream_requests, RESPONSES_STREAM_BODY,
+            b'"delta":"word "',
+        )  # fmt: skip
         results["stream"]["rps_c16"] = {
             "direct": wrk(direct, STREAM_BODY, 16, args.seconds)["rps"],
             "gateway": wrk(through, STREAM_BODY, 16, args.seconds)["rps"],
@@ -355,6 +386,14 @@ def report(results: dict[str, Any]) -> None:
             f" (ratio {routed['rps'] / one['rps']:.2f}), p50 {one['p50_ms']:.3f} vs"
             f" {routed['p50_ms']:.3f}ms, p99 {one['p99_ms']:.3f} vs {routed['p99_ms']:.3f}ms"
         )
+    print("\n/v1/responses vs /v1/chat/completions, same upstream (store false; stored: true)")
+    for connections, row in results["responses"].items():
+        chat, resp, stored = row["chat"], row["responses"], row["stored"]
+        print(
+            f"  c={connections}: rps {chat['rps']:.0f} vs {resp['rps']:.0f}"
+            f" (ratio {resp['rps'] / chat['rps']:.2f}), p50 {chat['p50_ms']:.3f} vs"
+            f" {resp['p50_ms']:.3f}ms; stored {stored['rps']:.0f} rps, p50 {stored['p50_ms']:.3f}ms"
+        )
     print("\nusage recording (SQLite): CPU per request, gateway vs the same without a store,")
     print("both loaded at once on one core, over pairs of fresh gateways; the control is")
     print("pairs of two identical gateways (this machine's noise)")
@@ -387,6 +426,12 @@ def report(results: dict[str, Any]) -> None:
         f"  /v1/messages (Anthropic out, OpenAI upstream) first event p50 {a['first_chunk_p50_ms']:.3f}ms,"
         f" whole stream p50 {a['full_stream_p50_ms']:.3f}ms,"
         f" added vs direct {a['full_stream_p50_ms'] - d['full_stream_p50_ms']:.3f}ms"
+    )
+    r = s["responses_c1"]
+    print(
+        f"  /v1/responses (Responses out, OpenAI upstream) first event p50 {r['first_chunk_p50_ms']:.3f}ms,"
+        f" whole stream p50 {r['full_stream_p50_ms']:.3f}ms,"
+        f" added vs chat {r['full_stream_p50_ms'] - g['full_stream_p50_ms']:.3f}ms"
     )
     print(
         f"  stream rps at c=16: direct {s['rps_c16']['direct']:.0f}, gateway {s['rps_c16']['gateway']:.0f}"

@@ -4,7 +4,9 @@ really sends (tests/data/codex_request.json), translated."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,7 @@ import orjson
 import pytest
 
 from lmgate.frontends import openai_responses
-from tests.conftest import RunningGateway, upstream_config
+from tests.conftest import RunningGateway, upstream_config, wait_until
 from tests.fakes.upstream import (
     FakeUpstream,
     Script,
@@ -23,6 +25,7 @@ from tests.fakes.upstream import (
     completion,
     text_stream,
 )
+from tests.test_multimodal import DATA_URL, PNG_B64
 
 CODEX = json.loads((Path(__file__).parent / "data" / "codex_request.json").read_text())
 WEATHER: Any = {
@@ -532,6 +535,36 @@ def test_a_stored_conversation_over_three_turns(
     with pytest.raises(openai.NotFoundError):
         client.responses.retrieve(first.id)
     assert client.responses.retrieve(second.id).id == second.id  # the others stay
+
+    # Usage records name the protocol, like the other two frontends'.
+    gateway = gw.app.state.gateway
+    wait_until(lambda: gateway.accounts.recorder.written >= 3)
+    rows = asyncio.run_coroutine_threadsafe(
+        gateway.accounts.store.usage_rows(time.time() - 60), gw.loop
+    ).result(10)
+    ours = [row for row in rows if row["protocol"] == "responses" and row["status"] == 200]
+    assert len(ours) >= 3 and all(row["input_tokens"] > 0 for row in ours)
+
+
+def test_images_by_data_url(client: openai.OpenAI, upstream: FakeUpstream) -> None:
+    upstream.push(Script(json=anthropic_message()))
+    client.responses.create(
+        model="claude-model",
+        input=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "input_text", "text": "what is it"},
+                    {"type": "input_image", "image_url": DATA_URL},
+                ],
+            }
+        ],
+    )
+    image = upstream.last.body["messages"][0]["content"][1]
+    assert image == {
+        "type": "image",
+        "source": {"type": "base64", "media_type": "image/png", "data": PNG_B64},
+    }
 
 
 def test_store_false_keeps_nothing(client: openai.OpenAI, upstream: FakeUpstream) -> None:
