@@ -78,7 +78,6 @@ class Gateway:
             sealer=functools.cache(self._sealer),  # made when first needed
         )
         self.max_body = int(config.server.max_body_mb * 1024 * 1024)
-
         self.ready = False
         self.draining = False
         self._cut: asyncio.TimerHandle | None = None

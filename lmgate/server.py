@@ -54,7 +54,7 @@ class EventStream:
     that is every wait, and 40 MB replies were read to the end for a client long gone.
     """
 
-    __slots__ = ("_frames", "_headers", "_open", "status_code")
+    __slots__ = ("_frames", "_headers", "_open")
 
     def __init__(self, frames: AsyncGenerator[bytes, None], headers: dict[str, str]) -> None:
         self._frames = frames
@@ -63,7 +63,6 @@ class EventStream:
             *((name.lower().encode(), value.encode()) for name, value in headers.items()),
         ]
         self._open = True
-        self.status_code = 200
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         task = asyncio.current_task()

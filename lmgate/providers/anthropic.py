@@ -37,7 +37,7 @@ from lmgate.providers.base import (
     count,
     fold_system_turns,
 )
-from lmgate.providers.http import HttpProvider, HttpProviderConfig, unfinished
+from lmgate.providers.http import HttpProvider, HttpProviderConfig, stream_event, unfinished
 
 _FINISH: dict[str, FinishReason] = {
     "end_turn": "stop",
@@ -216,20 +216,7 @@ class _StreamParser:
         self.stopped = False
 
     def feed(self, payload: bytes) -> list[Event]:
-        try:
-            data = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            raise GatewayError(
-                "upstream", f"upstream {self._provider} sent a stream event that is not JSON"
-            ) from None
-        if not isinstance(data, dict):
-            return []
-        try:
-            return self._events(data)
-        except (LookupError, TypeError, AttributeError, ValueError):
-            raise GatewayError(
-                "upstream", f"upstream {self._provider} sent a stream event of the wrong shape"
-            ) from None
+        return stream_event(self._provider, payload, self._events)
 
     def _events(self, data: dict[str, Any]) -> list[Event]:
         kind = data.get("type")

@@ -12,6 +12,8 @@ import aiohttp
 import orjson
 from pydantic import Field
 
+from lmgate import lenient_json
+from lmgate.canonical import Event
 from lmgate.config import ConfigError
 from lmgate.errors import GatewayError, encodable, redact
 from lmgate.providers.base import Provider, ProviderConfig, Timeouts
@@ -232,6 +234,27 @@ class HttpProvider(Provider):
                 "upstream", f"upstream {self.name} refused the gateway's credentials: {detail}"
             )
         return GatewayError("upstream", message, retryable=status >= 500)
+
+
+def stream_event(
+    provider: str, payload: bytes, handle: Callable[[dict[str, Any]], list[Event]]
+) -> list[Event]:
+    """The events of one upstream stream event (a JSON object, given to ``handle``); an
+    event that is not JSON, or of a shape ``handle`` cannot read, is an upstream error."""
+    try:
+        data = lenient_json.loads(payload)
+    except orjson.JSONDecodeError:
+        raise GatewayError(
+            "upstream", f"upstream {provider} sent a stream event that is not JSON"
+        ) from None
+    if not isinstance(data, dict):
+        return []
+    try:
+        return handle(data)
+    except (LookupError, TypeError, AttributeError, ValueError):
+        raise GatewayError(
+            "upstream", f"upstream {provider} sent a stream event of the wrong shape"
+        ) from None
 
 
 def unfinished(provider: str) -> GatewayError:

@@ -38,7 +38,7 @@ from lmgate.providers.base import (
     apply_overrides,
     count,
 )
-from lmgate.providers.http import HttpProvider, HttpProviderConfig, unfinished
+from lmgate.providers.http import HttpProvider, HttpProviderConfig, stream_event, unfinished
 from lmgate.providers.openai_compat import effort_of, image_url
 
 _INCOMPLETE: dict[str, FinishReason] = {
@@ -211,20 +211,7 @@ class _StreamParser:
         self.done = False
 
     def feed(self, payload: bytes) -> list[Event]:
-        try:
-            data = lenient_json.loads(payload)
-        except orjson.JSONDecodeError:
-            raise GatewayError(
-                "upstream", f"upstream {self._provider} sent a stream event that is not JSON"
-            ) from None
-        if not isinstance(data, dict):
-            return []
-        try:
-            return self._events(data)
-        except (LookupError, TypeError, AttributeError, ValueError):
-            raise GatewayError(
-                "upstream", f"upstream {self._provider} sent a stream event of the wrong shape"
-            ) from None
+        return stream_event(self._provider, payload, self._events)
 
     def _events(self, data: dict[str, Any]) -> list[Event]:
         kind = data.get("type")
