@@ -257,14 +257,18 @@ def main() -> int:
     )
     store_dir = tempfile.mkdtemp(prefix="lmgate-bench-")
 
-    def start_gateway(store_url: str) -> tuple[subprocess.Popen[bytes], int]:
+    def start_gateway(store_url: str, metrics: bool = True) -> tuple[subprocess.Popen[bytes], int]:
         port = free_port()
         process = subprocess.Popen(
             pinned(0, [sys.executable, "-m", "lmgate", "serve", "--config", str(HERE / "bench.yaml"),
                        "--port", str(port), "--log-level", "warning"]),
-            env={**env, "BENCH_STORE_URL": store_url},
+            env={**env, "BENCH_STORE_URL": store_url, "BENCH_METRICS": str(metrics).lower()},
         )  # fmt: skip
         return process, port
+
+    def start_for_metrics(flag: str) -> tuple[subprocess.Popen[bytes], int]:
+        # recording_cost's "none" is the gateway without; both keep no store.
+        return start_gateway("none", metrics=flag != "none")
 
     results: dict[str, Any] = {"non_stream": {}, "stream": {}, "recording": {}}
     gateways: list[subprocess.Popen[bytes]] = []
@@ -277,6 +281,11 @@ def main() -> int:
                 # Two identical gateways: how far this machine's noise goes.
                 "control": recording_cost(start_gateway, lambda i: "none", connections),
             }
+        # What the metrics (on by default) cost: gateways with and without, no store.
+        results["metrics"] = {
+            connections: recording_cost(start_for_metrics, lambda i: "metrics", connections)
+            for connections in (1, 8)
+        }
         gateway, gw_port = start_gateway(f"sqlite:///{store_dir}/lmgate.db")
         gateways.append(gateway)
         wait_ready(f"http://127.0.0.1:{gw_port}/ready")
@@ -405,6 +414,8 @@ def report(results: dict[str, Any]) -> None:
             f"  {connections} connection(s) each: recording {_spread(cost)}, of which the writer"
             f" thread {statistics.median(cost['side_threads']) * 100:+.1f}%; control {_spread(control)}"
         )
+    for connections, cost in results.get("metrics", {}).items():
+        print(f"  metrics, {connections} connection(s) each: {_spread(cost)} (no store on either)")
     counted = results["recording"].get("instructions")
     if counted:
         print(

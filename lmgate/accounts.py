@@ -15,7 +15,7 @@ from lmgate.keys import Caller, KeyRing
 from lmgate.limits import CooldownBus, LocalLimiter, RedisLimiter
 from lmgate.router import Router
 from lmgate.store import Store
-from lmgate.usage import Meter, UsageRecorder
+from lmgate.usage import Meter, RowSink, UsageRecorder
 
 log = logging.getLogger("lmgate")
 
@@ -33,6 +33,9 @@ class Accounts:
             self.bus = CooldownBus(client, config.redis.prefix, catalog)
             router.on_cooldown = self.bus.opened
         self.recorder: UsageRecorder | None = None
+        # Where finished requests' rows go: the recorder, and the metrics when on (set
+        # by the gateway). None: no request needs a meter.
+        self.sink: RowSink | None = None
         if self.store is not None:
             self.recorder = UsageRecorder(
                 self.store,
@@ -41,6 +44,7 @@ class Accounts:
                 config.store.flush_interval,
                 on_tokens=self._tokens_written,
             )
+            self.sink = self.recorder
 
     async def start(self) -> None:
         if self.store is not None:
@@ -85,7 +89,8 @@ class Accounts:
         return chain
 
     def meter(self, request_id: str, protocol: str) -> Meter | None:
-        return Meter(self.recorder, request_id, protocol) if self.recorder else None
+        sink = self.sink
+        return Meter(sink, request_id, protocol) if sink is not None else None
 
     async def _tokens_written(self, spent: dict[str, tuple[int, int]]) -> None:
         self.keys.spent(spent)

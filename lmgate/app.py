@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import gc
+import hmac
 import logging
 import os
 import signal
@@ -38,6 +39,8 @@ from lmgate.fetch import ImageFetcher
 from lmgate.frontends import anthropic_messages, openai_chat, openai_responses
 from lmgate.ids import unique_hex
 from lmgate.keys import Caller, presented_key
+from lmgate.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from lmgate.metrics import MeterSink, Metrics
 from lmgate.providers import build_provider
 from lmgate.router import Router
 from lmgate.sealing import Sealer
@@ -71,6 +74,10 @@ class Gateway:
         self.router = Router(config.routing, self.fetcher, redactor=self.redactor)
         self.accounts = Accounts(config, self.catalog, self.router)
         self.admin = Admin(config.server.admin_key, self.accounts)
+        self.metrics: Metrics | None = None
+        if config.metrics.enabled:
+            self.metrics = Metrics(self.catalog, self.accounts.recorder)
+            self.accounts.sink = MeterSink(self.metrics, self.accounts.recorder)
         self.conversations = Conversations(self.accounts.store, config.responses.retention_days)
         self.responses_frontend = openai_responses.ResponsesFrontend(
             self.conversations,
@@ -102,6 +109,7 @@ class Gateway:
         await self.fetcher.start()
         await self.discovery.start()
         await self.accounts.start()
+        await self.conversations.start()
         # Load the tokenizer off the event loop so the first request does not pay for it.
         await asyncio.to_thread(tokens.encoding)
         # Everything alive now lives as long as the process: keep it out of the
@@ -126,6 +134,7 @@ class Gateway:
         for provider in self.providers.values():
             await provider.close()
         await self.fetcher.close()
+        await self.conversations.stop()
         await self.accounts.stop()
 
     # ---- graceful shutdown ------------------------------------------------------------
@@ -327,6 +336,17 @@ class Gateway:
             return _error(openai_chat, error, request_id)
         return Response(body, media_type="application/json", headers=_ids(request_id))
 
+    async def metrics_page(self, request: Request) -> Response:
+        assert self.metrics is not None
+        admin_key = self.config.server.admin_key
+        if self.config.metrics.require_admin_key and (
+            admin_key is None
+            or not hmac.compare_digest(presented_key(request.headers).encode(), admin_key.encode())
+        ):
+            error = GatewayError("authentication", "GET /metrics needs the admin key")
+            return _error(openai_chat, error, _request_id(request))
+        return Response(self.metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
+
     async def health(self, request: Request) -> Response:
         return Response(b'{"status":"ok"}', media_type="application/json")
 
@@ -341,6 +361,8 @@ class Gateway:
             Route("/ready", self.ready_check, methods=["GET"]),
             *self.admin.routes(),
         ]
+        if self.metrics is not None:
+            routes.append(Route("/metrics", self.metrics_page, methods=["GET"]))
         for prefix in ["", *self.config.server.route_prefixes]:
             routes += [
                 Route(f"{prefix}/v1/models", self.list_models, methods=["GET"]),

@@ -209,6 +209,11 @@ class ResponsesConfig(_Strict):
     retention_days: float = Field(30, gt=0)
 
 
+class MetricsConfig(_Strict):
+    enabled: bool = True  # GET /metrics, in the Prometheus text format
+    require_admin_key: bool = False  # else open, like /health (it shows no secret)
+
+
 class Config(_Strict):
     server: ServerConfig = ServerConfig()
     catalog: CatalogInfo = CatalogInfo()
@@ -219,6 +224,7 @@ class Config(_Strict):
     store: StoreConfig = StoreConfig()
     redis: RedisConfig = RedisConfig()
     responses: ResponsesConfig = ResponsesConfig()
+    metrics: MetricsConfig = MetricsConfig()
     path: Path | None = Field(None, exclude=True)
 
 

@@ -24,11 +24,42 @@ _PURGE_EVERY = 3600.0  # seconds between deletions of expired responses
 
 
 class Conversations:
-    def __init__(self, store: Store | None, retention_days: float) -> None:
+    """Stored responses are written behind the reply, in batches (one writer: SQLite
+    takes one at a time, and concurrent writers waited on its lock for up to a
+    second). Until written they are served from memory, so a follow-up sent the
+    moment a reply ends finds its predecessor. At most ``max_pending`` wait; beyond
+    that a reply waits for the writer (nothing is dropped)."""
+
+    def __init__(
+        self, store: Store | None, retention_days: float, max_pending: int = 10_000
+    ) -> None:
         self.store = store
         self.retention = retention_days * 86_400
+        self.max_pending = max_pending
+        self._pending: dict[str, dict[str, Any]] = {}  # id -> row, not written yet
+        self._deleted: set[str] = set()  # taken out of _pending by a deletion
+        self._wake = asyncio.Event()
+        self._written = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
         self._next_purge = 0.0
         self._purging: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        if self.store is not None:
+            self._writer = asyncio.create_task(self._write_loop())
+
+    async def stop(self) -> None:
+        """Write what waits (before the store closes)."""
+        if self._writer is not None:
+            self._writer.cancel()
+            self._writer = None
+        if self._pending and self.store is not None:
+            try:
+                await self._write_pending(self.store)
+            except Exception as error:
+                log.error(
+                    "stored responses not written at shutdown (%d): %s", len(self._pending), error
+                )
 
     async def history(self, response_id: str, key_id: str | None) -> list[Any]:
         """The items a follow-up to ``response_id`` continues from."""
@@ -45,16 +76,66 @@ class Conversations:
             return None
 
         async def save(body: bytes) -> None:
-            expires = time.time() + self.retention
-            await store.save_response(response_id, key_id, expires, _with_ids(items), body)
-            self._maybe_purge(store)
+            while len(self._pending) >= self.max_pending:
+                self._written.clear()
+                self._wake.set()
+                try:
+                    async with asyncio.timeout(30):
+                        await self._written.wait()
+                except TimeoutError:
+                    raise GatewayError(
+                        "overloaded",
+                        "the store does not take stored responses now; send store: false",
+                        retry_after=5,
+                    ) from None
+            now = time.time()
+            self._pending[response_id] = {
+                "id": response_id,
+                "key_id": key_id,
+                "created_at": now,
+                "expires_at": now + self.retention,
+                "input_items": _with_ids(items).decode(),
+                "response": body.decode(),
+            }
+            self._wake.set()
 
         return save
+
+    async def _write_loop(self) -> None:
+        assert self.store is not None
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self._write_pending(self.store)
+            except Exception as error:  # kept in memory; tried again on the next save
+                log.error("could not write %d stored responses: %s", len(self._pending), error)
+                await asyncio.sleep(1)
+                self._wake.set()
+            self._maybe_purge(self.store)
+
+    async def _write_pending(self, store: Store) -> None:
+        batch = list(self._pending.values())
+        if batch:
+            await store.save_responses(batch)
+            for row in batch:  # a deletion meanwhile took it out already
+                self._pending.pop(row["id"], None)
+            # Deleted while this batch was being written: delete what it wrote.
+            for row in batch:
+                if row["id"] in self._deleted:
+                    await store.delete_response(row["id"], row["key_id"])
+        self._deleted.clear()
+        self._written.set()
 
     async def get(self, response_id: str, key_id: str | None) -> bytes:
         return (await self._load(response_id, key_id))[1].encode()
 
     async def delete(self, response_id: str, key_id: str | None) -> None:
+        waiting = self._pending.get(response_id)
+        if waiting is not None and waiting["key_id"] == key_id:
+            del self._pending[response_id]
+            self._deleted.add(response_id)  # in case a write of it is under way
+            return
         if self.store is None or not await self.store.delete_response(response_id, key_id):
             raise _not_found(response_id)
 
@@ -88,6 +169,9 @@ class Conversations:
                 "conversation in input, with store: false",
                 param,
             )
+        waiting = self._pending.get(response_id)
+        if waiting is not None and waiting["key_id"] == key_id:
+            return waiting["input_items"], waiting["response"]
         found = await self.store.load_response(response_id, key_id)
         if found is None:
             raise _not_found(response_id, param)

@@ -303,20 +303,12 @@ class Store:
 
     # ---- stored responses (the Responses API) ----------------------------------------
 
-    async def save_response(
-        self, response_id: str, key_id: str | None, expires_at: float, items: bytes, body: bytes
-    ) -> None:
+    async def save_responses(self, rows: list[dict[str, Any]]) -> None:
+        """Write stored responses in one transaction: each a dict of the table's
+        columns (``id``, ``key_id``, ``created_at``, ``expires_at``, ``input_items``,
+        ``response``)."""
         async with self.engine.begin() as connection:
-            await connection.execute(
-                responses.insert().values(
-                    id=response_id,
-                    key_id=key_id,
-                    created_at=time.time(),
-                    expires_at=expires_at,
-                    input_items=items.decode(),
-                    response=body.decode(),
-                )
-            )
+            await connection.execute(responses.insert(), rows)
 
     async def load_response(self, response_id: str, key_id: str | None) -> tuple[str, str] | None:
         """(input items, response) as JSON text, when ``key_id`` made it and it is live."""

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from lmgate.canonical import (
     ChatRequest,
@@ -40,6 +40,12 @@ def _clamp(count: int) -> int:
     return min(max(count, 0), _COUNT)
 
 
+class RowSink(Protocol):
+    """Takes a finished request's usage row (``UsageRecorder``, or the metrics too)."""
+
+    def submit(self, row: tuple[Any, ...]) -> None: ...
+
+
 class Meter:
     """Builds the usage record of one request; ``finish`` may be called many times,
     the first call wins. Runs on every request: plain slots, and the record built
@@ -62,7 +68,7 @@ class Meter:
         "reply",
     )
 
-    def __init__(self, recorder: UsageRecorder, request_id: str, protocol: str) -> None:
+    def __init__(self, recorder: RowSink, request_id: str, protocol: str) -> None:
         self._recorder = recorder
         self._at = time.time()
         self._started = time.perf_counter()

@@ -545,6 +545,13 @@ def test_a_stored_conversation_over_three_turns(
     ours = [row for row in rows if row["protocol"] == "responses" and row["status"] == 200]
     assert len(ours) >= 3 and all(row["input_tokens"] > 0 for row in ours)
 
+    # Written behind the replies, and all of it by shutdown: a new process finds them.
+    gw.stop()
+    again = start_gateway(config).client()
+    assert again.responses.retrieve(third.id).output_text == "Bye Ann"
+    with pytest.raises(openai.NotFoundError):
+        again.responses.retrieve(first.id)  # deleted while it may still have waited
+
 
 def test_images_by_data_url(client: openai.OpenAI, upstream: FakeUpstream) -> None:
     upstream.push(Script(json=anthropic_message()))

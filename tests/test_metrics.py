@@ -1,0 +1,96 @@
+"""GET /metrics: what the requests just made through the SDKs show, in the Prometheus
+text format, with bounded labels and no secret."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import openai
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import API_KEY, UPSTREAM_KEY, RunningGateway, upstream_config
+from tests.fakes.upstream import FakeUpstream, Script, completion, text_stream
+
+ADMIN = "metrics-admin-key"
+USAGE = {"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17}
+
+
+def samples(gw: RunningGateway, **headers: str) -> dict[tuple[str, frozenset[Any]], float]:
+    raw = gw.request("GET", "/metrics", headers=headers)
+    assert raw.status == 200, raw.body
+    assert raw.headers["content-type"].startswith("text/plain; version=0.0.4")
+    text = raw.body.decode()
+    assert API_KEY not in text and UPSTREAM_KEY not in text
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def test_requests_tokens_latency_and_state(
+    start_gateway: Any, upstream: FakeUpstream, tmp_path: Any
+) -> None:
+    config = upstream_config(upstream)
+    config["store"] = {"url": f"sqlite:///{tmp_path}/lmgate.db", "flush_interval": 0.05}
+    gw = start_gateway(config)
+    client = gw.client()
+    upstream.push(
+        Script(json=completion("hi", USAGE)),
+        Script(chunks=text_stream(["a", "b"], usage=USAGE)),
+        Script(status=500, json={"error": {"message": "boom"}}),
+    )
+    client.chat.completions.create(model="chat-model", messages=[{"role": "user", "content": "x"}])
+    list(
+        client.chat.completions.create(
+            model="chat-model", messages=[{"role": "user", "content": "x"}], stream=True
+        )
+    )
+    with pytest.raises(openai.InternalServerError):
+        client.with_options(max_retries=0).chat.completions.create(
+            model="chat-model", messages=[{"role": "user", "content": "x"}]
+        )
+    with pytest.raises(openai.NotFoundError):  # a name no catalog has: never a label
+        client.chat.completions.create(
+            model="secret-sounding-model-name", messages=[{"role": "user", "content": "x"}]
+        )
+    found = samples(gw)
+    ok = frozenset(
+        {
+            ("protocol", "openai"),
+            ("model", "chat-model"),
+            ("deployment", "up/up-model"),
+            ("provider", "up"),
+            ("status", "2xx"),
+        }
+    )
+    assert found[("lmgate_requests_total", ok)] == 2
+    # Failed before any deployment answered: no model, deployment or provider to name.
+    unanswered = {("protocol", "openai"), ("model", "-"), ("deployment", "-"), ("provider", "-")}
+    assert found[("lmgate_requests_total", frozenset(unanswered | {("status", "5xx")}))] == 1
+    assert found[("lmgate_requests_total", frozenset(unanswered | {("status", "4xx")}))] == 1
+    tokens = {("model", "chat-model"), ("provider", "up")}
+    assert found[("lmgate_tokens_total", frozenset(tokens | {("kind", "input")}))] == 24
+    assert found[("lmgate_tokens_total", frozenset(tokens | {("kind", "output")}))] == 10
+    by_model = frozenset({("protocol", "openai"), ("model", "chat-model")})
+    assert found[("lmgate_request_duration_seconds_count", by_model)] == 2
+    assert found[("lmgate_time_to_first_token_seconds_count", by_model)] == 1  # the stream
+    deployment = frozenset({("deployment", "up/up-model")})
+    assert found[("lmgate_deployment_in_flight", deployment)] == 0
+    assert found[("lmgate_deployment_circuit_open", deployment)] == 0
+    assert not any("secret-sounding" in str(labels) for _, labels in found)
+    assert ("lmgate_usage_queue_depth", frozenset()) in found
+
+
+def test_metrics_behind_the_admin_key_or_off(start_gateway: Any, upstream: FakeUpstream) -> None:
+    config = upstream_config(upstream)
+    config["server"]["admin_key"] = ADMIN
+    config["metrics"] = {"require_admin_key": True}
+    gw = start_gateway(config)
+    for key in ("", API_KEY):
+        raw = gw.request("GET", "/metrics", headers={"Authorization": f"Bearer {key}"})
+        assert raw.status == 401 and b"admin key" in raw.body
+    samples(gw, Authorization=f"Bearer {ADMIN}")
+    config["metrics"] = {"enabled": False}
+    assert start_gateway(config).request("GET", "/metrics").status == 404
