@@ -266,9 +266,14 @@ def main() -> int:
         )  # fmt: skip
         return process, port
 
-    def start_for_metrics(flag: str) -> tuple[subprocess.Popen[bytes], int]:
-        # recording_cost's "none" is the gateway without; both keep no store.
-        return start_gateway("none", metrics=flag != "none")
+    started_off = iter(range(1_000_000))
+
+    def start_for_metrics(url: str) -> tuple[subprocess.Popen[bytes], int]:
+        # recording_cost's "none" is the gateway without metrics; both record usage
+        # (the default config), so this is what the metrics add to it.
+        if url == "none":
+            return start_gateway(f"sqlite:///{store_dir}/off-{next(started_off)}.db", False)
+        return start_gateway(url, metrics=True)
 
     results: dict[str, Any] = {"non_stream": {}, "stream": {}, "recording": {}}
     gateways: list[subprocess.Popen[bytes]] = []
@@ -281,9 +286,11 @@ def main() -> int:
                 # Two identical gateways: how far this machine's noise goes.
                 "control": recording_cost(start_gateway, lambda i: "none", connections),
             }
-        # What the metrics (on by default) cost: gateways with and without, no store.
+        # What the metrics (on by default) cost: gateways with and without.
         results["metrics"] = {
-            connections: recording_cost(start_for_metrics, lambda i: "metrics", connections)
+            connections: recording_cost(
+                start_for_metrics, lambda i: f"sqlite:///{store_dir}/on-{i}.db", connections
+            )
             for connections in (1, 8)
         }
         gateway, gw_port = start_gateway(f"sqlite:///{store_dir}/lmgate.db")
@@ -415,7 +422,7 @@ def report(results: dict[str, Any]) -> None:
             f" thread {statistics.median(cost['side_threads']) * 100:+.1f}%; control {_spread(control)}"
         )
     for connections, cost in results.get("metrics", {}).items():
-        print(f"  metrics, {connections} connection(s) each: {_spread(cost)} (no store on either)")
+        print(f"  metrics, {connections} connection(s) each: {_spread(cost)} (both recording)")
     counted = results["recording"].get("instructions")
     if counted:
         print(
