@@ -343,7 +343,8 @@ def _parse_tools(
         elif kind == "custom":
             name = string(item.get("name"), f"{where}.name", allow_empty=False)
             description = optional_string(item, "description", f"{where}.description") or ""
-            grammar = (item.get("format") or {}).get("definition")
+            form = item.get("format")
+            grammar = form.get("definition") if isinstance(form, dict) else None
             if isinstance(grammar, str) and grammar:
                 description += f"\n\nThe input must follow this grammar:\n{grammar}"
             schema = {
