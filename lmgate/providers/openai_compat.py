@@ -32,7 +32,7 @@ from lmgate.canonical import (
 )
 from lmgate.errors import GatewayError
 from lmgate.providers.base import Target, apply_overrides, count, fold_system_turns
-from lmgate.providers.http import HttpProvider, HttpProviderConfig, unfinished
+from lmgate.providers.http import HttpProvider, HttpProviderConfig, stream_event, unfinished
 
 _FINISH: dict[str, FinishReason] = {
     "stop": "stop",
@@ -216,20 +216,7 @@ class _StreamParser:
         if payload == b"[DONE]":
             self.done = True
             return []
-        try:
-            data = lenient_json.loads(payload)
-        except orjson.JSONDecodeError:
-            raise GatewayError(
-                "upstream", f"upstream {self._provider} sent a stream chunk that is not JSON"
-            ) from None
-        if not isinstance(data, dict):
-            return []
-        try:
-            return self._events(data)
-        except (LookupError, TypeError, AttributeError, ValueError):
-            raise GatewayError(
-                "upstream", f"upstream {self._provider} sent a stream chunk of the wrong shape"
-            ) from None
+        return stream_event(self._provider, payload, self._events)
 
     def _events(self, data: dict[str, Any]) -> list[Event]:
         if data.get("error"):
