@@ -14,7 +14,7 @@ from lmgate.errors import GatewayError
 from lmgate.keys import Caller, KeyRing
 from lmgate.limits import CooldownBus, LocalLimiter, RedisLimiter
 from lmgate.router import Router
-from lmgate.store import Store
+from lmgate.store import Spent, Store
 from lmgate.usage import Meter, RowSink, UsageRecorder
 
 log = logging.getLogger("lmgate")
@@ -78,11 +78,14 @@ class Accounts:
         if key.models is not None:
             allowed = [entry for entry in chain if entry.id in key.models]
             if not allowed:
-                raise GatewayError(
-                    "permission",
-                    f"API key {key.name!r} may not use model {chain[0].id}",
-                    param="model",
-                    code="model_not_allowed",
+                raise self.limiter.refuse(
+                    "models",
+                    GatewayError(
+                        "permission",
+                        f"API key {key.name!r} may not use model {chain[0].id}",
+                        param="model",
+                        code="model_not_allowed",
+                    ),
                 )
             chain = allowed
         await self.limiter.admit(key)
@@ -92,7 +95,7 @@ class Accounts:
         sink = self.sink
         return Meter(sink, request_id, protocol) if sink is not None else None
 
-    async def _tokens_written(self, spent: dict[str, tuple[int, int]]) -> None:
+    async def _tokens_written(self, spent: dict[str, Spent]) -> None:
         self.keys.spent(spent)
         await self.limiter.add_tokens(spent)
 

@@ -20,7 +20,7 @@ from lmgate.frontends.validate import INT64
 from lmgate.keys import presented_key
 from lmgate.store import Store
 
-_KEY_FIELDS = {"name", "models", "rpm", "tpm", "budget_tokens", "expires"}
+_KEY_FIELDS = {"name", "models", "rpm", "tpm", "budget_tokens", "budget_usd", "expires"}
 _MAX_BODY = 64 * 1024  # a key's settings are a few hundred bytes
 _MAX_NAME = 200
 
@@ -108,7 +108,20 @@ class Admin:
             raise invalid("models: expected a list of model ids", "models")
         limits = {field: _positive(body, field) for field in ("rpm", "tpm", "budget_tokens")}
         expires = parse_expiry(body["expires"]) if body.get("expires") is not None else None
-        secret, key = await store.create_key(name.strip(), models, expires_at=expires, **limits)
+        budget_usd = body.get("budget_usd")
+        if budget_usd is not None and (
+            isinstance(budget_usd, bool)
+            or not isinstance(budget_usd, int | float)
+            or not 0 < budget_usd < 1e12
+        ):
+            raise invalid("budget_usd: expected a positive amount in USD", "budget_usd")
+        secret, key = await store.create_key(
+            name.strip(),
+            models,
+            expires_at=expires,
+            budget_usd=None if budget_usd is None else float(budget_usd),
+            **limits,
+        )
         self.accounts.keys.changed()
         return 201, {"key": secret, **key.public()}
 

@@ -108,6 +108,11 @@ class Gateway:
             await provider.start()
         await self.fetcher.start()
         await self.discovery.start()
+        if unpriced := self.catalog.unpriced():
+            log.warning(
+                "no price for %s: their requests' cost is not counted (set 'price' in the config)",
+                ", ".join(unpriced),
+            )
         await self.accounts.start()
         await self.conversations.start()
         # Load the tokenizer off the event loop so the first request does not pay for it.
@@ -224,7 +229,7 @@ class Gateway:
                 meter.request(chat, caller.key_id)
             chain = self.catalog.candidates(chat.model, self.check_media(chat), bool(chat.tools))
             chain = await self.accounts.admit(caller, chain)
-            events = self.router.stream(chat, chain, meter.cut_short if meter else None)
+            events = self.router.stream(chat, chain, meter)
             if not chat.stream:
                 reply = Reply()
                 if meter is not None:
@@ -236,6 +241,7 @@ class Gateway:
                 headers = _ids(request_id, reply.deployment, reply.attempts)
                 headers.update(frontend.reply_headers(chat))
                 if meter is not None:
+                    headers.update(meter.reply_headers(reply.usage))
                     meter.finish(200)
                 return Response(body, media_type="application/json", headers=headers)
             if meter is not None:
@@ -251,17 +257,22 @@ class Gateway:
             frames = frontend.stream_frames(start, events, chat)
             headers = {**_SSE_HEADERS, **_ids(request_id, start.deployment, start.attempts)}
             headers.update(frontend.reply_headers(chat))
+            if meter is not None:
+                headers.update(meter.reply_headers(None))
             return EventStream(frames, headers)
         except GatewayError as error:
             response, kind = _error(frontend, error, request_id), str(error.kind)
+            message: str | None = error.message
         except ClientDisconnect:  # the client left while sending its body, or waiting
             response, kind = Response(status_code=CLIENT_LEFT), "client_disconnected"
+            message = "the client closed the connection"
         except Exception:
             log.exception("request %s failed", request_id)
             internal = GatewayError("internal", "internal error")
             response, kind = _error(frontend, internal, request_id), "internal"
+            message = internal.message
         if meter is not None:
-            meter.finish(response.status_code, kind)
+            meter.finish(response.status_code, kind, message)
         return response
 
     async def count_tokens(self, request: Request) -> Response:

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from lmgate.config import CatalogInfo, Config, CooldownConfig
 from lmgate.errors import GatewayError
 from lmgate.health import Health
+from lmgate.pricing import Price, lookup
 from lmgate.providers.base import Discovery, Provider, Target
 
 
@@ -20,6 +21,7 @@ class Deployment:
     think_tags: bool = False  # split <think>…</think> out of the reply text
     health: Health = field(default_factory=Health)
     key: str = ""  # "model-id#index": the same in every process with this config
+    price: Price | None = None  # None: not known, its requests' cost is not counted
 
     @property
     def name(self) -> str:
@@ -64,6 +66,7 @@ class Catalog:
         self._cooldown = cooldown or CooldownConfig()
         self.started = datetime.now(UTC)
         self._discovered: dict[str, list[ModelEntry]] = {}  # provider name -> its models
+        self.prices: dict[str, Price] = {}  # the config's, by upstream model name
         self._index()
         self._auto = [self._by_id[model_id] for model_id in auto if model_id in self._by_id]
 
@@ -114,7 +117,10 @@ class Catalog:
     def _deployment(self, provider: Provider, model_id: str) -> Deployment:
         cooldown = self._cooldown
         health = Health(None, 100, cooldown.failures, cooldown.seconds)
-        return Deployment(provider, Target(model_id), health=health, key=f"{model_id}#0")
+        price = lookup(model_id, self.prices)
+        return Deployment(
+            provider, Target(model_id), health=health, key=f"{model_id}#0", price=price
+        )
 
     def deployment(self, key: str) -> Deployment | None:
         """The deployment with this ``Deployment.key``."""
@@ -128,6 +134,7 @@ class Catalog:
     def from_config(cls, config: Config, providers: dict[str, Provider]) -> Catalog:
         now_ms = int(time.time() * 1000)
         cooldown = config.routing.cooldown
+        prices = {name: Price.of(price) for name, price in config.prices.items()}
         entries = []
         for model in config.models:
             deployments = [
@@ -140,6 +147,7 @@ class Catalog:
                         item.max_in_flight, item.max_queued, cooldown.failures, cooldown.seconds
                     ),
                     f"{model.id}#{index}",
+                    Price.of(item.price) if item.price else lookup(item.model or model.id, prices),
                 )
                 for index, item in enumerate(model.all_deployments())
             ]
@@ -162,7 +170,15 @@ class Catalog:
                 )
             )
         routing = config.routing
-        return cls(entries, routing.auto, config.catalog, routing.fallbacks, routing.cooldown)
+        catalog = cls(entries, routing.auto, config.catalog, routing.fallbacks, routing.cooldown)
+        catalog.prices = prices
+        return catalog
+
+    def unpriced(self) -> list[str]:
+        """Deployments whose requests' cost is not counted (no price known)."""
+        return sorted(
+            {d.name for entry in self.entries for d in entry.deployments if d.price is None}
+        )
 
     def get(self, model_id: str) -> ModelEntry | None:
         return self._by_id.get(model_id)

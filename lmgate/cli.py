@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     create.add_argument("--rpm", type=_positive, help="requests per minute")
     create.add_argument("--tpm", type=_positive, help="tokens per minute")
     create.add_argument("--budget-tokens", type=_positive, help="total tokens, ever")
+    create.add_argument("--budget-usd", type=_money, help="total cost in USD, ever")
     create.add_argument("--expires", help="ISO date or datetime (UTC unless given)")
     listing = key_commands.add_parser("list", help="list keys (never their secrets)")
     _config_argument(listing)
@@ -92,6 +93,16 @@ def _positive(text: str) -> int:
     return value
 
 
+def _money(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 1e12:
+        raise argparse.ArgumentTypeError(f"{text}: expected a positive amount such as 25 or 2.50")
+    return value
+
+
 async def _accounts_command(args: argparse.Namespace, config: Config) -> int:
     from lmgate.accounts import parse_since
     from lmgate.admin import parse_expiry
@@ -112,10 +123,13 @@ async def _accounts_command(args: argparse.Namespace, config: Config) -> int:
                 print(f"lmgate: --since {error}", file=sys.stderr)
                 return 2
             summary = await store.usage_summary(since, args.by)
-            header = (args.by.upper(), "REQUESTS", "ERRORS", "INPUT", "OUTPUT", "P50 MS", "P95 MS")
+            header = (
+                args.by.upper(), "REQUESTS", "ERRORS", "INPUT", "OUTPUT", "COST USD", "P50 MS",
+                "P95 MS",
+            )  # fmt: skip
             cells = [
                 (r["group"], r["requests"], r["errors"], r["input_tokens"], r["output_tokens"],
-                 f"{r['p50_ms']:.0f}", f"{r['p95_ms']:.0f}")
+                 _usd(r["cost"], r["unpriced"]), f"{r['p50_ms']:.0f}", f"{r['p95_ms']:.0f}")
                 for r in summary
             ]  # fmt: skip
             _print_table([header, *[tuple(str(cell) for cell in row) for row in cells]])
@@ -129,13 +143,14 @@ async def _accounts_command(args: argparse.Namespace, config: Config) -> int:
                 [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
             )
             secret, key = await store.create_key(
-                args.name, models, args.rpm, args.tpm, args.budget_tokens, expires
+                args.name, models, args.rpm, args.tpm, args.budget_tokens, expires, args.budget_usd
             )
             print(f"created key {key.id} ({key.name}); it is shown only once:\n{secret}")
         elif args.keys_command == "list":
             rows: list[tuple[str, ...]] = [
-                ("ID", "NAME", "PREFIX", "MODELS", "RPM", "TPM", "BUDGET", "USED", "STATE")
-            ]
+                ("ID", "NAME", "PREFIX", "MODELS", "RPM", "TPM", "BUDGET", "USED", "BUDGET USD",
+                 "USED USD", "STATE")
+            ]  # fmt: skip
             for key in await store.list_keys():
                 state = "revoked" if key.revoked_at else "active"
                 if key.expires_at is not None and key.expires_at <= time.time():
@@ -143,7 +158,9 @@ async def _accounts_command(args: argparse.Namespace, config: Config) -> int:
                 rows.append(
                     (key.id, key.name, key.prefix + "…", ",".join(key.models or ["*"]),
                      str(key.rpm or "-"), str(key.tpm or "-"), str(key.budget_tokens or "-"),
-                     str(key.used_tokens), state)
+                     str(key.used_tokens),
+                     f"{key.budget_usd:g}" if key.budget_usd is not None else "-",
+                     f"{key.used_usd:.4f}", state)
                 )  # fmt: skip
             _print_table(rows)
         elif not await store.revoke_key(args.key_id):
@@ -154,6 +171,12 @@ async def _accounts_command(args: argparse.Namespace, config: Config) -> int:
     finally:
         await store.close()
     return 0
+
+
+def _usd(cost: float | None, unpriced: int) -> str:
+    """A cost, with how many of its requests had no price (their cost is not in it)."""
+    shown = f"{cost or 0:.4f}"
+    return f"{shown} ({unpriced} unpriced)" if unpriced else shown
 
 
 def _print_table(rows: list[tuple[str, ...]]) -> None:

@@ -112,6 +112,16 @@ class CatalogInfo(_Strict):
     default_locale: str = "en-US"
 
 
+class PriceConfig(_Strict):
+    """USD per million tokens (see lmgate/pricing.py)."""
+
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+    cache_read: float | None = Field(None, ge=0)  # cached input read; default: input's
+    cache_write: float | None = Field(None, ge=0)  # input written to the cache; default: input's
+    currency: Literal["USD"] = "USD"
+
+
 class DeploymentConfig(_Strict):
     provider: str
     model: str | None = None  # upstream model name; defaults to the entry id
@@ -122,6 +132,7 @@ class DeploymentConfig(_Strict):
     thinking: bool | None = None  # per deployment, overrides the entry's
     max_in_flight: int | None = Field(None, gt=0)  # concurrent requests to this deployment
     max_queued: int = Field(100, ge=0)  # requests waiting for a slot; more get 429 / 529
+    price: PriceConfig | None = None  # wins over the model's and the price table's
 
 
 class ModelConfig(_Strict):
@@ -148,6 +159,7 @@ class ModelConfig(_Strict):
     vision_fallback: str | None = None  # the model that takes requests with images
     tools: bool = True  # whether the model takes tool definitions
     balance: Literal["weighted", "least_in_flight"] = "weighted"
+    price: PriceConfig | None = None  # for its deployments without a price of their own
 
     def all_deployments(self) -> list[DeploymentConfig]:
         deployments = list(self.deployments)
@@ -161,6 +173,7 @@ class ModelConfig(_Strict):
                 update={
                     "reasoning": item.reasoning or self.reasoning,
                     "thinking": self.thinking if item.thinking is None else item.thinking,
+                    "price": item.price or self.price,
                 }
             )
             for item in deployments
@@ -212,6 +225,32 @@ class ResponsesConfig(_Strict):
 class MetricsConfig(_Strict):
     enabled: bool = True  # GET /metrics, in the Prometheus text format
     require_admin_key: bool = False  # else open, like /health (it shows no secret)
+    # Requests, tokens and cost per API key (its id, never the secret): one series per
+    # key, so off unless asked for.
+    per_key_labels: bool = False
+
+
+class OtelConfig(_Strict):
+    """OpenTelemetry traces, sent as OTLP/HTTP (protobuf); needs ``lmgate[otel]``."""
+
+    enabled: bool = False
+    endpoint: str = "http://127.0.0.1:4318/v1/traces"
+    headers: dict[str, str] = {}  # e.g. the collector's auth header
+    service_name: str = "lmgate"
+    sample_ratio: float = Field(1.0, ge=0, le=1)  # of traces not sampled by the caller
+
+
+class RequestLogConfig(_Strict):
+    """Request and reply bodies, kept for the dashboard's recent requests (redacted:
+    no header is kept, and the config's secrets are blanked)."""
+
+    enabled: bool = False
+    retention_days: float = Field(7, gt=0)
+    max_body_kb: int = Field(256, gt=0)  # longer bodies are cut
+
+
+class UiConfig(_Strict):
+    enabled: bool = True  # the dashboard at /ui, signed in with server.admin_key
 
 
 class Config(_Strict):
@@ -225,6 +264,10 @@ class Config(_Strict):
     redis: RedisConfig = RedisConfig()
     responses: ResponsesConfig = ResponsesConfig()
     metrics: MetricsConfig = MetricsConfig()
+    otel: OtelConfig = OtelConfig()
+    ui: UiConfig = UiConfig()
+    request_log: RequestLogConfig = RequestLogConfig()
+    prices: dict[str, PriceConfig] = {}  # by upstream model name: over the shipped table
     path: Path | None = Field(None, exclude=True)
 
 

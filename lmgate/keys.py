@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from lmgate.errors import GatewayError
-from lmgate.store import KEY_PREFIX, KeyInfo, Store, hash_key
+from lmgate.store import KEY_PREFIX, KeyInfo, Spent, Store, hash_key
 
 
 @dataclass(slots=True)
@@ -96,12 +96,13 @@ class KeyRing:
         self._cache[digest] = (key, time.monotonic() + self._ttl)
         return key
 
-    def spent(self, spent: dict[str, tuple[int, int]]) -> None:
+    def spent(self, spent: dict[str, Spent]) -> None:
         """Keys' running totals, as this process just wrote them to the store (other
         processes' usage included): count them at once."""
         for key, _ in self._cache.values():
-            if key is not None and key.id in spent:
-                key.used_tokens = max(key.used_tokens, spent[key.id][1])
+            if key is not None and (now := spent.get(key.id)) is not None:
+                key.used_tokens = max(key.used_tokens, now.total_tokens)
+                key.used_usd = max(key.used_usd, now.total_cost)
 
     def changed(self) -> None:
         """A key was created or revoked here: look again on the next request."""

@@ -25,7 +25,7 @@ import redis.asyncio as aioredis
 from lmgate.catalog import Catalog, Deployment
 from lmgate.errors import GatewayError
 from lmgate.ids import unique_hex
-from lmgate.store import KeyInfo
+from lmgate.store import KeyInfo, Spent
 
 log = logging.getLogger("lmgate")
 WINDOW = 60.0
@@ -40,17 +40,19 @@ def _limited(key: KeyInfo, what: str, retry_after: float | None) -> GatewayError
     )
 
 
-def over_budget(key: KeyInfo) -> GatewayError | None:
+def over_budget(key: KeyInfo) -> str | None:
+    """The budget ``key`` has used up, as this process knows its totals."""
     if key.budget_tokens is not None and key.used_tokens >= key.budget_tokens:
-        return _budget_exhausted(key)
+        return "budget_tokens"
+    if key.budget_usd is not None and key.used_usd >= key.budget_usd:
+        return "budget_usd"
     return None
 
 
-def _budget_exhausted(key: KeyInfo) -> GatewayError:
+def _budget_exhausted(key: KeyInfo, budget: str) -> GatewayError:
+    what = f"{key.budget_tokens} tokens" if budget == "budget_tokens" else f"${key.budget_usd:g}"
     return GatewayError(
-        "rate_limit",
-        f"API key {key.name!r} has used its budget of {key.budget_tokens} tokens",
-        code="budget_exhausted",
+        "rate_limit", f"API key {key.name!r} has used its budget of {what}", code="budget_exhausted"
     )
 
 
@@ -60,29 +62,38 @@ class LocalLimiter:
     def __init__(self) -> None:
         self._requests: dict[str, deque[float]] = {}
         self._minute_tokens: dict[str, tuple[int, int]] = {}  # key -> (minute, tokens)
+        self.refused: dict[str, int] = {}  # requests refused, by limit (for the metrics)
 
     async def admit(self, key: KeyInfo) -> None:
-        if (error := over_budget(key)) is not None:
-            raise error
+        """Raise the 429 of the first limit ``key`` is over."""
+        if (budget := over_budget(key)) is not None:
+            raise self.refuse(budget, _budget_exhausted(key, budget))
+        await self._admit(key)
+
+    def refuse(self, limit: str, error: GatewayError) -> GatewayError:
+        self.refused[limit] = self.refused.get(limit, 0) + 1
+        return error
+
+    async def _admit(self, key: KeyInfo) -> None:
         now = time.time()
         if key.tpm is not None:
             minute, used = self._minute_tokens.get(key.id, (0, 0))
             if minute == int(now // WINDOW) and used >= key.tpm:
-                raise _limited(key, f"limit of {key.tpm} tokens per minute", WINDOW - now % WINDOW)
+                what = f"limit of {key.tpm} tokens per minute"
+                raise self.refuse("tpm", _limited(key, what, WINDOW - now % WINDOW))
         if key.rpm is not None:
             times = self._requests.setdefault(key.id, deque())
             while times and times[0] <= now - WINDOW:
                 times.popleft()
             if len(times) >= key.rpm:
-                raise _limited(
-                    key, f"limit of {key.rpm} requests per minute", times[0] + WINDOW - now
-                )
+                what = f"limit of {key.rpm} requests per minute"
+                raise self.refuse("rpm", _limited(key, what, times[0] + WINDOW - now))
             times.append(now)
 
-    async def add_tokens(self, spent: dict[str, tuple[int, int]]) -> None:
-        """Tokens just written, per key: (the batch's, the key's new running total)."""
+    async def add_tokens(self, spent: dict[str, Spent]) -> None:
+        """What each key spent in a batch just written, with its new running totals."""
         minute = int(time.time() // WINDOW)
-        for key_id, (tokens, _) in spent.items():
+        for key_id, (tokens, *_) in spent.items():
             then, total = self._minute_tokens.get(key_id, (minute, 0))
             self._minute_tokens[key_id] = (minute, (total if then == minute else 0) + tokens)
 
@@ -90,13 +101,17 @@ class LocalLimiter:
         return None
 
 
-# One round trip decides a request: the budget (the running total any process last
+# One round trip decides a request: the budgets (the running totals any process last
 # wrote), tokens this minute, then the sliding request log.
 _ADMIT = """
 local now = tonumber(ARGV[1])
 if ARGV[5] ~= ''
   and tonumber(redis.call('ZSCORE', KEYS[3], ARGV[6]) or '0') >= tonumber(ARGV[5]) then
-  return {'budget', 0}
+  return {'budget_tokens', 0}
+end
+if ARGV[7] ~= ''
+  and tonumber(redis.call('ZSCORE', KEYS[4], ARGV[6]) or '0') >= tonumber(ARGV[7]) then
+  return {'budget_usd', 0}
 end
 if ARGV[3] ~= '' and tonumber(redis.call('GET', KEYS[2]) or '0') >= tonumber(ARGV[3]) then
   return {'tpm', 60000 - now % 60000}
@@ -121,20 +136,20 @@ class RedisLimiter(LocalLimiter):
         super().__init__()
         self.redis = client
         self.prefix = prefix
-        self._admit = client.register_script(_ADMIT)
+        self._script = client.register_script(_ADMIT)
         self._totals = f"{prefix}used_tokens"  # sorted set: key id -> running total
+        self._costs = f"{prefix}used_usd"  # the same, in money
 
-    async def admit(self, key: KeyInfo) -> None:
-        if (error := over_budget(key)) is not None:  # as this process knows it
-            raise error
-        if key.rpm is None and key.tpm is None and key.budget_tokens is None:
+    async def _admit(self, key: KeyInfo) -> None:
+        if (key.rpm, key.tpm, key.budget_tokens, key.budget_usd) == (None, None, None, None):
             return
         now_ms = int(time.time() * 1000)
-        verdict, wait_ms = await self._admit(
+        verdict, wait_ms = await self._script(
             keys=[
                 f"{self.prefix}rpm:{key.id}",
                 self._tpm_key(key.id, now_ms / 1000),
                 self._totals,
+                self._costs,
             ],
             args=[
                 now_ms,
@@ -143,23 +158,29 @@ class RedisLimiter(LocalLimiter):
                 unique_hex(),
                 key.budget_tokens if key.budget_tokens is not None else "",
                 key.id,
+                key.budget_usd if key.budget_usd is not None else "",
             ],
         )
-        if verdict == b"budget":
-            raise _budget_exhausted(key)
-        if verdict == b"rpm":
-            raise _limited(key, f"limit of {key.rpm} requests per minute", int(wait_ms) / 1000)
-        if verdict == b"tpm":
-            raise _limited(key, f"limit of {key.tpm} tokens per minute", int(wait_ms) / 1000)
+        verdict = verdict.decode()
+        if verdict in ("budget_tokens", "budget_usd"):
+            raise self.refuse(verdict, _budget_exhausted(key, verdict))
+        if verdict == "rpm":
+            what = f"limit of {key.rpm} requests per minute"
+            raise self.refuse("rpm", _limited(key, what, int(wait_ms) / 1000))
+        if verdict == "tpm":
+            what = f"limit of {key.tpm} tokens per minute"
+            raise self.refuse("tpm", _limited(key, what, int(wait_ms) / 1000))
 
-    async def add_tokens(self, spent: dict[str, tuple[int, int]]) -> None:
+    async def add_tokens(self, spent: dict[str, Spent]) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:
-            for key_id, (tokens, total) in spent.items():
+            for key_id, now in spent.items():
                 name = self._tpm_key(key_id, time.time())
-                pipe.incrby(name, tokens)
+                pipe.incrby(name, now.tokens)
                 pipe.expire(name, 120)
                 # Totals only grow; batches' totals may arrive out of order (GT).
-                pipe.zadd(self._totals, {key_id: total}, gt=True)
+                pipe.zadd(self._totals, {key_id: now.total_tokens}, gt=True)
+                if now.cost:
+                    pipe.zadd(self._costs, {key_id: now.total_cost}, gt=True)
             await pipe.execute()
 
     def _tpm_key(self, key_id: str, now: float) -> str:

@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from dataclasses import replace
+from typing import Protocol
 
 from lmgate import tokens
 from lmgate.canonical import (
@@ -40,6 +41,17 @@ _UNHEALTHY_KINDS = frozenset({"upstream", "timeout", "overloaded", "rate_limit"}
 _HELD_TEXT = 65_536
 
 
+class Tally(Protocol):
+    """Told what happens to one request upstream (``usage.Meter`` is one)."""
+
+    def attempt_began(self, deployment: Deployment) -> None: ...
+    def attempt_failed(self, deployment: Deployment, error: GatewayError) -> None: ...
+    def answered(self, deployment: Deployment) -> None: ...
+    def upstream_ended(self) -> None: ...
+    def cut_short(self, usage: Usage) -> None:
+        """The tokens of a reply that ended before the upstream reported its usage."""
+
+
 class Router:
     def __init__(
         self,
@@ -54,27 +66,30 @@ class Router:
         self._redactor = redactor or Redactor(tuple)
         self._rng = rng or random.Random()
         self._live: set[asyncio.Task[object]] = set()  # tasks reading a reply
+        # For the metrics, read when scraped: (what, deployment or model) -> count, what
+        # being "retry" (an attempt failed and another followed), "fallback" (a model
+        # gave up and the next one was tried; keyed by the model given up), or
+        # "cooldown" (a circuit opened).
+        self.counts: dict[tuple[str, str], int] = {}
         # Told when a deployment's circuit opens (to share it with other processes).
         self.on_cooldown: Callable[[Deployment], None] | None = None
 
     async def stream(
-        self,
-        request: ChatRequest,
-        chain: list[ModelEntry],
-        on_cut_short: Callable[[Usage], None] | None = None,
+        self, request: ChatRequest, chain: list[ModelEntry], tally: Tally | None = None
     ) -> AsyncGenerator[Event, None]:
         """The reply's events from the first model of ``chain`` that answers, starting
         with ``Start`` (which names the model, deployment and attempts) and always
         ending with ``Usage`` (counted offline when the upstream reported none).
-        A reply cut short before its usage (the client left) is counted offline too,
-        and told to ``on_cut_short``: what the upstream produced is still spent.
+        ``tally`` is told of every attempt; a reply cut short before its usage (the
+        client left) is counted offline too, and told to ``tally.cut_short``: what the
+        upstream produced is still spent.
 
         ``cut()`` ends it early with an error, wherever it is waiting."""
         task = asyncio.current_task()
         assert task is not None
         self._live.add(task)
         try:
-            async with aclosing(self._route(request, chain, on_cut_short)) as events:
+            async with aclosing(self._route(request, chain, tally)) as events:
                 async for event in events:
                     yield event
                     # A streamed reply is read on by another task than the one that
@@ -100,16 +115,19 @@ class Router:
         for task in self._live:
             task.cancel(_CUT)
 
+    def _count(self, what: str, name: str) -> None:
+        key = (what, name)
+        self.counts[key] = self.counts.get(key, 0) + 1
+
     async def _route(
-        self,
-        request: ChatRequest,
-        chain: list[ModelEntry],
-        on_cut_short: Callable[[Usage], None] | None,
+        self, request: ChatRequest, chain: list[ModelEntry], tally: Tally | None
     ) -> AsyncGenerator[Event, None]:
         attempts = 0
         failure: GatewayError | None = None
         inlined: ChatRequest | None = None  # images fetched once, whichever deployment needs them
-        for entry in chain:
+        for position, entry in enumerate(chain):
+            if position:
+                self._count("fallback", chain[position - 1].id)
             # Deployments tried for this model, with when each may be retried (Retry-After).
             tried: dict[Deployment, float] = {}
             for number in range(self.routing.retries + 1):
@@ -118,11 +136,17 @@ class Router:
                     break
                 tried[deployment] = 0.0
                 attempts += 1
+                if number:
+                    self._count("retry", deployment.name)
                 health = deployment.health
+                if tally is not None:
+                    tally.attempt_began(deployment)
                 try:
                     await health.acquire(self.routing.queue_timeout, deployment.name)
                 except GatewayError as error:
                     health.abandoned()
+                    if tally is not None:
+                        tally.attempt_failed(deployment, error)
                     failure = error
                     continue
                 events: AsyncGenerator[Event, None] | None = None
@@ -145,6 +169,8 @@ class Router:
                             f"upstream {deployment.name} sent an empty reply",
                             retryable=True,
                         )
+                    if tally is not None:
+                        tally.attempt_failed(deployment, error)
                     if not error.retryable:
                         health.abandoned()
                         error.attempts = attempts
@@ -161,9 +187,11 @@ class Router:
                         await events.aclose()
                     raise
                 health.succeeded()
+                if tally is not None:
+                    tally.answered(deployment)
                 try:
                     yield Start(entry.id, deployment.name, attempts)
-                    async for event in _metered(sent, first, events, on_cut_short):
+                    async for event in _metered(sent, first, events, tally):
                         yield event
                 except GatewayError as error:
                     if error.kind in _UNHEALTHY_KINDS:
@@ -172,6 +200,8 @@ class Router:
                 finally:
                     health.release()
                     await events.aclose()
+                    if tally is not None:
+                        tally.upstream_ended()
                 return
             failure = failure or _cooling(entry)
         assert failure is not None
@@ -179,8 +209,10 @@ class Router:
         raise failure
 
     def _failed(self, deployment: Deployment) -> None:
-        if deployment.health.failed() and self.on_cooldown is not None:
-            self.on_cooldown(deployment)
+        if deployment.health.failed():
+            self._count("cooldown", deployment.name)
+            if self.on_cooldown is not None:
+                self.on_cooldown(deployment)
 
     async def _pick(
         self, entry: ModelEntry, tried: dict[Deployment, float], number: int
@@ -241,10 +273,7 @@ def _cooling(entry: ModelEntry) -> GatewayError:
 
 
 async def _metered(
-    request: ChatRequest,
-    first: Event,
-    events: AsyncGenerator[Event, None],
-    on_cut_short: Callable[[Usage], None] | None,
+    request: ChatRequest, first: Event, events: AsyncGenerator[Event, None], tally: Tally | None
 ) -> AsyncGenerator[Event, None]:
     output: list[str] = []  # the reply's text not counted yet
     held = counted = 0  # its characters; the tokens of what was counted already
@@ -281,8 +310,8 @@ async def _metered(
                 output.clear()
                 held = 0
     except (asyncio.CancelledError, GeneratorExit):
-        if not usage_seen and on_cut_short is not None:
-            on_cut_short(await estimate())
+        if not usage_seen and tally is not None:
+            tally.cut_short(await estimate())
         raise
     if not usage_seen:
         yield await estimate()

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from operator import attrgetter, itemgetter
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import sqlalchemy as sa
@@ -104,6 +104,53 @@ def _migration_3(connection: Connection) -> None:
     _responses_table(snapshot).create(connection)
 
 
+# Added by migration 4: cost and timing per record, money budgets per key.
+def _usage_columns_v4() -> list[sa.Column[Any]]:
+    return [
+        sa.Column("cache_write_tokens", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("reasoning_tokens", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("cost", sa.Float),  # USD; null: the deployment has no price
+        sa.Column("upstream_ms", sa.Float),  # the answering upstream's time to first byte
+        sa.Column("overhead_ms", sa.Float),  # the request's time minus the upstream's
+        sa.Column("error_message", sa.String(500)),
+    ]
+
+
+def _key_columns_v4() -> list[sa.Column[Any]]:
+    return [
+        sa.Column("budget_usd", sa.Float),
+        sa.Column("used_usd", sa.Float, nullable=False, server_default="0"),
+    ]
+
+
+def _request_log_table(metadata: sa.MetaData) -> sa.Table:
+    return sa.Table(
+        "lmgate_request_log",
+        metadata,
+        sa.Column("request_id", sa.String(128), primary_key=True),
+        sa.Column("at", sa.Float, nullable=False),
+        sa.Column("key_id", sa.String(64)),
+        sa.Column("request", sa.Text, nullable=False),  # the body as sent, redacted
+        sa.Column("reply", sa.Text, nullable=False),  # the reply, or its folded stream
+        sa.Index("lmgate_request_log_at", "at"),
+    )
+
+
+def _migration_4(connection: Connection) -> None:
+    for table, columns in (
+        ("lmgate_usage", _usage_columns_v4()),
+        ("lmgate_keys", _key_columns_v4()),
+    ):
+        for column in columns:
+            kind = column.type.compile(connection.dialect)
+            default = f" DEFAULT {column.server_default.arg}" if column.server_default else ""  # type: ignore[attr-defined]
+            null = "" if column.nullable else " NOT NULL"
+            connection.exec_driver_sql(
+                f"ALTER TABLE {table} ADD COLUMN {column.name} {kind}{null}{default}"
+            )
+    _request_log_table(sa.MetaData()).create(connection)
+
+
 # The live schema, used by queries: the result of every migration.
 metadata = sa.MetaData()
 schema_version = sa.Table(
@@ -111,13 +158,19 @@ schema_version = sa.Table(
 )
 keys, usage = _tables_v1(metadata)
 usage.indexes = {index for index in usage.indexes if index.name != "lmgate_usage_key_at"}
+for _column in _usage_columns_v4():
+    usage.append_column(_column)
+for _column in _key_columns_v4():
+    keys.append_column(_column)
 responses = _responses_table(metadata)
+request_log = _request_log_table(metadata)
 
 # Append only: a released migration never changes; a new one gets the next number.
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _migration_1),
     (2, _migration_2),
     (3, _migration_3),
+    (4, _migration_4),
 ]
 
 
@@ -139,6 +192,12 @@ class UsageRecord:
     cached_tokens: int = 0
     latency_ms: float = 0.0
     ttft_ms: float | None = None
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+    cost: float | None = None
+    upstream_ms: float | None = None
+    overhead_ms: float | None = None
+    error_message: str | None = None
 
 
 @dataclass(slots=True)
@@ -154,6 +213,8 @@ class KeyInfo:
     created_at: float = field(default_factory=time.time)
     expires_at: float | None = None
     revoked_at: float | None = None
+    budget_usd: float | None = None
+    used_usd: float = 0.0
 
     def public(self) -> dict[str, Any]:
         return asdict(self)
@@ -218,11 +279,11 @@ class Store:
     async def record(self, records: list[UsageRecord]) -> None:
         await self.record_rows([record_row(record) for record in records])
 
-    async def record_rows(self, rows: list[tuple[Any, ...]]) -> dict[str, tuple[int, int]]:
-        """Write a batch of ``record_row`` tuples, and add their tokens to each managed
-        key's running total; returns, per key, (the batch's tokens, the new total)."""
-        used = tokens_by_key(rows)
-        spent: dict[str, tuple[int, int]] = {}
+    async def record_rows(self, rows: list[tuple[Any, ...]]) -> dict[str, Spent]:
+        """Write a batch of ``record_row`` tuples, and add their tokens and cost to each
+        managed key's running totals; returns what each key spent, with its new totals."""
+        used = spent_by_key(rows)
+        spent: dict[str, Spent] = {}
         if not rows:
             return spent
         async with self.engine.begin() as connection:
@@ -231,16 +292,21 @@ class Store:
             # Measured on SQLite: half the CPU per row of multi-row INSERTs of 4096
             # parameters (equal in instructions; those cost in memory traffic).
             await connection.exec_driver_sql(_insert_usage(connection.dialect.paramstyle), rows)
-            for key_id, tokens in used.items():
-                if tokens:
-                    total = await connection.scalar(
-                        keys.update()
-                        .where(keys.c.id == key_id)
-                        .values(used_tokens=keys.c.used_tokens + tokens)
-                        .returning(keys.c.used_tokens)
-                    )
-                    if total is not None:  # a key this store does not know: no total
-                        spent[key_id] = (tokens, total)
+            for key_id, (tokens, cost) in used.items():
+                if tokens or cost:
+                    totals = (
+                        await connection.execute(
+                            keys.update()
+                            .where(keys.c.id == key_id)
+                            .values(
+                                used_tokens=keys.c.used_tokens + tokens,
+                                used_usd=keys.c.used_usd + cost,
+                            )
+                            .returning(keys.c.used_tokens, keys.c.used_usd)
+                        )
+                    ).first()
+                    if totals is not None:  # a key this store does not know: no total
+                        spent[key_id] = Spent(tokens, totals[0], cost, float(totals[1]))
         return spent
 
     async def reachable(self) -> bool:
@@ -261,8 +327,9 @@ class Store:
             return [dict(row._mapping) for row in result]
 
     async def usage_summary(self, since: float, by: str) -> list[dict[str, Any]]:
-        """Requests, tokens, errors and latency percentiles per model, key or provider,
-        computed by the database (a time range may hold millions of records)."""
+        """Requests, tokens, cost, errors and latency percentiles per model, key or
+        provider, computed by the database (a time range may hold millions of records).
+        ``unpriced``: requests whose deployment had no price (not in ``cost``)."""
         column = {"model": usage.c.model, "key": usage.c.key_id, "provider": usage.c.provider}[by]
         group = sa.func.coalesce(column, "-")
         ranked = (
@@ -271,6 +338,7 @@ class Store:
                 usage.c.error_type,
                 usage.c.input_tokens,
                 usage.c.output_tokens,
+                usage.c.cost,
                 usage.c.latency_ms,
                 sa.func.row_number()
                 .over(partition_by=group, order_by=usage.c.latency_ms)
@@ -294,6 +362,8 @@ class Store:
             sa.func.sum(errors).label("errors"),
             sa.func.sum(r.input_tokens).label("input_tokens"),
             sa.func.sum(r.output_tokens).label("output_tokens"),
+            sa.func.sum(r.cost).label("cost"),  # of the priced requests
+            sa.func.sum(sa.case((r.cost.is_(None), 1), else_=0)).label("unpriced"),
             sa.func.avg(median).label("p50_ms"),
             sa.func.max(p95).label("p95_ms"),
         ).group_by(r.group)
@@ -345,6 +415,7 @@ class Store:
         tpm: int | None = None,
         budget_tokens: int | None = None,
         expires_at: float | None = None,
+        budget_usd: float | None = None,
     ) -> tuple[str, KeyInfo]:
         """A new key: (the secret, shown once, and what is stored about it)."""
         secret = KEY_PREFIX + secrets.token_urlsafe(32)
@@ -357,6 +428,7 @@ class Store:
             tpm=tpm,
             budget_tokens=budget_tokens,
             expires_at=expires_at,
+            budget_usd=budget_usd,
         )
         row = info.public()
         row["models"] = orjson.dumps(models).decode() if models is not None else None
@@ -399,18 +471,32 @@ _USAGE_FIELDS = tuple(f.name for f in fields(UsageRecord))
 # A record as a plain tuple: what the driver takes, and what the garbage collector
 # stops tracking (records wait in a queue; thousands of tracked objects cost GC time).
 record_row = attrgetter(*_USAGE_FIELDS)
-KEY_ID, INPUT_TOKENS, OUTPUT_TOKENS = map(
-    _USAGE_FIELDS.index, ("key_id", "input_tokens", "output_tokens")
+KEY_ID, INPUT_TOKENS, OUTPUT_TOKENS, COST = map(
+    _USAGE_FIELDS.index, ("key_id", "input_tokens", "output_tokens", "cost")
 )
 
 
-def tokens_by_key(rows: list[tuple[Any, ...]]) -> dict[str, int]:
-    """Tokens per managed key (``server.api_keys`` keys, ``config:N``, have no limits)."""
-    used: dict[str, int] = {}
+class Spent(NamedTuple):
+    """What one key spent in a batch, and its running totals after it."""
+
+    tokens: int
+    total_tokens: int
+    cost: float = 0.0
+    total_cost: float = 0.0
+
+
+def spent_by_key(rows: list[tuple[Any, ...]]) -> dict[str, tuple[int, float]]:
+    """(tokens, cost) per managed key (``server.api_keys`` keys, ``config:N``, have
+    no limits)."""
+    used: dict[str, tuple[int, float]] = {}
     for row in rows:
         key_id = row[KEY_ID]
         if key_id is not None and not key_id.startswith("config:"):
-            used[key_id] = used.get(key_id, 0) + row[INPUT_TOKENS] + row[OUTPUT_TOKENS]
+            tokens, cost = used.get(key_id, (0, 0.0))
+            used[key_id] = (
+                tokens + row[INPUT_TOKENS] + row[OUTPUT_TOKENS],
+                cost + (row[COST] or 0.0),
+            )
     return used
 
 

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from lmgate.canonical import (
     ChatRequest,
@@ -24,12 +24,26 @@ from lmgate.canonical import (
     Usage,
 )
 from lmgate.errors import GatewayError
-from lmgate.store import Store
+from lmgate.store import Spent, Store
+
+if TYPE_CHECKING:
+    from lmgate.catalog import Deployment
+    from lmgate.pricing import Price
 
 log = logging.getLogger("lmgate")
 CLIENT_LEFT = 499  # nginx's status for a client that closed the connection
 _NAME = 200  # the model columns' length
 _COUNT = 2**31 - 1  # the token columns are 32-bit integers
+_MESSAGE = 500  # the error message column's length
+
+
+def _cost(price: Price, usage: Usage) -> float:
+    return price.cost(
+        usage.input_tokens,
+        usage.output_tokens,
+        usage.cache_read_tokens or 0,
+        usage.cache_write_tokens or 0,
+    )
 
 
 def _fit(name: str) -> str:
@@ -53,9 +67,11 @@ class Meter:
 
     __slots__ = (
         "_at",
+        "_attempt_at",
         "_deployment",
         "_key_id",
         "_model",
+        "_price",
         "_protocol",
         "_recorder",
         "_request_id",
@@ -63,6 +79,9 @@ class Meter:
         "_started",
         "_stream",
         "_ttft_ms",
+        "_upstream_began",
+        "_upstream_last",
+        "_upstream_ms",
         "_usage",
         "done",
         "reply",
@@ -81,6 +100,13 @@ class Meter:
         self._deployment: str | None = None
         self._usage: Usage | None = None
         self._ttft_ms: float | None = None
+        self._price: Price | None = None
+        # perf_counter() times: the first upstream attempt, the current one, and the
+        # upstream's last word (its first byte, then the end of its reply).
+        self._upstream_began: float | None = None
+        self._attempt_at = 0.0
+        self._upstream_last = 0.0
+        self._upstream_ms: float | None = None  # the answering upstream's first byte
         self.done = False
         # A non-stream request's reply as it is folded; read once at the end, where
         # watching each event would cost a generator layer per request.
@@ -99,12 +125,50 @@ class Meter:
         ):
             self._ttft_ms = (time.perf_counter() - self._started) * 1000
 
+    # ---- told by the router (``router.Tally``) ---------------------------------------
+
+    def attempt_began(self, deployment: Deployment) -> None:
+        self._attempt_at = now = time.perf_counter()
+        if self._upstream_began is None:
+            self._upstream_began = now
+
+    def attempt_failed(self, deployment: Deployment, error: GatewayError) -> None:
+        self._upstream_last = time.perf_counter()
+
+    def answered(self, deployment: Deployment) -> None:
+        self._upstream_last = now = time.perf_counter()
+        self._upstream_ms = (now - self._attempt_at) * 1000
+        self._price = deployment.price
+
+    def upstream_ended(self) -> None:
+        self._upstream_last = time.perf_counter()
+
+    def overhead_ms(self) -> float | None:
+        """The request's time so far minus the upstream's (attempts, waits between
+        them, and the answering one up to its last word so far)."""
+        began = self._upstream_began
+        if began is None:
+            return None
+        now = time.perf_counter()
+        return max((now - self._started) - (max(self._upstream_last, began) - began), 0.0) * 1000
+
+    def reply_headers(self, usage: Usage | None) -> dict[str, str]:
+        """The gateway's overhead and, once the usage is known, the request's cost."""
+        headers = {}
+        if (overhead := self.overhead_ms()) is not None:
+            headers["x-lmgate-overhead-ms"] = f"{overhead:.3f}"
+        if usage is not None and self._price is not None:
+            headers["x-lmgate-cost-usd"] = f"{_cost(self._price, usage):.8f}"
+        return headers
+
     def cut_short(self, usage: Usage) -> None:
         """The tokens of a reply that ended before the upstream reported its usage."""
         if self._usage is None:
             self._usage = usage
 
-    def finish(self, status: int, error_type: str | None = None) -> None:
+    def finish(
+        self, status: int, error_type: str | None = None, message: str | None = None
+    ) -> None:
         if self.done:
             return
         self.done = True
@@ -114,11 +178,15 @@ class Meter:
             if reply.deployment:
                 model, deployment = reply.model, reply.deployment
             usage = reply.usage or usage
+        cost = None
         if usage is None:
-            input_tokens = output_tokens = cached_tokens = 0
+            input_tokens = output_tokens = cached_tokens = written = reasoning = 0
         else:
             input_tokens, output_tokens = usage.input_tokens, usage.output_tokens
             cached_tokens = usage.cache_read_tokens or 0
+            written, reasoning = usage.cache_write_tokens or 0, usage.reasoning_tokens or 0
+            if self._price is not None:
+                cost = _cost(self._price, usage)
         # What a client or an upstream chose (a model name, token counts) is made to
         # fit its column here: a record the store refuses would be lost.
         requested = self._requested
@@ -144,6 +212,12 @@ class Meter:
                 cached_tokens if 0 <= cached_tokens <= _COUNT else _clamp(cached_tokens),
                 (time.perf_counter() - self._started) * 1000,
                 self._ttft_ms,
+                written if 0 <= written <= _COUNT else _clamp(written),
+                reasoning if 0 <= reasoning <= _COUNT else _clamp(reasoning),
+                cost,
+                self._upstream_ms,
+                self.overhead_ms(),
+                message[:_MESSAGE] if message is not None else None,
             )
         )
 
@@ -159,7 +233,7 @@ class Meter:
                 yield event
         except GatewayError as error:
             if started:
-                self.finish(200, error.kind)
+                self.finish(200, error.kind, error.message)
             raise
         except (asyncio.CancelledError, GeneratorExit):
             await events.aclose()  # first, so that the router tells what was spent (cut_short)
@@ -177,13 +251,13 @@ class UsageRecorder:
         queue_size: int = 10_000,
         batch_size: int = 2_000,
         flush_interval: float = 0.5,
-        on_tokens: Callable[[dict[str, tuple[int, int]]], Awaitable[None]] | None = None,
+        on_tokens: Callable[[dict[str, Spent]], Awaitable[None]] | None = None,
     ) -> None:
         self.store = store
         self.queue_size = queue_size
         self.batch_size = batch_size
         self.flush_interval = flush_interval
-        self.on_tokens = on_tokens  # after each batch: per key, (tokens, new total)
+        self.on_tokens = on_tokens  # after each batch: what each key spent, its new totals
         self.dropped = 0  # queue full
         self.bad = 0  # refused by the store
         self.written = 0
@@ -246,7 +320,7 @@ class UsageRecorder:
         the records it refuses are found: those are dropped (counted and logged), the
         rest is written."""
         batch, self._queue = self._queue[: self.batch_size], self._queue[self.batch_size :]
-        spent: dict[str, tuple[int, int]] = {}
+        spent: dict[str, Spent] = {}
         parts = [batch]
         reachable = True
         while parts:
@@ -272,8 +346,13 @@ class UsageRecorder:
                 )
                 continue
             self.written += len(rows)
-            for key_id, (tokens, total) in written.items():
-                spent[key_id] = (spent.get(key_id, (0, 0))[0] + tokens, total)
+            for key_id, now in written.items():
+                before = spent.get(key_id)
+                if before is not None:
+                    now = now._replace(
+                        tokens=now.tokens + before.tokens, cost=now.cost + before.cost
+                    )
+                spent[key_id] = now
         if spent and self.on_tokens is not None:
             try:
                 await self.on_tokens(spent)  # written, and counted against the keys' limits

@@ -473,12 +473,14 @@ def test_keys_and_usage_commands(tmp_path: Path, serve: Any) -> None:
     path = tmp_path / "lmgate.yaml"
     path.write_text("providers: {e: {type: echo}}\nmodels: [{id: echo, provider: e}]\n")
     made = run_cli("keys", "create", "--config", str(path), "--name", "ci", "--models", "echo",
-                   "--rpm", "100", "--budget-tokens", "5000", "--expires", "2099-01-01")  # fmt: skip
+                   "--rpm", "100", "--budget-tokens", "5000", "--budget-usd", "2.5",
+                   "--expires", "2099-01-01")  # fmt: skip
     assert made.returncode == 0, made.stderr
     secret = made.stdout.split()[-1]
     assert secret.startswith("lmg-") and (tmp_path / "lmgate.db").exists()  # next to the config
     listed = run_cli("keys", "list", "--config", str(path))
     assert "ci" in listed.stdout and "active" in listed.stdout and secret not in listed.stdout
+    assert "2.5" in listed.stdout.splitlines()[1].split()  # the budget in USD
     key_id = made.stdout.split()[2]
 
     served = serve("--config", str(path))  # a managed key now exists: the gateway is closed
@@ -498,6 +500,8 @@ def test_keys_and_usage_commands(tmp_path: Path, serve: Any) -> None:
         "ERRORS",
         "INPUT",
         "OUTPUT",
+        "COST",
+        "USD",
         "P50",
         "MS",
         "P95",
@@ -505,6 +509,7 @@ def test_keys_and_usage_commands(tmp_path: Path, serve: Any) -> None:
     ]
     by_key = {line.split()[0]: line.split() for line in lines[1:]}
     assert by_key[key_id][1:3] == ["1", "0"] and by_key["-"][1:3] == ["1", "1"]
+    assert by_key[key_id][5] == "0.0000"  # echo costs nothing
 
     assert run_cli("keys", "revoke", "--config", str(path), key_id).returncode == 0
     assert run_cli("keys", "revoke", "--config", str(path), key_id).returncode == 1
