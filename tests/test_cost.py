@@ -82,9 +82,7 @@ def gw(start_gateway: Any, upstream: FakeUpstream, sqlite_url: str) -> RunningGa
 
 
 def chat(gw: RunningGateway, model: str, key: str = API_KEY) -> Any:
-    return gw.request(
-        "POST", "/v1/chat/completions", {"model": model, "messages": HI}, api_key=key
-    )
+    return gw.request("POST", "/v1/chat/completions", {"model": model, "messages": HI}, api_key=key)
 
 
 def test_each_upstream_protocols_tokens_are_priced_as_computed_by_hand(
