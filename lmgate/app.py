@@ -76,7 +76,14 @@ class Gateway:
         self.admin = Admin(config.server.admin_key, self.accounts)
         self.metrics: Metrics | None = None
         if config.metrics.enabled:
-            self.metrics = Metrics(self.catalog, self.accounts.recorder)
+            self.metrics = Metrics(
+                self.catalog,
+                self.accounts.recorder,
+                self.router,
+                self.accounts.limiter,
+                self.fetcher,
+                config.metrics.per_key_labels,
+            )
             self.accounts.sink = MeterSink(self.metrics, self.accounts.recorder)
         self.conversations = Conversations(self.accounts.store, config.responses.retention_days)
         self.responses_frontend = openai_responses.ResponsesFrontend(
@@ -115,6 +122,8 @@ class Gateway:
             )
         await self.accounts.start()
         await self.conversations.start()
+        if self.metrics is not None:
+            await self.metrics.start()
         # Load the tokenizer off the event loop so the first request does not pay for it.
         await asyncio.to_thread(tokens.encoding)
         # Everything alive now lives as long as the process: keep it out of the
@@ -141,6 +150,8 @@ class Gateway:
         await self.fetcher.close()
         await self.conversations.stop()
         await self.accounts.stop()
+        if self.metrics is not None:
+            await self.metrics.stop()
 
     # ---- graceful shutdown ------------------------------------------------------------
 

@@ -8,13 +8,16 @@ import ipaddress
 import logging
 import math
 import os
+import shutil
 import sys
+import tempfile
 import time
 
 from lmgate import __version__
 from lmgate.config import Config, ConfigError, load_config
 
 log = logging.getLogger("lmgate")
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client's multiprocess mode
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -221,8 +224,6 @@ def _print_models(config: Config) -> None:
 
 
 def _serve(args: argparse.Namespace, config: Config) -> int:
-    import uvicorn
-
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
     if not config.server.api_keys and not _is_loopback(host):
@@ -237,6 +238,22 @@ def _serve(args: argparse.Namespace, config: Config) -> int:
     elif args.preset:
         os.environ["LMGATE_PRESET"] = args.preset
     log.info("lmgate %s listening on http://%s:%s", __version__, host, port)
+    shared = None
+    if args.workers > 1 and config.metrics.enabled and not os.environ.get(MULTIPROCESS_DIR):
+        # Each worker keeps its metrics in files here; a scrape adds them all up.
+        shared = tempfile.mkdtemp(prefix="lmgate-metrics-")
+        os.environ[MULTIPROCESS_DIR] = shared
+    try:
+        _run(args, config, host, port)
+    finally:
+        if shared is not None:
+            shutil.rmtree(shared, ignore_errors=True)
+    return 0
+
+
+def _run(args: argparse.Namespace, config: Config, host: str, port: int) -> None:
+    import uvicorn
+
     uvicorn.run(
         "lmgate.app:app_from_env",
         factory=True,
@@ -252,7 +269,6 @@ def _serve(args: argparse.Namespace, config: Config) -> int:
         # uvicorn's own deadline, later, only catches what could not be cut.
         timeout_graceful_shutdown=math.ceil(config.server.shutdown_grace) + 5,
     )
-    return 0
 
 
 def _is_loopback(host: str) -> bool:

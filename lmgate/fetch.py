@@ -112,6 +112,7 @@ class ImageFetcher:
         self.request_bytes = request_bytes or 2**62
         self.process_bytes = process_bytes or 2**62
         self.held = 0  # bytes fetched by inline() calls still under way
+        self.refused = 0  # URLs refused by the address guard (for the metrics)
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
@@ -187,7 +188,7 @@ class ImageFetcher:
                     return await self._read(response, tally or _Tally())
             except aiohttp.ClientConnectorError as error:
                 if isinstance(error.os_error, _Refused):
-                    raise _refused(str(error.os_error)) from None
+                    raise self._refused(str(error.os_error)) from None
                 raise FetchError(f"cannot connect to {current.host}") from None
             except aiohttp.ClientError as error:
                 raise FetchError(f"{type(error).__name__} from {current.host}") from None
@@ -201,7 +202,11 @@ class ImageFetcher:
         except ValueError:
             return  # a name: the guarded resolver checks what it resolves to
         if not self.allow_private and not is_public(address):
-            raise _refused(f"{address} is not a public address")
+            raise self._refused(f"{address} is not a public address")
+
+    def _refused(self, reason: str) -> FetchError:
+        self.refused += 1
+        return FetchError(f"refused, {reason}; set media.allow_private_urls to allow it")
 
     async def _read(self, response: aiohttp.ClientResponse, tally: _Tally) -> tuple[bytes, str]:
         if response.status != 200:
@@ -245,10 +250,6 @@ class ImageFetcher:
 class FetchError(Exception):
     """Why an image URL could not be used; shown to the client (no URL, which may
     carry credentials in its query)."""
-
-
-def _refused(reason: str) -> FetchError:
-    return FetchError(f"refused, {reason}; set media.allow_private_urls to allow it")
 
 
 def _url_images(request: ChatRequest) -> list[ImagePart]:

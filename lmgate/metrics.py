@@ -4,67 +4,177 @@ when ``metrics.require_admin_key``).
 Per-request figures are taken from the usage row every request ends with (the
 same tuple the store writes), so a request is counted once, however it ended.
 Labels are bounded: the catalog model that answered (never the name a client
-asked for), its deployment and provider, the client protocol, the status class.
-State (in flight and circuit per deployment, the usage queue) is read when
-scraped, not kept up to date on the hot path.
+asked for), its deployment and provider, the client protocol, the status class,
+and the key's id only with ``metrics.per_key_labels``.
+
+What other parts count (the router's retries, fallbacks and cooldowns, the limits'
+refusals, the image guard's, the usage writer's) stays a plain integer there, and
+state (in flight and circuit per deployment, the usage queue) is read where it is:
+both are copied into the metrics when scraped, so the hot path pays nothing for
+them. With several workers (``lmgate serve --workers N``) the library's
+multiprocess mode keeps each process's values in files that any process's scrape
+adds up; each process then copies its own figures every second.
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
 import time
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from lmgate.store import UsageRecord
 
 if TYPE_CHECKING:
     from lmgate.catalog import Catalog
+    from lmgate.fetch import ImageFetcher
+    from lmgate.limits import LocalLimiter
+    from lmgate.router import Router
     from lmgate.usage import UsageRecorder
 
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"  # the library's own variable
 _FIELDS = list(UsageRecord.__slots__)
-_PROTOCOL, _MODEL, _DEPLOYMENT, _PROVIDER, _STATUS = map(
-    _FIELDS.index, ("protocol", "model", "deployment", "provider", "status")
+_PROTOCOL, _KEY, _MODEL, _DEPLOYMENT, _PROVIDER, _STATUS = map(
+    _FIELDS.index, ("protocol", "key_id", "model", "deployment", "provider", "status")
 )
-_INPUT, _OUTPUT, _CACHED, _LATENCY, _TTFT = map(
-    _FIELDS.index, ("input_tokens", "output_tokens", "cached_tokens", "latency_ms", "ttft_ms")
+_INPUT, _OUTPUT, _CACHED, _WRITTEN, _REASONING, _COST = map(
+    _FIELDS.index,
+    (
+        "input_tokens",
+        "output_tokens",
+        "cached_tokens",
+        "cache_write_tokens",
+        "reasoning_tokens",
+        "cost",
+    ),
+)
+_LATENCY, _TTFT, _UPSTREAM, _OVERHEAD = map(
+    _FIELDS.index, ("latency_ms", "ttft_ms", "upstream_ms", "overhead_ms")
+)
+_TOKEN_KINDS = (  # (label, row index): input includes the cached kinds
+    ("input", _INPUT),
+    ("output", _OUTPUT),
+    ("cache_read", _CACHED),
+    ("cache_write", _WRITTEN),
+    ("reasoning", _REASONING),
 )
 # Seconds: LLM requests run from milliseconds (errors, cache hits) to minutes.
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+# The gateway's own time per request: tens of microseconds to milliseconds.
+_OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class Metrics:
-    def __init__(self, catalog: Catalog, recorder: UsageRecorder | None) -> None:
+    def __init__(
+        self,
+        catalog: Catalog,
+        recorder: UsageRecorder | None,
+        router: Router,
+        limiter: LocalLimiter,
+        fetcher: ImageFetcher,
+        per_key: bool = False,
+    ) -> None:
         # Imported here: a config with metrics off does not load the library.
-        from prometheus_client import CollectorRegistry, Counter, Histogram
-
-        self.registry = CollectorRegistry(auto_describe=True)
-        labels = ["protocol", "model", "deployment", "provider", "status"]
-        self._requests = Counter(
-            "lmgate_requests", "Requests, by how they ended.", labels, registry=self.registry
+        from prometheus_client import (
+            CollectorRegistry,
+            Counter,
+            Gauge,
+            Histogram,
+            disable_created_metrics,
         )
-        self._duration = Histogram(
+
+        disable_created_metrics()  # a _created series per counter doubles the page
+        self._sources = catalog, recorder, router, limiter, fetcher
+        self.multiprocess = bool(os.environ.get(MULTIPROCESS_DIR))
+        self.registry = registry = CollectorRegistry(auto_describe=True)
+
+        def counter(name: str, about: str, labels: list[str]) -> Any:
+            return Counter(name, about, labels, registry=registry)
+
+        def histogram(name: str, about: str, labels: list[str], buckets: Any = _BUCKETS) -> Any:
+            return Histogram(name, about, labels, buckets=buckets, registry=registry)
+
+        def gauge(name: str, about: str, labels: list[str], mode: Any) -> Any:
+            return Gauge(name, about, labels, registry=registry, multiprocess_mode=mode)
+
+        self._requests = counter(
+            "lmgate_requests",
+            "Requests, by how they ended.",
+            ["protocol", "model", "deployment", "provider", "status"],
+        )
+        self._duration = histogram(
             "lmgate_request_duration_seconds",
             "Whole requests, from arrival to the last byte.",
             ["protocol", "model"],
-            buckets=_BUCKETS,
-            registry=self.registry,
         )
-        self._ttft = Histogram(
+        self._ttft = histogram(
             "lmgate_time_to_first_token_seconds",
             "Streams: from arrival to the first text, reasoning or tool call.",
             ["protocol", "model"],
-            buckets=_BUCKETS,
-            registry=self.registry,
         )
-        self._tokens = Counter(
+        self._upstream = histogram(
+            "lmgate_upstream_time_to_first_byte_seconds",
+            "From sending a request upstream to its first event, for the answering attempt.",
+            ["deployment"],
+        )
+        self._overhead = histogram(
+            "lmgate_overhead_seconds",
+            "The gateway's own time per request: its duration minus the upstream's.",
+            ["protocol"],
+            _OVERHEAD_BUCKETS,
+        )
+        self._tokens = counter(
             "lmgate_tokens",
-            "Tokens, by kind: input (cached included), output, cached (read from cache).",
+            "Tokens by kind: input (cached included), output (reasoning included), "
+            "cache_read, cache_write, reasoning.",
             ["model", "provider", "kind"],
-            registry=self.registry,
         )
-        self.registry.register(_State(catalog, recorder))
+        self._cost = counter(
+            "lmgate_cost_usd", "Cost of the requests with a price.", ["model", "provider"]
+        )
+        self._retries = counter(
+            "lmgate_retries", "Attempts after a failed one, by deployment tried.", ["deployment"]
+        )
+        self._fallbacks = counter(
+            "lmgate_fallbacks", "Times a model gave up and the next was tried.", ["model"]
+        )
+        self._cooldowns = counter(
+            "lmgate_cooldowns", "Circuits opened after repeated failures.", ["deployment"]
+        )
+        self._refusals = counter(
+            "lmgate_limit_refusals", "Requests refused by a key's limit.", ["limit"]
+        )
+        self._guarded = counter(
+            "lmgate_image_fetch_refusals",
+            "Image URLs refused by the address guard (private, loopback, link-local).",
+            [],
+        )
+        self._records = counter("lmgate_usage_records", "Usage records.", ["outcome"])
+        self._in_flight = gauge(
+            "lmgate_deployment_in_flight", "Requests being answered.", ["deployment"], "livesum"
+        )
+        self._circuit = gauge(
+            "lmgate_deployment_circuit_open",
+            "1 while the deployment is cooling down after repeated failures.",
+            ["deployment"],
+            "livemax",
+        )
+        self._queue = gauge(
+            "lmgate_usage_queue_depth", "Usage records waiting to be written.", [], "livesum"
+        )
+        self._per_key: Any = None
+        if per_key:
+            self._per_key = (
+                counter("lmgate_key_requests", "Requests per API key id.", ["key", "status"]),
+                counter("lmgate_key_tokens", "Tokens per API key id.", ["key", "kind"]),
+                counter("lmgate_key_cost_usd", "Cost per API key id.", ["key"]),
+            )
         self._children: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+        self._copied: dict[tuple[Any, ...], float] = {}  # what sync() last added
+        self._task: asyncio.Task[None] | None = None
+
+    # ---- per request ----------------------------------------------------------------
 
     def observe(self, row: tuple[Any, ...]) -> None:
         """Count one finished request, from its usage row."""
@@ -72,76 +182,119 @@ class Metrics:
         key = (row[_PROTOCOL], row[_MODEL], row[_DEPLOYMENT], row[_PROVIDER], status // 100)
         children = self._children.get(key)
         if children is None:  # labels resolved once per combination, not per request
-            protocol, model = key[0], key[1] or "-"
-            provider = key[3] or "-"
-            children = (
-                self._requests.labels(protocol, model, key[2] or "-", provider, f"{key[4]}xx"),
-                self._duration.labels(protocol, model),
-                self._ttft.labels(protocol, model),
-                self._tokens.labels(model, provider, "input"),
-                self._tokens.labels(model, provider, "output"),
-                self._tokens.labels(model, provider, "cached"),
-            )
-            self._children[key] = children
-        requests, duration, ttft, input_tokens, output_tokens, cached = children
+            children = self._resolve(key)
+        requests, duration, ttft, upstream, overhead, cost, *tokens = children
         requests.inc()
         duration.observe(row[_LATENCY] / 1000)
         if row[_TTFT] is not None:
             ttft.observe(row[_TTFT] / 1000)
-        if row[_INPUT]:
-            input_tokens.inc(row[_INPUT])
-        if row[_OUTPUT]:
-            output_tokens.inc(row[_OUTPUT])
-        if row[_CACHED]:
-            cached.inc(row[_CACHED])
+        if row[_UPSTREAM] is not None:
+            upstream.observe(row[_UPSTREAM] / 1000)
+        if row[_OVERHEAD] is not None:
+            overhead.observe(row[_OVERHEAD] / 1000)
+        if row[_COST]:
+            cost.inc(row[_COST])
+        for (_, index), counter in zip(_TOKEN_KINDS, tokens, strict=True):
+            if row[index]:
+                counter.inc(row[index])
+        if self._per_key is not None and row[_KEY] is not None:
+            self._observe_key(row)
 
-    def exposition(self) -> bytes:
-        from prometheus_client import generate_latest
-
-        return generate_latest(self.registry)
-
-
-class _State:
-    """Gauges read at scrape time."""
-
-    def __init__(self, catalog: Catalog, recorder: UsageRecorder | None) -> None:
-        self._catalog = catalog
-        self._recorder = recorder
-
-    def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
-        in_flight = GaugeMetricFamily(
-            "lmgate_deployment_in_flight", "Requests being answered.", labels=["deployment"]
+    def _resolve(self, key: tuple[Any, ...]) -> tuple[Any, ...]:
+        protocol, model, deployment, provider = key[0], key[1] or "-", key[2] or "-", key[3] or "-"
+        children = (
+            self._requests.labels(protocol, model, deployment, provider, f"{key[4]}xx"),
+            self._duration.labels(protocol, model),
+            self._ttft.labels(protocol, model),
+            self._upstream.labels(deployment),
+            self._overhead.labels(protocol),
+            self._cost.labels(model, provider),
+            *(self._tokens.labels(model, provider, kind) for kind, _ in _TOKEN_KINDS),
         )
-        circuit = GaugeMetricFamily(
-            "lmgate_deployment_circuit_open",
-            "1 while the deployment is cooling down after repeated failures.",
-            labels=["deployment"],
-        )
+        self._children[key] = children
+        return children
+
+    def _observe_key(self, row: tuple[Any, ...]) -> None:
+        requests, tokens, cost = self._per_key
+        key = row[_KEY]
+        requests.labels(key, f"{row[_STATUS] // 100}xx").inc()
+        for kind, index in _TOKEN_KINDS[:2]:
+            if row[index]:
+                tokens.labels(key, kind).inc(row[index])
+        if row[_COST]:
+            cost.labels(key).inc(row[_COST])
+
+    # ---- what others count, and state --------------------------------------------------
+
+    def sync(self) -> None:
+        """Copy the other parts' counts and state into the metrics."""
+        catalog, recorder, router, limiter, fetcher = self._sources
         now = time.monotonic()
         seen: set[str] = set()
-        for entry in self._catalog.entries:
+        for entry in catalog.entries:
             for deployment in entry.deployments:
                 name = deployment.name
                 if name in seen:
                     continue
                 seen.add(name)
-                in_flight.add_metric([name], deployment.health.in_flight)
-                circuit.add_metric([name], 1.0 if deployment.health.open_until > now else 0.0)
-        yield in_flight
-        yield circuit
-        recorder = self._recorder
-        if recorder is None:
+                self._in_flight.labels(name).set(deployment.health.in_flight)
+                self._circuit.labels(name).set(1 if deployment.health.open_until > now else 0)
+        named = {"retry": self._retries, "fallback": self._fallbacks, "cooldown": self._cooldowns}
+        for (what, name), count in list(router.counts.items()):
+            self._add(named[what], (name,), count)
+        for limit, count in list(limiter.refused.items()):
+            self._add(self._refusals, (limit,), count)
+        self._add(self._guarded, (), fetcher.refused)
+        if recorder is not None:
+            self._queue.set(len(recorder._queue))
+            for outcome, count in (
+                ("written", recorder.written),
+                ("dropped_queue_full", recorder.dropped),
+                ("dropped_refused", recorder.bad),
+            ):
+                self._add(self._records, (outcome,), count)
+
+    def _add(self, counter: Any, labels: tuple[str, ...], total: float) -> None:
+        """Bring ``counter`` up to a total counted elsewhere."""
+        key = (counter, labels)
+        delta = total - self._copied.get(key, 0)
+        if delta > 0 or key not in self._copied:
+            child = counter.labels(*labels) if labels else counter
+            child.inc(delta)
+            self._copied[key] = total
+
+    def exposition(self) -> bytes:
+        from prometheus_client import CollectorRegistry, generate_latest
+
+        self.sync()
+        if not self.multiprocess:
+            return generate_latest(self.registry)
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        everyone = CollectorRegistry()
+        MultiProcessCollector(everyone)
+        return generate_latest(everyone)
+
+    # ---- several workers ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self.multiprocess:
+            self._task = asyncio.create_task(self._copy_every_second())
+
+    async def _copy_every_second(self) -> None:
+        while True:
+            await asyncio.sleep(1)
+            self.sync()
+
+    async def stop(self) -> None:
+        if self._task is None:
             return
-        yield GaugeMetricFamily(
-            "lmgate_usage_queue_depth", "Usage records waiting to be written.", len(recorder._queue)
-        )
-        written = CounterMetricFamily("lmgate_usage_records", "Usage records.", labels=["outcome"])
-        written.add_metric(["written"], recorder.written)
-        written.add_metric(["dropped_queue_full"], recorder.dropped)
-        written.add_metric(["dropped_refused"], recorder.bad)
-        yield written
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        self.sync()  # the counts of this process's last second
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(os.getpid())  # its live gauges leave the sums
 
 
 class MeterSink:

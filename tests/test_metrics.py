@@ -94,3 +94,82 @@ def test_metrics_behind_the_admin_key_or_off(start_gateway: Any, upstream: FakeU
     samples(gw, Authorization=f"Bearer {ADMIN}")
     config["metrics"] = {"enabled": False}
     assert start_gateway(config).request("GET", "/metrics").status == 404
+
+
+def test_retries_fallbacks_cooldowns_refusals_cost_and_keys(
+    start_gateway: Any, upstream: FakeUpstream, tmp_path: Any
+) -> None:
+    config = upstream_config(upstream)
+    config["server"]["admin_key"] = ADMIN
+    config["store"] = {"url": f"sqlite:///{tmp_path}/lmgate.db", "flush_interval": 0.05}
+    config["metrics"] = {"per_key_labels": True}
+    config["providers"]["claude"]["inline_image_urls"] = True
+    config["models"][0]["price"] = {"input": 2, "output": 8, "cache_read": 0.5}
+    config["routing"] = {
+        "retries": 1,
+        "backoff": 0,
+        "cooldown": {"failures": 2, "seconds": 60},
+        "fallbacks": {"chat-model": ["echo"]},
+    }
+    gw = start_gateway(config)
+    created = gw.request("POST", "/admin/keys", {"name": "team", "rpm": 2}, api_key=ADMIN).json()
+    client = gw.client(api_key=created["key"])
+    ask: Any = [{"role": "user", "content": "x"}]
+    # Two failures at chat-model's one deployment: a retry, its circuit opens, and the
+    # request falls back to echo.
+    upstream.push(*(Script(status=500, json={"error": {"message": "boom"}}) for _ in range(2)))
+    assert client.chat.completions.create(model="chat-model", messages=ask).model == "echo"
+    image: Any = [
+        {
+            "role": "user",
+            "content": [{"type": "image_url", "image_url": {"url": "http://127.0.0.1:9/a.png"}}],
+        }
+    ]
+    with pytest.raises(openai.BadRequestError, match="not a public address"):
+        client.chat.completions.create(model="claude-model", messages=image)
+    with pytest.raises(openai.RateLimitError):  # the key's rpm is 2
+        client.chat.completions.create(model="echo", messages=ask)
+    cached = {**USAGE, "prompt_tokens_details": {"cached_tokens": 4}}
+    upstream.push(Script(json=completion("hi", cached)))
+    gw.client().chat.completions.create(model="reasoner", messages=ask)  # no price: no cost
+    found = samples(gw)
+    assert found[("lmgate_retries_total", frozenset({("deployment", "up/up-model")}))] == 1
+    assert found[("lmgate_cooldowns_total", frozenset({("deployment", "up/up-model")}))] == 1
+    assert found[("lmgate_fallbacks_total", frozenset({("model", "chat-model")}))] == 1
+    assert found[("lmgate_deployment_circuit_open", frozenset({("deployment", "up/up-model")}))]
+    assert found[("lmgate_limit_refusals_total", frozenset({("limit", "rpm")}))] == 1
+    assert found[("lmgate_image_fetch_refusals_total", frozenset())] == 1
+    reasoner = {("model", "reasoner"), ("provider", "up")}
+    assert found[("lmgate_tokens_total", frozenset(reasoner | {("kind", "cache_read")}))] == 4
+    assert ("lmgate_cost_usd_total", frozenset(reasoner)) not in found or not found[
+        ("lmgate_cost_usd_total", frozenset(reasoner))
+    ]
+    echo = frozenset({("model", "echo"), ("provider", "echo")})
+    assert found[("lmgate_cost_usd_total", echo)] == 0  # priced, at nothing
+    key = created["id"]
+    assert found[("lmgate_key_requests_total", frozenset({("key", key), ("status", "2xx")}))] == 1
+    assert found[("lmgate_key_requests_total", frozenset({("key", key), ("status", "4xx")}))] == 2
+    assert created["key"] not in str(found)
+    openai_protocol = frozenset({("protocol", "openai")})
+    assert found[("lmgate_overhead_seconds_count", openai_protocol)] >= 3
+    upstream_ttfb = frozenset({("deployment", "echo/echo")})
+    assert found[("lmgate_upstream_time_to_first_byte_seconds_count", upstream_ttfb)] == 1
+
+
+def test_workers_report_one_set(serve: Any, tmp_path: Any) -> None:
+    """With --workers 2 every scrape, whichever worker answers it, counts the requests
+    both workers answered."""
+    served = serve("--workers", "2")
+    ask = {"model": "echo", "messages": [{"role": "user", "content": "hi"}]}
+    for _ in range(40):  # a new connection each: the workers share them
+        assert served.request("POST", "/v1/chat/completions", ask)[0] == 200
+    for _ in range(6):
+        status, body = served.request("GET", "/metrics")
+        assert status == 200
+        total = sum(
+            sample.value
+            for family in text_string_to_metric_families(body.decode())
+            for sample in family.samples
+            if sample.name == "lmgate_requests_total"
+        )
+        assert total == 40, body.decode()
