@@ -16,7 +16,7 @@ import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Mapping
 from contextlib import asynccontextmanager
 from types import FrameType
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import orjson
 from starlette.applications import Starlette
@@ -46,6 +46,9 @@ from lmgate.router import Router
 from lmgate.sealing import Sealer
 from lmgate.server import ClientLimits, EventStream, connection_cap
 from lmgate.usage import CLIENT_LEFT
+
+if TYPE_CHECKING:
+    from lmgate.tracing import Tracing
 
 log = logging.getLogger("lmgate")
 
@@ -85,6 +88,13 @@ class Gateway:
                 config.metrics.per_key_labels,
             )
             self.accounts.sink = MeterSink(self.metrics, self.accounts.recorder)
+        self.tracing: Tracing | None = None
+        if config.otel.enabled:
+            from lmgate.tracing import Tracing
+
+            self.tracing = Tracing(config.otel)
+            if self.accounts.sink is None:  # a meter drives each request's span
+                self.accounts.sink = MeterSink(None, None)
         self.conversations = Conversations(self.accounts.store, config.responses.retention_days)
         self.responses_frontend = openai_responses.ResponsesFrontend(
             self.conversations,
@@ -152,6 +162,8 @@ class Gateway:
         await self.accounts.stop()
         if self.metrics is not None:
             await self.metrics.stop()
+        if self.tracing is not None:
+            await asyncio.to_thread(self.tracing.stop)
 
     # ---- graceful shutdown ------------------------------------------------------------
 
@@ -228,6 +240,8 @@ class Gateway:
         """One handler for every client protocol; ``frontend`` does the wire format."""
         request_id = _request_id(request)
         meter = self.accounts.meter(request_id, frontend.PROTOCOL)
+        if self.tracing is not None and meter is not None:
+            meter.span = self.tracing.start(request.headers, frontend.PROTOCOL)
         try:
             caller = await self.authenticate(request)
             body = await self.read_body(request)

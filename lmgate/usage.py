@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from lmgate.canonical import (
     ChatRequest,
     Event,
+    Finish,
     ReasoningDelta,
     Reply,
     Start,
@@ -29,6 +30,7 @@ from lmgate.store import Spent, Store
 if TYPE_CHECKING:
     from lmgate.catalog import Deployment
     from lmgate.pricing import Price
+    from lmgate.tracing import RequestSpan
 
 log = logging.getLogger("lmgate")
 CLIENT_LEFT = 499  # nginx's status for a client that closed the connection
@@ -85,6 +87,7 @@ class Meter:
         "_usage",
         "done",
         "reply",
+        "span",
     )
 
     def __init__(self, recorder: RowSink, request_id: str, protocol: str) -> None:
@@ -111,6 +114,7 @@ class Meter:
         # A non-stream request's reply as it is folded; read once at the end, where
         # watching each event would cost a generator layer per request.
         self.reply: Reply | None = None
+        self.span: RequestSpan | None = None  # with otel.enabled
 
     def request(self, chat: ChatRequest, key_id: str | None) -> None:
         self._requested, self._stream, self._key_id = chat.model, chat.stream, key_id
@@ -124,6 +128,8 @@ class Meter:
             event, TextDelta | ReasoningDelta | ToolCallStart
         ):
             self._ttft_ms = (time.perf_counter() - self._started) * 1000
+        elif isinstance(event, Finish) and self.span is not None:
+            self.span.finish_reason = event.reason
 
     # ---- told by the router (``router.Tally``) ---------------------------------------
 
@@ -131,9 +137,13 @@ class Meter:
         self._attempt_at = now = time.perf_counter()
         if self._upstream_began is None:
             self._upstream_began = now
+        if self.span is not None:
+            self.span.attempt_began(deployment)
 
     def attempt_failed(self, deployment: Deployment, error: GatewayError) -> None:
         self._upstream_last = time.perf_counter()
+        if self.span is not None:
+            self.span.attempt_failed(error)
 
     def answered(self, deployment: Deployment) -> None:
         self._upstream_last = now = time.perf_counter()
@@ -142,6 +152,8 @@ class Meter:
 
     def upstream_ended(self) -> None:
         self._upstream_last = time.perf_counter()
+        if self.span is not None:
+            self.span.upstream_ended()
 
     def overhead_ms(self) -> float | None:
         """The request's time so far minus the upstream's (attempts, waits between
@@ -194,32 +206,35 @@ class Meter:
             requested = _fit(requested)
         if model is not None and (len(model) > _NAME or "\0" in model):
             model = _fit(model)
-        self._recorder.submit(
-            (
-                self._at,
-                self._request_id,
-                self._protocol,
-                self._stream,
-                self._key_id,
-                requested,
-                model,
-                deployment,
-                deployment.partition("/")[0] if deployment else None,
-                status,
-                error_type,
-                input_tokens if 0 <= input_tokens <= _COUNT else _clamp(input_tokens),
-                output_tokens if 0 <= output_tokens <= _COUNT else _clamp(output_tokens),
-                cached_tokens if 0 <= cached_tokens <= _COUNT else _clamp(cached_tokens),
-                (time.perf_counter() - self._started) * 1000,
-                self._ttft_ms,
-                written if 0 <= written <= _COUNT else _clamp(written),
-                reasoning if 0 <= reasoning <= _COUNT else _clamp(reasoning),
-                cost,
-                self._upstream_ms,
-                self.overhead_ms(),
-                message[:_MESSAGE] if message is not None else None,
-            )
+        row = (
+            self._at,
+            self._request_id,
+            self._protocol,
+            self._stream,
+            self._key_id,
+            requested,
+            model,
+            deployment,
+            deployment.partition("/")[0] if deployment else None,
+            status,
+            error_type,
+            input_tokens if 0 <= input_tokens <= _COUNT else _clamp(input_tokens),
+            output_tokens if 0 <= output_tokens <= _COUNT else _clamp(output_tokens),
+            cached_tokens if 0 <= cached_tokens <= _COUNT else _clamp(cached_tokens),
+            (time.perf_counter() - self._started) * 1000,
+            self._ttft_ms,
+            written if 0 <= written <= _COUNT else _clamp(written),
+            reasoning if 0 <= reasoning <= _COUNT else _clamp(reasoning),
+            cost,
+            self._upstream_ms,
+            self.overhead_ms(),
+            message[:_MESSAGE] if message is not None else None,
         )
+        self._recorder.submit(row)
+        if self.span is not None:
+            if reply is not None and reply.finish is not None:
+                self.span.finish_reason = reply.finish.reason
+            self.span.end(row)
 
     async def watch(self, events: AsyncGenerator[Event, None]) -> AsyncGenerator[Event, None]:
         """Pass a stream's ``events`` on, noting what the record needs and how they

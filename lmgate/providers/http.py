@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
+from contextvars import ContextVar
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
@@ -26,6 +27,10 @@ _BODY_END_GRACE = 1.0
 # buffered let one fast upstream hand a slow client's stream megabytes of decoded
 # events to hold.
 _READ_SIZE = 64 * 1024
+
+# The trace context of the current upstream attempt (W3C traceparent), set by the
+# tracing when it is on: every upstream request of this task carries it.
+TRACE_HEADERS: ContextVar[dict[str, str] | None] = ContextVar("trace_headers", default=None)
 
 
 class HttpProviderConfig(ProviderConfig):
@@ -119,6 +124,8 @@ class HttpProvider(Provider):
             **(headers or {}),
             **self.config.headers,
         }
+        if (traced := TRACE_HEADERS.get()) is not None:
+            headers.update(traced)
         data = encodable(body, "the request")  # a pass-through field too deep: 400
         try:
             async with asyncio.timeout(min(timeouts.first_byte, deadline - time.monotonic())):
