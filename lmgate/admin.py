@@ -13,11 +13,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from lmgate import reports
 from lmgate.accounts import Accounts, parse_since
+from lmgate.catalog import Catalog
 from lmgate.errors import GatewayError, invalid
 from lmgate.frontends import openai_chat
 from lmgate.frontends.validate import INT64
 from lmgate.keys import presented_key
+from lmgate.router import Router
 from lmgate.store import Store
 
 _KEY_FIELDS = {"name", "models", "rpm", "tpm", "budget_tokens", "budget_usd", "expires"}
@@ -26,12 +29,24 @@ _MAX_NAME = 200
 
 
 class Admin:
-    def __init__(self, admin_key: str | None, accounts: Accounts) -> None:
+    def __init__(
+        self, admin_key: str | None, accounts: Accounts, catalog: Catalog, router: Router
+    ) -> None:
         self._key = admin_key.encode() if admin_key else None
         self.accounts = accounts
+        self.catalog = catalog
+        self.router = router
 
     def routes(self) -> list[BaseRoute]:
         return [
+            Route("/admin/usage/series", self._handler(self.usage_series), methods=["GET"]),
+            Route("/admin/requests", self._handler(self.requests), methods=["GET"]),
+            Route(
+                "/admin/requests/{request_id:path}", self._handler(self.request), methods=["GET"]
+            ),
+            Route(
+                "/admin/deployments", self._handler(self.deployments, store=False), methods=["GET"]
+            ),
             Route("/admin/keys", self._handler(self.list_keys), methods=["GET"]),
             Route("/admin/keys", self._handler(self.create_key), methods=["POST"]),
             Route("/admin/keys/{key_id}", self._handler(self.get_key), methods=["GET"]),
@@ -39,11 +54,11 @@ class Admin:
             Route("/admin/usage", self._handler(self.usage), methods=["GET"]),
         ]
 
-    def _handler(self, action: Any) -> Any:
+    def _handler(self, action: Any, store: bool = True) -> Any:
         async def handle(request: Request) -> Response:
             try:
                 self._authenticate(request)
-                status, payload = await action(request, self._store())
+                status, payload = await action(request, self._store() if store else None)
             except GatewayError as error:
                 return Response(
                     openai_chat.error_body(error),
@@ -126,15 +141,91 @@ class Admin:
         return 201, {"key": secret, **key.public()}
 
     async def usage(self, request: Request, store: Store) -> tuple[int, Any]:
-        params = request.query_params
-        by = params.get("by", "model")
+        by = request.query_params.get("by", "model")
         if by not in ("model", "key", "provider"):
             raise invalid("by: expected model, key or provider", "by")
-        try:
-            since = parse_since(params.get("since", "24h"))
-        except ValueError as error:
-            raise invalid(f"since: {error}", "since") from None
+        since = _since(request)
         return 200, {"by": by, "since": since, "data": await store.usage_summary(since, by)}
+
+    async def usage_series(self, request: Request, store: Store) -> tuple[int, Any]:
+        return 200, await reports.series(store, _since(request))
+
+    async def requests(self, request: Request, store: Store) -> tuple[int, Any]:
+        params = request.query_params
+        limit = params.get("limit", "50")
+        if not limit.isdigit() or not 1 <= int(limit) <= 500:
+            raise invalid("limit: expected 1 to 500", "limit")
+        status = params.get("status") or None
+        if status is not None and status not in ("ok", "error") and not _is_status(status):
+            raise invalid("status: expected ok, error or an HTTP status such as 429", "status")
+        before = params.get("before") or None
+        if before is not None and not (before.isdigit() and int(before) < INT64):
+            raise invalid("before: expected a record id", "before")
+        rows = await reports.recent_requests(
+            store,
+            int(limit),
+            key=params.get("key") or None,
+            model=params.get("model") or None,
+            status=status,
+            before=int(before) if before is not None else None,
+        )
+        return 200, {"data": rows}
+
+    async def request(self, request: Request, store: Store) -> tuple[int, Any]:
+        request_id = request.path_params["request_id"]
+        found = await reports.request_detail(store, request_id)
+        if found is None:
+            raise GatewayError("not_found", f"no request {request_id!r} on record")
+        return 200, found
+
+    async def deployments(self, request: Request, store: None) -> tuple[int, Any]:
+        now_monotonic, now = time.monotonic(), time.time()
+        models = []
+        for entry in self.catalog.entries:
+            deployments = []
+            for deployment in entry.deployments:
+                health = deployment.health
+                price = deployment.price
+                errors = self.router.recent_errors.get(deployment.name, ())
+                deployments.append(
+                    {
+                        "name": deployment.name,
+                        "provider": deployment.provider.name,
+                        "type": deployment.provider.config.type,
+                        "upstream_model": deployment.target.model,
+                        "weight": deployment.weight,
+                        "in_flight": health.in_flight,
+                        "max_in_flight": health.max_in_flight,
+                        "failures_in_a_row": health.failures,
+                        "circuit": "open" if health.open_until > now_monotonic else "closed",
+                        "open_for_seconds": max(0.0, health.open_until - now_monotonic),
+                        "price": None
+                        if price is None
+                        else {
+                            "input": price.input,
+                            "output": price.output,
+                            "cache_read": price.cache_read,
+                            "cache_write": price.cache_write,
+                        },
+                        "recent_errors": [
+                            {"at": at, "seconds_ago": now - at, "kind": kind, "message": message}
+                            for at, kind, message in reversed(errors)
+                        ],
+                    }
+                )
+            models.append({"id": entry.id, "name": entry.name, "deployments": deployments})
+        return 200, {"data": models}
+
+
+def _since(request: Request) -> float:
+    try:
+        return parse_since(request.query_params.get("since", "24h"))
+    except ValueError as error:
+        raise invalid(f"since: {error}", "since") from None
+
+
+def _is_status(text: str) -> bool:
+    return text.isdigit() and 100 <= int(text) <= 599
 
 
 async def _body(request: Request) -> bytes:

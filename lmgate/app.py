@@ -31,17 +31,18 @@ from lmgate.accumulate import accumulate
 from lmgate.admin import Admin
 from lmgate.canonical import ChatRequest, Event, Reply, Start
 from lmgate.catalog import Catalog
-from lmgate.config import Config, data_dir, load_config
+from lmgate.config import Config, ConfigError, data_dir, load_config
 from lmgate.conversations import Conversations
 from lmgate.discovery import ModelDiscovery
 from lmgate.errors import ErrorKind, GatewayError, Redactor
 from lmgate.fetch import ImageFetcher
 from lmgate.frontends import anthropic_messages, openai_chat, openai_responses
 from lmgate.ids import unique_hex
-from lmgate.keys import Caller, presented_key
+from lmgate.keys import ANONYMOUS, Caller, presented_key
 from lmgate.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from lmgate.metrics import MeterSink, Metrics
 from lmgate.providers import build_provider
+from lmgate.request_log import RequestLog
 from lmgate.router import Router
 from lmgate.sealing import Sealer
 from lmgate.server import ClientLimits, EventStream, connection_cap
@@ -76,7 +77,7 @@ class Gateway:
         self.redactor = Redactor(self._secrets)
         self.router = Router(config.routing, self.fetcher, redactor=self.redactor)
         self.accounts = Accounts(config, self.catalog, self.router)
-        self.admin = Admin(config.server.admin_key, self.accounts)
+        self.admin = Admin(config.server.admin_key, self.accounts, self.catalog, self.router)
         self.metrics: Metrics | None = None
         if config.metrics.enabled:
             self.metrics = Metrics(
@@ -95,6 +96,11 @@ class Gateway:
             self.tracing = Tracing(config.otel)
             if self.accounts.sink is None:  # a meter drives each request's span
                 self.accounts.sink = MeterSink(None, None)
+        self.request_log: RequestLog | None = None
+        if config.request_log.enabled:
+            if self.accounts.store is None:
+                raise ConfigError("request_log.enabled needs a store (store.url is none)")
+            self.request_log = RequestLog(self.accounts.store, config.request_log, self.redactor)
         self.conversations = Conversations(self.accounts.store, config.responses.retention_days)
         self.responses_frontend = openai_responses.ResponsesFrontend(
             self.conversations,
@@ -132,6 +138,8 @@ class Gateway:
             )
         await self.accounts.start()
         await self.conversations.start()
+        if self.request_log is not None:
+            await self.request_log.start()
         if self.metrics is not None:
             await self.metrics.start()
         # Load the tokenizer off the event loop so the first request does not pay for it.
@@ -159,6 +167,8 @@ class Gateway:
             await provider.close()
         await self.fetcher.close()
         await self.conversations.stop()
+        if self.request_log is not None:
+            await self.request_log.stop()
         await self.accounts.stop()
         if self.metrics is not None:
             await self.metrics.stop()
@@ -242,6 +252,9 @@ class Gateway:
         meter = self.accounts.meter(request_id, frontend.PROTOCOL)
         if self.tracing is not None and meter is not None:
             meter.span = self.tracing.start(request.headers, frontend.PROTOCOL)
+        logged = self.request_log
+        caller = ANONYMOUS
+        body = b""  # as read; logged with the reply when request_log is on
         try:
             caller = await self.authenticate(request)
             body = await self.read_body(request)
@@ -260,15 +273,17 @@ class Gateway:
                 if meter is not None:
                     meter.reply = reply  # read when the meter finishes: no per-event work
                 await _unless_client_leaves(request, accumulate(events, reply))
-                body = frontend.reply_body(reply, chat)
+                answer = frontend.reply_body(reply, chat)
                 if (finish := getattr(frontend, "finish", None)) is not None:
-                    await finish(chat, body)
+                    await finish(chat, answer)
                 headers = _ids(request_id, reply.deployment, reply.attempts)
                 headers.update(frontend.reply_headers(chat))
                 if meter is not None:
                     headers.update(meter.reply_headers(reply.usage))
                     meter.finish(200)
-                return Response(body, media_type="application/json", headers=headers)
+                if logged is not None:
+                    logged.add(request_id, caller.key_id, body, answer)
+                return Response(answer, media_type="application/json", headers=headers)
             if meter is not None:
                 events = meter.watch(events)
             # Wait for the upstream to accept before sending 200, so that an early
@@ -280,6 +295,8 @@ class Gateway:
                 raise
             assert isinstance(start, Start)
             frames = frontend.stream_frames(start, events, chat)
+            if logged is not None:
+                frames = logged.tee(frames, request_id, caller.key_id, body)
             headers = {**_SSE_HEADERS, **_ids(request_id, start.deployment, start.attempts)}
             headers.update(frontend.reply_headers(chat))
             if meter is not None:
@@ -298,6 +315,8 @@ class Gateway:
             message = internal.message
         if meter is not None:
             meter.finish(response.status_code, kind, message)
+        if logged is not None and body:
+            logged.add(request_id, caller.key_id, body, bytes(response.body))
         return response
 
     async def count_tokens(self, request: Request) -> Response:
@@ -397,6 +416,10 @@ class Gateway:
             Route("/ready", self.ready_check, methods=["GET"]),
             *self.admin.routes(),
         ]
+        if self.config.ui.enabled:
+            from lmgate import ui
+
+            routes += ui.routes()
         if self.metrics is not None:
             routes.append(Route("/metrics", self.metrics_page, methods=["GET"]))
         for prefix in ["", *self.config.server.route_prefixes]:

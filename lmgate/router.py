@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections import deque
 from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from dataclasses import replace
@@ -71,6 +72,9 @@ class Router:
         # gave up and the next one was tried; keyed by the model given up), or
         # "cooldown" (a circuit opened).
         self.counts: dict[tuple[str, str], int] = {}
+        # The last few failures of each deployment (unix time, kind, message), for the
+        # dashboard; kept only when something fails.
+        self.recent_errors: dict[str, deque[tuple[float, str, str]]] = {}
         # Told when a deployment's circuit opens (to share it with other processes).
         self.on_cooldown: Callable[[Deployment], None] | None = None
 
@@ -171,6 +175,7 @@ class Router:
                         )
                     if tally is not None:
                         tally.attempt_failed(deployment, error)
+                    self._note(deployment, error)
                     if not error.retryable:
                         health.abandoned()
                         error.attempts = attempts
@@ -196,6 +201,7 @@ class Router:
                 except GatewayError as error:
                     if error.kind in _UNHEALTHY_KINDS:
                         self._failed(deployment)
+                        self._note(deployment, error)
                     raise
                 finally:
                     health.release()
@@ -207,6 +213,12 @@ class Router:
         assert failure is not None
         failure.attempts = attempts
         raise failure
+
+    def _note(self, deployment: Deployment, error: GatewayError) -> None:
+        errors = self.recent_errors.get(deployment.name)
+        if errors is None:
+            errors = self.recent_errors[deployment.name] = deque(maxlen=5)
+        errors.append((time.time(), error.kind, self._redactor(error.message)[:300]))
 
     def _failed(self, deployment: Deployment) -> None:
         if deployment.health.failed():

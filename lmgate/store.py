@@ -330,7 +330,9 @@ class Store:
         """Requests, tokens, cost, errors and latency percentiles per model, key or
         provider, computed by the database (a time range may hold millions of records).
         ``unpriced``: requests whose deployment had no price (not in ``cost``)."""
-        column = {"model": usage.c.model, "key": usage.c.key_id, "provider": usage.c.provider}[by]
+        # By model: the one that answered, else (a request that failed first) the one asked for.
+        model = sa.func.coalesce(usage.c.model, usage.c.requested_model)
+        column = {"model": model, "key": usage.c.key_id, "provider": usage.c.provider}[by]
         group = sa.func.coalesce(column, "-")
         ranked = (
             sa.select(

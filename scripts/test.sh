@@ -5,12 +5,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # The tests run real PostgreSQL and Redis servers (private instances, started by
-# the tests themselves); install them when missing.
-if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || ! command -v redis-server >/dev/null; then
+# the tests themselves) and drive the dashboard in the system's Chromium; install
+# them when missing.
+if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || ! command -v redis-server >/dev/null \
+    || ! command -v chromium >/dev/null; then
     sudo=""
     if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
     $sudo apt-get update -q
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q postgresql redis-server
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q postgresql redis-server chromium
 fi
 export LMGATE_REQUIRE_SERVERS=1  # here a missing server is a failure, not a skip
 

@@ -1,0 +1,172 @@
+"""The dashboard at /ui in a real browser: the system's Chromium, headless, driven by
+Playwright. The test makes requests through the SDKs, then signs in and finds them
+in the charts and tables; creates a key, uses it, revokes it and sees it refused;
+reads a logged request; and fails on any console error. Screenshots of each page
+go to $LMGATE_SCREENSHOTS when it is set."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import openai
+import pytest
+from playwright import sync_api as playwright_api
+
+from tests.conftest import API_KEY, RunningGateway, upstream_config, wait_until
+from tests.fakes.upstream import FakeUpstream, Script, completion
+
+ADMIN = "dashboard-admin-key"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+SECRET_IN_BODY = "sk-upstream-secret-0123456789"  # the fake upstream's key: must be blanked
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not os.path.exists(CHROMIUM):
+        pytest.fail("Chromium is not installed (apt-get install chromium; scripts/test.sh does)")
+    with playwright_api.sync_playwright() as driver:
+        launched = driver.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    opened = context.new_page()
+    opened.errors = []  # console errors and uncaught exceptions: each fails the test
+    opened.on("console", lambda m: opened.errors.append(m.text) if m.type == "error" else None)
+    opened.on("pageerror", lambda error: opened.errors.append(str(error)))
+    opened.on("dialog", lambda dialog: dialog.accept())
+    yield opened
+    context.close()
+    assert opened.errors == []
+
+
+def shoot(page: Any, name: str) -> None:
+    folder = os.environ.get("LMGATE_SCREENSHOTS")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(folder) / f"{name}.png"), full_page=True)
+
+
+@pytest.fixture
+def gw(start_gateway: Any, upstream: FakeUpstream, tmp_path: Path) -> RunningGateway:
+    config = upstream_config(upstream)
+    config["server"]["admin_key"] = ADMIN
+    config["store"] = {
+        "url": f"sqlite:///{tmp_path / 'ui.db'}",
+        "flush_interval": 0.05,
+        "key_cache_seconds": 0,
+    }
+    config["request_log"] = {"enabled": True}
+    config["models"][0]["price"] = {"input": 2, "output": 8}
+    return start_gateway(config)  # type: ignore[no-any-return]
+
+
+def test_the_dashboard_shows_what_the_sdks_did_and_manages_keys(
+    gw: RunningGateway, upstream: FakeUpstream, page: Any
+) -> None:
+    usage = {"prompt_tokens": 1200, "completion_tokens": 300, "total_tokens": 1500}
+    upstream.push(
+        Script(json=completion(f"ok, and the key was {SECRET_IN_BODY}", usage)),
+        Script(json=completion("second", usage)),
+        Script(status=500, json={"error": {"message": "upstream exploded"}}),
+    )
+    openai_client = gw.client()
+    hi: Any = [{"role": "user", "content": "hello from the OpenAI SDK"}]
+    openai_client.chat.completions.create(model="chat-model", messages=hi)
+    openai_client.chat.completions.create(model="chat-model", messages=hi)
+    with pytest.raises(openai.InternalServerError):
+        openai_client.chat.completions.create(model="chat-model", messages=hi)
+    gw.anthropic().messages.create(
+        model="echo", max_tokens=50, messages=[{"role": "user", "content": "hi from Anthropic"}]
+    )
+    wait_until(lambda: len(gw.request("GET", "/admin/requests", api_key=ADMIN).json()["data"]) == 4)
+
+    page.goto(f"{gw.url}/ui")
+    page.fill("#admin-key", "not-the-admin-key")
+    with page.expect_response(lambda r: r.url.endswith("/admin/deployments")):
+        page.click("#sign-in button")
+    assert "not the admin key" in page.inner_text("#sign-in-error")
+    page.errors.clear()  # the browser logs the refused request itself: expected here
+    page.fill("#admin-key", ADMIN)
+    page.click("#sign-in button")
+
+    # Overview: tiles, charts and the breakdown reflect the four requests.
+    page.wait_for_selector("[data-testid=tile-requests] .value:text('4')")
+    assert page.inner_text("[data-testid=tile-errors] .value") == "1"
+    assert (
+        page.inner_text("[data-testid=tile-cost] .value") == "$0.009600"
+    )  # 2 × (1200×2 + 300×8)/1e6
+    assert page.locator("[data-testid=chart]").count() == 4
+    assert page.locator("[data-testid=chart] path[data-series=requests]").count() == 1
+    breakdown = page.inner_text("[data-testid=breakdown]")
+    assert "chat-model" in breakdown and "echo" in breakdown
+    page.select_option("#range", "24h")
+    page.wait_for_selector("[data-testid=tile-requests] .value:text('4')")
+    shoot(page, "overview")
+
+    # Recent requests: filter by model, open the failed one and a logged one.
+    page.click("a[data-page=requests]")
+    page.wait_for_selector("[data-testid=requests] table")
+    page.fill("[data-testid=filter-model]", "chat-model")
+    page.select_option("[data-testid=filter-status]", "error")
+    page.click("text=Filter")
+    rows = page.locator("[data-testid=requests] tbody tr")
+    playwright_api.expect(rows).to_have_count(1)
+    failed = page.inner_text("[data-testid=requests]")
+    assert "502" in failed and "upstream exploded" in failed  # the error's message
+    page.select_option("[data-testid=filter-status]", "ok")
+    page.click("text=Filter")
+    playwright_api.expect(rows).to_have_count(2)
+    page.click("[data-testid=requests] tbody tr:last-child")
+    page.wait_for_selector("[data-testid=logged-reply]")
+    assert "hello from the OpenAI SDK" in page.inner_text("[data-testid=logged-request]")
+    reply = page.inner_text("[data-testid=logged-reply]")
+    assert "ok, and the key was" in reply and SECRET_IN_BODY not in reply  # redacted
+    shoot(page, "requests")
+
+    # Models: live health of each deployment.
+    page.click("a[data-page=models]")
+    page.wait_for_selector("[data-testid=model]")
+    models = page.inner_text("#page")
+    assert "up/up-model" in models and "closed" in models and "$2 / $8" in models
+    shoot(page, "models")
+
+    # Keys: create one with limits and a budget; its secret is shown once; use it,
+    # revoke it, and see it refused.
+    page.click("a[data-page=keys]")
+    page.wait_for_selector("[data-testid=keys]")
+    page.fill("[data-testid=key-name]", "browser-made")
+    page.fill("[data-testid=key-rpm]", "60")
+    page.fill("[data-testid=key-budget_usd]", "5")
+    page.click("text=Create key")
+    secret = page.inner_text("[data-testid=secret]")
+    assert secret.startswith("lmg-")
+    made = gw.client(api_key=secret).chat.completions.create(model="echo", messages=hi)
+    assert made.choices[0].message.content
+    row = page.locator("[data-testid=keys] tr", has_text="browser-made")
+    assert "$5" in row.inner_text() and "active" in row.inner_text()
+    shoot(page, "keys")
+    row.locator("button", has_text="Revoke").click()
+    page.wait_for_selector("[data-testid=keys] tr:has-text('browser-made') .badge:text('revoked')")
+    with pytest.raises(anthropic.AuthenticationError):
+        gw.anthropic(api_key=secret).messages.create(model="echo", max_tokens=5, messages=hi)
+    assert API_KEY not in page.content()
+
+
+def test_the_dashboard_files_need_no_network(gw: RunningGateway) -> None:
+    for name in ("", "app.js", "app.css"):
+        served = gw.request("GET", f"/ui/{name}", api_key=None)
+        assert served.status == 200
+        body = served.body.replace(b"http://www.w3.org/2000/svg", b"")  # a name, not a fetch
+        assert b"http://" not in body and b"https://" not in body  # no CDN
+        assert "script-src 'self'" in served.headers["content-security-policy"]
+    assert gw.request("GET", "/ui/../app.py", api_key=None).status == 404
+    assert gw.request("GET", "/ui", api_key=None).status == 308
