@@ -24,9 +24,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -227,6 +229,24 @@ def stream_latency(
     return uvloop.run(_stream_latency(port, path, body, word, expected, requests))
 
 
+def trace_sink() -> ThreadingHTTPServer:
+    """An OTLP/HTTP endpoint that takes trace exports and drops them."""
+
+    class Sink(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            return None
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Sink)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -256,15 +276,26 @@ def main() -> int:
         pinned(1, [sys.executable, str(HERE / "upstream.py"), str(up_port)])
     )
     store_dir = tempfile.mkdtemp(prefix="lmgate-bench-")
+    sink = trace_sink()
 
-    def start_gateway(store_url: str, metrics: bool = True) -> tuple[subprocess.Popen[bytes], int]:
+    def start_gateway(
+        store_url: str, metrics: bool = True, otel: bool = False
+    ) -> tuple[subprocess.Popen[bytes], int]:
         port = free_port()
         process = subprocess.Popen(
             pinned(0, [sys.executable, "-m", "lmgate", "serve", "--config", str(HERE / "bench.yaml"),
                        "--port", str(port), "--log-level", "warning"]),
-            env={**env, "BENCH_STORE_URL": store_url, "BENCH_METRICS": str(metrics).lower()},
+            env={**env, "BENCH_STORE_URL": store_url, "BENCH_METRICS": str(metrics).lower(),
+                 "BENCH_OTEL": str(otel).lower(), "BENCH_OTEL_PORT": str(sink.server_port)},
         )  # fmt: skip
         return process, port
+
+    def start_for_tracing(url: str) -> tuple[subprocess.Popen[bytes], int]:
+        # Both record usage and keep metrics on (the default config); one also traces
+        # every request (sample_ratio 1) to a local sink: what tracing on costs.
+        if url == "none":
+            return start_gateway(f"sqlite:///{store_dir}/untraced-{next(started_off)}.db")
+        return start_gateway(url, otel=True)
 
     started_off = iter(range(1_000_000))
 
@@ -290,6 +321,12 @@ def main() -> int:
         results["metrics"] = {
             connections: recording_cost(
                 start_for_metrics, lambda i: f"sqlite:///{store_dir}/on-{i}.db", connections
+            )
+            for connections in (1, 8)
+        }
+        results["tracing"] = {
+            connections: recording_cost(
+                start_for_tracing, lambda i: f"sqlite:///{store_dir}/traced-{i}.db", connections
             )
             for connections in (1, 8)
         }
@@ -423,6 +460,11 @@ def report(results: dict[str, Any]) -> None:
         )
     for connections, cost in results.get("metrics", {}).items():
         print(f"  metrics, {connections} connection(s) each: {_spread(cost)} (both recording)")
+    for connections, cost in results.get("tracing", {}).items():
+        print(
+            f"  tracing every request, {connections} connection(s) each: {_spread(cost)}"
+            " (both recording, with metrics)"
+        )
     counted = results["recording"].get("instructions")
     if counted:
         print(

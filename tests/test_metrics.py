@@ -173,3 +173,35 @@ def test_workers_report_one_set(serve: Any, tmp_path: Any) -> None:
             if sample.name == "lmgate_requests_total"
         )
         assert total == 40, body.decode()
+
+
+def test_the_grafana_dashboard_uses_only_metrics_that_exist(
+    start_gateway: Any, upstream: FakeUpstream, tmp_path: Any
+) -> None:
+    import json
+    import re
+    from pathlib import Path
+
+    config = upstream_config(upstream)
+    config["store"] = {"url": f"sqlite:///{tmp_path}/lmgate.db"}
+    gw = start_gateway(config)
+    text = gw.request("GET", "/metrics").body.decode()
+    families = set(re.findall(r"^# TYPE (\w+) (\w+)", text, re.MULTILINE))
+    names = set()
+    for name, kind in families:
+        names.add(name)
+        suffixes = {
+            "counter": ["_total"],
+            "histogram": ["_bucket", "_sum", "_count"],
+        }.get(kind, [])
+        names.update(name + suffix for suffix in suffixes)
+    path = Path(__file__).parent.parent / "contrib/grafana/lmgate-dashboard.json"
+    dashboard = json.loads(path.read_text())
+    used = {
+        metric
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for metric in re.findall(r"\blmgate_\w+", target["expr"])
+    }
+    assert len(used) >= 14
+    assert used <= names, used - names
