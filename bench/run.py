@@ -266,6 +266,11 @@ def main() -> int:
         default=2 * instructions.BATCH,  # two usage batches
         help="requests per valgrind run for the recording cost in instructions (0: skip)",
     )
+    parser.add_argument(
+        "--costs-only",
+        action="store_true",
+        help="only what recording, metrics and tracing cost (pairs of gateways)",
+    )
     args = parser.parse_args()
     if not shutil.which("wrk"):
         print("bench needs wrk: apt-get install wrk", file=sys.stderr)
@@ -279,23 +284,27 @@ def main() -> int:
     sink = trace_sink()
 
     def start_gateway(
-        store_url: str, metrics: bool = True, otel: bool = False
+        store_url: str, metrics: bool = True, otel: bool = False, ratio: float = 1.0
     ) -> tuple[subprocess.Popen[bytes], int]:
         port = free_port()
         process = subprocess.Popen(
             pinned(0, [sys.executable, "-m", "lmgate", "serve", "--config", str(HERE / "bench.yaml"),
                        "--port", str(port), "--log-level", "warning"]),
             env={**env, "BENCH_STORE_URL": store_url, "BENCH_METRICS": str(metrics).lower(),
-                 "BENCH_OTEL": str(otel).lower(), "BENCH_OTEL_PORT": str(sink.server_port)},
+                 "BENCH_OTEL": str(otel).lower(), "BENCH_OTEL_PORT": str(sink.server_port),
+                 "BENCH_OTEL_RATIO": str(ratio)},
         )  # fmt: skip
         return process, port
 
-    def start_for_tracing(url: str) -> tuple[subprocess.Popen[bytes], int]:
+    def start_for_tracing(ratio: float) -> Callable[[str], tuple[subprocess.Popen[bytes], int]]:
         # Both record usage and keep metrics on (the default config); one also traces
-        # every request (sample_ratio 1) to a local sink: what tracing on costs.
-        if url == "none":
-            return start_gateway(f"sqlite:///{store_dir}/untraced-{next(started_off)}.db")
-        return start_gateway(url, otel=True)
+        # requests (all, or a sample) to a local sink: what tracing on costs.
+        def start(url: str) -> tuple[subprocess.Popen[bytes], int]:
+            if url == "none":
+                return start_gateway(f"sqlite:///{store_dir}/untraced-{next(started_off)}.db")
+            return start_gateway(url, otel=True, ratio=ratio)
+
+        return start
 
     started_off = iter(range(1_000_000))
 
@@ -326,10 +335,23 @@ def main() -> int:
         }
         results["tracing"] = {
             connections: recording_cost(
-                start_for_tracing, lambda i: f"sqlite:///{store_dir}/traced-{i}.db", connections
+                start_for_tracing(1.0),
+                lambda i: f"sqlite:///{store_dir}/traced-{i}.db",
+                connections,
             )
             for connections in (1, 8)
         }
+        results["tracing_sampled"] = {
+            connections: recording_cost(
+                start_for_tracing(0.1),
+                lambda i: f"sqlite:///{store_dir}/sampled-{i}.db",
+                connections,
+            )
+            for connections in (1, 8)
+        }
+        if args.costs_only:
+            report_costs(results)
+            return 0
         gateway, gw_port = start_gateway(f"sqlite:///{store_dir}/lmgate.db")
         gateways.append(gateway)
         wait_ready(f"http://127.0.0.1:{gw_port}/ready")
@@ -447,30 +469,7 @@ def report(results: dict[str, Any]) -> None:
             f" (ratio {resp['rps'] / chat['rps']:.2f}), p50 {chat['p50_ms']:.3f} vs"
             f" {resp['p50_ms']:.3f}ms; stored {stored['rps']:.0f} rps, p50 {stored['p50_ms']:.3f}ms"
         )
-    print("\nusage recording (SQLite): CPU per request, gateway vs the same without a store,")
-    print("both loaded at once on one core, over pairs of fresh gateways; the control is")
-    print("pairs of two identical gateways (this machine's noise)")
-    for connections, row in results["recording"].items():
-        if connections == "instructions":
-            continue
-        cost, control = row["cost"], row["control"]
-        print(
-            f"  {connections} connection(s) each: recording {_spread(cost)}, of which the writer"
-            f" thread {statistics.median(cost['side_threads']) * 100:+.1f}%; control {_spread(control)}"
-        )
-    for connections, cost in results.get("metrics", {}).items():
-        print(f"  metrics, {connections} connection(s) each: {_spread(cost)} (both recording)")
-    for connections, cost in results.get("tracing", {}).items():
-        print(
-            f"  tracing every request, {connections} connection(s) each: {_spread(cost)}"
-            " (both recording, with metrics)"
-        )
-    counted = results["recording"].get("instructions")
-    if counted:
-        print(
-            f"  instructions per request (valgrind): {counted['off']:.0f} without a store,"
-            f" {counted['on']:.0f} with ({(counted['on'] / counted['off'] - 1) * 100:+.1f}%)"
-        )
+    report_costs(results)
     s = results["stream"]
     d, g = s["c1"]["direct"], s["c1"]["gateway"]
     print("\nstream of 20 chunks, one request at a time")
@@ -507,6 +506,35 @@ def report(results: dict[str, Any]) -> None:
     )
     print(f"  added per chunk: {per_chunk:.1f}us (of which the splitter {splitter:.1f}us)")
     print(f"\ngateway RSS after the run: {results['gateway_rss_mb']:.1f} MB")
+
+
+def report_costs(results: dict[str, Any]) -> None:
+    print("\nusage recording (SQLite): CPU per request, gateway vs the same without a store,")
+    print("both loaded at once on one core, over pairs of fresh gateways; the control is")
+    print("pairs of two identical gateways (this machine's noise)")
+    for connections, row in results["recording"].items():
+        if connections == "instructions":
+            continue
+        cost, control = row["cost"], row["control"]
+        print(
+            f"  {connections} connection(s) each: recording {_spread(cost)}, of which the writer"
+            f" thread {statistics.median(cost['side_threads']) * 100:+.1f}%; control {_spread(control)}"
+        )
+    for connections, cost in results.get("metrics", {}).items():
+        print(f"  metrics, {connections} connection(s) each: {_spread(cost)} (both recording)")
+    for connections, cost in results.get("tracing", {}).items():
+        print(
+            f"  tracing every request, {connections} connection(s) each: {_spread(cost)}"
+            " (both recording, with metrics)"
+        )
+    for connections, cost in results.get("tracing_sampled", {}).items():
+        print(f"  tracing, sample_ratio 0.1, {connections} connection(s) each: {_spread(cost)}")
+    counted = results["recording"].get("instructions")
+    if counted:
+        print(
+            f"  instructions per request (valgrind): {counted['off']:.0f} without a store,"
+            f" {counted['on']:.0f} with ({(counted['on'] / counted['off'] - 1) * 100:+.1f}%)"
+        )
 
 
 def _spread(figure: dict[str, list[float]]) -> str:

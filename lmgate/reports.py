@@ -12,31 +12,6 @@ import sqlalchemy as sa
 from lmgate.store import Store, request_log, usage
 
 BUCKETS = 60  # points in a series, whatever its range
-_REQUEST_COLUMNS = (
-    "id",
-    "at",
-    "request_id",
-    "key_id",
-    "protocol",
-    "stream",
-    "requested_model",
-    "model",
-    "deployment",
-    "provider",
-    "status",
-    "error_type",
-    "error_message",
-    "input_tokens",
-    "output_tokens",
-    "cached_tokens",
-    "cache_write_tokens",
-    "reasoning_tokens",
-    "cost",
-    "latency_ms",
-    "ttft_ms",
-    "upstream_ms",
-    "overhead_ms",
-)
 
 
 async def series(store: Store, since: float) -> dict[str, Any]:
@@ -126,11 +101,7 @@ async def recent_requests(
     """The latest records, newest first; ``status``: ``ok``, ``error`` or a status
     code; ``before``: a record id, for the next page. Each says if it was logged."""
     logged = sa.exists().where(request_log.c.request_id == usage.c.request_id)
-    query = (
-        sa.select(*(usage.c[name] for name in _REQUEST_COLUMNS), logged.label("logged"))
-        .order_by(usage.c.id.desc())
-        .limit(limit)
-    )
+    query = sa.select(usage, logged.label("logged")).order_by(usage.c.id.desc()).limit(limit)
     if key:
         query = query.where(usage.c.key_id == key)
     if model:
@@ -153,9 +124,7 @@ async def request_detail(store: Store, request_id: str) -> dict[str, Any] | None
         records = [
             _plain(row)
             for row in await connection.execute(
-                sa.select(*(usage.c[name] for name in _REQUEST_COLUMNS))
-                .where(usage.c.request_id == request_id)
-                .order_by(usage.c.id)
+                sa.select(usage).where(usage.c.request_id == request_id).order_by(usage.c.id)
             )
         ]
         logged = (

@@ -58,14 +58,17 @@ class Tracing:
         self.kinds = SpanKind
         self.error = lambda description: Status(StatusCode.ERROR, description)
 
-    def start(self, headers: Mapping[str, str], protocol: str) -> RequestSpan:
-        parent = self.propagator.extract(headers) if "traceparent" in headers else None
-        span = self.tracer.start_span(
-            "chat",
-            context=parent,
-            kind=self.kinds.SERVER,
-            attributes={"gen_ai.operation.name": "chat", "lmgate.protocol": protocol},
-        )
+    def start(self, headers: Mapping[str, str], protocol: str) -> RequestSpan | None:
+        """The request's span; None when it is not sampled (then only the caller's
+        own ``traceparent``, if any, goes on upstream: nothing else is paid for)."""
+        traceparent = headers.get("traceparent")
+        parent = self.propagator.extract(headers) if traceparent else None
+        span = self.tracer.start_span("chat", context=parent, kind=self.kinds.SERVER)
+        if not span.is_recording():
+            if traceparent:
+                TRACE_HEADERS.set({"traceparent": traceparent})
+            return None
+        span.set_attributes({"gen_ai.operation.name": "chat", "lmgate.protocol": protocol})
         return RequestSpan(self, span)
 
     def stop(self) -> None:

@@ -62,6 +62,19 @@ def records(store_url: str, request_id: str | None = None) -> list[dict[str, Any
     return asyncio.run(read())
 
 
+def stored_key(store_url: str, key_id: str) -> Any:
+    """The key as the store has it now (its running totals), or None."""
+
+    async def read() -> Any:
+        store = Store(store_url)
+        try:
+            return await store.get_key(key_id)
+        finally:
+            await store.close()
+
+    return asyncio.run(read())
+
+
 def wait_for_records(store_url: str, count: int) -> list[dict[str, Any]]:
     deadline = time.monotonic() + 10
     while len(rows := records(store_url)) < count:
@@ -420,15 +433,7 @@ def test_two_processes_share_one_token_budget(
     headers = {"Authorization": f"Bearer {created['key']}"}
 
     def total() -> int:
-        async def read() -> int:
-            store = Store(postgres_url)
-            try:
-                key = await store.get_key(created["id"])
-                return key.used_tokens if key is not None else -1
-            finally:
-                await store.close()
-
-        return asyncio.run(read())
+        return int(stored_key(postgres_url, created["id"]).used_tokens)
 
     assert second.request("POST", "/v1/chat/completions", ask, headers)[0] == 200
     wait_until(lambda: total() == per_request)  # written; the second process caches the key

@@ -5,7 +5,6 @@ process and shared by two through Redis."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +12,17 @@ import orjson
 import pytest
 
 from lmgate.pricing import Price, lookup, table
-from lmgate.store import Store
 from tests.conftest import API_KEY, RunningGateway, wait_until
 from tests.fakes.upstream import FakeUpstream, Script, anthropic_message, completion
-from tests.test_accounts import ADMIN, HI, accounts_config, admin, new_key, wait_for_records
+from tests.test_accounts import (
+    ADMIN,
+    HI,
+    accounts_config,
+    admin,
+    new_key,
+    stored_key,
+    wait_for_records,
+)
 
 OPENAI_PRICE = {"input": 2.0, "output": 8.0, "cache_read": 0.5}
 ANTHROPIC_PRICE = {"input": 3.0, "output": 15.0, "cache_read": 0.3, "cache_write": 3.75}
@@ -205,15 +211,7 @@ def test_two_processes_share_one_budget_in_usd(
     ask = {"model": "chat-model", "messages": HI}
 
     def used() -> float:
-        async def read() -> float:
-            store = Store(postgres_url)
-            try:
-                key = await store.get_key(created["id"])
-                return key.used_usd if key is not None else -1.0
-            finally:
-                await store.close()
-
-        return asyncio.run(read())
+        return float(stored_key(postgres_url, created["id"]).used_usd)
 
     assert second.request("POST", "/v1/chat/completions", ask, headers)[0] == 200
     assert first.request("POST", "/v1/chat/completions", ask, headers)[0] == 200

@@ -149,7 +149,14 @@ def test_sampling_at_zero_sends_nothing_but_keeps_the_callers_decision(
     assert gw.request("POST", "/v1/chat/completions", ask).status == 200
     sampled = {"traceparent": f"00-{TRACE_ID}-{CLIENT_SPAN}-01"}
     assert gw.request("POST", "/v1/chat/completions", ask, headers=sampled).status == 200
+    # Not sampled by its caller: no span, and its traceparent goes upstream as it came.
+    unsampled = f"00-{'1' * 32}-{CLIENT_SPAN}-00"
+    upstream.push(Script(json=completion("hi", USAGE)))
+    ask = {"model": "chat-model", "messages": [{"role": "user", "content": "x"}]}
+    reply = gw.request("POST", "/v1/chat/completions", ask, headers={"traceparent": unsampled})
+    assert reply.status == 200 and upstream.last.headers["traceparent"] == unsampled
     wait_until(lambda: len(receiver.named("chat echo")) >= 1)
     gw.stop()  # flushes whatever is left
+    assert not receiver.named("chat chat-model") and not receiver.named("chat up-model")
     requests = [s for s in receiver.named("chat echo") if s.kind == s.SPAN_KIND_SERVER]
     assert [s.trace_id.hex() for s in requests] == [TRACE_ID]
