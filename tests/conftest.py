@@ -250,6 +250,11 @@ def refusing_url(path: str = "/v1") -> str:
     return f"http://127.0.0.1:{sock.getsockname()[1]}{path}"
 
 
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    for sock in _HELD:  # their ports were held for the session: let them go now
+        sock.close()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
