@@ -12,6 +12,16 @@ import sqlalchemy as sa
 from lmgate.store import Store, request_log, usage
 
 BUCKETS = 60  # points in a series, whatever its range
+_EMPTY = {  # the figures of a time with no request
+    "requests": 0,
+    "errors": 0,
+    "input_tokens": 0,
+    "output_tokens": 0,
+    "cost": 0,
+    "p50_ms": None,
+    "p95_ms": None,
+    "ttft_p50_ms": None,
+}
 
 
 async def series(store: Store, since: float) -> dict[str, Any]:
@@ -28,19 +38,10 @@ async def series(store: Store, since: float) -> dict[str, Any]:
         whole = (await connection.execute(_figures(since, sa.literal(0)))).first()
     points = []
     for index in range(BUCKETS):
-        point = found.get(index) or {
-            "requests": 0,
-            "errors": 0,
-            "input_tokens": 0,
-            "output_tokens": 0,
-            "cost": 0,
-            "p50_ms": None,
-            "p95_ms": None,
-            "ttft_p50_ms": None,
-        }
+        point = found.get(index) or dict(_EMPTY)
         point.pop("bucket", None)
         points.append({"at": since + index * step, **point})
-    overall = _plain(whole) if whole is not None else {}
+    overall = _plain(whole) if whole is not None else dict(_EMPTY)
     overall.pop("bucket", None)
     return {"since": since, "step": step, "points": points, "overall": overall}
 

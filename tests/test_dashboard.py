@@ -170,3 +170,25 @@ def test_the_dashboard_files_need_no_network(gw: RunningGateway) -> None:
         assert "script-src 'self'" in served.headers["content-security-policy"]
     assert gw.request("GET", "/ui/../app.py", api_key=None).status == 404
     assert gw.request("GET", "/ui", api_key=None).status == 308
+
+
+def test_the_admin_reads_refuse_bad_parameters_clearly(gw: RunningGateway) -> None:
+    for path, param in (
+        ("/admin/requests?limit=0", "limit"),
+        ("/admin/requests?limit=many", "limit"),
+        ("/admin/requests?status=fine", "status"),
+        ("/admin/requests?before=x", "before"),
+        ("/admin/requests?before=99999999999999999999", "before"),
+        ("/admin/usage/series?since=forever", "since"),
+        ("/admin/usage?since=1y", "since"),
+    ):
+        refused = gw.request("GET", path, api_key=ADMIN)
+        assert refused.status == 400, (path, refused.body)
+        assert refused.json()["error"]["param"] == param
+    missing = gw.request("GET", "/admin/requests/no-such-request", api_key=ADMIN)
+    assert missing.status == 404 and "no-such-request" in missing.json()["error"]["message"]
+    for path in ("/admin/requests", "/admin/usage/series", "/admin/deployments"):
+        assert gw.request("GET", path, api_key=API_KEY).status == 403  # a client key
+        assert gw.request("GET", path, api_key=None).status == 401
+    series = gw.request("GET", "/admin/usage/series?since=15m", api_key=ADMIN).json()
+    assert len(series["points"]) == 60 and series["overall"]["requests"] == 0

@@ -9,7 +9,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import API_KEY, UPSTREAM_KEY, RunningGateway, upstream_config
+from tests.conftest import API_KEY, UPSTREAM_KEY, RunningGateway, upstream_config, wait_until
 from tests.fakes.upstream import FakeUpstream, Script, completion, text_stream
 
 ADMIN = "metrics-admin-key"
@@ -158,21 +158,24 @@ def test_retries_fallbacks_cooldowns_refusals_cost_and_keys(
 
 def test_workers_report_one_set(serve: Any, tmp_path: Any) -> None:
     """With --workers 2 every scrape, whichever worker answers it, counts the requests
-    both workers answered."""
+    both workers answered (within the second each takes to hand them over)."""
     served = serve("--workers", "2")
     ask = {"model": "echo", "messages": [{"role": "user", "content": "hi"}]}
     for _ in range(40):  # a new connection each: the workers share them
         assert served.request("POST", "/v1/chat/completions", ask)[0] == 200
-    for _ in range(6):
+
+    def total() -> float:
         status, body = served.request("GET", "/metrics")
         assert status == 200
-        total = sum(
+        return sum(
             sample.value
             for family in text_string_to_metric_families(body.decode())
             for sample in family.samples
             if sample.name == "lmgate_requests_total"
         )
-        assert total == 40, body.decode()
+
+    wait_until(lambda: total() == 40)  # each worker hands its figures over every second
+    assert [total() for _ in range(6)] == [40] * 6  # and no scrape counts one twice
 
 
 def test_the_grafana_dashboard_uses_only_metrics_that_exist(
