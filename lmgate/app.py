@@ -36,7 +36,7 @@ from lmgate.conversations import Conversations
 from lmgate.discovery import ModelDiscovery
 from lmgate.errors import ErrorKind, GatewayError, Redactor
 from lmgate.fetch import ImageFetcher
-from lmgate.frontends import anthropic_messages, openai_chat, openai_responses
+from lmgate.frontends import anthropic_messages, gemini, openai_chat, openai_responses
 from lmgate.ids import unique_hex
 from lmgate.keys import ANONYMOUS, Caller, presented_key
 from lmgate.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -208,7 +208,9 @@ class Gateway:
         self._cut = asyncio.get_running_loop().call_later(grace, self.router.cut)
 
     async def authenticate(self, request: Request) -> Caller:
-        return await self.accounts.identify(presented_key(request.headers))
+        # Google's clients may send the key as ?key= (logs redact it).
+        key = presented_key(request.headers) or request.query_params.get("key", "")
+        return await self.accounts.identify(key)
 
     async def read_body(self, request: Request) -> bytes:
         length = request.headers.get("content-length", "")
@@ -319,6 +321,47 @@ class Gateway:
             logged.add(request_id, caller.key_id, body, bytes(response.body))
         return response
 
+    async def gemini_call(self, request: Request) -> Response | EventStream:
+        """POST models/{model}:generateContent, :streamGenerateContent, :countTokens."""
+        try:
+            model, action = gemini.split_target(request.path_params["target"])
+        except GatewayError as error:
+            return _error(gemini.GeminiCall("", False, False), error, _request_id(request))
+        sse = request.query_params.get("alt") == "sse"
+        call = gemini.GeminiCall(model, action == "streamGenerateContent", sse)
+        if action != "countTokens":
+            return await self._chat(request, call)
+        request_id = _request_id(request)
+        try:
+            await self.authenticate(request)
+            chat = call.parse_request(await self.read_body(request), request.headers)
+            self.catalog.resolve(chat.model)
+            counted = await tokens.count_request_async(chat)
+        except GatewayError as error:
+            return _error(call, error, request_id)
+        except ClientDisconnect:
+            return Response(status_code=CLIENT_LEFT)
+        body = orjson.dumps({"totalTokens": counted})
+        return Response(body, media_type="application/json", headers=_ids(request_id))
+
+    async def gemini_models(self, request: Request) -> Response:
+        """GET models and models/{model}, in Google's shape."""
+        request_id = _request_id(request)
+        call = gemini.GeminiCall("", False, False)
+        try:
+            await self.authenticate(request)
+            model_id = request.path_params.get("model_id")
+            if model_id is None:
+                body = gemini.models_body(self.catalog)
+            else:
+                entry = self.catalog.get(model_id.removeprefix("models/"))
+                if entry is None:
+                    raise GatewayError("not_found", f"models/{model_id} is not found")
+                body = orjson.dumps(gemini.model_object(entry))
+        except GatewayError as error:
+            return _error(call, error, request_id)
+        return Response(body, media_type="application/json", headers=_ids(request_id))
+
     async def count_tokens(self, request: Request) -> Response:
         request_id = _request_id(request)
         try:
@@ -335,6 +378,8 @@ class Gateway:
         return Response(body, media_type="application/json", headers=_ids(request_id))
 
     async def list_models(self, request: Request) -> Response:
+        if _from_google(request):  # google-genai lists models at /v1/models too
+            return await self.gemini_models(request)
         request_id = _request_id(request)
         # Anthropic's SDK asks for the same path; it sends anthropic-version, OpenAI's does not.
         anthropic = "anthropic-version" in request.headers
@@ -347,6 +392,8 @@ class Gateway:
         return Response(body, media_type="application/json", headers=_ids(request_id))
 
     async def get_model(self, request: Request) -> Response:
+        if _from_google(request):
+            return await self.gemini_models(request)
         request_id = _request_id(request)
         try:
             await self.authenticate(request)
@@ -440,6 +487,17 @@ class Gateway:
                     methods=["GET"],
                 ),
                 Route(f"{prefix}/v1/messages/count_tokens", self.count_tokens, methods=["POST"]),
+                Route(f"{prefix}/v1beta/models", self.gemini_models, methods=["GET"]),
+                Route(
+                    f"{prefix}/v1beta/models/{{model_id:path}}", self.gemini_models, methods=["GET"]
+                ),
+                # Google's SDKs use v1beta, and v1 for some calls.
+                *(
+                    Route(
+                        f"{prefix}/{v}/models/{{target:path}}", self.gemini_call, methods=["POST"]
+                    )
+                    for v in ("v1beta", "v1")
+                ),
             ]
         return routes
 
@@ -478,6 +536,12 @@ async def _on_disconnect(request: Request, task: asyncio.Task[Any]) -> None:
     while (await request.receive())["type"] != "http.disconnect":
         pass
     task.cancel(_LEFT)
+
+
+def _from_google(request: Request) -> bool:
+    """A request from Google's clients (they share some paths with OpenAI's)."""
+    headers = request.headers
+    return "x-goog-api-key" in headers or "x-goog-api-client" in headers
 
 
 def _request_id(request: Request) -> str:

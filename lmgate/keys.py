@@ -23,10 +23,11 @@ ANONYMOUS = Caller(None)
 
 
 def presented_key(headers: Mapping[str, str]) -> str:
-    """The key a request presents: ``Authorization: Bearer KEY``, else ``x-api-key``."""
+    """The key a request presents: ``Authorization: Bearer KEY``, else ``x-api-key``,
+    else Google's ``x-goog-api-key``."""
     header = headers.get("authorization", "")
     key = header[7:].strip() if header[:7].lower() == "bearer " else ""
-    return key or headers.get("x-api-key", "")
+    return key or headers.get("x-api-key", "") or headers.get("x-goog-api-key", "")
 
 
 class KeyRing:

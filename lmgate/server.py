@@ -58,10 +58,9 @@ class EventStream:
 
     def __init__(self, frames: AsyncGenerator[bytes, None], headers: dict[str, str]) -> None:
         self._frames = frames
-        self._headers = [
-            (b"content-type", b"text/event-stream; charset=utf-8"),
-            *((name.lower().encode(), value.encode()) for name, value in headers.items()),
-        ]
+        given = {name.lower(): value for name, value in headers.items()}
+        given.setdefault("content-type", "text/event-stream; charset=utf-8")
+        self._headers = [(name.encode(), value.encode()) for name, value in given.items()]
         self._open = True
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
