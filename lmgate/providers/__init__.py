@@ -11,6 +11,7 @@ from lmgate.providers.anthropic import AnthropicProvider
 from lmgate.providers.base import Provider
 from lmgate.providers.degpt import DegptProvider
 from lmgate.providers.echo import EchoProvider
+from lmgate.providers.gemini import GeminiProvider
 from lmgate.providers.lmv2 import LmV2Provider
 from lmgate.providers.openai_compat import OpenAICompatProvider
 from lmgate.providers.openai_responses import OpenAIResponsesProvider
@@ -22,6 +23,7 @@ PROVIDER_TYPES: dict[str, type[Provider]] = {
     "lmv2": LmV2Provider,
     "degpt": DegptProvider,
     "echo": EchoProvider,
+    "gemini": GeminiProvider,
 }
 
 

@@ -31,6 +31,7 @@ from lmgate.canonical import (
 )
 from lmgate.errors import ErrorKind, GatewayError
 from lmgate.providers.base import (
+    GEMINI_SIGNATURE,
     REASONING_SIGNATURE,
     Target,
     apply_overrides,
@@ -54,6 +55,8 @@ _MIN_BUDGET = 1024  # Anthropic's smallest thinking budget
 # them there, or the provider's own betas include this one (…-2026-04-07); other clients'
 # are folded into the neighbouring user turn.
 _MID_SYSTEM_BETA = "mid-conversation-system"
+# Other upstreams' reasoning tokens, which Anthropic would refuse as signatures.
+FOREIGN_SIGNATURES = (REASONING_SIGNATURE, GEMINI_SIGNATURE)
 _ERROR_KINDS: dict[str, ErrorKind] = {
     "overloaded_error": "overloaded",
     "rate_limit_error": "rate_limit",
@@ -342,7 +345,7 @@ def _blocks(message: Message) -> list[dict[str, Any]]:
             # Only Anthropic's own signed thinking may be handed back to it.
             if part.redacted:
                 blocks.append({"type": "redacted_thinking", "data": part.redacted})
-            elif part.signature and not part.signature.startswith(REASONING_SIGNATURE):
+            elif part.signature and not part.signature.startswith(FOREIGN_SIGNATURES):
                 blocks.append(
                     {"type": "thinking", "thinking": part.text, "signature": part.signature}
                 )

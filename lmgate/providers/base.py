@@ -44,6 +44,8 @@ class Target:
 # Marks a reasoning signature that is an OpenAI Responses upstream's encrypted_content
 # (only that provider sends it back; an Anthropic signature looks different).
 REASONING_SIGNATURE = "openai-responses:"
+# Marks a Gemini upstream's thoughtSignature (only the Gemini provider sends it back).
+GEMINI_SIGNATURE = "gemini:"
 
 
 def apply_overrides(

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import orjson
 
-from lmgate import lenient_json
+from lmgate import lenient_json, schemas
 from lmgate.canonical import (
     ChatRequest,
     Event,
@@ -70,6 +70,9 @@ class OpenAICompatConfig(HttpProviderConfig):
     # System turns inside the conversation: where they stand, or folded into the
     # next user turn (for servers whose chat template takes one system message, first).
     system_turns: Literal["keep", "fold"] = "keep"
+    # Tool parameter schemas as they came, or rewritten to the subset Gemini takes (for
+    # OpenAI-compatible endpoints in front of Gemini models, which refuse the rest).
+    tool_schema: Literal["as_is", "gemini"] = "as_is"
 
 
 class OpenAICompatProvider(HttpProvider):
@@ -155,7 +158,9 @@ class OpenAICompatProvider(HttpProvider):
                     "function": {
                         "name": tool.name,
                         **({"description": tool.description} if tool.description else {}),
-                        "parameters": tool.parameters or {"type": "object", "properties": {}},
+                        "parameters": schemas.for_gemini(tool.parameters)
+                        if self.config.tool_schema == "gemini"
+                        else tool.parameters or {"type": "object", "properties": {}},
                     },
                 }
                 for tool in request.tools
