@@ -56,6 +56,12 @@ def client_config(upstream: FakeUpstream) -> dict[str, Any]:
                 "api_key": ANTHROPIC_UPSTREAM_KEY,
                 "timeouts": _TIMEOUTS,
             },
+            "google": {
+                "type": "gemini",
+                "base_url": upstream.url + "/v1beta",
+                "api_key": UPSTREAM_KEY,
+                "timeouts": _TIMEOUTS,
+            },
         },
         "models": [
             {"id": "deepseek-chat", "provider": "compat", "model": "up-chat",
@@ -65,6 +71,7 @@ def client_config(upstream: FakeUpstream) -> dict[str, Any]:
             {"id": "qwen-think", "provider": "compat", "model": "up-qwen",
              "reasoning": "think_tags"},
             {"id": "big-model", "provider": "claude", "model": "claude-up", "support": "image"},
+            {"id": "gem-model", "provider": "google", "model": "gemini-up"},
         ],
         "routing": {"retries": 0, "auto": ["deepseek-chat"]},
     }  # fmt: skip
@@ -76,6 +83,7 @@ STYLES = {
     "deepseek-thinker": "deepseek",
     "qwen-think": "think_tags",
     "big-model": "anthropic",
+    "gem-model": None,
 }
 
 
@@ -147,6 +155,15 @@ class Task:
         assert self.agent.calls >= 1 and self.agent.finals >= 1
         assert self.agent.refused == []
         last = [body for body in self.bodies() if body.get("tools")][-1]
+        if "contents" in last:  # a Gemini upstream: results go back by the call's name
+            responses = [
+                part["functionResponse"]["name"]
+                for content in last["contents"]
+                for part in content["parts"]
+                if "functionResponse" in part
+            ]
+            assert responses, last["contents"]
+            return
         results = [
             block.get("tool_use_id") or block.get("tool_call_id")
             for message in last["messages"]

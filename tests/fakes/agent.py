@@ -1,8 +1,8 @@
 """A fake upstream model that does one small agentic task, for the real-client tests.
 
 Given to ``FakeUpstream.route``, it answers each request in the request's own
-protocol (OpenAI Chat Completions, or Anthropic Messages by the path), streamed or
-not as asked:
+protocol (OpenAI Chat Completions, Anthropic Messages or Gemini, by the path),
+streamed or not as asked:
 
 * a request with tools and no tool result yet: a call to the client's file-writing
   tool, found by its JSON schema (a path-like and a content-like property), with
@@ -25,6 +25,7 @@ from typing import Any
 
 import orjson
 
+from tests.fakes import gemini
 from tests.fakes.upstream import Recorded, Script, anthropic_events, chunk
 
 _PATH_KEYS = ("file_path", "filePath", "path", "filename", "file")
@@ -45,6 +46,8 @@ class Agent:
 
     def __call__(self, request: Recorded) -> Script:
         body = request.body if isinstance(request.body, dict) else {}
+        if "Content" in request.path:  # models/…:generateContent, :streamGenerateContent
+            return self._gemini(body, request.path)
         anthropic = request.path.endswith("/messages")
         if self.reasoning == "deepseek" and not anthropic:
             missing = _missing_reasoning(body.get("messages") or [])
@@ -72,6 +75,37 @@ class Agent:
         if anthropic:
             return _anthropic(reply, stream, self.reasoning == "anthropic")
         return _openai(reply, stream, self.reasoning)
+
+    def _gemini(self, body: dict[str, Any], path: str) -> Script:
+        """As a Gemini model, refusing (400) what the real API refuses."""
+        problem = gemini.refusal(body)
+        if problem:
+            self.refused.append(problem)
+            error = {"code": 400, "message": problem, "status": "INVALID_ARGUMENT"}
+            return Script(status=400, json={"error": error})
+        declarations = [
+            {"name": d.get("name"), "input_schema": d.get("parameters") or {}}
+            for tool in body.get("tools") or []
+            for d in tool.get("functionDeclarations") or []
+        ]
+        tool = _write_tool(declarations, anthropic=True)
+        answered = any(
+            "functionResponse" in part
+            for content in body.get("contents") or []
+            for part in content.get("parts") or []
+        )
+        usage = {"promptTokenCount": 40, "candidatesTokenCount": 12, "totalTokenCount": 52}
+        if tool is None or answered:
+            if tool is not None:
+                self.finals += 1
+            parts: list[dict[str, Any]] = [{"text": FINAL if tool else "OK"}]
+        else:
+            self.calls += 1
+            args = orjson.loads(tool[1](self.path, self.content))
+            parts = [{"functionCall": {"name": tool[0], "args": args}}]
+        if ":streamGenerateContent" not in path:
+            return Script(json=gemini.response(parts, usage=usage))
+        return gemini.stream(gemini.response([], finish=None), gemini.response(parts, usage=usage))
 
 
 def _write_tool(tools: list[Any], anthropic: bool) -> tuple[str, Any] | None:
