@@ -26,6 +26,28 @@ _FORMATS = {
     "number": {"float", "double"},
     "integer": {"int32", "int64"},
 }
+_NUMBER = (int, float)
+_VALUE_TYPES: dict[str, Any] = {
+    **dict.fromkeys(("title", "description", "pattern", "format"), str),
+    **dict.fromkeys(
+        (
+            "maxItems",
+            "minItems",
+            "minProperties",
+            "maxProperties",
+            "minLength",
+            "maxLength",
+            "minimum",
+            "maximum",
+        ),
+        _NUMBER,
+    ),
+    "nullable": bool,
+    "enum": list,
+    "required": list,
+    "propertyOrdering": list,
+}
+_TYPES = frozenset({"string", "number", "integer", "boolean", "array", "object"})
 _DEPTH = 32  # $ref chains and nesting beyond this are cut (recursive schemas)
 
 
@@ -33,7 +55,10 @@ def for_gemini(schema: Any) -> dict[str, Any]:
     """A tool's parameters as Gemini takes them (always an object schema)."""
     if not isinstance(schema, dict):
         return {"type": "object", "properties": {}}
-    definitions = {**(schema.get("definitions") or {}), **(schema.get("$defs") or {})}
+    definitions = {
+        **_mapping(schema.get("definitions")),
+        **_mapping(schema.get("$defs")),
+    }
     out = _convert(schema, definitions, 0)
     if out.get("type") != "object":
         return {"type": "object", "properties": {"value": out}, "required": ["value"]}
@@ -50,9 +75,10 @@ def _convert(schema: Any, definitions: dict[str, Any], depth: int) -> dict[str, 
             part = _resolved(part, definitions, depth) if isinstance(part, dict) else {}
             for key, value in part.items():
                 if key == "properties" and isinstance(value, dict):
-                    merged["properties"] = {**merged.get("properties", {}), **value}
+                    merged["properties"] = {**_mapping(merged.get("properties")), **value}
                 elif key == "required" and isinstance(value, list):
-                    merged["required"] = [*merged.get("required", []), *value]
+                    before = merged.get("required")
+                    merged["required"] = [*(before if isinstance(before, list) else ()), *value]
                 else:
                     merged.setdefault(key, value)
         schema = merged
@@ -60,8 +86,8 @@ def _convert(schema: Any, definitions: dict[str, Any], depth: int) -> dict[str, 
     nullable = False
     kind = schema.get("type")
     if isinstance(kind, list):  # ["string", "null"]
-        kinds = [k for k in kind if k != "null"]
-        nullable = len(kinds) < len(kind)
+        kinds = [k for k in kind if isinstance(k, str) and k.lower() in _TYPES]
+        nullable = "null" in kind
         if len(kinds) == 1:
             kind = kinds[0]
         else:
@@ -76,19 +102,24 @@ def _convert(schema: Any, definitions: dict[str, Any], depth: int) -> dict[str, 
         if len(real) == 1:  # X or null: X, nullable
             return {**_convert(real[0], definitions, depth + 1), **_note(schema), **_null(nullable)}
         out["anyOf"] = [_convert(o, definitions, depth + 1) for o in real]
-    if isinstance(kind, str):
-        out["type"] = kind
+    if isinstance(kind, str) and kind.lower() in _TYPES:
+        out["type"] = kind.lower()
     if "const" in schema:
         out["enum"] = [schema["const"]]
     for key, value in schema.items():
         if key not in _KEPT or key in ("type", "anyOf"):
             continue
-        if key == "properties" and isinstance(value, dict):
-            out[key] = {name: _convert(sub, definitions, depth + 1) for name, sub in value.items()}
+        if key == "properties":
+            if isinstance(value, dict):
+                out[key] = {
+                    str(name): _convert(sub, definitions, depth + 1) for name, sub in value.items()
+                }
         elif key == "items":
             out[key] = _convert(value, definitions, depth + 1) if isinstance(value, dict) else {}
-        else:
-            out[key] = value
+        elif isinstance(value, _VALUE_TYPES.get(key, object)) and not (
+            isinstance(value, bool) and _VALUE_TYPES.get(key) is _NUMBER
+        ):
+            out[key] = value  # of the type Gemini expects there; else dropped
     if "enum" in out:
         values = out["enum"]
         if (
@@ -112,8 +143,9 @@ def _convert(schema: Any, definitions: dict[str, Any], depth: int) -> dict[str, 
             # An integer's exclusive bound is the next integer; a number's stays as it is.
             out[inclusive] = value + step if out.get("type") == "integer" else value
     if "required" in out:
-        names = set(out.get("properties") or ())
-        required = [n for n in out["required"] if isinstance(n, str) and n in names]
+        names = set(_mapping(out.get("properties")))
+        listed = out["required"] if isinstance(out["required"], list) else []
+        required = [n for n in listed if isinstance(n, str) and n in names]
         if required:
             out["required"] = list(dict.fromkeys(required))
         else:
@@ -135,6 +167,10 @@ def _resolved(schema: dict[str, Any], definitions: dict[str, Any], depth: int) -
         schema = {**target, **rest} if isinstance(target, dict) else rest
         seen += 1
     return schema
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 def _note(schema: dict[str, Any]) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from tests.conftest import API_KEY, RunningGateway
 from tests.fakes.upstream import FakeUpstream
 from tests.test_multimodal import PNG_B64
 
-CASES = 1_000  # per endpoint: 6,000 in all
+CASES = 1_000  # per endpoint: 8,000 in all
 ADMIN = "fuzz-admin-key"
 RAW = "\x00raw\x00"  # a string replaced by a raw JSON fragment once the body is written
 
@@ -233,6 +233,37 @@ def requests(draw: st.DrawFn, seed: Any) -> tuple[bytes, dict[str, str], bool]:
     return data, headers, draw(st.booleans()) if len(data) < 200_000 else False
 
 
+GEMINI: Any = {
+    "systemInstruction": {"parts": [{"text": "be brief"}]},
+    "contents": [
+        {
+            "role": "user",
+            "parts": [{"text": "hi"}, {"inlineData": {"mimeType": "image/png", "data": PNG_B64}}],
+        },
+        {"role": "model", "parts": [{"functionCall": {"name": "f", "args": {"a": "x"}}}]},
+        {"role": "user", "parts": [{"functionResponse": {"name": "f", "response": {"ok": 1}}}]},
+    ],
+    "tools": [
+        {
+            "functionDeclarations": [
+                {
+                    "name": "f",
+                    "parameters": {"type": "OBJECT", "properties": {"a": {"type": "STRING"}}},
+                }
+            ]
+        }
+    ],
+    "toolConfig": {"functionCallingConfig": {"mode": "AUTO"}},
+    "generationConfig": {
+        "temperature": 0.5,
+        "maxOutputTokens": 5,
+        "stopSequences": ["x"],
+        "thinkingConfig": {"includeThoughts": True, "thinkingBudget": 512},
+    },
+    "safetySettings": [{"category": "HARM_CATEGORY_HARASSMENT", "threshold": "BLOCK_NONE"}],
+}
+
+
 class Client:
     """One keep-alive connection to the gateway (opened again whenever it closes)."""
 
@@ -309,6 +340,11 @@ def check(status: int, content_type: str, data: bytes, shape: str) -> None:
     assert status < 500, (status, data[:500])
     assert b"Traceback" not in data
     if status < 400:
+        if shape == "gemini" and content_type.startswith("text/event-stream"):
+            frames = [f for f in data.split(b"\r\n\r\n") if f.startswith(b"data: ")]
+            last = orjson.loads(frames[-1][6:])  # a whole last frame: finished, or an error
+            assert "error" in last or last["candidates"][0].get("finishReason"), data[-300:]
+            return
         if content_type.startswith("text/event-stream"):
             ends = (b"data: [DONE]", b'"message_stop"}', b"}}")  # the last: response.completed
             assert data.rstrip().endswith(ends), data[-300:]
@@ -316,7 +352,11 @@ def check(status: int, content_type: str, data: bytes, shape: str) -> None:
                 assert b"event: response.completed" in data, data[-300:]
         return
     body = orjson.loads(data)  # every error is JSON
-    if shape == "anthropic":
+    if shape == "gemini":
+        error = body["error"]
+        assert isinstance(error["message"], str) and isinstance(error["status"], str), body
+        assert error["code"] == status, body
+    elif shape == "anthropic":
         assert body["type"] == "error" and isinstance(body["error"]["message"], str), body
         assert isinstance(body["error"]["type"], str), body
     else:
@@ -341,6 +381,8 @@ AUTH = {"Authorization": f"Bearer {API_KEY}"}
         ("/v1/messages", MESSAGES, "anthropic", API_KEY),
         ("/v1/messages/count_tokens", MESSAGES, "anthropic", API_KEY),
         ("/v1/responses", RESPONSES, "openai", API_KEY),
+        ("/v1beta/models/gpt:generateContent", GEMINI, "gemini", API_KEY),
+        ("/v1beta/models/claude:streamGenerateContent?alt=sse", GEMINI, "gemini", API_KEY),
         ("/admin/keys", KEY, "openai", ADMIN),
     ],
 )

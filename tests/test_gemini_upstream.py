@@ -10,6 +10,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lmgate.schemas import for_gemini
 from tests.conftest import API_KEY, RunningGateway
@@ -298,3 +300,28 @@ def test_schema_edge_cases() -> None:
     assert gemini._schema(out, "edge") is None
     assert for_gemini(None) == {"type": "object", "properties": {}}
     assert for_gemini({"type": "string"})["properties"]["value"] == {"type": "string"}
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5)
+    | st.sampled_from(["object", "string", "integer", "null", "#/$defs/a", "#"]),
+    lambda inner: st.lists(inner, max_size=4)
+    | st.dictionaries(
+        st.sampled_from([
+            "type", "properties", "items", "anyOf", "oneOf", "allOf", "$ref", "$defs", "const",
+            "enum", "required", "nullable", "format", "additionalProperties", "minimum",
+            "exclusiveMinimum", "description", "a", "definitions",
+        ]),
+        inner,
+        max_size=5,
+    ),
+    max_leaves=40,
+)  # fmt: skip
+
+
+@settings(max_examples=1500, derandomize=True, deadline=None, database=None)
+@given(JSON)
+def test_any_schema_becomes_one_gemini_takes(schema: Any) -> None:
+    out = for_gemini(schema)
+    problem = gemini._schema(out, "fuzzed")
+    assert problem is None, (schema, out, problem)

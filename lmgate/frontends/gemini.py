@@ -37,7 +37,7 @@ from lmgate.canonical import (
     arguments_object,
 )
 from lmgate.catalog import Catalog, ModelEntry
-from lmgate.errors import GatewayError, from_exception, invalid
+from lmgate.errors import MAX_DEPTH, GatewayError, encodable, from_exception, invalid
 from lmgate.frontends.validate import (
     optional_int,
     optional_list,
@@ -220,7 +220,8 @@ def _function_call(raw: Any, where: str) -> ToolCallPart:
         raise invalid(f"{where}.functionCall: expected {{name, args}}", where)
     args = raw.get("args") or {}
     call_id = raw.get("id") if isinstance(raw.get("id"), str) and raw.get("id") else None
-    return ToolCallPart(call_id or f"call_{unique_hex()}", raw["name"], orjson.dumps(args).decode())
+    arguments = encodable(args, f"{where}.functionCall.args").decode()
+    return ToolCallPart(call_id or f"call_{unique_hex()}", raw["name"], arguments)
 
 
 def _function_response(raw: Any, where: str, pending: dict[str, list[str]]) -> Part:
@@ -235,7 +236,7 @@ def _function_response(raw: Any, where: str, pending: dict[str, list[str]]) -> P
     if call_id in waiting:
         waiting.remove(call_id)
     response = raw.get("response")
-    text = orjson.dumps(response if response is not None else {}).decode()
+    text = encodable(response if response is not None else {}, f"{where}.response").decode()
     return ToolResultPart(call_id, [TextPart(text)])
 
 
@@ -273,13 +274,17 @@ def _tools(raw: list[Any] | None) -> list[Tool] | None:
     return tools or None
 
 
-def _json_schema(schema: Any) -> Any:
+def _json_schema(schema: Any, depth: int = 0) -> Any:
     """Gemini's OpenAPI-style schema (``type: OBJECT``, ``nullable``) as JSON schema."""
+    if depth > MAX_DEPTH:
+        raise invalid(f"a schema is nested deeper than {MAX_DEPTH} levels", "parameters")
     if isinstance(schema, list):
-        return [_json_schema(item) for item in schema]
+        return [_json_schema(item, depth + 1) for item in schema]
     if not isinstance(schema, dict):
         return schema
-    out = {key: _json_schema(value) for key, value in schema.items() if key != "nullable"}
+    out = {
+        key: _json_schema(value, depth + 1) for key, value in schema.items() if key != "nullable"
+    }
     kind = out.get("type")
     if isinstance(kind, str):
         out["type"] = kind.lower()
@@ -293,7 +298,7 @@ def _tool_choice(config: dict[str, Any] | None) -> str | dict[str, str] | None:
     mode = calling.get("mode")
     if mode is None:
         return None
-    if mode not in _MODES:
+    if not isinstance(mode, str) or mode not in _MODES:
         where = "toolConfig.functionCallingConfig.mode"
         raise invalid(f"{where}: expected AUTO, ANY or NONE, not {mode!r}", where)
     names = calling.get("allowedFunctionNames")
