@@ -64,6 +64,11 @@ class ToolResultPart:
     cache_control: dict[str, Any] | None = None
 
 
+# Marks a reasoning signature that is Gemini's thoughtSignature: it belongs with the
+# part it came on, and only Gemini (a Gemini client, a Gemini upstream) takes it back.
+GEMINI_SIGNATURE = "gemini:"
+
+
 @dataclass(slots=True)
 class ReasoningPart:
     text: str

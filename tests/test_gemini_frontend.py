@@ -78,6 +78,11 @@ def test_generate_content_and_its_stream(gateway: RunningGateway, upstream: Fake
     assert pieces[-1].candidates[0].finish_reason == types.FinishReason.STOP
     assert pieces[-1].usage_metadata.candidates_token_count == 7
     assert upstream.last.body["stream"] is True
+    metrics = gateway.request("GET", "/metrics").body.decode()  # counted like any protocol
+    assert (
+        'lmgate_requests_total{deployment="up/up-model",model="chat-model",protocol="gemini"'
+        in metrics
+    )
 
 
 def test_a_function_calling_loop(gateway: RunningGateway, upstream: FakeUpstream) -> None:

@@ -325,3 +325,60 @@ def test_any_schema_becomes_one_gemini_takes(schema: Any) -> None:
     out = for_gemini(schema)
     problem = gemini._schema(out, "fuzzed")
     assert problem is None, (schema, out, problem)
+
+
+def test_a_gemini_client_keeps_its_thought_signatures_through_the_gateway(
+    gw: RunningGateway, upstream: FakeUpstream
+) -> None:
+    from google import genai
+    from google.genai import types
+
+    signed = {
+        "functionCall": {"name": "weather", "args": {"city": "Oslo"}},
+        "thoughtSignature": "c2lnLTI=",
+    }
+    answers = iter(
+        [
+            gemini.stream(gemini.response([], finish=None), gemini.response([signed], usage=USAGE)),
+            Script(json=gemini.response([{"text": "Cold."}], usage=USAGE)),
+        ]
+    )
+    upstream.route = gemini.enforcing(lambda r: next(answers))
+    client = genai.Client(
+        api_key=API_KEY,
+        http_options=types.HttpOptions(
+            base_url=gw.url, retry_options=types.HttpRetryOptions(attempts=1)
+        ),
+    )
+    weather = types.FunctionDeclaration(
+        name="weather",
+        parameters_json_schema={"type": "object", "properties": {"city": {"type": "string"}}},
+    )
+    config = types.GenerateContentConfig(
+        tools=[types.Tool(function_declarations=[weather])],
+        automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True),
+    )
+    asked = types.Content(role="user", parts=[types.Part(text="Weather in Oslo?")])
+    chunks = list(
+        client.models.generate_content_stream(model="gem", contents=[asked], config=config)
+    )
+    part = next(p for c in chunks for p in c.candidates[0].content.parts if p.function_call)
+    assert part.thought_signature == b"sig-2" and part.function_call.name == "weather"
+    answer = types.Part.from_function_response(name="weather", response={"temp": -5})
+    reply = client.models.generate_content(
+        model="gem",
+        contents=[
+            asked,
+            types.Content(role="model", parts=[part]),
+            types.Content(role="user", parts=[answer]),
+        ],
+        config=config,
+    )
+    assert reply.text == "Cold."
+    model_turn = upstream.last.body["contents"][1]
+    assert model_turn["parts"] == [
+        {
+            "functionCall": {"name": "weather", "args": {"city": "Oslo"}},
+            "thoughtSignature": "c2lnLTI=",
+        }
+    ]

@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from lmgate.canonical import (
+    GEMINI_SIGNATURE,
     ChatRequest,
     Event,
     Finish,
@@ -164,6 +165,10 @@ def _contents(contents: list[Any]) -> list[Message]:
             spot = f"{where}.parts[{index}]"
             if not isinstance(part, dict):
                 raise invalid(f"{spot}: expected an object", spot)
+            signature = part.get("thoughtSignature")
+            if role == "model" and isinstance(signature, str) and signature:
+                # Kept for the part it came on (a Gemini upstream needs it back there).
+                parts.append(ReasoningPart("", GEMINI_SIGNATURE + signature))
             if "functionResponse" in part:
                 results.append(_function_response(part["functionResponse"], spot, pending))
             elif "functionCall" in part:
@@ -182,7 +187,7 @@ def _contents(contents: list[Any]) -> list[Message]:
 def _part(part: dict[str, Any], where: str, from_model: bool) -> Part:
     if isinstance(part.get("text"), str):
         if part.get("thought") is True and from_model:
-            return ReasoningPart(part["text"], part.get("thoughtSignature"))
+            return ReasoningPart(part["text"])
         return TextPart(part["text"])
     if isinstance(part.get("inlineData"), dict):
         blob = part["inlineData"]
@@ -371,6 +376,15 @@ def _response(
     return body
 
 
+def _sign(parts: list[dict[str, Any]], signature: str | None) -> None:
+    """Put a Gemini thoughtSignature back on the part it belongs with: the first
+    function call, else the last text part."""
+    if not signature or not signature.startswith(GEMINI_SIGNATURE) or not parts:
+        return
+    calls = [part for part in parts if "functionCall" in part]
+    (calls[0] if calls else parts[-1])["thoughtSignature"] = signature[len(GEMINI_SIGNATURE) :]
+
+
 def reply_body(reply: Reply, request: ChatRequest) -> bytes:
     parts: list[dict[str, Any]] = []
     if reply.reasoning and request.reply_state:
@@ -379,6 +393,7 @@ def reply_body(reply: Reply, request: ChatRequest) -> bytes:
         parts.append({"text": reply.text})
     for call in reply.tool_calls:
         parts.append(_call_part(call.id, call.name, call.arguments))
+    _sign(parts, reply.reasoning_signature)
     finish = reply.finish or Finish("stop")
     return orjson.dumps(_response(parts, reply.model, unique_hex(), finish, reply.usage))
 
@@ -422,6 +437,7 @@ class GeminiCall:
 
         calls: dict[int, list[str]] = {}  # index -> [id, name, arguments so far]
         finish, usage = Finish("stop"), None
+        signature: str | None = None  # Gemini's, for the next part (or the calls)
         show = bool(request.reply_state)
         try:
             async with aclosing(events):
@@ -430,6 +446,8 @@ class GeminiCall:
                         if event.text:
                             yield frame(_response([{"text": event.text}], start.model, response_id))
                     elif isinstance(event, ReasoningDelta):
+                        if event.signature:
+                            signature = event.signature
                         if show and event.text:
                             part = {"text": event.text, "thought": True}
                             yield frame(_response([part], start.model, response_id))
@@ -450,6 +468,9 @@ class GeminiCall:
                 yield b"]"
             return
         parts = [_call_part(*calls[index]) for index in sorted(calls)]
+        if signature and not parts:
+            parts = [{"text": ""}]  # the signature of a text reply rides on a last part
+        _sign(parts, signature)
         yield frame(_response(parts, start.model, response_id, finish, usage))
         if not self.sse:
             yield b"]"

@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from lmgate.canonical import GEMINI_SIGNATURE as GEMINI_SIGNATURE
 from lmgate.canonical import ChatRequest, Event, Message, Part
 
 
@@ -44,8 +45,6 @@ class Target:
 # Marks a reasoning signature that is an OpenAI Responses upstream's encrypted_content
 # (only that provider sends it back; an Anthropic signature looks different).
 REASONING_SIGNATURE = "openai-responses:"
-# Marks a Gemini upstream's thoughtSignature (only the Gemini provider sends it back).
-GEMINI_SIGNATURE = "gemini:"
 
 
 def apply_overrides(
