@@ -224,3 +224,18 @@ def test_the_wire_forms_and_a_key_in_the_query(
     assert API_KEY not in caplog.text
     records = [r for r in caplog.records if "generateContent" in r.getMessage()]
     assert all(API_KEY not in r.getMessage() for r in records)
+
+
+def test_file_data_urls_pass_on_and_other_uris_are_refused(
+    gateway: RunningGateway, upstream: FakeUpstream
+) -> None:
+    upstream.push(Script(json=anthropic_message([{"type": "text", "text": "A cat."}])))
+    client = sdk(gateway)
+    picture = types.Part.from_uri(file_uri="https://example.com/cat.png", mime_type="image/png")
+    reply = client.models.generate_content(model="claude-model", contents=[picture, "What is it?"])
+    assert reply.text == "A cat."
+    assert "https://example.com/cat.png" in orjson.dumps(upstream.last.body).decode()
+    stored = types.Part.from_uri(file_uri="gs://bucket/cat.png", mime_type="image/png")
+    with pytest.raises(errors.ClientError) as refused:
+        client.models.generate_content(model="claude-model", contents=[stored, "?"])
+    assert refused.value.code == 400 and "fileData" in refused.value.message
