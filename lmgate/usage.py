@@ -128,7 +128,7 @@ class Meter:
             event, TextDelta | ReasoningDelta | ToolCallStart
         ):
             self._ttft_ms = (time.perf_counter() - self._started) * 1000
-        elif isinstance(event, Finish) and self.span is not None:
+        elif self.span is not None and isinstance(event, Finish):  # only traces need it
             self.span.finish_reason = event.reason
 
     # ---- told by the router (``router.Tally``) ---------------------------------------

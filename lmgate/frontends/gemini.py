@@ -103,7 +103,7 @@ def parse_request(body: bytes, model: str, stream: bool) -> ChatRequest:
     if stop is not None and not all(isinstance(item, str) for item in stop):
         raise invalid("generationConfig.stopSequences: expected strings", "stopSequences")
     thinking, budget, show = _thinking(optional_object(config, "thinkingConfig"))
-    request = ChatRequest(
+    return ChatRequest(
         model=model,
         messages=_contents(contents),
         system=_system(data.get("systemInstruction")),
@@ -126,7 +126,6 @@ def parse_request(body: bytes, model: str, stream: bool) -> ChatRequest:
         extra_dialect="gemini",
         reply_state=show,  # whether the client asked to see the thoughts
     )
-    return request
 
 
 def _system(raw: Any) -> list[TextPart]:
