@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import instructions
+import peers
 import uvloop
 from common import free_port, wait_ready
 
@@ -70,13 +71,17 @@ def pinned(cpu: int, command: list[str]) -> list[str]:
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
 
-def wrk(url: str, body: str, connections: int, seconds: int) -> dict[str, float]:
+def wrk(
+    url: str, body: str, connections: int, seconds: int, headers: dict[str, str] | None = None
+) -> dict[str, float]:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write(
             'wrk.method = "POST"\n'
             'wrk.headers["Content-Type"] = "application/json"\n'
             f"wrk.body = {json.dumps(body)}\n"
         )
+        for name, value in (headers or {}).items():
+            script.write(f"wrk.headers[{json.dumps(name)}] = {json.dumps(value)}\n")
     try:
         command = [
             "wrk",
@@ -267,6 +272,11 @@ def main() -> int:
         help="requests per valgrind run for the recording cost in instructions (0: skip)",
     )
     parser.add_argument(
+        "--peers",
+        action="store_true",
+        help="only lmgate beside LiteLLM and Portkey (bench/install_peers.sh), one table",
+    )
+    parser.add_argument(
         "--costs-only",
         action="store_true",
         help="only what recording, metrics and tracing cost (pairs of gateways)",
@@ -318,6 +328,12 @@ def main() -> int:
     results: dict[str, Any] = {"non_stream": {}, "stream": {}, "recording": {}}
     gateways: list[subprocess.Popen[bytes]] = []
     try:
+        if args.peers:
+            results["peers"] = peers.run(up_port, store_dir, wrk, pinned, args.seconds)
+            peers.report(results["peers"])
+            (HERE / "results").mkdir(exist_ok=True)
+            (HERE / "results" / "peers.json").write_text(json.dumps(results["peers"], indent=2))
+            return 0
         for connections in (1, 8):
             results["recording"][connections] = {
                 "cost": recording_cost(

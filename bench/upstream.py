@@ -75,6 +75,17 @@ THINK_WORDS = 99
 THINK_REPLY = _sse_reply(
     ["<think>", *["thought "] * (200 - THINK_WORDS - 2), "</think>", *["word "] * THINK_WORDS]
 )
+# A paced stream, like a real model's: the first chunk after PACED_FIRST seconds, then
+# one every PACED_EVERY (the same 20 content chunks as STREAM_REPLY).
+PACED_FIRST, PACED_EVERY = 0.020, 0.005
+_PACED_HEAD = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+)
+_PACED_EVENTS = [
+    _chunk({"role": "assistant", "content": ""}),
+    *[_chunk({"content": "word "}) for _ in range(CHUNKS)],
+    _chunk({}, "stop", USAGE) + b"data: [DONE]\n\n",
+]
 _LENGTH = re.compile(rb"(?i)\r\ncontent-length:\s*(\d+)")
 
 
@@ -97,8 +108,20 @@ class Upstream(asyncio.Protocol):
             self.buffer = self.buffer[end + 4 + size :]
             if b'"bench-think"' in body:
                 self.transport.write(THINK_REPLY)
+            elif b'"bench-paced"' in body:
+                self.transport.write(_PACED_HEAD)
+                loop = asyncio.get_running_loop()
+                for number, event in enumerate(_PACED_EVENTS):
+                    frame = b"%x\r\n%s\r\n" % (len(event), event)
+                    if number == len(_PACED_EVENTS) - 1:
+                        frame += b"0\r\n\r\n"
+                    loop.call_later(PACED_FIRST + number * PACED_EVERY, self._send, frame)
             else:
                 self.transport.write(STREAM_REPLY if b'"stream":true' in body else JSON_REPLY)
+
+    def _send(self, frame: bytes) -> None:
+        if not self.transport.is_closing():
+            self.transport.write(frame)
 
 
 async def main(port: int) -> None:

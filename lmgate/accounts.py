@@ -6,8 +6,6 @@ from __future__ import annotations
 import logging
 import time
 
-import redis.asyncio as aioredis
-
 from lmgate.catalog import Catalog, ModelEntry
 from lmgate.config import Config
 from lmgate.errors import GatewayError
@@ -28,6 +26,8 @@ class Accounts:
         self.limiter: LocalLimiter = LocalLimiter()
         self.bus: CooldownBus | None = None
         if config.redis.url:
+            import redis.asyncio as aioredis  # only a config with Redis loads it
+
             client = aioredis.Redis.from_url(config.redis.url)
             self.limiter = RedisLimiter(client, config.redis.prefix)
             self.bus = CooldownBus(client, config.redis.prefix, catalog)

@@ -45,7 +45,7 @@ from lmgate.providers import build_provider
 from lmgate.request_log import RequestLog
 from lmgate.router import Router
 from lmgate.sealing import Sealer
-from lmgate.server import ClientLimits, EventStream, connection_cap
+from lmgate.server import ClientLimits, EventStream, HotRoutes, connection_cap
 from lmgate.usage import CLIENT_LEFT
 
 if TYPE_CHECKING:
@@ -129,7 +129,6 @@ class Gateway:
             logging.getLogger(name).addFilter(self.redactor.filter)
         for provider in self.providers.values():
             await provider.start()
-        await self.fetcher.start()
         await self.discovery.start()
         if unpriced := self.catalog.unpriced():
             log.warning(
@@ -142,8 +141,7 @@ class Gateway:
             await self.request_log.start()
         if self.metrics is not None:
             await self.metrics.start()
-        # Load the tokenizer off the event loop so the first request does not pay for it.
-        await asyncio.to_thread(tokens.encoding)
+        tokens.preload()
         # Everything alive now lives as long as the process: keep it out of the
         # collector's full passes, which otherwise lengthen tail latency.
         gc.collect()
@@ -606,7 +604,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return _error(openai_chat, error, _request_id(request))
 
 
-def build_app(config: Config) -> Starlette:
+def build_app(config: Config) -> HotRoutes:
     gateway = Gateway(config)
 
     @asynccontextmanager
@@ -624,10 +622,19 @@ def build_app(config: Config) -> Starlette:
         exception_handlers={HTTPException: _http_error},
     )
     app.state.gateway = gateway
-    return app
+    hot = {
+        f"{prefix}{path}": handler
+        for prefix in ["", *config.server.route_prefixes]
+        for path, handler in (
+            ("/v1/chat/completions", gateway.chat_completions),
+            ("/v1/messages", gateway.messages),
+            ("/v1/responses", gateway.responses),
+        )
+    }
+    return HotRoutes(app, hot)
 
 
-def app_from_env() -> Starlette:
+def app_from_env() -> HotRoutes:
     """uvicorn factory: the config file in ``LMGATE_CONFIG``, or the preset in
     ``LMGATE_PRESET``, or the built-in default."""
     path, preset = os.environ.get("LMGATE_CONFIG"), os.environ.get("LMGATE_PRESET")

@@ -12,9 +12,14 @@ import shutil
 import sys
 import tempfile
 import time
+from typing import TYPE_CHECKING
 
 from lmgate import __version__
 from lmgate.config import Config, ConfigError, load_config
+
+if TYPE_CHECKING:
+    from lmgate.catalog import Catalog
+    from lmgate.server import HotRoutes
 
 log = logging.getLogger("lmgate")
 MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client's multiprocess mode
@@ -66,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        config = _load(args.config, args.preset)
+        config, app = _load(args.config, args.preset)
     except ConfigError as error:
         where = args.config or (args.preset and f"preset {args.preset}") or "the built-in default"
         print(f"lmgate: invalid config ({where}):\n{error}", file=sys.stderr)
@@ -76,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         if args.command == "models":
-            _print_models(config)
+            _print_models(app.state.gateway.catalog)
             sys.stdout.flush()  # here, where a closed pipe can still be caught
             return 0
         if args.command in ("keys", "usage"):
@@ -86,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `lmgate models | head`: the reader left; no traceback
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
-    return _serve(args, config)
+    return _serve(args, config, app)
 
 
 def _positive(text: str) -> int:
@@ -203,19 +208,16 @@ def _config_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _load(path: str | None, preset: str | None) -> Config:
+def _load(path: str | None, preset: str | None) -> tuple[Config, HotRoutes]:
     config = load_config(path, preset)
-    # Building the gateway validates what config parsing alone cannot (provider options).
-    from lmgate.app import Gateway
+    # Building the app validates what config parsing alone cannot (provider options);
+    # one worker serves this very app (more build their own).
+    from lmgate.app import build_app
 
-    Gateway(config)
-    return config
+    return config, build_app(config)
 
 
-def _print_models(config: Config) -> None:
-    from lmgate.app import Gateway
-
-    catalog = Gateway(config).catalog
+def _print_models(catalog: Catalog) -> None:
     rows: list[tuple[str, ...]] = [("ID", "NAME", "SUPPORT", "OWNED BY", "DEPLOYMENTS")]
     for entry in catalog.entries:
         targets = ", ".join(f"{d.provider.name}/{d.target.model}" for d in entry.deployments)
@@ -223,7 +225,7 @@ def _print_models(config: Config) -> None:
     _print_table(rows)
 
 
-def _serve(args: argparse.Namespace, config: Config) -> int:
+def _serve(args: argparse.Namespace, config: Config, app: HotRoutes) -> int:
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
     if not config.server.api_keys and not _is_loopback(host):
@@ -244,19 +246,21 @@ def _serve(args: argparse.Namespace, config: Config) -> int:
         shared = tempfile.mkdtemp(prefix="lmgate-metrics-")
         os.environ[MULTIPROCESS_DIR] = shared
     try:
-        _run(args, config, host, port)
+        _run(args, config, app, host, port)
     finally:
         if shared is not None:
             shutil.rmtree(shared, ignore_errors=True)
     return 0
 
 
-def _run(args: argparse.Namespace, config: Config, host: str, port: int) -> None:
+def _run(args: argparse.Namespace, config: Config, app: HotRoutes, host: str, port: int) -> None:
     import uvicorn
 
+    several = args.workers > 1
     uvicorn.run(
-        "lmgate.app:app_from_env",
-        factory=True,
+        "lmgate.app:app_from_env" if several else app,
+        factory=several,
+        ws="none",
         host=host,
         port=port,
         workers=args.workers,

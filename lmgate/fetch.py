@@ -14,14 +14,15 @@ import asyncio
 import ipaddress
 import socket
 from dataclasses import replace
-from typing import Any
-
-import aiohttp
-from yarl import URL
+from typing import TYPE_CHECKING, Any
 
 from lmgate.canonical import ChatRequest, ImagePart, Message, ToolResultPart
 from lmgate.errors import GatewayError, invalid
 from lmgate.media import ACCEPTED, images, sniff
+
+if TYPE_CHECKING:
+    import aiohttp
+    from yarl import URL
 
 MAX_REDIRECTS = 3
 _CHUNK = 64 * 1024
@@ -66,24 +67,30 @@ class _Refused(OSError):
     """An address the policy forbids; raised inside the connector, reported to the client."""
 
 
-class _GuardedResolver(aiohttp.abc.AbstractResolver):
-    def __init__(self, allow_private: bool) -> None:
-        self._inner = aiohttp.ThreadedResolver()
-        self._allow_private = allow_private
+def _guarded_resolver(allow_private: bool) -> aiohttp.abc.AbstractResolver:
+    import aiohttp  # with the first fetch: a gateway that never fetches never loads it
 
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[Any]:
-        results = await self._inner.resolve(host, port, family)
-        if not self._allow_private:
-            for result in results:
-                address = ipaddress.ip_address(result["host"])
-                if not is_public(address):
-                    raise _Refused(f"{host} resolves to {address}, which is not a public address")
-        return results
+    class GuardedResolver(aiohttp.abc.AbstractResolver):
+        def __init__(self) -> None:
+            self._inner = aiohttp.ThreadedResolver()
 
-    async def close(self) -> None:
-        await self._inner.close()
+        async def resolve(
+            self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+        ) -> list[Any]:
+            results = await self._inner.resolve(host, port, family)
+            if not allow_private:
+                for result in results:
+                    address = ipaddress.ip_address(result["host"])
+                    if not is_public(address):
+                        raise _Refused(
+                            f"{host} resolves to {address}, which is not a public address"
+                        )
+            return results
+
+        async def close(self) -> None:
+            await self._inner.close()
+
+    return GuardedResolver()
 
 
 class _Tally:
@@ -115,12 +122,16 @@ class ImageFetcher:
         self.refused = 0  # URLs refused by the address guard (for the metrics)
         self._session: aiohttp.ClientSession | None = None
 
-    async def start(self) -> None:
-        connector = aiohttp.TCPConnector(
-            resolver=_GuardedResolver(self.allow_private), limit=64, ttl_dns_cache=60
-        )
-        # trust_env=False: an HTTP(S)_PROXY would resolve names where we cannot check them.
-        self._session = aiohttp.ClientSession(connector=connector, trust_env=False)
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            import aiohttp
+
+            connector = aiohttp.TCPConnector(
+                resolver=_guarded_resolver(self.allow_private), limit=64, ttl_dns_cache=60
+            )
+            # trust_env=False: an HTTP(S)_PROXY would resolve names where we cannot check them.
+            self._session = aiohttp.ClientSession(connector=connector, trust_env=False)
+        return self._session
 
     async def close(self) -> None:
         if self._session is not None:
@@ -173,13 +184,15 @@ class ImageFetcher:
     async def fetch(self, url: str, tally: _Tally | None = None) -> tuple[bytes, str]:
         """GET an image: (bytes, declared content type). Raises ``FetchError``, or a
         retryable ``GatewayError`` when the process holds too much already."""
-        if self._session is None:
-            raise GatewayError("internal", "the image fetcher is not started")
+        import aiohttp
+        from yarl import URL
+
+        session = self._client()
         current = URL(url)
         for _ in range(MAX_REDIRECTS + 1):
             self._check_url(current)
             try:
-                async with self._session.get(
+                async with session.get(
                     current, allow_redirects=False, headers={"Accept": "image/*"}
                 ) as response:
                     if response.status in _REDIRECTS and "Location" in response.headers:

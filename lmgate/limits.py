@@ -17,15 +17,17 @@ import math
 import time
 import uuid
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
-import redis.asyncio as aioredis
 
 from lmgate.catalog import Catalog, Deployment
 from lmgate.errors import GatewayError
 from lmgate.ids import unique_hex
 from lmgate.store import KeyInfo, Spent
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
 
 log = logging.getLogger("lmgate")
 WINDOW = 60.0

@@ -75,7 +75,110 @@ class Metrics:
         fetcher: ImageFetcher,
         per_key: bool = False,
     ) -> None:
-        # Imported here: a config with metrics off does not load the library.
+        self._sources = catalog, recorder, router, limiter, fetcher
+        self.multiprocess = bool(os.environ.get(MULTIPROCESS_DIR))
+        self._want_per_key = per_key
+        self.registry: Any = None  # made at the first scrape (or copy): see _build
+        self._series: dict[tuple[Any, ...], _Series] = {}  # per usage-row labels
+        self._by_key: dict[tuple[Any, ...], _Series] = {}  # per key id and status class
+        self._copied: dict[tuple[Any, ...], Any] = {}  # what sync() last handed over
+        self._task: asyncio.Task[None] | None = None
+
+    # ---- per request ----------------------------------------------------------------
+
+    def observe(self, row: tuple[Any, ...]) -> None:
+        """Count one finished request, from its usage row: into plain numbers (the
+        library's own objects take a lock per value, 11 us a request here), which
+        ``sync`` hands to the library when scraped."""
+        status = row[_STATUS]
+        key = (row[_PROTOCOL], row[_MODEL], row[_DEPLOYMENT], row[_PROVIDER], status // 100)
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = _Series()
+        series.requests += 1
+        series.duration.observe(row[_LATENCY] / 1000)
+        if row[_TTFT] is not None:
+            series.ttft.observe(row[_TTFT] / 1000)
+        if row[_UPSTREAM] is not None:
+            series.upstream.observe(row[_UPSTREAM] / 1000)
+        if row[_OVERHEAD] is not None:
+            series.overhead.observe(row[_OVERHEAD] / 1000)
+        if row[_COST]:
+            series.cost += row[_COST]
+        tokens = series.tokens
+        for position, index in enumerate(_TOKEN_INDEXES):
+            if row[index]:
+                tokens[position] += row[index]
+        if self._want_per_key and row[_KEY] is not None:
+            by_key = (row[_KEY], status // 100)
+            series = self._by_key.get(by_key)
+            if series is None:
+                series = self._by_key[by_key] = _Series()
+            series.requests += 1
+            if row[_COST]:
+                series.cost += row[_COST]
+            series.tokens[0] += row[_INPUT]
+            series.tokens[1] += row[_OUTPUT]
+
+    def _sync_requests(self) -> None:
+        """Hand the per-request figures to the library, added up by each metric's labels."""
+        totals: dict[tuple[Any, ...], Any] = {}
+
+        def add(metric: Any, labels: tuple[str, ...], value: Any) -> None:
+            key = (metric, labels)
+            known = totals.get(key)
+            if known is None:
+                totals[key] = value.copy() if isinstance(value, _Histogram) else value
+            elif isinstance(known, _Histogram):
+                known.add(value)
+            else:
+                totals[key] = known + value
+
+        for (protocol, model, deployment, provider, status), series in self._series.items():
+            model, deployment, provider = model or "-", deployment or "-", provider or "-"
+            add(
+                self._requests,
+                (protocol, model, deployment, provider, f"{status}xx"),
+                series.requests,
+            )
+            add(self._duration, (protocol, model), series.duration)
+            add(self._ttft, (protocol, model), series.ttft)
+            add(self._upstream, (deployment,), series.upstream)
+            add(self._overhead, (protocol,), series.overhead)
+            add(self._cost, (model, provider), series.cost)
+            for kind, count in zip(_TOKEN_KINDS, series.tokens, strict=True):
+                add(self._tokens, (model, provider, kind), count)
+        if self._per_key is not None:
+            requests, tokens, cost = self._per_key
+            for (key, status), series in self._by_key.items():
+                add(requests, (key, f"{status}xx"), series.requests)
+                add(cost, (key,), series.cost)
+                add(tokens, (key, "input"), series.tokens[0])
+                add(tokens, (key, "output"), series.tokens[1])
+        for (metric, labels), total in totals.items():
+            if isinstance(total, _Histogram):
+                self._add_histogram(metric, labels, total)
+            else:
+                self._add(metric, labels, total)
+
+    def _add_histogram(self, metric: Any, labels: tuple[str, ...], total: _Histogram) -> None:
+        key = (metric, labels)
+        copied = self._copied.get(key)
+        if copied is not None and copied.counts == total.counts:
+            return
+        child = metric.labels(*labels)
+        before = copied.counts if copied is not None else [0] * len(total.counts)
+        for index, (now, then) in enumerate(zip(total.counts, before, strict=True)):
+            if now > then:
+                child._buckets[index].inc(now - then)  # the library's own per-bucket counts
+        child._sum.inc(total.sum - (copied.sum if copied is not None else 0.0))
+        self._copied[key] = total
+
+    # ---- what others count, and state --------------------------------------------------
+
+    def _build(self) -> None:
+        # Imported here: until the first scrape the library is not loaded (10 MB),
+        # and a config with metrics off never loads it.
         from prometheus_client import (
             CollectorRegistry,
             Counter,
@@ -85,8 +188,6 @@ class Metrics:
         )
 
         disable_created_metrics()  # a _created series per counter doubles the page
-        self._sources = catalog, recorder, router, limiter, fetcher
-        self.multiprocess = bool(os.environ.get(MULTIPROCESS_DIR))
         self.registry = registry = CollectorRegistry(auto_describe=True)
 
         def counter(name: str, about: str, labels: list[str]) -> Any:
@@ -164,111 +265,17 @@ class Metrics:
             "lmgate_usage_queue_depth", "Usage records waiting to be written.", [], "livesum"
         )
         self._per_key: Any = None
-        if per_key:
+        if self._want_per_key:
             self._per_key = (
                 counter("lmgate_key_requests", "Requests per API key id.", ["key", "status"]),
                 counter("lmgate_key_tokens", "Tokens per API key id.", ["key", "kind"]),
                 counter("lmgate_key_cost_usd", "Cost per API key id.", ["key"]),
             )
-        self._series: dict[tuple[Any, ...], _Series] = {}  # per usage-row labels
-        self._by_key: dict[tuple[Any, ...], _Series] = {}  # per key id and status class
-        self._copied: dict[tuple[Any, ...], Any] = {}  # what sync() last handed over
-        self._task: asyncio.Task[None] | None = None
-
-    # ---- per request ----------------------------------------------------------------
-
-    def observe(self, row: tuple[Any, ...]) -> None:
-        """Count one finished request, from its usage row: into plain numbers (the
-        library's own objects take a lock per value, 11 us a request here), which
-        ``sync`` hands to the library when scraped."""
-        status = row[_STATUS]
-        key = (row[_PROTOCOL], row[_MODEL], row[_DEPLOYMENT], row[_PROVIDER], status // 100)
-        series = self._series.get(key)
-        if series is None:
-            series = self._series[key] = _Series()
-        series.requests += 1
-        series.duration.observe(row[_LATENCY] / 1000)
-        if row[_TTFT] is not None:
-            series.ttft.observe(row[_TTFT] / 1000)
-        if row[_UPSTREAM] is not None:
-            series.upstream.observe(row[_UPSTREAM] / 1000)
-        if row[_OVERHEAD] is not None:
-            series.overhead.observe(row[_OVERHEAD] / 1000)
-        if row[_COST]:
-            series.cost += row[_COST]
-        tokens = series.tokens
-        for position, index in enumerate(_TOKEN_INDEXES):
-            if row[index]:
-                tokens[position] += row[index]
-        if self._per_key is not None and row[_KEY] is not None:
-            by_key = (row[_KEY], status // 100)
-            series = self._by_key.get(by_key)
-            if series is None:
-                series = self._by_key[by_key] = _Series()
-            series.requests += 1
-            if row[_COST]:
-                series.cost += row[_COST]
-            series.tokens[0] += row[_INPUT]
-            series.tokens[1] += row[_OUTPUT]
-
-    def _sync_requests(self) -> None:
-        """Hand the per-request figures to the library, added up by each metric's labels."""
-        totals: dict[tuple[Any, ...], Any] = {}
-
-        def add(metric: Any, labels: tuple[str, ...], value: Any) -> None:
-            key = (metric, labels)
-            known = totals.get(key)
-            if known is None:
-                totals[key] = value.copy() if isinstance(value, _Histogram) else value
-            elif isinstance(known, _Histogram):
-                known.add(value)
-            else:
-                totals[key] = known + value
-
-        for (protocol, model, deployment, provider, status), series in self._series.items():
-            model, deployment, provider = model or "-", deployment or "-", provider or "-"
-            add(
-                self._requests,
-                (protocol, model, deployment, provider, f"{status}xx"),
-                series.requests,
-            )
-            add(self._duration, (protocol, model), series.duration)
-            add(self._ttft, (protocol, model), series.ttft)
-            add(self._upstream, (deployment,), series.upstream)
-            add(self._overhead, (protocol,), series.overhead)
-            add(self._cost, (model, provider), series.cost)
-            for kind, count in zip(_TOKEN_KINDS, series.tokens, strict=True):
-                add(self._tokens, (model, provider, kind), count)
-        if self._per_key is not None:
-            requests, tokens, cost = self._per_key
-            for (key, status), series in self._by_key.items():
-                add(requests, (key, f"{status}xx"), series.requests)
-                add(cost, (key,), series.cost)
-                add(tokens, (key, "input"), series.tokens[0])
-                add(tokens, (key, "output"), series.tokens[1])
-        for (metric, labels), total in totals.items():
-            if isinstance(total, _Histogram):
-                self._add_histogram(metric, labels, total)
-            else:
-                self._add(metric, labels, total)
-
-    def _add_histogram(self, metric: Any, labels: tuple[str, ...], total: _Histogram) -> None:
-        key = (metric, labels)
-        copied = self._copied.get(key)
-        if copied is not None and copied.counts == total.counts:
-            return
-        child = metric.labels(*labels)
-        before = copied.counts if copied is not None else [0] * len(total.counts)
-        for index, (now, then) in enumerate(zip(total.counts, before, strict=True)):
-            if now > then:
-                child._buckets[index].inc(now - then)  # the library's own per-bucket counts
-        child._sum.inc(total.sum - (copied.sum if copied is not None else 0.0))
-        self._copied[key] = total
-
-    # ---- what others count, and state --------------------------------------------------
 
     def sync(self) -> None:
         """Copy the other parts' counts and state into the metrics."""
+        if self.registry is None:
+            self._build()
         catalog, recorder, router, limiter, fetcher = self._sources
         self._sync_requests()
         now = time.monotonic()

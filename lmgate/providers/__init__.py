@@ -2,37 +2,38 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from pydantic import ValidationError
 
 from lmgate.config import ConfigError, format_validation_error
-from lmgate.providers.anthropic import AnthropicProvider
 from lmgate.providers.base import Provider
-from lmgate.providers.degpt import DegptProvider
-from lmgate.providers.echo import EchoProvider
-from lmgate.providers.gemini import GeminiProvider
-from lmgate.providers.lmv2 import LmV2Provider
-from lmgate.providers.openai_compat import OpenAICompatProvider
-from lmgate.providers.openai_responses import OpenAIResponsesProvider
 
-PROVIDER_TYPES: dict[str, type[Provider]] = {
-    "openai": OpenAICompatProvider,
-    "openai_responses": OpenAIResponsesProvider,
-    "anthropic": AnthropicProvider,
-    "lmv2": LmV2Provider,
-    "degpt": DegptProvider,
-    "echo": EchoProvider,
-    "gemini": GeminiProvider,
+# Each imported when a config first uses it: the echo model alone needs no HTTP client.
+PROVIDER_TYPES: dict[str, str] = {
+    "openai": "openai_compat:OpenAICompatProvider",
+    "openai_responses": "openai_responses:OpenAIResponsesProvider",
+    "anthropic": "anthropic:AnthropicProvider",
+    "lmv2": "lmv2:LmV2Provider",
+    "degpt": "degpt:DegptProvider",
+    "echo": "echo:EchoProvider",
+    "gemini": "gemini:GeminiProvider",
 }
+
+
+def provider_class(kind: str) -> type[Provider]:
+    module, name = PROVIDER_TYPES[kind].split(":")
+    cls: type[Provider] = getattr(importlib.import_module(f"lmgate.providers.{module}"), name)
+    return cls
 
 
 def build_provider(name: str, raw: dict[str, Any]) -> Provider:
     kind = raw.get("type")
-    cls = PROVIDER_TYPES.get(kind) if isinstance(kind, str) else None
-    if cls is None:
+    if not isinstance(kind, str) or kind not in PROVIDER_TYPES:
         known = ", ".join(sorted(PROVIDER_TYPES))
         raise ConfigError(f"providers.{name}.type: unknown provider type {kind!r} (known: {known})")
+    cls = provider_class(kind)
     try:
         config = cls.config_class.model_validate(raw)
     except ValidationError as error:
