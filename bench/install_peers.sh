@@ -16,9 +16,8 @@ import re
 
 for requirement in metadata.requires("litellm") or []:
     spec, _, marker = requirement.partition(";")
-    if "extra == \"proxy\"" not in marker:
-        continue
-    if "python_full_version >= '3.15'" in marker or 'python_full_version >= "3.15"' in marker:
+    marker = marker.replace("'", '"')
+    if 'extra == "proxy"' not in marker or 'python_full_version >= "3.15"' in marker:
         continue
     spec = spec.strip()
     if spec.startswith(("litellm-proxy-extras", "litellm-enterprise")):

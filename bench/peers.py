@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common import free_port
+from common import free_port, wait_listening
 
 HERE = Path(__file__).resolve().parent
 PEERS = HERE / ".peers"  # what install_peers.sh installs: a venv and node_modules
@@ -71,7 +71,7 @@ class Contender:
         started = time.monotonic()
         self.process = subprocess.Popen(
             pinned(0, command),
-            env={**os.environ, **self.env},
+            env={**_environment(), **_OFFLINE, **self.env},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
@@ -117,6 +117,19 @@ class Contender:
                 os.killpg(self.process.pid, 15)
             self.process.wait(20)
             self.process = None
+
+
+def _environment() -> dict[str, str]:
+    # A DATABASE_URL of the caller's would turn LiteLLM's database on.
+    return {name: value for name, value in os.environ.items() if name != "DATABASE_URL"}
+
+
+# Nothing leaves the machine: proxies at a closed port, the upstream reached directly.
+_OFFLINE = {
+    "HTTP_PROXY": "http://127.0.0.1:9",
+    "HTTPS_PROXY": "http://127.0.0.1:9",
+    "NO_PROXY": "127.0.0.1,localhost",
+}
 
 
 def _tree(pid: int) -> list[int]:
@@ -184,12 +197,17 @@ def contenders(upstream_port: int, store_url: str) -> list[Contender]:
                 [str(LITELLM), "--config", str(litellm_config), "--port", "{port}",
                  "--num_workers", "1"],
                 {"bench": "bench", "bench-paced": "bench-paced"},
+                headers={"Authorization": f"Bearer {_LITELLM_KEY}"},
                 # No database: usage is not recorded (lmgate's is, in SQLite).
                 env={"LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False",
-                     "LITELLM_LOCAL_MODEL_COST_MAP": "True", "DATABASE_URL": ""},
+                     "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+                     "LITELLM_MASTER_KEY": _LITELLM_KEY},
             )
         )  # fmt: skip
     return found
+
+
+_LITELLM_KEY = "sk-bench-" + "5f0c9a7e3b1d4c2a8e6f0b9d7c5a3e1f"
 
 
 def _version(package_json: Path) -> str:
@@ -210,7 +228,8 @@ def scenarios(who: Contender, wrk: Callable[..., dict[str, float]], seconds: int
     """Every scenario's figures for one contender (or the error it failed with)."""
     result: dict[str, Any] = {}
     url = who.url()
-    wrk(url, who.body("bench", True), 16, 1, who.headers)  # warm-up
+    with contextlib.suppress(RuntimeError):  # a failing warm-up fails its scenarios below
+        wrk(url, who.body("bench", False), 16, 1, who.headers)
     for name, model, stream, connections in (
         ("non_stream_c1", "bench", False, 1),
         ("non_stream_c16", "bench", False, 16),
@@ -234,6 +253,7 @@ def run(
 ) -> dict[str, Any]:
     direct = Contender("direct", [], {"bench": "bench-model", "bench-paced": "bench-paced"})
     direct.port = upstream_port
+    wait_listening(upstream_port)
     results: dict[str, Any] = {"direct": scenarios(direct, wrk, seconds)}
     for who in contenders(upstream_port, f"sqlite:///{store_dir}/peer.db"):
         try:
