@@ -13,31 +13,30 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Mapping
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from types import FrameType
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from lmgate import media, tokens
+from lmgate import media, replies, tokens
 from lmgate.accounts import Accounts
 from lmgate.accumulate import accumulate
 from lmgate.admin import Admin
-from lmgate.canonical import ChatRequest, Event, Reply, Start
+from lmgate.canonical import ChatRequest, Reply, Start
 from lmgate.catalog import Catalog
 from lmgate.config import Config, ConfigError, data_dir, load_config
 from lmgate.conversations import Conversations
 from lmgate.discovery import ModelDiscovery
+from lmgate.endpoints import Endpoints
 from lmgate.errors import ErrorKind, GatewayError, Redactor
 from lmgate.fetch import ImageFetcher
 from lmgate.frontends import anthropic_messages, gemini, openai_chat, openai_responses
-from lmgate.ids import unique_hex
 from lmgate.keys import ANONYMOUS, Caller, presented_key
 from lmgate.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from lmgate.metrics import MeterSink, Metrics
@@ -107,6 +106,7 @@ class Gateway:
             refuse_unsupported=config.responses.unsupported_tools == "refuse",
             sealer=functools.cache(self._sealer),  # made when first needed
         )
+        self.endpoints = Endpoints(self)
         self.max_body = int(config.server.max_body_mb * 1024 * 1024)
         self.ready = False
         self.draining = False
@@ -246,9 +246,9 @@ class Gateway:
     async def responses(self, request: Request) -> Response | EventStream:
         return await self._chat(request, self.responses_frontend)
 
-    async def _chat(self, request: Request, frontend: Frontend) -> Response | EventStream:
+    async def _chat(self, request: Request, frontend: replies.Frontend) -> Response | EventStream:
         """One handler for every client protocol; ``frontend`` does the wire format."""
-        request_id = _request_id(request)
+        request_id = replies.request_id(request)
         meter = self.accounts.meter(request_id, frontend.PROTOCOL)
         if self.tracing is not None and meter is not None:
             meter.span = self.tracing.start(request.headers, frontend.PROTOCOL)
@@ -276,7 +276,7 @@ class Gateway:
                 answer = frontend.reply_body(reply, chat)
                 if (finish := getattr(frontend, "finish", None)) is not None:
                     await finish(chat, answer)
-                headers = _ids(request_id, reply.deployment, reply.attempts)
+                headers = replies.ids(request_id, reply.deployment, reply.attempts)
                 headers.update(frontend.reply_headers(chat))
                 if meter is not None:
                     headers.update(meter.reply_headers(reply.usage))
@@ -297,13 +297,13 @@ class Gateway:
             frames = frontend.stream_frames(start, events, chat)
             if logged is not None:
                 frames = logged.tee(frames, request_id, caller.key_id, body)
-            headers = {**_SSE_HEADERS, **_ids(request_id, start.deployment, start.attempts)}
+            headers = {**_SSE_HEADERS, **replies.ids(request_id, start.deployment, start.attempts)}
             headers.update(frontend.reply_headers(chat))
             if meter is not None:
                 headers.update(meter.reply_headers(None))
             return EventStream(frames, headers)
         except GatewayError as error:
-            response, kind = _error(frontend, error, request_id), str(error.kind)
+            response, kind = replies.error_reply(frontend, error, request_id), str(error.kind)
             message: str | None = error.message
         except ClientDisconnect:  # the client left while sending its body, or waiting
             response, kind = Response(status_code=CLIENT_LEFT), "client_disconnected"
@@ -311,7 +311,7 @@ class Gateway:
         except Exception:
             log.exception("request %s failed", request_id)
             internal = GatewayError("internal", "internal error")
-            response, kind = _error(frontend, internal, request_id), "internal"
+            response, kind = replies.error_reply(frontend, internal, request_id), "internal"
             message = internal.message
         if meter is not None:
             meter.finish(response.status_code, kind, message)
@@ -324,117 +324,13 @@ class Gateway:
         try:
             model, action = gemini.split_target(request.path_params["target"])
         except GatewayError as error:
-            return _error(gemini.GeminiCall("", False, False), error, _request_id(request))
+            unknown = gemini.GeminiCall("", False, False)
+            return replies.error_reply(unknown, error, replies.request_id(request))
         sse = request.query_params.get("alt") == "sse"
         call = gemini.GeminiCall(model, action == "streamGenerateContent", sse)
-        if action != "countTokens":
-            return await self._chat(request, call)
-        request_id = _request_id(request)
-        try:
-            await self.authenticate(request)
-            chat = call.parse_request(await self.read_body(request), request.headers)
-            self.catalog.resolve(chat.model)
-            counted = await tokens.count_request_async(chat)
-        except GatewayError as error:
-            return _error(call, error, request_id)
-        except ClientDisconnect:
-            return Response(status_code=CLIENT_LEFT)
-        body = orjson.dumps({"totalTokens": counted})
-        return Response(body, media_type="application/json", headers=_ids(request_id))
-
-    async def gemini_models(self, request: Request) -> Response:
-        """GET models and models/{model}, in Google's shape."""
-        request_id = _request_id(request)
-        call = gemini.GeminiCall("", False, False)
-        try:
-            await self.authenticate(request)
-            model_id = request.path_params.get("model_id")
-            if model_id is None:
-                body = gemini.models_body(self.catalog)
-            else:
-                entry = self.catalog.get(model_id.removeprefix("models/"))
-                if entry is None:
-                    raise GatewayError("not_found", f"models/{model_id} is not found")
-                body = orjson.dumps(gemini.model_object(entry))
-        except GatewayError as error:
-            return _error(call, error, request_id)
-        return Response(body, media_type="application/json", headers=_ids(request_id))
-
-    async def count_tokens(self, request: Request) -> Response:
-        request_id = _request_id(request)
-        try:
-            await self.authenticate(request)
-            body = await self.read_body(request)
-            chat = anthropic_messages.parse_request(body, request.headers, for_counting=True)
-            self.catalog.resolve(chat.model)
-            counted = await tokens.count_request_async(chat)
-        except GatewayError as error:
-            return _error(anthropic_messages, error, request_id)
-        except ClientDisconnect:
-            return Response(status_code=499)
-        body = orjson.dumps({"input_tokens": counted})
-        return Response(body, media_type="application/json", headers=_ids(request_id))
-
-    async def list_models(self, request: Request) -> Response:
-        if _from_google(request):  # google-genai lists models at /v1/models too
-            return await self.gemini_models(request)
-        request_id = _request_id(request)
-        # Anthropic's SDK asks for the same path; it sends anthropic-version, OpenAI's does not.
-        anthropic = "anthropic-version" in request.headers
-        frontend = anthropic_messages if anthropic else openai_chat
-        try:
-            await self.authenticate(request)
-        except GatewayError as error:
-            return _error(frontend, error, request_id)
-        body = frontend.models_body(self.catalog)
-        return Response(body, media_type="application/json", headers=_ids(request_id))
-
-    async def get_model(self, request: Request) -> Response:
-        if _from_google(request):
-            return await self.gemini_models(request)
-        request_id = _request_id(request)
-        try:
-            await self.authenticate(request)
-            model_id = request.path_params["model_id"]
-            entry = self.catalog.get(model_id)
-            if entry is None:
-                raise GatewayError(
-                    "not_found",
-                    f"The model {model_id!r} does not exist",
-                    param="model",
-                    code="model_not_found",
-                )
-        except GatewayError as error:
-            return _error(openai_chat, error, request_id)
-        body = orjson.dumps(openai_chat.model_object(entry))
-        return Response(body, media_type="application/json", headers=_ids(request_id))
-
-    async def stored_response(self, request: Request) -> Response:
-        """GET / DELETE /v1/responses/{id}, GET …/{id}/input_items: the key's own only."""
-        request_id = _request_id(request)
-        response_id = request.path_params["response_id"]
-        try:
-            caller = await self.authenticate(request)
-            if request.url.path.endswith("/input_items"):
-                query = request.query_params
-                limit = query.get("limit", "20")
-                if not limit.isdigit() or not 1 <= int(limit) <= 100:
-                    raise GatewayError("invalid_request", "limit: expected 1 to 100", param="limit")
-                order = query.get("order", "desc")
-                if order not in ("asc", "desc"):
-                    raise GatewayError("invalid_request", "order: asc or desc", param="order")
-                page = await self.conversations.input_items(
-                    response_id, caller.key_id, int(limit), order, query.get("after")
-                )
-                body = orjson.dumps(page)
-            elif request.method == "DELETE":
-                await self.conversations.delete(response_id, caller.key_id)
-                body = orjson.dumps({"id": response_id, "object": "response", "deleted": True})
-            else:
-                body = await self.conversations.get(response_id, caller.key_id)
-        except GatewayError as error:
-            return _error(openai_chat, error, request_id)
-        return Response(body, media_type="application/json", headers=_ids(request_id))
+        if action == "countTokens":
+            return await self.endpoints.gemini_count_tokens(request, call)
+        return await self._chat(request, call)
 
     async def metrics_page(self, request: Request) -> Response:
         assert self.metrics is not None
@@ -444,7 +340,7 @@ class Gateway:
             or not hmac.compare_digest(presented_key(request.headers).encode(), admin_key.encode())
         ):
             error = GatewayError("authentication", "GET /metrics needs the admin key")
-            return _error(openai_chat, error, _request_id(request))
+            return replies.error_reply(openai_chat, error, replies.request_id(request))
         return Response(self.metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
 
     async def health(self, request: Request) -> Response:
@@ -469,26 +365,10 @@ class Gateway:
             routes.append(Route("/metrics", self.metrics_page, methods=["GET"]))
         for prefix in ["", *self.config.server.route_prefixes]:
             routes += [
-                Route(f"{prefix}/v1/models", self.list_models, methods=["GET"]),
-                Route(f"{prefix}/v1/models/{{model_id:path}}", self.get_model, methods=["GET"]),
                 Route(f"{prefix}/v1/chat/completions", self.chat_completions, methods=["POST"]),
                 Route(f"{prefix}/v1/messages", self.messages, methods=["POST"]),
                 Route(f"{prefix}/v1/responses", self.responses, methods=["POST"]),
-                Route(
-                    f"{prefix}/v1/responses/{{response_id}}",
-                    self.stored_response,
-                    methods=["GET", "DELETE"],
-                ),
-                Route(
-                    f"{prefix}/v1/responses/{{response_id}}/input_items",
-                    self.stored_response,
-                    methods=["GET"],
-                ),
-                Route(f"{prefix}/v1/messages/count_tokens", self.count_tokens, methods=["POST"]),
-                Route(f"{prefix}/v1beta/models", self.gemini_models, methods=["GET"]),
-                Route(
-                    f"{prefix}/v1beta/models/{{model_id:path}}", self.gemini_models, methods=["GET"]
-                ),
+                *self.endpoints.routes(prefix),
                 # Google's SDKs use v1beta, and v1 for some calls.
                 *(
                     Route(
@@ -536,62 +416,6 @@ async def _on_disconnect(request: Request, task: asyncio.Task[Any]) -> None:
     task.cancel(_LEFT)
 
 
-def _from_google(request: Request) -> bool:
-    """A request from Google's clients (they share some paths with OpenAI's)."""
-    headers = request.headers
-    return "x-goog-api-key" in headers or "x-goog-api-client" in headers
-
-
-def _request_id(request: Request) -> str:
-    given = request.headers.get("x-request-id")
-    if given and len(given) <= 128 and given.isprintable():
-        return given
-    return unique_hex()
-
-
-def _ids(request_id: str, deployment: str = "", attempts: int = 0) -> dict[str, str]:
-    """``x-request-id``, and once the router ran, what served the request and how many
-    upstream requests it took."""
-    headers = {"x-request-id": request_id}
-    if deployment:
-        headers["x-lmgate-deployment"] = deployment
-    if attempts:
-        headers["x-lmgate-attempts"] = str(attempts)
-    return headers
-
-
-class Frontend(Protocol):
-    """What a client-protocol module provides (see lmgate/frontends/)."""
-
-    PROTOCOL: str
-
-    def parse_request(self, body: bytes, headers: Mapping[str, str]) -> ChatRequest: ...
-    def reply_body(self, reply: Reply, request: ChatRequest) -> bytes: ...
-    def stream_frames(
-        self, start: Start, events: AsyncGenerator[Event, None], request: ChatRequest
-    ) -> AsyncGenerator[bytes, None]: ...
-    def error_status(self, error: GatewayError) -> int: ...
-    def error_body(self, error: GatewayError) -> bytes: ...
-    def reply_headers(self, request: ChatRequest) -> dict[str, str]: ...
-
-
-def _error(frontend: Frontend, error: GatewayError, request_id: str) -> Response:
-    """The error reply in the client's protocol; every one is logged with its reason."""
-    status = frontend.error_status(error)
-    where = f" (at {error.param})" if error.param else ""
-    message = error.message if len(error.message) <= 1000 else error.message[:1000] + "…"
-    log.warning("request %s: %d %s: %s%s", request_id, status, error.kind, message, where)
-    headers = _ids(request_id, attempts=error.attempts)
-    if error.retry_after is not None:
-        headers["Retry-After"] = str(max(1, round(error.retry_after)))
-    return Response(
-        frontend.error_body(error),
-        status_code=status,
-        media_type="application/json",
-        headers=headers,
-    )
-
-
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     kind: ErrorKind = "not_found" if exc.status_code == 404 else "invalid_request"
@@ -601,7 +425,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         else str(exc.detail)
     )
     error = GatewayError(kind, message, status=exc.status_code)
-    return _error(openai_chat, error, _request_id(request))
+    return replies.error_reply(openai_chat, error, replies.request_id(request))
 
 
 def build_app(config: Config) -> HotRoutes:
