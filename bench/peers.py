@@ -244,20 +244,26 @@ def scenarios(who: Contender, wrk: Callable[..., dict[str, float]], seconds: int
     return result
 
 
-def run(
-    upstream_port: int,
-    store_dir: str,
-    wrk: Callable[..., dict[str, float]],
-    pinned: Callable[[int, list[str]], list[str]],
-    seconds: int,
-) -> dict[str, Any]:
+@dataclass
+class Rig:
+    """What every contender is measured with."""
+
+    upstream_port: int
+    store_dir: str
+    wrk: Callable[..., dict[str, float]]
+    pinned: Callable[[int, list[str]], list[str]]
+    seconds: int
+
+
+def run(rig: Rig) -> dict[str, Any]:
+    upstream_port, wrk, seconds = rig.upstream_port, rig.wrk, rig.seconds
     direct = Contender("direct", [], {"bench": "bench-model", "bench-paced": "bench-paced"})
     direct.port = upstream_port
     wait_listening(upstream_port)
     results: dict[str, Any] = {"direct": scenarios(direct, wrk, seconds)}
-    for who in contenders(upstream_port, f"sqlite:///{store_dir}/peer.db"):
+    for who in contenders(upstream_port, f"sqlite:///{rig.store_dir}/peer.db"):
         try:
-            start = who.start(pinned)
+            start = who.start(rig.pinned)
             figures = scenarios(who, wrk, seconds)
             figures["rss_mb"] = who.rss_mb()
             figures["start_s"] = start
@@ -266,37 +272,33 @@ def run(
         finally:
             who.stop()
         results[who.name] = figures
-    results["workers"] = workers(upstream_port, store_dir, wrk, pinned, seconds)
+    results["workers"] = workers(rig)
     return results
 
 
-def workers(
-    upstream_port: int,
-    store_dir: str,
-    wrk: Callable[..., dict[str, float]],
-    pinned: Callable[[int, list[str]], list[str]],
-    seconds: int,
-) -> dict[str, Any]:
+def workers(rig: Rig) -> dict[str, Any]:
     """lmgate non-stream throughput with 1 and 2 workers (on CPU 0, and on CPUs 0 and
     1: this machine has two, so the second worker shares CPU 1 with the upstream and
     wrk), and how the connections spread: each worker's share of the CPU."""
     found: dict[str, Any] = {}
     for count in (1, 2):
-        who = contenders(upstream_port, f"sqlite:///{store_dir}/workers-{count}.db")[0]
+        who = contenders(rig.upstream_port, f"sqlite:///{rig.store_dir}/workers-{count}.db")[0]
         who.command += ["--workers", str(count)]
 
         def on_cpus(cpu: int, command: list[str], count: int = count) -> list[str]:
-            return pinned(cpu, command) if count == 1 else ["taskset", "-c", "0,1", *command]
+            return rig.pinned(cpu, command) if count == 1 else ["taskset", "-c", "0,1", *command]
 
         try:
             who.start(on_cpus)
             assert who.process is not None
             time.sleep(1)  # every worker up (the first answer may come from one alone)
-            wrk(who.url(), who.body("bench", False), 16, 1)  # warm-up
-            row: dict[str, Any] = {}
+            rig.wrk(who.url(), who.body("bench", False), 16, 1)  # warm-up
+            row: dict[Any, Any] = {}
             for connections in (16, 64):
                 before = _worker_cpu(who.process.pid)
-                row[connections] = wrk(who.url(), who.body("bench", False), connections, seconds)
+                row[connections] = rig.wrk(
+                    who.url(), who.body("bench", False), connections, rig.seconds
+                )
                 after = _worker_cpu(who.process.pid)
                 used = [after[pid] - before.get(pid, 0.0) for pid in after]
                 row[f"{connections}_cpu_shares"] = sorted(

@@ -329,7 +329,8 @@ def main() -> int:
     gateways: list[subprocess.Popen[bytes]] = []
     try:
         if args.peers:
-            results["peers"] = peers.run(up_port, store_dir, wrk, pinned, args.seconds)
+            rig = peers.Rig(up_port, store_dir, wrk, pinned, args.seconds)
+            results["peers"] = peers.run(rig)
             peers.report(results["peers"])
             (HERE / "results").mkdir(exist_ok=True)
             (HERE / "results" / "peers.json").write_text(json.dumps(results["peers"], indent=2))
