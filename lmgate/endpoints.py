@@ -4,6 +4,7 @@ Responses API's stored responses."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 import orjson
@@ -12,6 +13,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from lmgate import replies, tokens
+from lmgate.canonical import ChatRequest
 from lmgate.errors import GatewayError
 from lmgate.frontends import anthropic_messages, gemini, openai_chat
 from lmgate.usage import CLIENT_LEFT
@@ -45,18 +47,7 @@ class Endpoints:
 
     async def gemini_count_tokens(self, request: Request, call: gemini.GeminiCall) -> Response:
         """POST models/{model}:countTokens."""
-        request_id = replies.request_id(request)
-        try:
-            await self.gateway.authenticate(request)
-            chat = call.parse_request(await self.gateway.read_body(request), request.headers)
-            self.gateway.catalog.resolve(chat.model)
-            counted = await tokens.count_request_async(chat)
-        except GatewayError as error:
-            return replies.error_reply(call, error, request_id)
-        except ClientDisconnect:
-            return Response(status_code=CLIENT_LEFT)
-        body = orjson.dumps({"totalTokens": counted})
-        return Response(body, media_type="application/json", headers=replies.ids(request_id))
+        return await self._count(request, call, call.parse_request, "totalTokens")
 
     async def gemini_models(self, request: Request) -> Response:
         """GET models and models/{model}, in Google's shape."""
@@ -77,18 +68,32 @@ class Endpoints:
         return Response(body, media_type="application/json", headers=replies.ids(request_id))
 
     async def count_tokens(self, request: Request) -> Response:
+        """POST /v1/messages/count_tokens."""
+
+        def parse(body: bytes, headers: Mapping[str, str]) -> ChatRequest:
+            return anthropic_messages.parse_request(body, headers, for_counting=True)
+
+        return await self._count(request, anthropic_messages, parse, "input_tokens")
+
+    async def _count(
+        self,
+        request: Request,
+        frontend: replies.Frontend,
+        parse: Callable[[bytes, Mapping[str, str]], ChatRequest],
+        field: str,
+    ) -> Response:
+        """A request's prompt tokens, counted offline, as ``{field: n}``."""
         request_id = replies.request_id(request)
         try:
             await self.gateway.authenticate(request)
-            body = await self.gateway.read_body(request)
-            chat = anthropic_messages.parse_request(body, request.headers, for_counting=True)
+            chat = parse(await self.gateway.read_body(request), request.headers)
             self.gateway.catalog.resolve(chat.model)
             counted = await tokens.count_request_async(chat)
         except GatewayError as error:
-            return replies.error_reply(anthropic_messages, error, request_id)
+            return replies.error_reply(frontend, error, request_id)
         except ClientDisconnect:
-            return Response(status_code=499)
-        body = orjson.dumps({"input_tokens": counted})
+            return Response(status_code=CLIENT_LEFT)
+        body = orjson.dumps({field: counted})
         return Response(body, media_type="application/json", headers=replies.ids(request_id))
 
     async def list_models(self, request: Request) -> Response:
