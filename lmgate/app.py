@@ -290,18 +290,21 @@ class Gateway:
             # failure still gets its real status.
             try:
                 start = await anext(events)
+                assert isinstance(start, Start)
+                frames = frontend.stream_frames(start, events, chat)
+                if logged is not None:
+                    frames = logged.tee(frames, request_id, caller.key_id, body)
+                headers = {
+                    **_SSE_HEADERS,
+                    **replies.ids(request_id, start.deployment, start.attempts),
+                }
+                headers.update(frontend.reply_headers(chat))
+                if meter is not None:
+                    headers.update(meter.reply_headers(None))
             except BaseException:
                 await events.aclose()
                 raise
-            assert isinstance(start, Start)
-            frames = frontend.stream_frames(start, events, chat)
-            if logged is not None:
-                frames = logged.tee(frames, request_id, caller.key_id, body)
-            headers = {**_SSE_HEADERS, **replies.ids(request_id, start.deployment, start.attempts)}
-            headers.update(frontend.reply_headers(chat))
-            if meter is not None:
-                headers.update(meter.reply_headers(None))
-            return EventStream(frames, headers)
+            return EventStream(frames, headers, events)
         except GatewayError as error:
             response, kind = replies.error_reply(frontend, error, request_id), str(error.kind)
             message: str | None = error.message

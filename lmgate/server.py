@@ -55,10 +55,16 @@ class EventStream:
     that is every wait, and 40 MB replies were read to the end for a client long gone.
     """
 
-    __slots__ = ("_frames", "_headers", "_open")
+    __slots__ = ("_events", "_frames", "_headers", "_open")
 
-    def __init__(self, frames: AsyncGenerator[bytes, None], headers: dict[str, str]) -> None:
+    def __init__(
+        self,
+        frames: AsyncGenerator[bytes, None],
+        headers: dict[str, str],
+        events: AsyncGenerator[Any, None] | None = None,
+    ) -> None:
         self._frames = frames
+        self._events = events  # what ``frames`` reads, already started: closed here too
         given = {name.lower(): value for name, value in headers.items()}
         given.setdefault("content-type", "text/event-stream; charset=utf-8")
         self._headers = [(name.encode(), value.encode()) for name, value in given.items()]
@@ -82,8 +88,11 @@ class EventStream:
             self._open = False
             watcher.cancel()
             # Ends the frames where they wait (the usage record is made there), also
-            # when the stream was cancelled while blocked on sending.
+            # when the stream was cancelled while blocked on sending; and what they
+            # read, which closing frames that never started would not reach.
             await self._frames.aclose()
+            if self._events is not None:
+                await self._events.aclose()
 
     async def _watch(self, receive: Any, task: asyncio.Task[Any]) -> None:
         while (await receive())["type"] != "http.disconnect":
@@ -241,6 +250,9 @@ class GuardedProtocol(HttpToolsProtocol):
         self.transport.abort()
 
 
+_AT_ONCE = 65536  # bytes; as much as a transport buffers before it pauses its writer
+
+
 class CorkedTransport:
     """A transport whose writes within one turn of the event loop leave as one.
 
@@ -248,21 +260,27 @@ class CorkedTransport:
     call: a third of the gateway's CPU in a stream whose upstream chunks arrive
     together (measured with py-spy). Here they are joined and written when the loop
     next turns, which is before it waits for anything, so no frame waits on another
-    that is not ready. One turn's output is bounded by what one upstream read yields;
-    flow control (``pause_writing``) still comes from the real transport's buffer.
+    that is not ready. Past ``_AT_ONCE`` bytes they are written at once: a stream
+    whose upstream data is all buffered runs a whole turn without waiting, and flow
+    control (``pause_writing``, from the real transport's buffer) must see its output
+    before the next send, or one slow client could hold a turn's worth of it.
     """
 
-    __slots__ = ("_loop", "_pending", "_transport")
+    __slots__ = ("_loop", "_pending", "_size", "_transport")
 
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
         self._transport = transport
         self._loop = loop
         self._pending: list[bytes] = []
+        self._size = 0
 
     def write(self, data: bytes) -> None:
         if not self._pending:
             self._loop.call_soon(self._flush)
         self._pending.append(data)
+        self._size += len(data)
+        if self._size >= _AT_ONCE:
+            self._flush()
 
     def _flush(self) -> None:
         pending = self._pending
@@ -270,6 +288,7 @@ class CorkedTransport:
             return
         data = pending[0] if len(pending) == 1 else b"".join(pending)
         pending.clear()
+        self._size = 0
         if not self._transport.is_closing():
             self._transport.write(data)
 
@@ -279,6 +298,7 @@ class CorkedTransport:
 
     def abort(self) -> None:
         self._pending.clear()
+        self._size = 0
         self._transport.abort()
 
     def is_closing(self) -> bool:

@@ -319,5 +319,6 @@ def serve() -> Iterator[Any]:
             process.wait(10)
         except subprocess.TimeoutExpired:
             process.kill()
+            process.wait(10)
         if process.stdout:
             process.stdout.close()

@@ -6,16 +6,19 @@ upstream outrun the disconnect)."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import socket
 import sqlite3
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
+from lmgate.server import EventStream
 from tests.conftest import Served, wait_until
 from tests.fakes.upstream import FakeUpstream, Script, chunk
 
@@ -231,3 +234,43 @@ def test_shutdown_writes_the_records_of_streams_blocked_on_clients(
     assert len(records(tmp_path)) == streams
     for sock in socks:
         sock.close()
+
+
+def test_a_stream_cut_while_its_head_waits_still_ends_what_it_reads() -> None:
+    # The head of a reply can wait on flow control (a pipelined request behind a
+    # reply the client has not taken); a client that leaves then cancels the reply
+    # before its frames start, and closing frames that never started does not reach
+    # the events they read: the upstream request and the usage record are there.
+    async def scenario() -> bool:
+        closed = asyncio.Event()
+
+        async def events() -> AsyncIterator[str]:
+            try:
+                yield "start"
+                yield "text"
+            finally:
+                closed.set()
+
+        source = events()
+        await anext(source)  # as the gateway does, before it answers 200
+
+        async def frames() -> AsyncIterator[bytes]:
+            async for event in source:
+                yield event.encode()
+
+        head_sent = asyncio.Event()
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                head_sent.set()
+                await asyncio.Event().wait()  # a transport that never drains
+
+        async def receive() -> dict[str, Any]:
+            await head_sent.wait()
+            return {"type": "http.disconnect"}
+
+        stream = EventStream(frames(), {}, source)  # type: ignore[arg-type]
+        await asyncio.wait_for(stream({}, receive, send), 5)
+        return closed.is_set()
+
+    assert asyncio.run(scenario())

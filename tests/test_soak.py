@@ -51,6 +51,11 @@ OPENAI_ERRORS = {429, 502, 503, 504}
 ANTHROPIC_ERRORS = {429, 502, 504, 529}
 
 
+# A request sent on a kept-alive connection as the gateway closes it for idleness
+# (server.timeouts.keep_alive) meets a closed connection: HTTP allows that race, and
+# SDKs retry it (not here: max_retries 0). It must stay rare.
+CONNECTION_ERRORS = 5
+
 HOSTILE = 10  # of each kind, at once
 BIG = request_bytes("big", API_KEY)  # a long reply, sent fast
 
@@ -117,6 +122,8 @@ async def one_request(
             assert error.status_code in OPENAI_ERRORS, error
             assert isinstance(error.body, dict) and error.body["message"], error.body
             return f"openai {error.status_code}"
+        except openai.APIConnectionError:  # see CONNECTION_ERRORS
+            return "openai connection error"
         except openai.APIError as error:  # an error event inside a started stream
             assert stream and error.message, error
             return "openai stream error"
@@ -135,6 +142,8 @@ async def one_request(
         assert error.status_code in ANTHROPIC_ERRORS, error
         assert isinstance(error.body, dict) and error.body["error"]["message"], error.body
         return f"anthropic {error.status_code}"
+    except anthropic.APIConnectionError:
+        return "anthropic connection error"
     except anthropic.APIError as error:
         assert stream and error.message, error
         return "anthropic stream error"
@@ -264,6 +273,24 @@ def pooled_connections(gw: RunningGateway) -> int:
     return asyncio.run_coroutine_threadsafe(count(), gw.loop).result(5)
 
 
+def count_requests(gw: RunningGateway) -> Counter[str]:
+    """Counts, by path, the requests that reach the gateway's handlers (what must
+    leave a record), whatever the clients saw of them."""
+    seen: Counter[str] = Counter()
+    routes = gw.app.routes
+
+    def counted(path: str, handler: Any) -> Any:
+        async def handle(request: Any) -> Any:
+            seen[path] += 1
+            return await handler(request)
+
+        return handle
+
+    for path, handler in list(routes.items()):
+        routes[path] = counted(path, handler)  # type: ignore[index]
+    return seen
+
+
 def descriptors() -> int:
     return len(os.listdir("/proc/self/fd"))
 
@@ -289,6 +316,7 @@ def test_soak_with_random_faults_and_hostile_clients(
     upstream.route = route
     store = tmp_path / "usage.db"
     gw = start_gateway(gateway_config(upstream, store))
+    seen = count_requests(gw)
     idle, fds = gateway_state(gw), descriptors()
 
     first = asyncio.run(soak(gw, PHASE_SECONDS, seed=1))
@@ -313,10 +341,16 @@ def test_soak_with_random_faults_and_hostile_clients(
     assert after_third - after_second < 25, (after_second, after_third)
 
     # Every request that reached the gateway has its record (slowloris never did).
-    reached = sum(total.values()) - total["slowloris"]
+    lost = sum(n for k, n in total.items() if k.endswith("connection error"))
+    assert lost <= CONNECTION_ERRORS, total
+    reached = sum(seen.values())
+    assert sum(total.values()) - total["slowloris"] - lost <= reached, (reached, total)
     recorder = gw.app.state.gateway.accounts.recorder
-    wait_until(lambda: recorder.written == reached)
-    assert (recorder.dropped, recorder.bad) == (0, 0)
+    try:
+        wait_until(lambda: recorder.written >= reached)
+    finally:
+        print("reached", reached, "written", recorder.written)
+    assert (recorder.written, recorder.dropped, recorder.bad) == (reached, 0, 0), seen
 
     # A shutdown with streams blocked on clients that do not read: their records too.
     socks = []
