@@ -5,6 +5,8 @@ logged per streamed chunk."""
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -111,3 +113,20 @@ def test_nothing_is_logged_per_chunk(
                 len([r for r in caplog.records if r.name.startswith(("lmgate", "uvicorn"))])
             )
     assert lines[1] == lines[0] <= 2  # the same few lines, however long the stream
+
+
+def test_the_default_config_loads_only_what_it_uses() -> None:
+    # The echo model alone needs no HTTP client, no Redis and (until scraped) no
+    # Prometheus library: each costs import time and memory at every start.
+    script = (
+        "import sys; from lmgate.app import build_app; from lmgate.config import load_config;"
+        "build_app(load_config(None));"
+        "print(' '.join(m for m in ('aiohttp', 'redis', 'prometheus_client', 'asyncpg')"
+        " if m in sys.modules))"
+    )
+    environment = {k: v for k, v in os.environ.items() if k != "DEEPSEEK_API_KEY"}
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=environment, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == []
