@@ -60,6 +60,10 @@ RESPONSES_BODY = json.dumps(
     {"model": "bench", "input": "Say twenty words.", "store": False, "stream": False},
     separators=(",", ":"),
 )
+GEMINI_BODY = json.dumps(
+    {"contents": [{"role": "user", "parts": [{"text": "Say twenty words."}]}]},
+    separators=(",", ":"),
+)
 RESPONSES_STREAM_BODY = RESPONSES_BODY.replace('"stream":false', '"stream":true')
 PIN = shutil.which("taskset") is not None and (os.cpu_count() or 1) >= 2
 
@@ -393,28 +397,31 @@ def main() -> int:
                 }
                 for label, name in (("one_deployment", "one"), ("routed", "routed"))
             }
-        # /v1/responses against /v1/chat/completions on the same upstream (stateless,
-        # store false; A B B A, as above). With store true each reply is also written.
-        responses = f"http://127.0.0.1:{gw_port}/v1/responses"
+        # Every client protocol against /v1/chat/completions on the same upstream, in
+        # one palindrome (chat, responses, messages, gemini, then back), which cancels
+        # the machine's drift. Responses is stateless (store false); with store true
+        # each reply is also written.
+        base = f"http://127.0.0.1:{gw_port}"
+        fronts = {
+            "chat": (through, BODY),
+            "responses": (base + "/v1/responses", RESPONSES_BODY),
+            "messages": (base + "/v1/messages", MESSAGES_BODY.replace('"stream":true', '"stream":false')),
+            "gemini": (base + "/v1beta/models/bench:generateContent", GEMINI_BODY),
+        }  # fmt: skip
         stored = RESPONSES_BODY.replace('"store":false', '"store":true')
-        results["responses"] = {}
+        results["frontends"] = {}
         for connections in (1, 16):
-            order = [
-                ("chat", through, BODY),
-                ("responses", responses, RESPONSES_BODY),
-                ("responses", responses, RESPONSES_BODY),
-                ("chat", through, BODY),
-            ]
-            runs = [(name, wrk(url, body, connections, args.seconds)) for name, url, body in order]
+            order = [*fronts, *reversed(fronts)]
+            runs = [(name, wrk(*fronts[name], connections, args.seconds)) for name in order]
             row = {
                 name: {
                     key: statistics.mean(r[key] for n, r in runs if n == name)
                     for key in ("rps", "p50_ms", "p99_ms")
                 }
-                for name in ("chat", "responses")
+                for name in fronts
             }
-            row["stored"] = wrk(responses, stored, connections, args.seconds)
-            results["responses"][connections] = row
+            row["responses_stored"] = wrk(fronts["responses"][0], stored, connections, args.seconds)
+            results["frontends"][connections] = row
         results["stream"]["responses_c1"] = stream_latency(
             gw_port, "/v1/responses", args.stream_requests, RESPONSES_STREAM_BODY,
             b'"delta":"word "',
@@ -478,14 +485,15 @@ def report(results: dict[str, Any]) -> None:
             f" (ratio {routed['rps'] / one['rps']:.2f}), p50 {one['p50_ms']:.3f} vs"
             f" {routed['p50_ms']:.3f}ms, p99 {one['p99_ms']:.3f} vs {routed['p99_ms']:.3f}ms"
         )
-    print("\n/v1/responses vs /v1/chat/completions, same upstream (store false; stored: true)")
-    for connections, row in results["responses"].items():
-        chat, resp, stored = row["chat"], row["responses"], row["stored"]
-        print(
-            f"  c={connections}: rps {chat['rps']:.0f} vs {resp['rps']:.0f}"
-            f" (ratio {resp['rps'] / chat['rps']:.2f}), p50 {chat['p50_ms']:.3f} vs"
-            f" {resp['p50_ms']:.3f}ms; stored {stored['rps']:.0f} rps, p50 {stored['p50_ms']:.3f}ms"
+    print("\neach client protocol vs /v1/chat/completions, non-stream, same upstream")
+    for connections, row in results["frontends"].items():
+        chat = row["chat"]["rps"]
+        shares = ", ".join(
+            f"{name} {row[name]['rps']:.0f} ({row[name]['rps'] / chat:.2f})"
+            for name in ("responses", "messages", "gemini")
         )
+        stored = row["responses_stored"]["rps"]
+        print(f"  c={connections}: chat {chat:.0f} rps; {shares}; responses stored {stored:.0f}")
     report_costs(results)
     s = results["stream"]
     d, g = s["c1"]["direct"], s["c1"]["gateway"]

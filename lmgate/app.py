@@ -367,6 +367,8 @@ class Gateway:
         if self.metrics is not None:
             routes.append(Route("/metrics", self.metrics_page, methods=["GET"]))
         for prefix in ["", *self.config.server.route_prefixes]:
+            # Also behind lmgate.server.HotRoutes, which answers their POSTs first:
+            # here they answer the other methods (a 405).
             routes += [
                 Route(f"{prefix}/v1/chat/completions", self.chat_completions, methods=["POST"]),
                 Route(f"{prefix}/v1/messages", self.messages, methods=["POST"]),
@@ -458,7 +460,12 @@ def build_app(config: Config) -> HotRoutes:
             ("/v1/responses", gateway.responses),
         )
     }
-    return HotRoutes(app, hot)
+    targets = {
+        f"{prefix}/{version}/models/": gateway.gemini_call
+        for prefix in ["", *config.server.route_prefixes]
+        for version in ("v1beta", "v1")
+    }
+    return HotRoutes(app, hot, targets)
 
 
 def app_from_env() -> HotRoutes:

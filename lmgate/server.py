@@ -102,21 +102,36 @@ class EventStream:
 
 
 class HotRoutes:
-    """The POST routes nearly every request takes, found by their exact path ahead of
-    Starlette, whose router tries each of some forty route patterns in turn and whose
-    middleware wraps every message sent; every other request goes on to ``app``.
-    The handlers turn their own errors into replies, as they do behind Starlette."""
+    """The POST routes nearly every request takes, found ahead of Starlette, whose
+    router tries each of some forty route patterns in turn and whose middleware wraps
+    every message sent; every other request goes on to ``app``. ``routes`` are exact
+    paths; ``targets`` are path prefixes whose rest is the ``target`` path parameter
+    (Gemini's ``models/{model}:{action}``). The handlers turn their own errors into
+    replies, as they do behind Starlette."""
 
-    __slots__ = ("app", "routes", "state")
+    __slots__ = ("app", "routes", "state", "targets")
 
-    def __init__(self, app: Any, routes: Mapping[str, Callable[[Request], Awaitable[Any]]]) -> None:
+    def __init__(
+        self,
+        app: Any,
+        routes: Mapping[str, Callable[[Request], Awaitable[Any]]],
+        targets: Mapping[str, Callable[[Request], Awaitable[Any]]],
+    ) -> None:
         self.app = app
         self.routes = routes
+        self.targets = tuple(targets.items())
         self.state = app.state
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
-            handler = self.routes.get(scope["path"])
+            path = scope["path"]
+            handler = self.routes.get(path)
+            if handler is None:
+                for prefix, by_target in self.targets:
+                    if path.startswith(prefix):
+                        scope["path_params"] = {"target": path[len(prefix) :]}
+                        handler = by_target
+                        break
             if handler is not None:
                 response = await handler(Request(scope, receive, send))
                 await response(scope, receive, send)
