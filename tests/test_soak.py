@@ -251,12 +251,12 @@ def gateway_state(gw: RunningGateway) -> dict[str, Any]:
 
     async def read() -> dict[str, Any]:
         deployments = [d for e in ("m", "big") for d in gateway.catalog.get(e).deployments]
-        connectors = [gateway.providers[name]._session.connector for name in ("up", "long")]
+        pools = [gateway.providers[name]._pool for name in ("up", "long")]
         return {
             "tasks": len(asyncio.all_tasks()) - 1,
             "in_flight": [d.health.in_flight for d in deployments],
             "queued": [len(d.health._waiters) for d in deployments],
-            "upstream_connections_in_use": [len(c._acquired) for c in connectors],
+            "upstream_connections_in_use": [pool.in_use for pool in pools],
             "client_connections": len(gw.server.server_state.connections),
         }
 
@@ -267,8 +267,7 @@ def pooled_connections(gw: RunningGateway) -> int:
     providers = gw.app.state.gateway.providers
 
     async def count() -> int:
-        pools = [providers[name]._session.connector._conns for name in ("up", "long")]
-        return sum(len(idle) for pool in pools for idle in pool.values())
+        return sum(providers[name]._pool.idle for name in ("up", "long"))
 
     return asyncio.run_coroutine_threadsafe(count(), gw.loop).result(5)
 

@@ -24,7 +24,6 @@ import secrets
 import time
 from typing import Any
 
-import aiohttp
 import orjson
 from pydantic import Field, field_validator
 
@@ -33,6 +32,7 @@ from lmgate.canonical import ChatRequest
 from lmgate.config import data_dir
 from lmgate.errors import GatewayError, redact
 from lmgate.providers.base import DiscoveredModel, Discovery, ProviderConfig, Target
+from lmgate.providers.client import ClientError, Response
 from lmgate.providers.openai_compat import OpenAICompatConfig, OpenAICompatProvider
 
 log = logging.getLogger("lmgate")
@@ -102,7 +102,7 @@ class DegptProvider(OpenAICompatProvider):
         body.setdefault("enable_thinking", False)  # deployment params turn it on
         return body
 
-    async def send(self, body: dict[str, Any]) -> tuple[aiohttp.ClientResponse, float]:
+    async def send(self, body: dict[str, Any]) -> tuple[Response, float]:
         token = await self.token()
         try:
             return await self.post(self.chat_url(), body, {"Authorization": f"Bearer {token}"})
@@ -150,17 +150,15 @@ class DegptProvider(OpenAICompatProvider):
         url = self.config.base_url.rstrip("/") + "/v1/auths/printSignIn"
         try:
             async with asyncio.timeout(self.config.sign_in_timeout):
-                async with self.session().post(
-                    url,
-                    json={"id": self._device_id, "channel": ""},
-                    headers=self.config.headers,
-                ) as response:
-                    raw = await response.read()
-                    status = response.status
+                body = orjson.dumps({"id": self._device_id, "channel": ""})
+                headers = {"Content-Type": "application/json", **self.config.headers}
+                response = await self.pool().request("POST", url, headers, body)
+                raw = await response.read()
+                status = response.status
         except TimeoutError:
             detail = f"no answer within {self.config.sign_in_timeout:g}s"
             raise self._sign_in_error(detail) from None
-        except aiohttp.ClientError as error:
+        except ClientError as error:
             raise self._sign_in_error(redact(str(error), self.secrets())) from None
         if status >= 300:
             refused = super().status_error(status, raw, None)  # never a TokenRejected here
@@ -183,10 +181,11 @@ class DegptProvider(OpenAICompatProvider):
     async def discover(self) -> Discovery:
         url = self.config.base_url.rstrip("/") + "/config"
         async with asyncio.timeout(self.config.discovery_timeout):
-            async with self.session().get(url, headers=self.config.headers) as response:
-                if response.status != 200:
-                    raise ValueError(f"/config answered HTTP {response.status}")
-                data = orjson.loads(await response.read())
+            response = await self.pool().request("GET", url, self.config.headers)
+            raw = await response.read()
+            if response.status != 200:
+                raise ValueError(f"/config answered HTTP {response.status}")
+            data = orjson.loads(raw)
         return parse_config(data)
 
 

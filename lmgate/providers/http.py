@@ -1,4 +1,4 @@
-"""Plumbing shared by providers that talk HTTP: pooled session, timeouts, error mapping."""
+"""Plumbing shared by providers that talk HTTP: connection pool, timeouts, error mapping."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from contextvars import ContextVar
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
-import aiohttp
 import orjson
 from pydantic import Field
 
@@ -18,6 +17,7 @@ from lmgate.canonical import Event
 from lmgate.config import ConfigError
 from lmgate.errors import GatewayError, encodable, redact
 from lmgate.providers.base import Provider, ProviderConfig, Timeouts
+from lmgate.providers.client import ClientError, Pool, Response
 from lmgate.sse import SSEDecoder
 
 _MAX_ERROR_BODY = 64 * 1024
@@ -50,7 +50,7 @@ class HttpProvider(Provider):
 
     def __init__(self, name: str, config: ProviderConfig) -> None:
         super().__init__(name, config)
-        self._session: aiohttp.ClientSession | None = None
+        self._pool: Pool | None = None
         self._check_base_url()
         password = urlsplit(self.config.base_url).password
         self._secrets = tuple(
@@ -78,44 +78,32 @@ class HttpProvider(Provider):
                 )
 
     async def start(self) -> None:
-        timeouts = self.config.timeouts
-        connector = aiohttp.TCPConnector(
-            limit=self.config.max_connections,
-            ttl_dns_cache=300,
-            keepalive_timeout=60,
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(
-                total=None, connect=timeouts.connect, sock_connect=timeouts.connect
-            ),
-            skip_auto_headers=("User-Agent",),
-        )
+        self._pool = Pool(self.config.max_connections, self.config.timeouts.connect)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
 
     def secrets(self) -> tuple[str, ...]:
         return self._secrets
 
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
+    def pool(self) -> Pool:
+        if self._pool is None:
             raise GatewayError("internal", f"provider {self.name} is not started")
-        return self._session
+        return self._pool
 
     def auth_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.config.api_key}"} if self.config.api_key else {}
 
     async def post(
         self, url: str, body: dict[str, Any], headers: dict[str, str] | None = None
-    ) -> tuple[aiohttp.ClientResponse, float]:
+    ) -> tuple[Response, float]:
         """POST JSON and wait for a 2xx response's headers; returns it with its deadline.
 
         Failures before the first byte are retryable ``GatewayError``s.
         """
-        session = self.session()
+        pool = self.pool()
         timeouts = self.config.timeouts
         deadline = time.monotonic() + timeouts.total if timeouts.total else float("inf")
         headers = {
@@ -129,14 +117,14 @@ class HttpProvider(Provider):
         data = encodable(body, "the request")  # a pass-through field too deep: 400
         try:
             async with asyncio.timeout(min(timeouts.first_byte, deadline - time.monotonic())):
-                response = await session.post(url, data=data, headers=headers)
+                response = await pool.request("POST", url, headers, data)
         except TimeoutError:
             raise GatewayError(
                 "timeout",
                 f"upstream {self.name} did not answer within {timeouts.first_byte:g}s",
                 retryable=True,
             ) from None
-        except aiohttp.ClientError as error:
+        except ClientError as error:
             raise GatewayError(
                 "upstream",
                 f"cannot reach upstream {self.name}: {redact(str(error), self.secrets())}",
@@ -144,34 +132,31 @@ class HttpProvider(Provider):
             ) from None
         if response.status >= 300:
             try:
-                async with asyncio.timeout(timeouts.idle):
-                    raw = await response.content.read(_MAX_ERROR_BODY)
-            except (TimeoutError, aiohttp.ClientError):
+                raw = await response.read(_MAX_ERROR_BODY, idle=timeouts.idle)
+            except (TimeoutError, ClientError):
                 raw = b""
-            finally:
-                response.release()
-            raise self.status_error(response.status, raw, response.headers.get("Retry-After"))
+            raise self.status_error(response.status, raw, response.headers.get("retry-after"))
         return response, deadline
 
-    async def read_body(self, response: aiohttp.ClientResponse, deadline: float) -> bytes:
+    async def read_body(self, response: Response, deadline: float) -> bytes:
+        idle = self._read_timeout(deadline)
         try:
-            async with asyncio.timeout(self._read_timeout(deadline)):
-                return await response.read()
+            if deadline == float("inf"):
+                return await response.read(idle=idle)
+            async with asyncio.timeout(deadline - time.monotonic()):
+                return await response.read(idle=idle)
         except TimeoutError:
             raise self.stall_error() from None
-        except aiohttp.ClientError as error:
+        except ClientError as error:
             raise self.broken_error(error) from None
-        finally:
-            response.release()
 
     async def iter_sse(
-        self, response: aiohttp.ClientResponse, deadline: float, ended: Callable[[], bool]
+        self, response: Response, deadline: float, ended: Callable[[], bool]
     ) -> AsyncIterator[tuple[bytes | None, bytes] | None]:
         """``(event name, data)`` of each SSE event, every read bounded by the idle
         timeout; ``None`` after each ``heartbeat`` seconds of silence. Stops when
         ``ended()`` turns true after an event: the reply is complete."""
         decoder = SSEDecoder()
-        content = response.content
         heartbeat = self.config.heartbeat
         complete = False
         try:
@@ -179,13 +164,13 @@ class HttpProvider(Provider):
                 silent_until = time.monotonic() + self._read_timeout(deadline)
                 while True:
                     try:
-                        async with asyncio.timeout(min(heartbeat, silent_until - time.monotonic())):
-                            chunk = await content.read(_READ_SIZE)
+                        wait = min(heartbeat, silent_until - time.monotonic())
+                        chunk = await response.read_chunk(_READ_SIZE, wait)
                         break
                     except TimeoutError:
                         if time.monotonic() >= silent_until:
                             raise self.stall_error() from None
-                    except aiohttp.ClientError as error:
+                    except ClientError as error:
                         raise self.broken_error(error) from None
                     yield None
                 if not chunk:
@@ -198,10 +183,11 @@ class HttpProvider(Provider):
             for event in decoder.flush():
                 yield event
         finally:
-            if complete and response.connection is not None:
+            if complete:
                 # The body's end (a chunked terminator) usually follows the last event
                 # within microseconds; when it comes, the connection goes back to the
-                # pool by itself. Closing now would throw that connection away.
+                # pool. Closing now would throw that connection away.
+                response.release()
                 asyncio.get_running_loop().call_later(_BODY_END_GRACE, response.close)
             else:
                 # Closing (not releasing) drops a connection whose reply was cut short,

@@ -7,7 +7,6 @@ from collections.abc import AsyncGenerator
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-import aiohttp
 import orjson
 
 from lmgate import lenient_json, schemas
@@ -32,6 +31,7 @@ from lmgate.canonical import (
 )
 from lmgate.errors import GatewayError
 from lmgate.providers.base import Target, apply_overrides, count, fold_system_turns
+from lmgate.providers.client import Response
 from lmgate.providers.http import HttpProvider, HttpProviderConfig, stream_event, unfinished
 
 _FINISH: dict[str, FinishReason] = {
@@ -109,7 +109,7 @@ class OpenAICompatProvider(HttpProvider):
         for event in parser.end():
             yield event
 
-    async def send(self, body: dict[str, Any]) -> tuple[aiohttp.ClientResponse, float]:
+    async def send(self, body: dict[str, Any]) -> tuple[Response, float]:
         return await self.post(self.chat_url(), body)
 
     def sends_reasoning(self, target: Target) -> bool:

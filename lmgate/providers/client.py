@@ -1,0 +1,435 @@
+"""The HTTP/1.1 client that providers reach their upstreams with.
+
+Pooled keep-alive connections as asyncio protocols, responses parsed by httptools
+(llhttp, the parser uvicorn serves the gateway's clients with), bodies buffered with
+backpressure. aiohttp did the same with a third of a non-stream request's CPU (py-spy,
+in front of bench/upstream.py); this does what the providers need and no more: no
+redirects, no cookies, no proxies, no content codings (it asks for ``identity``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ssl
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+import httptools
+
+# Body bytes a response buffers before its connection stops reading: a slow client's
+# stream holds at most this much of what a fast upstream sent.
+_BUFFER_LIMIT = 256 * 1024
+
+
+class ClientError(Exception):
+    """The upstream could not be reached, or broke off the HTTP exchange."""
+
+
+class _Target:
+    """What a URL tells a connection: where to connect, and the request line's target."""
+
+    __slots__ = ("head", "host", "key", "port", "tls")
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        self.tls = parts.scheme == "https"
+        self.host = parts.hostname or ""
+        self.port = parts.port or (443 if self.tls else 80)
+        self.key = (self.tls, self.host, self.port)
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        default = self.port == (443 if self.tls else 80)
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        self.head = f" {path} HTTP/1.1\r\nHost: {host if default else f'{host}:{self.port}'}\r\n"
+
+
+class Response:
+    """One response: its status and headers at once, its body as it comes."""
+
+    __slots__ = (
+        "_chunks",
+        "_connection",
+        "_done",
+        "_error",
+        "_framed",
+        "_head",
+        "_names",
+        "_paused",
+        "_pool",
+        "_release_at_end",
+        "_size",
+        "_waiter",
+        "headers",
+        "status",
+    )
+
+    def __init__(self, connection: _Connection, pool: Pool) -> None:
+        self._connection: _Connection | None = connection
+        self._pool = pool
+        self._head: asyncio.Future[None] = pool.loop.create_future()
+        self._names: list[tuple[bytes, bytes]] = []
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._size = 0
+        self._waiter: asyncio.Future[None] | None = None
+        self._done = False
+        self._error: ClientError | None = None
+        self._paused = False
+        self._framed = True  # the body's end is marked (a length, or chunks), not a close
+        self._release_at_end = False
+        self.status = 0
+        self.headers: dict[str, str] = {}  # names in lower case
+
+    @property
+    def content_type(self) -> str:
+        return self.headers.get("content-type", "").partition(";")[0].strip().lower()
+
+    async def read_chunk(self, limit: int, idle: float | None = None) -> bytes:
+        """Up to ``limit`` bytes of the body, as soon as any are there; b"" at its end.
+        ``TimeoutError`` if none come within ``idle`` seconds. (A timer only when there
+        is nothing to read yet: under load there mostly is. ``asyncio.timeout`` around
+        each read was a tenth of a stream's CPU.)"""
+        while not self._chunks:
+            if self._error is not None:
+                raise self._error
+            if self._done:
+                return b""
+            waiter = self._waiter = self._pool.loop.create_future()
+            timer = None if idle is None else self._pool.loop.call_later(idle, _expire, waiter)
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+                if timer is not None:
+                    timer.cancel()
+        chunks = self._chunks
+        chunk = chunks.popleft()
+        if chunks and len(chunk) < limit:  # all that came in one read: one piece
+            pieces = [chunk]
+            size = len(chunk)
+            while chunks and size + len(chunks[0]) <= limit:
+                pieces.append(chunk := chunks.popleft())
+                size += len(chunk)
+            chunk = b"".join(pieces)
+        if len(chunk) > limit:
+            chunks.appendleft(chunk[limit:])
+            chunk = chunk[:limit]
+        self._size -= len(chunk)
+        if self._paused and self._size < _BUFFER_LIMIT // 2 and self._connection is not None:
+            self._paused = False
+            self._connection.transport.resume_reading()
+        return chunk
+
+    async def read(self, limit: int | None = None, idle: float | None = None) -> bytes:
+        """The body (its first ``limit`` bytes at most); the connection is then given
+        back, or dropped if the body was cut at ``limit``. ``TimeoutError`` if it pauses
+        for ``idle`` seconds."""
+        pieces: list[bytes] = []
+        size = 0
+        try:
+            while limit is None or size < limit:
+                room = _BUFFER_LIMIT if limit is None else limit - size
+                chunk = await self.read_chunk(room, idle)
+                if not chunk:
+                    break
+                pieces.append(chunk)
+                size += len(chunk)
+        except BaseException:
+            self.close()
+            raise
+        if self._done and not self._chunks:
+            self.release()
+        else:
+            self.close()
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    def release(self) -> None:
+        """Give the connection back once the body has ended (now, if it has)."""
+        if self._connection is None:
+            return
+        if self._done and self._error is None:
+            connection, self._connection = self._connection, None
+            self._pool._put(connection)
+        else:
+            self._release_at_end = True
+
+    def close(self) -> None:
+        """Drop the connection (which cuts the upstream request short), unless it was
+        given back already."""
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.response = None
+            connection.transport.close()
+            self._pool._free(connection)
+        self._chunks.clear()
+
+    # ---- fed by the connection ----------------------------------------------------
+
+    def _headers_complete(self, status: int, framed: bool) -> None:
+        self.status = status
+        headers = self.headers
+        for raw_name, raw_value in self._names:
+            name, value = raw_name.decode("latin-1").lower(), raw_value.decode("latin-1")
+            headers[name] = f"{headers[name]}, {value}" if name in headers else value
+        self._names = []
+        self._framed = framed
+        if not self._head.done():
+            self._head.set_result(None)
+
+    def _body(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._size += len(data)
+        if self._size > _BUFFER_LIMIT and not self._paused and self._connection is not None:
+            self._paused = True
+            self._connection.transport.pause_reading()
+        self._wake()
+
+    def _end(self) -> None:
+        self._done = True
+        self._wake()
+        if self._release_at_end:
+            self.release()
+
+    def _fail(self, error: ClientError) -> None:
+        if self._done:
+            return
+        self._error = error
+        if not self._head.done():
+            self._head.set_exception(error)
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
+
+
+class _Connection(asyncio.Protocol):
+    """One kept-alive connection to an upstream; ``response`` is the exchange on it."""
+
+    def __init__(self, pool: Pool, key: tuple[bool, str, int]) -> None:
+        self.pool = pool
+        self.key = key
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set at once
+        self.parser = httptools.HttpResponseParser(self)
+        self.response: Response | None = None
+        self.received = False  # any byte of the current exchange
+        self.lost = False
+        self.idle_since = 0.0
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.received = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as error:
+            if self.response is not None:
+                message = f"the upstream sent an invalid HTTP response ({error})"
+                self.response._fail(ClientError(message))
+            self.transport.close()
+
+    def eof_received(self) -> bool:
+        return False  # close: connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        response = self.response
+        if response is None:
+            self.pool._discard(self)
+            return
+        self.response = None
+        if response._head.done() and not response._framed and exc is None:
+            response._end()  # a body that ends with the connection
+        else:
+            detail = f" ({exc})" if exc else ""
+            response._fail(ClientError(f"the upstream closed the connection{detail}"))
+        if response._connection is self:
+            response._connection = None
+            self.pool._free(self)
+
+    # ---- httptools callbacks ------------------------------------------------------
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.response is not None:
+            self.response._names.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        response = self.response
+        if response is None:
+            return
+        if status < 200:  # 100 Continue and the like: the real response follows
+            response._names = []
+            return
+        names = {name.lower() for name, _ in response._names}
+        response._headers_complete(
+            status, b"content-length" in names or b"transfer-encoding" in names
+        )
+
+    def on_body(self, body: bytes) -> None:
+        if self.response is not None:
+            self.response._body(body)
+
+    def on_message_complete(self) -> None:
+        response = self.response
+        if response is None or not response._head.done():
+            return
+        if not self.parser.should_keep_alive():
+            self.lost = True  # not to be reused; it closes
+        response._end()
+
+
+class Pool:
+    """Kept-alive connections to upstreams, at most ``limit`` of them in use at once
+    (a request past that waits for one); an idle one is reused for ``keepalive``
+    seconds at most."""
+
+    def __init__(self, limit: int, connect_timeout: float, keepalive: float = 60.0) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.limit = limit
+        self.connect_timeout = connect_timeout
+        self.keepalive = keepalive
+        self.in_use = 0
+        self._idle: dict[tuple[bool, str, int], list[_Connection]] = {}
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._targets: dict[str, _Target] = {}
+        self._tls: ssl.SSLContext | None = None
+        self._closed = False
+
+    @property
+    def idle(self) -> int:
+        return sum(len(connections) for connections in self._idle.values())
+
+    async def request(
+        self, method: str, url: str, headers: dict[str, str], body: bytes = b""
+    ) -> Response:
+        """Send a request and wait for its response's head. A kept-alive connection
+        that turns out closed before any byte of the answer is retried once on a new
+        one: the upstream closed it for idleness as the request went out."""
+        target = self._targets.get(url)
+        if target is None:
+            target = self._targets[url] = _Target(url)
+        lines = [method, target.head]
+        for name, value in headers.items():
+            if "\n" in value or "\r" in value:
+                raise ClientError(f"the value of header {name} holds a line break")
+            lines += (name, ": ", value, "\r\n")
+        lines.append(f"Accept-Encoding: identity\r\nContent-Length: {len(body)}\r\n\r\n")
+        try:
+            head = "".join(lines).encode("latin-1")
+        except UnicodeEncodeError:
+            raise ClientError("a header holds a character HTTP cannot carry") from None
+        for attempt in (0, 1):
+            connection, reused = await self._acquire(target)
+            response = Response(connection, self)
+            connection.response = response
+            connection.received = False
+            try:
+                connection.transport.write(head + body if len(body) < 65536 else head)
+                if len(body) >= 65536:
+                    connection.transport.write(body)
+                await response._head
+            except ClientError:
+                response.close()
+                if reused and attempt == 0 and not connection.received:
+                    continue
+                raise
+            except BaseException:
+                response.close()  # cancelled (a timeout, or the client left): cut it
+                raise
+            return response
+        raise AssertionError("unreachable")
+
+    async def close(self) -> None:
+        self._closed = True
+        for connections in self._idle.values():
+            for connection in connections:
+                connection.transport.close()
+        self._idle.clear()
+
+    async def _acquire(self, target: _Target) -> tuple[_Connection, bool]:
+        while self.in_use >= self.limit:
+            waiter = self.loop.create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            except BaseException:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake_one()  # pass on the slot it was given
+                raise
+            finally:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+        self.in_use += 1
+        try:
+            idle = self._idle.get(target.key)
+            now = time.monotonic()
+            while idle:
+                connection = idle.pop()
+                if not connection.lost and now - connection.idle_since < self.keepalive:
+                    return connection, True
+                connection.transport.close()
+            return await self._connect(target), False
+        except BaseException:
+            self.in_use -= 1
+            self._wake_one()
+            raise
+
+    async def _connect(self, target: _Target) -> _Connection:
+        tls = None
+        if target.tls:
+            if self._tls is None:
+                self._tls = ssl.create_default_context()
+            tls = self._tls
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                _, connection = await self.loop.create_connection(
+                    lambda: _Connection(self, target.key),
+                    target.host,
+                    target.port,
+                    ssl=tls,
+                    server_hostname=target.host if tls else None,
+                )
+        except TimeoutError:
+            raise ClientError(f"no connection within {self.connect_timeout:g}s") from None
+        except (OSError, ssl.SSLError) as error:
+            raise ClientError(str(error) or type(error).__name__) from None
+        return connection
+
+    def _put(self, connection: _Connection) -> None:
+        """A connection whose exchange ended: idle again, or closed."""
+        connection.response = None
+        self.in_use -= 1
+        if connection.lost or self._closed:
+            connection.transport.close()
+        else:
+            connection.idle_since = time.monotonic()
+            idle = self._idle.setdefault(connection.key, [])
+            idle.append(connection)
+            if len(idle) > self.limit:
+                idle.pop(0).transport.close()
+        self._wake_one()
+
+    def _free(self, connection: _Connection) -> None:
+        """A connection dropped while in use."""
+        self.in_use -= 1
+        self._wake_one()
+
+    def _discard(self, connection: _Connection) -> None:
+        """An idle connection the upstream closed."""
+        idle = self._idle.get(connection.key)
+        if idle and connection in idle:
+            idle.remove(connection)
+
+    def _wake_one(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
