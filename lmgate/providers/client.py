@@ -19,8 +19,8 @@ from urllib.parse import urlsplit
 import httptools
 
 # Body bytes a response buffers before its connection stops reading: a slow client's
-# stream holds at most this much of what a fast upstream sent.
-_BUFFER_LIMIT = 256 * 1024
+# stream holds at most this much of what a fast upstream sent, and one socket read.
+_BUFFER_LIMIT = 128 * 1024
 
 
 class ClientError(Exception):
