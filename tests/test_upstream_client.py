@@ -96,8 +96,9 @@ def test_bodies_of_every_framing_are_read_whole() -> None:
     async def test() -> None:
         pool = Pool(8, connect_timeout=2)
         bodies = []
-        for _ in range(3):
-            response = await pool.request("POST", upstream.url, {"X-A": "1"}, b'{"q":1}')
+        for host in (None, None, "api.internal"):
+            headers = {"X-A": "1"} if host is None else {"host": host}
+            response = await pool.request("POST", upstream.url, headers, b'{"q":1}')
             bodies.append((response.status, await response.read()))
         assert bodies == [(200, b"{}"), (200, b"abcde"), (200, b"until the end")]
         assert upstream.connections == 1  # kept alive until the server said close
@@ -107,6 +108,9 @@ def test_bodies_of_every_framing_are_read_whole() -> None:
         assert first.endswith(b'\r\n\r\n{"q":1}')
         assert (pool.in_use, pool.idle) == (0, 0)
         await pool.close()
+        assert upstream.requests[1].count(b"Host: ") == 1  # the default one
+        assert b"\r\nhost: api.internal\r\n" in upstream.requests[2]
+        assert upstream.requests[2].count(b"Host: ") == 0
 
     upstream = Upstream(handler)
 

@@ -30,7 +30,7 @@ class ClientError(Exception):
 class _Target:
     """What a URL tells a connection: where to connect, and the request line's target."""
 
-    __slots__ = ("head", "host", "key", "port", "tls")
+    __slots__ = ("host", "host_line", "key", "line", "port", "tls")
 
     def __init__(self, url: str) -> None:
         parts = urlsplit(url)
@@ -41,7 +41,8 @@ class _Target:
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         default = self.port == (443 if self.tls else 80)
         host = f"[{self.host}]" if ":" in self.host else self.host
-        self.head = f" {path} HTTP/1.1\r\nHost: {host if default else f'{host}:{self.port}'}\r\n"
+        self.line = f" {path} HTTP/1.1\r\n"
+        self.host_line = f"Host: {host if default else f'{host}:{self.port}'}\r\n"
 
 
 class Response:
@@ -315,10 +316,12 @@ class Pool:
         target = self._targets.get(url)
         if target is None:
             target = self._targets[url] = _Target(url)
-        lines = [method, target.head]
+        lines = [method, target.line, target.host_line]
         for name, value in headers.items():
             if "\n" in value or "\r" in value:
                 raise ClientError(f"the value of header {name} holds a line break")
+            if len(name) == 4 and name.lower() == "host":  # a Host of the config's own
+                lines[2] = ""
             lines += (name, ": ", value, "\r\n")
         lines.append(f"Accept-Encoding: identity\r\nContent-Length: {len(body)}\r\n\r\n")
         try:
