@@ -141,7 +141,8 @@ class Gateway:
             await self.request_log.start()
         if self.metrics is not None:
             await self.metrics.start()
-        tokens.preload()
+        if any(provider.counts_tokens for provider in self.providers.values()):
+            tokens.preload()
         # Everything alive now lives as long as the process: keep it out of the
         # collector's full passes, which otherwise lengthen tail latency.
         gc.collect()

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 _lock = threading.Lock()
 _encoding: tiktoken.Encoding | None = None
+_loading = False
 
 # OpenAI's accounting: every message costs a few tokens of framing, every reply
 # is primed with three more; an image is billed at least the low-detail rate.
@@ -50,10 +51,21 @@ def encoding() -> tiktoken.Encoding:
 
 
 def preload() -> None:
-    """Load the tokenizer on a thread of its own, so that neither start-up nor the
-    first request that needs it waits for it (a request that comes first waits for
-    the load under way rather than starting another)."""
-    threading.Thread(target=encoding, name="lmgate-tokenizer", daemon=True).start()
+    """Load the tokenizer (0.2 s, 29 MB) on a thread of its own, once: a request that
+    needs it meanwhile waits for the load under way rather than starting another.
+    At start when a provider counts every reply; otherwise at the first request that
+    needs it (most upstreams report usage: the tokenizer may never be needed)."""
+    global _loading
+    if _encoding is None and not _loading:
+        _loading = True
+        threading.Thread(target=encoding, name="lmgate-tokenizer", daemon=True).start()
+
+
+async def _loaded() -> None:
+    """The tokenizer, loaded off the event loop if it is not yet."""
+    if _encoding is None:
+        preload()
+        await asyncio.to_thread(encoding)
 
 
 def count_text(text: str) -> int:
@@ -74,13 +86,26 @@ def count_request(request: ChatRequest) -> int:
 
 
 async def count_request_async(request: ChatRequest) -> int:
+    await _loaded()
     text, fixed = _prompt(request)
     if len(text) > _INLINE_LIMIT:
         return await asyncio.to_thread(count_text, text) + fixed
     return count_text(text) + fixed
 
 
+async def estimate_request(request: ChatRequest) -> int:
+    """Prompt tokens for a figure that the upstream's own soon replaces (an Anthropic
+    stream's ``message_start``): counted if the tokenizer is loaded; otherwise four
+    characters a token, while it loads, so that no reply waits for it."""
+    if _encoding is not None:
+        return await count_request_async(request)
+    preload()
+    text, fixed = _prompt(request)
+    return (len(text) + 3) // 4 + fixed
+
+
 async def count_text_async(text: str) -> int:
+    await _loaded()
     if len(text) > _INLINE_LIMIT:
         return await asyncio.to_thread(count_text, text)
     return count_text(text)

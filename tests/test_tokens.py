@@ -1,7 +1,14 @@
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
+import orjson
+
 from lmgate import tokens
 from lmgate.canonical import ChatRequest, ImagePart, Message, TextPart, Tool
+from tests.conftest import wait_until
+from tests.fakes.upstream import FakeUpstream, Script, completion, text_stream
 
 
 def request(text: str) -> ChatRequest:
@@ -24,3 +31,39 @@ def test_count_includes_system_tools_images_and_framing() -> None:
     bare = ChatRequest(model="m", messages=[Message("user", [TextPart("hello world")])])
     assert tokens.count_request(bare) == tokens.count_text("hello world") + 3 + 3
     assert tokens.count_request(request("hello world")) > tokens.count_request(bare) + 85
+
+
+def tokenizer_mapped(pid: int) -> bool:
+    with open(f"/proc/{pid}/maps") as maps:
+        return "_tiktoken" in maps.read()  # its Rust core, mapped when first imported
+
+
+def test_the_tokenizer_loads_only_once_something_needs_it(
+    serve: Any, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    # 29 MB: not for a gateway whose upstreams report usage, until a figure has to be
+    # counted (here an Anthropic stream's message_start, which does not wait for it).
+    config = {
+        "store": {"url": "none"},
+        "providers": {"up": {"type": "openai", "base_url": upstream.url + "/v1"}},
+        "models": [{"id": "m", "provider": "up"}],
+    }
+    path = tmp_path / "lmgate.yaml"
+    path.write_bytes(orjson.dumps(config))
+    served = serve("--config", str(path))
+    usage = {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}
+    upstream.push(
+        Script(json=completion("hi", usage=usage)),
+        Script(chunks=text_stream(["h", "i"], usage=usage)),
+        Script(chunks=text_stream(["h", "i"], usage=usage)),
+    )
+    chat = {"model": "m", "messages": [{"role": "user", "content": "hello"}]}
+    assert served.request("POST", "/v1/chat/completions", chat)[0] == 200
+    assert served.request("POST", "/v1/chat/completions", {**chat, "stream": True})[0] == 200
+    assert not tokenizer_mapped(served.process.pid)
+    claude = {**chat, "max_tokens": 10, "stream": True}
+    status, body = served.request("POST", "/v1/messages", claude)
+    assert status == 200 and b"message_stop" in body
+    start = orjson.loads(body.split(b"data: ", 1)[1].split(b"\n", 1)[0])
+    assert start["message"]["usage"]["input_tokens"] > 0
+    wait_until(lambda: tokenizer_mapped(served.process.pid))

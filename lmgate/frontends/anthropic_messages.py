@@ -402,7 +402,7 @@ async def stream_frames(
     start: Start, events: AsyncGenerator[Event, None], request: ChatRequest
 ) -> AsyncGenerator[bytes, None]:
     """SSE frames for a reply whose ``Start`` was already received."""
-    estimate = await tokens.count_request_async(request)
+    estimate = await tokens.estimate_request(request)
     yield _frame(
         b"message_start",
         {

@@ -114,6 +114,9 @@ class Discovery:
 
 class Provider(ABC):
     config_class: ClassVar[type[ProviderConfig]] = ProviderConfig
+    # Whether every reply's usage is counted by lmgate's tokenizer (which then loads
+    # at start); upstreams that report usage need it only now and then.
+    counts_tokens: ClassVar[bool] = False
 
     def __init__(self, name: str, config: ProviderConfig) -> None:
         self.name = name

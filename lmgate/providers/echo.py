@@ -39,6 +39,7 @@ class EchoConfig(ProviderConfig):
 class EchoProvider(Provider):
     config_class = EchoConfig
     config: EchoConfig
+    counts_tokens = True
 
     async def stream(self, request: ChatRequest, target: Target) -> AsyncGenerator[Event, None]:
         reply = reply_text(request)
