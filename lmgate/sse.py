@@ -21,6 +21,23 @@ class SSEDecoder:
 
     def feed(self, chunk: bytes) -> list[tuple[bytes | None, bytes]]:
         buffer = self._buffer + chunk if self._buffer else chunk
+        if self._data or self._event is not None or b"\r" in buffer:
+            return self._feed_lines(buffer)
+        # What nearly every upstream sends: whole events, each one "data: " line and a
+        # blank line. Those are split out at once; any other event goes line by line.
+        blocks = buffer.split(b"\n\n")
+        self._buffer = blocks.pop()  # what follows the last complete event
+        out: list[tuple[bytes | None, bytes]] = []
+        for block in blocks:
+            if block.startswith(b"data: ") and block.find(b"\n") < 0:
+                out.append((None, block[6:]))
+            elif block:
+                for line in block.split(b"\n"):
+                    self._line(line, out)
+                self._line(b"", out)
+        return out
+
+    def _feed_lines(self, buffer: bytes) -> list[tuple[bytes | None, bytes]]:
         out: list[tuple[bytes | None, bytes]] = []
         start = 0
         while True:

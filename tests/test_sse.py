@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import pytest
+
 from lmgate.sse import SSEDecoder
 
 STREAM = (
@@ -21,21 +23,39 @@ EXPECTED = [
 ]
 
 
-def test_whole_stream() -> None:
+# With "\n" line ends only (what nearly every upstream sends) the decoder takes whole
+# events at once; with a "\r" anywhere, line by line: both must agree everywhere.
+STREAMS = pytest.mark.parametrize("stream", [STREAM, STREAM.replace(b"\r\n", b"\n")])
+
+
+@STREAMS
+def test_whole_stream(stream: bytes) -> None:
     decoder = SSEDecoder()
-    assert decoder.feed(STREAM) + decoder.flush() == EXPECTED
+    assert decoder.feed(stream) + decoder.flush() == EXPECTED
 
 
-def test_split_at_every_byte() -> None:
-    for cut in range(len(STREAM) + 1):
+@STREAMS
+def test_split_at_every_byte(stream: bytes) -> None:
+    for cut in range(len(stream) + 1):
         decoder = SSEDecoder()
-        out = decoder.feed(STREAM[:cut]) + decoder.feed(STREAM[cut:]) + decoder.flush()
+        out = decoder.feed(stream[:cut]) + decoder.feed(stream[cut:]) + decoder.flush()
         assert out == EXPECTED, cut
 
 
-def test_byte_by_byte() -> None:
+@STREAMS
+def test_byte_by_byte(stream: bytes) -> None:
     decoder = SSEDecoder()
     out = []
-    for index in range(len(STREAM)):
-        out += decoder.feed(STREAM[index : index + 1])
+    for index in range(len(stream)):
+        out += decoder.feed(stream[index : index + 1])
     assert out + decoder.flush() == EXPECTED
+
+
+def test_split_in_three_everywhere() -> None:
+    stream = STREAM.replace(b"\r\n", b"\n")
+    for first in range(0, len(stream) + 1, 3):
+        for second in range(first, len(stream) + 1, 5):
+            decoder = SSEDecoder()
+            parts = (stream[:first], stream[first:second], stream[second:])
+            out = [event for part in parts for event in decoder.feed(part)] + decoder.flush()
+            assert out == EXPECTED, (first, second)

@@ -345,12 +345,18 @@ async def stream_frames(
         }
         return head + b',"choices":[' + orjson.dumps(choice) + b"]}\n\n"
 
+    # The frame nearly every event is, around its text: one dumps of a str per delta.
+    text_head = head + b',"choices":[{"index":0,"delta":{"content":'
+    text_tail = b'},"logprobs":null,"finish_reason":null}]}\n\n'
     yield chunk({"role": "assistant", "content": ""})
     try:
         async with aclosing(events):
             async for event in events:
                 if isinstance(event, TextDelta):
-                    yield chunk({"content": event.text}, logprobs=event.logprobs)
+                    if event.logprobs is None:
+                        yield text_head + orjson.dumps(event.text) + text_tail
+                    else:
+                        yield chunk({"content": event.text}, logprobs=event.logprobs)
                 elif isinstance(event, ReasoningDelta):
                     if event.text:  # a bare signature means nothing to OpenAI clients
                         yield chunk({"reasoning_content": event.text})
