@@ -6,6 +6,7 @@ connections, backpressure, broken answers, and TLS."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime
 import ipaddress
 import ssl
@@ -366,4 +367,27 @@ def test_https_verifies_the_upstream_certificate(
             await trusting.close()
 
     upstream = Upstream(handler, tls=server_side)
+    run(main)
+
+
+def test_credentials_in_the_url_are_sent_as_basic_auth() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await upstream.read_request(reader)
+            writer.write(OK)
+            await writer.drain()
+
+    async def main() -> None:
+        async with upstream:
+            pool = Pool(2, connect_timeout=2)
+            url = upstream.url.replace("http://", "http://us%40er:p%3Ass@")
+            for headers in ({}, {"Host": "api.internal"}):
+                response = await pool.request("POST", url, headers, b"{}")
+                assert await response.read() == b"{}"
+            await pool.close()
+        basic = b"Authorization: Basic " + base64.b64encode(b"us@er:p:ss") + b"\r\n"
+        assert all(basic in request for request in upstream.requests)
+        assert b"Host: 127.0.0.1:" not in upstream.requests[1]
+
+    upstream = Upstream(handler)
     run(main)

@@ -13,8 +13,9 @@ import asyncio
 import collections
 import ssl
 import time
+from base64 import b64encode
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import httptools
 
@@ -28,7 +29,8 @@ class ClientError(Exception):
 
 
 class _Target:
-    """What a URL tells a connection: where to connect, and the request line's target."""
+    """What a URL tells a connection: where to connect, the request line's target, and
+    the Host (with the Basic credentials of a ``user:password@`` URL)."""
 
     __slots__ = ("host", "host_line", "key", "line", "port", "tls")
 
@@ -43,6 +45,9 @@ class _Target:
         host = f"[{self.host}]" if ":" in self.host else self.host
         self.line = f" {path} HTTP/1.1\r\n"
         self.host_line = f"Host: {host if default else f'{host}:{self.port}'}\r\n"
+        if parts.username is not None or parts.password is not None:
+            pair = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
+            self.host_line += f"Authorization: Basic {b64encode(pair.encode()).decode()}\r\n"
 
 
 class Response:
@@ -321,7 +326,7 @@ class Pool:
             if "\n" in value or "\r" in value:
                 raise ClientError(f"the value of header {name} holds a line break")
             if len(name) == 4 and name.lower() == "host":  # a Host of the config's own
-                lines[2] = ""
+                lines[2] = lines[2].partition("\r\n")[2]
             lines += (name, ": ", value, "\r\n")
         lines.append(f"Accept-Encoding: identity\r\nContent-Length: {len(body)}\r\n\r\n")
         try:
