@@ -66,6 +66,16 @@ class Upstream:
             self.open -= 1
             writer.close()
 
+    async def answer(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float = 0
+    ) -> None:
+        """Answer every request on a connection with ``OK`` (after ``delay`` seconds)."""
+        while True:
+            await self.read_request(reader)
+            await asyncio.sleep(delay)
+            writer.write(OK)
+            await writer.drain()
+
     async def read_request(self, reader: asyncio.StreamReader) -> bytes:
         head = await reader.readuntil(b"\r\n\r\n")
         length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
@@ -127,18 +137,13 @@ def test_a_kept_alive_connection_the_upstream_closed_is_retried_once_on_a_new_on
         # The first connection answers once, then closes the moment the next request
         # arrives, unread (as a server timing out an idle connection does); the
         # second answers normally.
-        first = upstream.connections == 1
+        if upstream.connections > 1:
+            return await upstream.answer(reader, writer)
         await upstream.read_request(reader)
         writer.write(OK)
         await writer.drain()
-        if first:
-            await reader.read(1)
-            writer.transport.abort()
-            return
-        while True:
-            await upstream.read_request(reader)
-            writer.write(OK)
-            await writer.drain()
+        await reader.read(1)
+        writer.transport.abort()
 
     async def main() -> None:
         async with upstream:
@@ -174,11 +179,7 @@ def test_a_fresh_connection_that_breaks_is_not_retried() -> None:
 
 def test_at_most_limit_connections_are_in_use_and_the_rest_wait() -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            await upstream.read_request(reader)
-            await asyncio.sleep(0.05)
-            writer.write(OK)
-            await writer.drain()
+        await upstream.answer(reader, writer, delay=0.05)
 
     async def main() -> None:
         async with upstream:
@@ -349,9 +350,7 @@ def test_https_verifies_the_upstream_certificate(
     server_side.load_cert_chain(cert_file, key_file)
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await upstream.read_request(reader)
-        writer.write(OK)
-        await writer.drain()
+        await upstream.answer(reader, writer)
 
     async def main() -> None:
         async with upstream:
@@ -372,10 +371,7 @@ def test_https_verifies_the_upstream_certificate(
 
 def test_credentials_in_the_url_are_sent_as_basic_auth() -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            await upstream.read_request(reader)
-            writer.write(OK)
-            await writer.drain()
+        await upstream.answer(reader, writer)
 
     async def main() -> None:
         async with upstream:
