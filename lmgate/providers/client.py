@@ -166,7 +166,7 @@ class Response:
         if connection is not None:
             connection.response = None
             connection.transport.close()
-            self._pool._free(connection)
+            self._pool._free()
         self._chunks.clear()
 
     # ---- fed by the connection ----------------------------------------------------
@@ -257,7 +257,7 @@ class _Connection(asyncio.Protocol):
             response._fail(ClientError(f"the upstream closed the connection{detail}"))
         if response._connection is self:
             response._connection = None
-            self.pool._free(self)
+            self.pool._free()
 
     # ---- httptools callbacks ------------------------------------------------------
 
@@ -339,9 +339,7 @@ class Pool:
             connection.response = response
             connection.received = False
             try:
-                connection.transport.write(head + body if len(body) < 65536 else head)
-                if len(body) >= 65536:
-                    connection.transport.write(body)
+                connection.transport.writelines((head, body))  # no copy of the body
                 await response._head
             except ClientError:
                 response.close()
@@ -424,7 +422,7 @@ class Pool:
                 idle.pop(0).transport.close()
         self._wake_one()
 
-    def _free(self, connection: _Connection) -> None:
+    def _free(self) -> None:
         """A connection dropped while in use."""
         self.in_use -= 1
         self._wake_one()
