@@ -6,9 +6,11 @@ and not — with logging at debug and the access log on."""
 
 from __future__ import annotations
 
+import base64
 import logging
 from typing import Any
 
+import openai
 import pytest
 
 from tests.conftest import RunningGateway, upstream_config
@@ -107,3 +109,26 @@ def test_no_secret_in_any_response_or_log_line(
     assert "rejected" in logged and f"{path}?key=[redacted]" in logged
     for marker in MARKERS:
         assert marker not in logged
+
+
+def test_credentials_in_an_upstream_url_are_sent_and_never_shown(
+    start_gateway: Any, upstream: FakeUpstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Sent as Basic auth; the password (as written in the URL, decoded) and the Basic
+    # token are all secrets, even when the upstream echoes them back.
+    password = "MARKER%2Fpw9e1"
+    token = base64.b64encode(b"lm:MARKER/pw9e1").decode()
+    base_url = upstream.url.replace("http://", f"http://lm:{password}@") + "/v1"
+    gateway = start_gateway(upstream_config(upstream, base_url=base_url, api_key=None))
+    echoed = f"rejected: {password} MARKER/pw9e1 Basic {token}"
+    upstream.push(Script(status=400, json={"error": {"message": echoed}}))
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(openai.BadRequestError) as raised:
+        gateway.client().chat.completions.create(
+            model="chat-model", messages=[{"role": "user", "content": "hi"}]
+        )
+    assert upstream.last.headers["Authorization"] == f"Basic {token}"
+    shown = str(raised.value.body) + caplog.text
+    assert "rejected" in shown
+    for secret in (password, "MARKER/pw9e1", token):
+        assert secret not in shown

@@ -28,6 +28,15 @@ class ClientError(Exception):
     """The upstream could not be reached, or broke off the HTTP exchange."""
 
 
+def basic_credentials(url: str) -> str | None:
+    """The Basic credentials of a ``user:password@`` URL, as sent."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return None
+    pair = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
+    return b64encode(pair.encode()).decode()
+
+
 class _Target:
     """What a URL tells a connection: where to connect, the request line's target, and
     the Host (with the Basic credentials of a ``user:password@`` URL)."""
@@ -45,9 +54,8 @@ class _Target:
         host = f"[{self.host}]" if ":" in self.host else self.host
         self.line = f" {path} HTTP/1.1\r\n"
         self.host_line = f"Host: {host if default else f'{host}:{self.port}'}\r\n"
-        if parts.username is not None or parts.password is not None:
-            pair = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
-            self.host_line += f"Authorization: Basic {b64encode(pair.encode()).decode()}\r\n"
+        if (credentials := basic_credentials(url)) is not None:
+            self.host_line += f"Authorization: Basic {credentials}\r\n"
 
 
 class Response:

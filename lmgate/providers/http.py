@@ -7,7 +7,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextvars import ContextVar
 from typing import Any, ClassVar
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import orjson
 from pydantic import Field
@@ -17,7 +17,7 @@ from lmgate.canonical import Event
 from lmgate.config import ConfigError
 from lmgate.errors import GatewayError, encodable, redact
 from lmgate.providers.base import Provider, ProviderConfig, Timeouts
-from lmgate.providers.client import ClientError, Pool, Response
+from lmgate.providers.client import ClientError, Pool, Response, basic_credentials
 from lmgate.sse import SSEDecoder
 
 _MAX_ERROR_BODY = 64 * 1024
@@ -53,9 +53,10 @@ class HttpProvider(Provider):
         self._pool: Pool | None = None
         self._check_base_url()
         password = urlsplit(self.config.base_url).password
+        in_url = (password, unquote(password or ""), basic_credentials(self.config.base_url))
         self._secrets = tuple(
             value
-            for value in (self.config.api_key, password, *self.config.headers.values())
+            for value in (self.config.api_key, *in_url, *self.config.headers.values())
             if value
         )
 
