@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import orjson
 
 from lmgate import tokens
@@ -61,9 +62,11 @@ def test_the_tokenizer_loads_only_once_something_needs_it(
     assert served.request("POST", "/v1/chat/completions", chat)[0] == 200
     assert served.request("POST", "/v1/chat/completions", {**chat, "stream": True})[0] == 200
     assert not tokenizer_mapped(served.process.pid)
-    claude = {**chat, "max_tokens": 10, "stream": True}
-    status, body = served.request("POST", "/v1/messages", claude)
-    assert status == 200 and b"message_stop" in body
-    start = orjson.loads(body.split(b"data: ", 1)[1].split(b"\n", 1)[0])
-    assert start["message"]["usage"]["input_tokens"] > 0
+    sdk = anthropic.Anthropic(base_url=f"http://127.0.0.1:{served.port}", api_key="x")
+    with sdk.messages.stream(model="m", max_tokens=10, messages=chat["messages"]) as stream:
+        estimates = [e.message.usage.input_tokens for e in stream if e.type == "message_start"]
+        final = stream.get_final_message()
+    sdk.close()
+    assert estimates[0] > 0  # an estimate at once…
+    assert (final.usage.input_tokens, final.usage.output_tokens) == (5, 2)  # …then the real
     wait_until(lambda: tokenizer_mapped(served.process.pid))
