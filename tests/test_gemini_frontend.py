@@ -239,3 +239,16 @@ def test_file_data_urls_pass_on_and_other_uris_are_refused(
     with pytest.raises(errors.ClientError) as refused:
         client.models.generate_content(model="claude-model", contents=[stored, "?"])
     assert refused.value.code == 400 and "fileData" in refused.value.message
+
+
+def test_the_route_prefix_serves_gemini_too(gateway: RunningGateway) -> None:
+    # /api (server.route_prefixes) before Google's paths; other methods get a 405.
+    client = genai.Client(
+        api_key=API_KEY,
+        http_options=types.HttpOptions(
+            base_url=gateway.url + "/api", retry_options=types.HttpRetryOptions(attempts=1)
+        ),
+    )
+    reply = client.models.generate_content(model="echo", contents="hello there")
+    assert reply.text and "hello there" in reply.text
+    assert gateway.request("PUT", "/api/v1beta/models/echo:generateContent").status == 405
