@@ -18,8 +18,8 @@ from lmgate import __version__
 from lmgate.config import Config, ConfigError, load_config
 
 if TYPE_CHECKING:
-    from lmgate.catalog import Catalog
-    from lmgate.server import HotRoutes
+    from lmgate.routing.catalog import Catalog
+    from lmgate.web.server import HotRoutes
 
 log = logging.getLogger("lmgate")
 MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client's multiprocess mode
@@ -112,10 +112,10 @@ def _money(text: str) -> float:
 
 
 async def _accounts_command(args: argparse.Namespace, config: Config) -> int:
-    from lmgate.accounts import parse_since
-    from lmgate.admin import parse_expiry
+    from lmgate.accounts.accounts import parse_since
+    from lmgate.accounts.store import Store
     from lmgate.errors import GatewayError
-    from lmgate.store import Store
+    from lmgate.web.admin import parse_expiry
 
     url = config.store.resolved_url(config.path)
     if url is None:
@@ -212,7 +212,7 @@ def _load(path: str | None, preset: str | None) -> tuple[Config, HotRoutes]:
     config = load_config(path, preset)
     # Building the app validates what config parsing alone cannot (provider options);
     # one worker serves this very app (more build their own).
-    from lmgate.app import build_app
+    from lmgate.web.app import build_app
 
     return config, build_app(config)
 
@@ -258,14 +258,14 @@ def _run(args: argparse.Namespace, config: Config, app: HotRoutes, host: str, po
 
     several = args.workers > 1
     uvicorn.run(
-        "lmgate.app:app_from_env" if several else app,
+        "lmgate.web.app:app_from_env" if several else app,
         factory=several,
         ws="none",
         host=host,
         port=port,
         workers=args.workers,
         loop="uvloop",
-        http="lmgate.server:GuardedProtocol",  # httptools, with client timeouts and a cap
+        http="lmgate.web.server:GuardedProtocol",  # httptools, with client timeouts and a cap
         log_level=args.log_level,
         access_log=args.access_log,
         lifespan="on",

@@ -386,7 +386,7 @@ def load_config(path: str | os.PathLike[str] | None, preset: str | None = None) 
     return parse_config(_read_yaml(Path(path)), Path(path))
 
 
-PRESETS = Path(__file__).parent / "presets"
+PRESETS = Path(__file__).parent / "data" / "presets"
 
 
 def _read_yaml(file: Path) -> Any:

@@ -20,9 +20,9 @@ import pytest
 import uvicorn
 import uvloop
 
-from lmgate.app import build_app
 from lmgate.config import parse_config
-from lmgate.server import GuardedProtocol
+from lmgate.web.app import build_app
+from lmgate.web.server import GuardedProtocol
 from tests.fakes.upstream import FakeUpstream
 from tests.servers import postgres_server, postgres_url, redis_server, redis_url  # noqa: F401
 

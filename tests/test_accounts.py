@@ -14,7 +14,7 @@ import openai
 import orjson
 import pytest
 
-from lmgate.store import Store
+from lmgate.accounts.store import Store
 from tests.conftest import API_KEY, RunningGateway, upstream_config, wait_until
 from tests.fakes.upstream import FakeUpstream, Script, completion
 
@@ -323,8 +323,8 @@ def test_a_client_leaving_a_slow_non_stream_reply_cancels_it(
 
 
 def test_a_full_usage_queue_drops_and_counts_never_blocks(sqlite_url: str) -> None:
-    from lmgate.store import UsageRecord, record_row
-    from lmgate.usage import UsageRecorder
+    from lmgate.accounts.store import UsageRecord, record_row
+    from lmgate.accounts.usage import UsageRecorder
 
     recorder = UsageRecorder(Store(sqlite_url), queue_size=5)  # not started: nothing drains
     for number in range(8):
@@ -335,8 +335,8 @@ def test_a_full_usage_queue_drops_and_counts_never_blocks(sqlite_url: str) -> No
 def test_a_write_holds_at_most_batch_size_records_and_starts_when_that_many_wait(
     sqlite_url: str,
 ) -> None:
-    from lmgate.store import UsageRecord, record_row
-    from lmgate.usage import UsageRecorder
+    from lmgate.accounts.store import UsageRecord, record_row
+    from lmgate.accounts.usage import UsageRecorder
 
     async def run() -> list[int]:
         store = Store(sqlite_url)

@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 import pytest
 
-from lmgate.pricing import Price, lookup, table
+from lmgate.observe.pricing import Price, lookup, table
 from tests.conftest import API_KEY, RunningGateway, wait_until
 from tests.fakes.upstream import FakeUpstream, Script, anthropic_message, completion
 from tests.test_accounts import (

@@ -407,7 +407,7 @@ def test_the_preset_serves_the_reference_catalog(
 
 def test_examples_degpt_is_the_preset() -> None:
     root = Path(__file__).parent.parent
-    preset = root / "lmgate" / "presets" / "degpt.yaml"
+    preset = root / "lmgate" / "data" / "presets" / "degpt.yaml"
     assert (root / "examples" / "degpt.yaml").read_bytes() == preset.read_bytes()
 
 

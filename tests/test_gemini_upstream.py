@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lmgate.schemas import for_gemini
+from lmgate.providers.schemas import for_gemini
 from tests.conftest import API_KEY, RunningGateway
 from tests.fakes import gemini
 from tests.fakes.upstream import FakeUpstream, Script

@@ -119,7 +119,7 @@ def test_the_default_config_loads_only_what_it_uses() -> None:
     # The echo model alone needs no HTTP client, no Redis and (until scraped) no
     # Prometheus library: each costs import time and memory at every start.
     script = (
-        "import sys; from lmgate.app import build_app; from lmgate.config import load_config;"
+        "import sys; from lmgate.web.app import build_app; from lmgate.config import load_config;"
         "build_app(load_config(None));"
         "print(' '.join(m for m in ('aiohttp', 'redis', 'prometheus_client', 'asyncpg')"
         " if m in sys.modules))"

@@ -16,7 +16,7 @@ from typing import Any
 import openai
 import pytest
 
-from lmgate import fetch
+from lmgate.media import fetch
 from tests.conftest import RunningGateway, upstream_config, wait_until
 from tests.fakes.upstream import FakeUpstream, Script, anthropic_message
 from tests.test_multimodal import DATA_URL, PNG, PNG_B64

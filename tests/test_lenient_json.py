@@ -3,7 +3,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from lmgate.lenient_json import loads
+from lmgate.providers.lenient_json import loads
 
 
 @pytest.mark.parametrize(

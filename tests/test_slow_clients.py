@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 import pytest
 
-from lmgate.server import EventStream
+from lmgate.web.server import EventStream
 from tests.conftest import Served, wait_until
 from tests.fakes.upstream import FakeUpstream, Script, chunk
 

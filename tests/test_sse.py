@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from lmgate.sse import SSEDecoder
+from lmgate.providers.sse import SSEDecoder
 
 STREAM = (
     b": keep-alive comment\r\n\r\n"

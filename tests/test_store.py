@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from lmgate.store import MIGRATIONS, Store, UsageRecord, hash_key, keys
+from lmgate.accounts.store import MIGRATIONS, Store, UsageRecord, hash_key, keys
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -105,7 +105,7 @@ def test_usage_batches_and_summary(store_url: str) -> None:
         assert {r["group"] for r in await store.usage_summary(0, "provider")} == {"up", "p2"}
         stored = await store.get_key(key.id)
         assert stored is not None and stored.used_tokens == 1500  # running total for budgets
-        from lmgate.store import record_row
+        from lmgate.accounts.store import record_row
 
         one_more = [record_row(record(400, key_id=key.id)), record_row(record(401))]
         assert await store.record_rows(one_more) == {key.id: (15, 1515, 0.0, 0.0)}  # batch's, total
@@ -130,9 +130,9 @@ def test_schema_version_is_recorded(store_url: str) -> None:
 def test_a_meter_builds_the_row_in_the_record_field_order() -> None:
     """The request path builds its row as a bare tuple; it must be the row the
     store's INSERT expects, field for field."""
+    from lmgate.accounts.store import record_row
+    from lmgate.accounts.usage import Meter
     from lmgate.canonical import ChatRequest, Message, Reply, TextPart, Usage
-    from lmgate.store import record_row
-    from lmgate.usage import Meter
 
     class Queue:
         rows: list[tuple[Any, ...]] = []
@@ -231,8 +231,8 @@ def _write_lock_is_free(url: str) -> bool:
 def test_the_writer_drops_only_the_records_the_store_refuses(store_url: str) -> None:
     """A batch that fails is split until the refused records are found; those are
     dropped, counted and logged, the others are written, and writing goes on."""
-    from lmgate.store import record_row
-    from lmgate.usage import UsageRecorder
+    from lmgate.accounts.store import record_row
+    from lmgate.accounts.usage import UsageRecorder
 
     async def scenario() -> tuple[list[str], UsageRecorder]:
         store = Store(store_url)

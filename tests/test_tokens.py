@@ -6,8 +6,8 @@ from typing import Any
 import anthropic
 import orjson
 
-from lmgate import tokens
 from lmgate.canonical import ChatRequest, ImagePart, Message, TextPart, Tool
+from lmgate.observe import tokens
 from tests.conftest import wait_until
 from tests.fakes.upstream import FakeUpstream, Script, completion, text_stream
 

@@ -11,7 +11,6 @@ from typing import Any
 
 import orjson
 
-from lmgate import tokens
 from lmgate.canonical import (
     ChatRequest,
     Event,
@@ -34,7 +33,6 @@ from lmgate.canonical import (
     Usage,
     arguments_object,
 )
-from lmgate.catalog import Catalog
 from lmgate.errors import GatewayError, encodable, from_exception, invalid
 from lmgate.frontends.validate import (
     optional_bool,
@@ -47,6 +45,8 @@ from lmgate.frontends.validate import (
     string,
 )
 from lmgate.ids import unique_hex
+from lmgate.observe import tokens
+from lmgate.routing.catalog import Catalog
 
 # Parsed into the canonical request. ``thinking``, ``output_config`` and ``output_format``
 # are parsed too, but also kept in ``extra``: an Anthropic upstream gets them as they came.

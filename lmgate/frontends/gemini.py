@@ -37,7 +37,6 @@ from lmgate.canonical import (
     Usage,
     arguments_object,
 )
-from lmgate.catalog import Catalog, ModelEntry
 from lmgate.errors import MAX_DEPTH, GatewayError, encodable, from_exception, invalid
 from lmgate.frontends.validate import (
     optional_int,
@@ -47,6 +46,7 @@ from lmgate.frontends.validate import (
     parse_json_object,
 )
 from lmgate.ids import unique_hex
+from lmgate.routing.catalog import Catalog, ModelEntry
 
 PROTOCOL = "gemini"
 ACTIONS = ("generateContent", "streamGenerateContent", "countTokens")

@@ -30,7 +30,6 @@ from lmgate.canonical import (
     ToolResultPart,
     Usage,
 )
-from lmgate.catalog import Catalog, ModelEntry
 from lmgate.errors import GatewayError, from_exception, invalid
 from lmgate.frontends.validate import (
     optional_bool,
@@ -43,7 +42,8 @@ from lmgate.frontends.validate import (
     string,
 )
 from lmgate.ids import unique_hex
-from lmgate.media import decode_data_url
+from lmgate.media.check import decode_data_url
+from lmgate.routing.catalog import Catalog, ModelEntry
 
 _KNOWN_FIELDS = frozenset(
     {

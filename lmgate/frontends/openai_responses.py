@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from lmgate.accounts.conversations import Conversations
 from lmgate.canonical import (
     ChatRequest,
     ImagePart,
@@ -27,7 +28,6 @@ from lmgate.canonical import (
     ToolCallPart,
     ToolResultPart,
 )
-from lmgate.conversations import Conversations
 from lmgate.errors import encodable, invalid
 from lmgate.frontends import openai_chat
 from lmgate.frontends.responses_output import (
@@ -38,6 +38,7 @@ from lmgate.frontends.responses_output import (
     reply_headers,
     stream_frames,
 )
+from lmgate.frontends.sealing import PREFIX, Sealer, SealError
 from lmgate.frontends.validate import (
     optional_bool,
     optional_int,
@@ -48,8 +49,7 @@ from lmgate.frontends.validate import (
     parse_json_object,
     string,
 )
-from lmgate.media import decode_data_url
-from lmgate.sealing import PREFIX, Sealer, SealError
+from lmgate.media.check import decode_data_url
 
 PROTOCOL = "responses"
 error_status = openai_chat.error_status

@@ -25,8 +25,8 @@ from lmgate.canonical import (
     arguments_object,
 )
 from lmgate.errors import GatewayError, from_exception
+from lmgate.frontends.sealing import Sealer
 from lmgate.ids import unique_hex
-from lmgate.sealing import Sealer
 
 # A custom (freeform) tool, as the function every upstream understands.
 CUSTOM_INPUT = "input"

@@ -12,7 +12,6 @@ from collections.abc import AsyncGenerator
 
 from pydantic import Field
 
-from lmgate import tokens
 from lmgate.canonical import (
     ChatRequest,
     Event,
@@ -24,6 +23,7 @@ from lmgate.canonical import (
     ToolResultPart,
     Usage,
 )
+from lmgate.observe import tokens
 from lmgate.providers.base import Provider, ProviderConfig, Target
 
 # A word with its trailing space, a single CJK character, or a run of spaces.

@@ -16,7 +16,6 @@ from typing import Any
 
 import orjson
 
-from lmgate import schemas
 from lmgate.canonical import (
     ChatRequest,
     Event,
@@ -39,6 +38,7 @@ from lmgate.canonical import (
 )
 from lmgate.errors import GatewayError
 from lmgate.ids import unique_hex
+from lmgate.providers import schemas
 from lmgate.providers.base import (
     GEMINI_SIGNATURE,
     Target,

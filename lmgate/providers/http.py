@@ -12,13 +12,13 @@ from urllib.parse import unquote, urlsplit
 import orjson
 from pydantic import Field
 
-from lmgate import lenient_json
 from lmgate.canonical import Event
 from lmgate.config import ConfigError
 from lmgate.errors import GatewayError, encodable, redact
+from lmgate.providers import lenient_json
 from lmgate.providers.base import Provider, ProviderConfig, Timeouts
 from lmgate.providers.client import ClientError, Pool, Response, basic_credentials
-from lmgate.sse import SSEDecoder
+from lmgate.providers.sse import SSEDecoder
 
 _MAX_ERROR_BODY = 64 * 1024
 # Seconds a complete stream's body may take to end before its connection is dropped.

@@ -9,7 +9,6 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from lmgate import lenient_json, schemas
 from lmgate.canonical import (
     ChatRequest,
     Event,
@@ -30,6 +29,7 @@ from lmgate.canonical import (
     Usage,
 )
 from lmgate.errors import GatewayError
+from lmgate.providers import lenient_json, schemas
 from lmgate.providers.base import Target, apply_overrides, count, fold_system_turns
 from lmgate.providers.client import Response
 from lmgate.providers.http import HttpProvider, HttpProviderConfig, stream_event, unfinished

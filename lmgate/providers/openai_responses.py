@@ -11,7 +11,6 @@ from typing import Any
 
 import orjson
 
-from lmgate import lenient_json
 from lmgate.canonical import (
     ChatRequest,
     Event,
@@ -32,6 +31,7 @@ from lmgate.canonical import (
     Usage,
 )
 from lmgate.errors import GatewayError
+from lmgate.providers import lenient_json
 from lmgate.providers.base import (
     REASONING_SIGNATURE,
     Target,

@@ -9,7 +9,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from lmgate.store import Store, request_log, usage
+from lmgate.accounts.store import Store, request_log, usage
 
 BUCKETS = 60  # points in a series, whatever its range
 _EMPTY = {  # the figures of a time with no request

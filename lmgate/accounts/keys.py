@@ -9,8 +9,8 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from lmgate.accounts.store import KEY_PREFIX, KeyInfo, Spent, Store, hash_key
 from lmgate.errors import GatewayError
-from lmgate.store import KEY_PREFIX, KeyInfo, Spent, Store, hash_key
 
 
 @dataclass(slots=True)

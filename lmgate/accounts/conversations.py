@@ -15,9 +15,9 @@ from typing import Any
 
 import orjson
 
+from lmgate.accounts.store import Store
 from lmgate.errors import GatewayError, invalid
 from lmgate.ids import unique_hex
-from lmgate.store import Store
 
 log = logging.getLogger("lmgate")
 _PURGE_EVERY = 3600.0  # seconds between deletions of expired responses

@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
+from lmgate.accounts.store import Spent, Store
 from lmgate.canonical import (
     ChatRequest,
     Event,
@@ -25,12 +26,11 @@ from lmgate.canonical import (
     Usage,
 )
 from lmgate.errors import GatewayError
-from lmgate.store import Spent, Store
 
 if TYPE_CHECKING:
-    from lmgate.catalog import Deployment
-    from lmgate.pricing import Price
-    from lmgate.tracing import RequestSpan
+    from lmgate.observe.pricing import Price
+    from lmgate.observe.tracing import RequestSpan
+    from lmgate.routing.catalog import Deployment
 
 log = logging.getLogger("lmgate")
 CLIENT_LEFT = 499  # nginx's status for a client that closed the connection

@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from lmgate.catalog import Catalog, Deployment
+from lmgate.accounts.store import KeyInfo, Spent
 from lmgate.errors import GatewayError
 from lmgate.ids import unique_hex
-from lmgate.store import KeyInfo, Spent
+from lmgate.routing.catalog import Catalog, Deployment
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis

@@ -31,7 +31,7 @@ _HEADERS = {
 
 @functools.cache
 def _file(name: str) -> bytes:
-    return resources.files("lmgate.ui").joinpath(name).read_bytes()
+    return resources.files("lmgate.web.ui").joinpath(name).read_bytes()
 
 
 async def _serve(request: Request) -> Response:

@@ -12,14 +12,15 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from lmgate import replies, tokens
+from lmgate.accounts.usage import CLIENT_LEFT
 from lmgate.canonical import ChatRequest
 from lmgate.errors import GatewayError
 from lmgate.frontends import anthropic_messages, gemini, openai_chat
-from lmgate.usage import CLIENT_LEFT
+from lmgate.frontends import base as replies
+from lmgate.observe import tokens
 
 if TYPE_CHECKING:
-    from lmgate.app import Gateway
+    from lmgate.web.app import Gateway
 
 
 class Endpoints:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from lmgate.canonical import ChatRequest, ImagePart, Message, ToolResultPart
 from lmgate.errors import GatewayError, invalid
-from lmgate.media import ACCEPTED, images, sniff
+from lmgate.media.check import ACCEPTED, images, sniff
 
 if TYPE_CHECKING:
     import aiohttp

@@ -13,15 +13,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from lmgate import reports
-from lmgate.accounts import Accounts, parse_since
-from lmgate.catalog import Catalog
+from lmgate.accounts import reports
+from lmgate.accounts.accounts import Accounts, parse_since
+from lmgate.accounts.keys import presented_key
+from lmgate.accounts.store import Store
 from lmgate.errors import GatewayError, invalid
 from lmgate.frontends import openai_chat
 from lmgate.frontends.validate import INT64
-from lmgate.keys import presented_key
-from lmgate.router import Router
-from lmgate.store import Store
+from lmgate.routing.catalog import Catalog
+from lmgate.routing.router import Router
 
 _KEY_FIELDS = {"name", "models", "rpm", "tpm", "budget_tokens", "budget_usd", "expires"}
 _MAX_BODY = 64 * 1024  # a key's settings are a few hundred bytes

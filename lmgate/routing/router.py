@@ -17,7 +17,6 @@ from contextlib import aclosing
 from dataclasses import replace
 from typing import Protocol
 
-from lmgate import tokens
 from lmgate.canonical import (
     ChatRequest,
     Event,
@@ -28,11 +27,12 @@ from lmgate.canonical import (
     ToolCallStart,
     Usage,
 )
-from lmgate.catalog import Deployment, ModelEntry
 from lmgate.config import RoutingConfig
 from lmgate.errors import GatewayError, Redactor
-from lmgate.fetch import ImageFetcher
-from lmgate.reasoning import split_think_tags
+from lmgate.media.fetch import ImageFetcher
+from lmgate.observe import tokens
+from lmgate.routing.catalog import Deployment, ModelEntry
+from lmgate.routing.reasoning import split_think_tags
 
 _CUT = "lmgate: cut at shutdown"
 # Failures mid-reply that say something about the deployment, not the request.

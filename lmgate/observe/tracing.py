@@ -14,13 +14,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from lmgate.accounts.store import UsageRecord
 from lmgate.config import ConfigError, OtelConfig
 from lmgate.providers.http import TRACE_HEADERS
-from lmgate.store import UsageRecord
 
 if TYPE_CHECKING:
-    from lmgate.catalog import Deployment
     from lmgate.errors import GatewayError
+    from lmgate.routing.catalog import Deployment
 
 _FIELDS = list(UsageRecord.__slots__)
 _REQUESTED, _MODEL, _DEPLOYMENT, _STATUS, _ERROR = map(

@@ -8,9 +8,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from lmgate.catalog import Catalog
 from lmgate.errors import redact
 from lmgate.providers.base import Provider
+from lmgate.routing.catalog import Catalog
 
 log = logging.getLogger("lmgate")
 

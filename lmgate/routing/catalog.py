@@ -8,9 +8,9 @@ from datetime import UTC, datetime
 
 from lmgate.config import CatalogInfo, Config, CooldownConfig
 from lmgate.errors import GatewayError
-from lmgate.health import Health
-from lmgate.pricing import Price, lookup
+from lmgate.observe.pricing import Price, lookup
 from lmgate.providers.base import Discovery, Provider, Target
+from lmgate.routing.health import Health
 
 
 @dataclass(slots=True, eq=False)  # compared by identity: two may look alike

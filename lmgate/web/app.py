@@ -24,31 +24,32 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from lmgate import media, replies, tokens
-from lmgate.accounts import Accounts
-from lmgate.accumulate import accumulate
-from lmgate.admin import Admin
-from lmgate.canonical import ChatRequest, Reply, Start
-from lmgate.catalog import Catalog
+from lmgate.accounts.accounts import Accounts
+from lmgate.accounts.conversations import Conversations
+from lmgate.accounts.keys import ANONYMOUS, Caller, presented_key
+from lmgate.accounts.request_log import RequestLog
+from lmgate.accounts.usage import CLIENT_LEFT
+from lmgate.canonical import ChatRequest, Reply, Start, accumulate
 from lmgate.config import Config, ConfigError, data_dir, load_config
-from lmgate.conversations import Conversations
-from lmgate.discovery import ModelDiscovery
-from lmgate.endpoints import Endpoints
 from lmgate.errors import ErrorKind, GatewayError, Redactor
-from lmgate.fetch import ImageFetcher
 from lmgate.frontends import anthropic_messages, gemini, openai_chat, openai_responses
-from lmgate.keys import ANONYMOUS, Caller, presented_key
-from lmgate.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from lmgate.metrics import MeterSink, Metrics
+from lmgate.frontends import base as replies
+from lmgate.frontends.sealing import Sealer
+from lmgate.media import check as media
+from lmgate.media.fetch import ImageFetcher
+from lmgate.observe import tokens
+from lmgate.observe.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from lmgate.observe.metrics import MeterSink, Metrics
 from lmgate.providers import build_provider
-from lmgate.request_log import RequestLog
-from lmgate.router import Router
-from lmgate.sealing import Sealer
-from lmgate.server import ClientLimits, EventStream, HotRoutes, connection_cap
-from lmgate.usage import CLIENT_LEFT
+from lmgate.routing.catalog import Catalog
+from lmgate.routing.discovery import ModelDiscovery
+from lmgate.routing.router import Router
+from lmgate.web.admin import Admin
+from lmgate.web.endpoints import Endpoints
+from lmgate.web.server import ClientLimits, EventStream, HotRoutes, connection_cap
 
 if TYPE_CHECKING:
-    from lmgate.tracing import Tracing
+    from lmgate.observe.tracing import Tracing
 
 log = logging.getLogger("lmgate")
 
@@ -90,7 +91,7 @@ class Gateway:
             self.accounts.sink = MeterSink(self.metrics, self.accounts.recorder)
         self.tracing: Tracing | None = None
         if config.otel.enabled:
-            from lmgate.tracing import Tracing
+            from lmgate.observe.tracing import Tracing
 
             self.tracing = Tracing(config.otel)
             if self.accounts.sink is None:  # a meter drives each request's span
@@ -362,7 +363,7 @@ class Gateway:
             *self.admin.routes(),
         ]
         if self.config.ui.enabled:
-            from lmgate import ui
+            from lmgate.web import ui
 
             routes += ui.routes()
         if self.metrics is not None:

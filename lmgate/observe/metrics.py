@@ -26,14 +26,14 @@ import time
 from bisect import bisect_left
 from typing import TYPE_CHECKING, Any
 
-from lmgate.store import UsageRecord
+from lmgate.accounts.store import UsageRecord
 
 if TYPE_CHECKING:
-    from lmgate.catalog import Catalog
-    from lmgate.fetch import ImageFetcher
-    from lmgate.limits import LocalLimiter
-    from lmgate.router import Router
-    from lmgate.usage import UsageRecorder
+    from lmgate.accounts.limits import LocalLimiter
+    from lmgate.accounts.usage import UsageRecorder
+    from lmgate.media.fetch import ImageFetcher
+    from lmgate.routing.catalog import Catalog
+    from lmgate.routing.router import Router
 
 log = logging.getLogger("lmgate")
 MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"  # the library's own variable

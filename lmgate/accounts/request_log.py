@@ -15,8 +15,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from lmgate.accounts.store import Store, request_log
 from lmgate.config import RequestLogConfig
-from lmgate.store import Store, request_log
 
 log = logging.getLogger("lmgate")
 _PURGE_EVERY = 3600.0

@@ -6,14 +6,14 @@ from __future__ import annotations
 import logging
 import time
 
-from lmgate.catalog import Catalog, ModelEntry
+from lmgate.accounts.keys import Caller, KeyRing
+from lmgate.accounts.limits import CooldownBus, LocalLimiter, RedisLimiter
+from lmgate.accounts.store import Spent, Store
+from lmgate.accounts.usage import Meter, RowSink, UsageRecorder
 from lmgate.config import Config
 from lmgate.errors import GatewayError
-from lmgate.keys import Caller, KeyRing
-from lmgate.limits import CooldownBus, LocalLimiter, RedisLimiter
-from lmgate.router import Router
-from lmgate.store import Spent, Store
-from lmgate.usage import Meter, RowSink, UsageRecorder
+from lmgate.routing.catalog import Catalog, ModelEntry
+from lmgate.routing.router import Router
 
 log = logging.getLogger("lmgate")
 
