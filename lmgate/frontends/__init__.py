@@ -1,0 +1,6 @@
+"""Client protocols: one module each, declaring its wire format and its ``ROUTES``
+(see ``base.py``). The HTTP layer mounts every module listed here."""
+
+from lmgate.frontends import anthropic_messages, gemini, openai_chat, openai_responses
+
+FRONTENDS = (openai_chat, anthropic_messages, openai_responses, gemini)

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+from starlette.requests import Request
 
 from lmgate.canonical import (
     ChatRequest,
@@ -34,6 +35,7 @@ from lmgate.canonical import (
     arguments_object,
 )
 from lmgate.errors import GatewayError, encodable, from_exception, invalid
+from lmgate.frontends.base import CHAT, Answer, ErrorShape, Route, Services, json_answer
 from lmgate.frontends.validate import (
     optional_bool,
     optional_int,
@@ -564,3 +566,35 @@ def _iso(milliseconds: int) -> str:
 
 def reply_headers(request: ChatRequest) -> dict[str, str]:
     return {}
+
+
+# ---- routes --------------------------------------------------------------------
+
+ERRORS = ErrorShape(error_status, error_body)
+
+
+def _for_counting(body: bytes, headers: Mapping[str, str]) -> ChatRequest:
+    return parse_request(body, headers, for_counting=True)
+
+
+async def _count_tokens(services: Services, request: Request) -> Answer:
+    return await services.count_tokens(request, ERRORS, _for_counting, "input_tokens")
+
+
+async def _models(services: Services, request: Request) -> Answer:
+    async def body() -> bytes:
+        await services.authenticate(request)
+        return models_body(services.catalog)
+
+    return await json_answer(request, ERRORS, body)
+
+
+def _from_anthropic_sdk(request: Request) -> bool:
+    return "anthropic-version" in request.headers  # OpenAI's SDK does not send it
+
+
+ROUTES = (
+    Route("POST", "/v1/messages", CHAT),
+    Route("POST", "/v1/messages/count_tokens", _count_tokens),
+    Route("GET", "/v1/models", _models, claims=_from_anthropic_sdk),
+)

@@ -1,11 +1,19 @@
-"""What every reply shares, whichever its protocol: the request id, the headers that
-say what served it, and errors in the client's own shape (each logged with its reason)."""
+"""The frontend contract: what a client-protocol module provides (its wire format, its
+routes), what the HTTP layer lends its handlers, the one loop that streams every
+protocol's events, and what every reply shares whichever its protocol: the request
+id, the headers that say what served it, and errors in the client's own shape (each
+logged with its reason).
+
+A frontend module declares ``PROTOCOL``, the functions of ``Frontend`` and ``ROUTES``;
+``lmgate/frontends/__init__.py`` lists the modules the HTTP layer mounts.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator, Mapping
-from typing import Protocol
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -14,7 +22,83 @@ from lmgate.canonical import ChatRequest, Event, Reply, Start
 from lmgate.errors import GatewayError
 from lmgate.ids import unique_hex
 
+if TYPE_CHECKING:
+    from lmgate.accounts.conversations import Conversations
+    from lmgate.accounts.keys import Caller
+    from lmgate.config import Config
+    from lmgate.frontends.sealing import Sealer
+    from lmgate.routing.catalog import Catalog
+
 log = logging.getLogger("lmgate")
+
+# A reply as the HTTP layer sends it: a Starlette Response, or lmgate's event stream.
+Answer = Callable[[Any, Any, Any], Awaitable[None]]
+
+
+class Frontend(Protocol):
+    """What a client-protocol module provides (see lmgate/frontends/).
+
+    Optional: ``async parse_async(body, headers, key_id)`` in place of
+    ``parse_request`` for a protocol that reads stored state, and
+    ``async finish(request, body)`` called with a whole non-stream reply."""
+
+    PROTOCOL: str  # as usage records and metrics name it
+
+    def parse_request(self, body: bytes, headers: Mapping[str, str]) -> ChatRequest: ...
+    def reply_body(self, reply: Reply, request: ChatRequest) -> bytes: ...
+    def stream_frames(
+        self, start: Start, events: AsyncGenerator[Event, None], request: ChatRequest
+    ) -> AsyncGenerator[bytes, None]: ...
+    def error_status(self, error: GatewayError) -> int: ...
+    def error_body(self, error: GatewayError) -> bytes: ...
+    def reply_headers(self, request: ChatRequest) -> dict[str, str]: ...
+
+
+class Services(Protocol):
+    """What the HTTP layer lends a frontend's route handlers (``lmgate.web.pipeline``)."""
+
+    config: Config
+    catalog: Catalog
+    conversations: Conversations
+    sealer: Callable[[], Sealer]
+
+    async def authenticate(self, request: Request) -> Caller: ...
+    async def chat(self, request: Request, frontend: Frontend) -> Answer:
+        """The whole chat pipeline: auth, limits, routing, usage, the reply."""
+        ...
+
+    async def count_tokens(
+        self,
+        request: Request,
+        errors: Frontend | ErrorShape,
+        parse: Callable[[bytes, Mapping[str, str]], ChatRequest],
+        field: str,
+    ) -> Answer:
+        """A request's prompt tokens, counted offline, as ``{field: n}``."""
+        ...
+
+
+Handler = Callable[[Services, Request], Awaitable[Answer]]
+
+
+async def CHAT(services: Services, request: Request) -> Answer:
+    """In ``ROUTES``: the chat pipeline, with the declaring module as the frontend
+    (the HTTP layer binds it)."""
+    raise NotImplementedError  # never called: mounting replaces it
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One route of a client protocol, mounted under each ``server.route_prefixes``.
+    POSTs whose path is exact, or ends in a ``{name:path}`` parameter, are also found
+    ahead of Starlette's router (``lmgate.web.server.HotRoutes``)."""
+
+    method: str
+    path: str  # a Starlette path template
+    handler: Handler
+    # On a path other protocols share (``GET /v1/models``): whether a request is this
+    # protocol's. The route without one serves what no other claims.
+    claims: Callable[[Request], bool] | None = None
 
 
 def from_google(request: Request) -> bool:
@@ -41,24 +125,33 @@ def ids(request_id: str, deployment: str = "", attempts: int = 0) -> dict[str, s
     return headers
 
 
-class Frontend(Protocol):
-    """What a client-protocol module provides (see lmgate/frontends/)."""
+@dataclass(frozen=True, slots=True)
+class ErrorShape:
+    """A protocol's error replies, for its handlers beyond chat."""
 
-    PROTOCOL: str
-
-    def parse_request(self, body: bytes, headers: Mapping[str, str]) -> ChatRequest: ...
-    def reply_body(self, reply: Reply, request: ChatRequest) -> bytes: ...
-    def stream_frames(
-        self, start: Start, events: AsyncGenerator[Event, None], request: ChatRequest
-    ) -> AsyncGenerator[bytes, None]: ...
-    def error_status(self, error: GatewayError) -> int: ...
-    def error_body(self, error: GatewayError) -> bytes: ...
-    def reply_headers(self, request: ChatRequest) -> dict[str, str]: ...
+    error_status: Callable[[GatewayError], int]
+    error_body: Callable[[GatewayError], bytes]
 
 
-def error_reply(frontend: Frontend, error: GatewayError, request_id: str) -> Response:
+def json_reply(body: bytes, request_id: str) -> Response:
+    return Response(body, media_type="application/json", headers=ids(request_id))
+
+
+async def json_answer(
+    request: Request, errors: ErrorShape, work: Callable[[], Awaitable[bytes]]
+) -> Response:
+    """``work``'s JSON as the reply, or its error in the protocol's shape."""
+    rid = request_id(request)
+    try:
+        body = await work()
+    except GatewayError as error:
+        return error_reply(errors, error, rid)
+    return json_reply(body, rid)
+
+
+def error_reply(shape: Frontend | ErrorShape, error: GatewayError, request_id: str) -> Response:
     """The error reply in the client's protocol; every one is logged with its reason."""
-    status = frontend.error_status(error)
+    status = shape.error_status(error)
     where = f" (at {error.param})" if error.param else ""
     message = error.message if len(error.message) <= 1000 else error.message[:1000] + "…"
     log.warning("request %s: %d %s: %s%s", request_id, status, error.kind, message, where)
@@ -66,7 +159,7 @@ def error_reply(frontend: Frontend, error: GatewayError, request_id: str) -> Res
     if error.retry_after is not None:
         headers["Retry-After"] = str(max(1, round(error.retry_after)))
     return Response(
-        frontend.error_body(error),
+        shape.error_body(error),
         status_code=status,
         media_type="application/json",
         headers=headers,

@@ -13,6 +13,7 @@ from contextlib import aclosing
 from typing import Any
 
 import orjson
+from starlette.requests import Request
 
 from lmgate.canonical import (
     GEMINI_SIGNATURE,
@@ -38,6 +39,16 @@ from lmgate.canonical import (
     arguments_object,
 )
 from lmgate.errors import MAX_DEPTH, GatewayError, encodable, from_exception, invalid
+from lmgate.frontends.base import (
+    Answer,
+    ErrorShape,
+    Route,
+    Services,
+    error_reply,
+    from_google,
+    json_answer,
+    request_id,
+)
 from lmgate.frontends.validate import (
     optional_int,
     optional_list,
@@ -500,3 +511,48 @@ def model_object(entry: ModelEntry) -> dict[str, Any]:
 
 def models_body(catalog: Catalog) -> bytes:
     return orjson.dumps({"models": [model_object(entry) for entry in catalog.entries]})
+
+
+# ---- routes --------------------------------------------------------------------
+
+ERRORS = ErrorShape(lambda error: error.status, error_body)
+
+
+async def _model_action(services: Services, request: Request) -> Answer:
+    """POST models/{model}:generateContent, :streamGenerateContent, :countTokens."""
+    try:
+        model, action = split_target(request.path_params["target"])
+    except GatewayError as error:
+        return error_reply(ERRORS, error, request_id(request))
+    sse = request.query_params.get("alt") == "sse"
+    call = GeminiCall(model, action == "streamGenerateContent", sse)
+    if action == "countTokens":
+        return await services.count_tokens(request, call, call.parse_request, "totalTokens")
+    return await services.chat(request, call)
+
+
+async def _models(services: Services, request: Request) -> Answer:
+    """GET models and models/{model}, in Google's shape."""
+
+    async def body() -> bytes:
+        await services.authenticate(request)
+        model_id = request.path_params.get("model_id")
+        if model_id is None:
+            return models_body(services.catalog)
+        entry = services.catalog.get(model_id.removeprefix("models/"))
+        if entry is None:
+            raise GatewayError("not_found", f"models/{model_id} is not found")
+        return orjson.dumps(model_object(entry))
+
+    return await json_answer(request, ERRORS, body)
+
+
+ROUTES = (
+    # Google's SDKs use v1beta, and v1 for some calls (and list models there too).
+    Route("POST", "/v1beta/models/{target:path}", _model_action),
+    Route("POST", "/v1/models/{target:path}", _model_action),
+    Route("GET", "/v1beta/models", _models),
+    Route("GET", "/v1beta/models/{model_id:path}", _models),
+    Route("GET", "/v1/models", _models, claims=from_google),
+    Route("GET", "/v1/models/{model_id:path}", _models, claims=from_google),
+)

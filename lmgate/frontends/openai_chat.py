@@ -8,6 +8,7 @@ from contextlib import aclosing
 from typing import Any
 
 import orjson
+from starlette.requests import Request
 
 from lmgate.canonical import (
     ChatRequest,
@@ -31,6 +32,7 @@ from lmgate.canonical import (
     Usage,
 )
 from lmgate.errors import GatewayError, from_exception, invalid
+from lmgate.frontends.base import CHAT, Answer, ErrorShape, Route, Services, json_answer
 from lmgate.frontends.validate import (
     optional_bool,
     optional_int,
@@ -454,3 +456,41 @@ def models_body(catalog: Catalog) -> bytes:
 
 def reply_headers(request: ChatRequest) -> dict[str, str]:
     return {}
+
+
+# ---- routes --------------------------------------------------------------------
+
+ERRORS = ErrorShape(error_status, error_body)
+
+
+async def _models(services: Services, request: Request) -> Answer:
+    async def body() -> bytes:
+        await services.authenticate(request)
+        return models_body(services.catalog)
+
+    return await json_answer(request, ERRORS, body)
+
+
+async def _model(services: Services, request: Request) -> Answer:
+    async def body() -> bytes:
+        await services.authenticate(request)
+        model_id = request.path_params["model_id"]
+        entry = services.catalog.get(model_id)
+        if entry is None:
+            raise GatewayError(
+                "not_found",
+                f"The model {model_id!r} does not exist",
+                param="model",
+                code="model_not_found",
+            )
+        return orjson.dumps(model_object(entry))
+
+    return await json_answer(request, ERRORS, body)
+
+
+ROUTES = (
+    Route("POST", "/v1/chat/completions", CHAT),
+    # Anthropic's and Google's SDKs ask for these paths too: their frontends claim theirs.
+    Route("GET", "/v1/models", _models),
+    Route("GET", "/v1/models/{model_id:path}", _model),
+)

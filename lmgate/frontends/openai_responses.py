@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
+from starlette.requests import Request
 
 from lmgate.accounts.conversations import Conversations
 from lmgate.canonical import (
@@ -28,8 +29,9 @@ from lmgate.canonical import (
     ToolCallPart,
     ToolResultPart,
 )
-from lmgate.errors import encodable, invalid
+from lmgate.errors import GatewayError, encodable, invalid
 from lmgate.frontends import openai_chat
+from lmgate.frontends.base import Answer, Route, Services, json_answer
 from lmgate.frontends.responses_output import (
     CUSTOM_INPUT,
     ResponsesExtras,
@@ -454,3 +456,47 @@ class ResponsesFrontend:
     stream_frames = staticmethod(stream_frames)
     error_status = staticmethod(error_status)
     error_body = staticmethod(error_body)
+
+
+# ---- routes --------------------------------------------------------------------
+
+
+async def _create(services: Services, request: Request) -> Answer:
+    refuse = services.config.responses.unsupported_tools == "refuse"
+    frontend = ResponsesFrontend(services.conversations, refuse, services.sealer)
+    return await services.chat(request, frontend)
+
+
+async def _stored(services: Services, request: Request) -> Answer:
+    """GET / DELETE /v1/responses/{id}, GET …/{id}/input_items: the key's own only."""
+    response_id = request.path_params["response_id"]
+    conversations = services.conversations
+
+    async def body() -> bytes:
+        caller = await services.authenticate(request)
+        if request.url.path.endswith("/input_items"):
+            query = request.query_params
+            limit = query.get("limit", "20")
+            if not limit.isdigit() or not 1 <= int(limit) <= 100:
+                raise GatewayError("invalid_request", "limit: expected 1 to 100", param="limit")
+            order = query.get("order", "desc")
+            if order not in ("asc", "desc"):
+                raise GatewayError("invalid_request", "order: asc or desc", param="order")
+            page = await conversations.input_items(
+                response_id, caller.key_id, int(limit), order, query.get("after")
+            )
+            return orjson.dumps(page)
+        if request.method == "DELETE":
+            await conversations.delete(response_id, caller.key_id)
+            return orjson.dumps({"id": response_id, "object": "response", "deleted": True})
+        return await conversations.get(response_id, caller.key_id)
+
+    return await json_answer(request, openai_chat.ERRORS, body)
+
+
+ROUTES = (
+    Route("POST", "/v1/responses", _create),
+    Route("GET", "/v1/responses/{response_id}", _stored),
+    Route("DELETE", "/v1/responses/{response_id}", _stored),
+    Route("GET", "/v1/responses/{response_id}/input_items", _stored),
+)

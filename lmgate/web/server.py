@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -105,9 +105,9 @@ class HotRoutes:
     """The POST routes nearly every request takes, found ahead of Starlette, whose
     router tries each of some forty route patterns in turn and whose middleware wraps
     every message sent; every other request goes on to ``app``. ``routes`` are exact
-    paths; ``targets`` are path prefixes whose rest is the ``target`` path parameter
-    (Gemini's ``models/{model}:{action}``). The handlers turn their own errors into
-    replies, as they do behind Starlette."""
+    paths; ``targets`` are path prefixes whose rest is a path parameter (Gemini's
+    ``models/{model}:{action}``), with its name. The handlers turn their own errors
+    into replies, as they do behind Starlette."""
 
     __slots__ = ("app", "routes", "state", "targets")
 
@@ -115,11 +115,11 @@ class HotRoutes:
         self,
         app: Any,
         routes: Mapping[str, Callable[[Request], Awaitable[Any]]],
-        targets: Mapping[str, Callable[[Request], Awaitable[Any]]],
+        targets: Sequence[tuple[str, str, Callable[[Request], Awaitable[Any]]]],
     ) -> None:
         self.app = app
         self.routes = routes
-        self.targets = tuple(targets.items())
+        self.targets = tuple(targets)
         self.state = app.state
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
@@ -127,9 +127,9 @@ class HotRoutes:
             path = scope["path"]
             handler = self.routes.get(path)
             if handler is None:
-                for prefix, by_target in self.targets:
+                for prefix, name, by_target in self.targets:
                     if path.startswith(prefix):
-                        scope["path_params"] = {"target": path[len(prefix) :]}
+                        scope["path_params"] = {name: path[len(prefix) :]}
                         handler = by_target
                         break
             if handler is not None:

@@ -1,0 +1,232 @@
+"""One request's way through the gateway, whichever its protocol: who calls, its body
+within bounds, the frontend's parse, admission (key models, limits, budgets), the
+router, and the reply, streamed or whole, with its usage metered and logged.
+
+The frontends' route handlers reach it as ``frontends.base.Services``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import orjson
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+
+from lmgate.accounts.accounts import Accounts
+from lmgate.accounts.conversations import Conversations
+from lmgate.accounts.keys import ANONYMOUS, Caller, presented_key
+from lmgate.accounts.request_log import RequestLog
+from lmgate.accounts.usage import CLIENT_LEFT
+from lmgate.canonical import ChatRequest, Reply, Start, accumulate
+from lmgate.config import Config
+from lmgate.errors import GatewayError
+from lmgate.frontends.base import (
+    Answer,
+    ErrorShape,
+    Frontend,
+    error_reply,
+    ids,
+    json_reply,
+    request_id,
+)
+from lmgate.frontends.sealing import Sealer
+from lmgate.media import check
+from lmgate.observe import tokens
+from lmgate.routing.catalog import Catalog
+from lmgate.routing.router import Router
+from lmgate.web.server import EventStream
+
+if TYPE_CHECKING:
+    from lmgate.observe.tracing import Tracing
+
+log = logging.getLogger("lmgate")
+
+_SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+
+
+class Pipeline:
+    """What request handlers use, and nothing of the gateway's lifecycle."""
+
+    def __init__(
+        self,
+        config: Config,
+        catalog: Catalog,
+        router: Router,
+        accounts: Accounts,
+        conversations: Conversations,
+        sealer: Callable[[], Sealer],
+        request_log: RequestLog | None = None,
+        tracing: Tracing | None = None,
+    ) -> None:
+        self.config = config
+        self.catalog = catalog
+        self.router = router
+        self.accounts = accounts
+        self.conversations = conversations
+        self.sealer = sealer
+        self.request_log = request_log
+        self.tracing = tracing
+        self.max_body = int(config.server.max_body_mb * 1024 * 1024)
+
+    async def authenticate(self, request: Request) -> Caller:
+        # Google's clients may send the key as ?key= (logs redact it).
+        key = presented_key(request.headers) or request.query_params.get("key", "")
+        return await self.accounts.identify(key)
+
+    async def read_body(self, request: Request) -> bytes:
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > self.max_body:
+            raise self._too_large()
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self.max_body:
+                raise self._too_large()
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _too_large(self) -> GatewayError:
+        limit = self.config.server.max_body_mb
+        return GatewayError(
+            "request_too_large",
+            f"the request body is larger than server.max_body_mb ({limit:g} MB)",
+            code="request_too_large",
+        )
+
+    def _check_media(self, chat: ChatRequest) -> bool:
+        """Validate the request's images against ``media``; whether it has any."""
+        limits = self.config.media
+        return check.check(chat, limits.max_images, int(limits.max_image_mb * 2**20))
+
+    async def chat(self, request: Request, frontend: Frontend) -> Answer:
+        """One handler for every client protocol; ``frontend`` does the wire format."""
+        rid = request_id(request)
+        meter = self.accounts.meter(rid, frontend.PROTOCOL)
+        if self.tracing is not None and meter is not None:
+            meter.span = self.tracing.start(request.headers, frontend.PROTOCOL)
+        logged = self.request_log
+        caller = ANONYMOUS
+        body = b""  # as read; logged with the reply when request_log is on
+        try:
+            caller = await self.authenticate(request)
+            body = await self.read_body(request)
+            parse_async = getattr(frontend, "parse_async", None)  # one with stored state
+            if parse_async is not None:
+                chat = await parse_async(body, request.headers, caller.key_id)
+            else:
+                chat = frontend.parse_request(body, request.headers)
+            if meter is not None:
+                meter.request(chat, caller.key_id)
+            chain = self.catalog.candidates(chat.model, self._check_media(chat), bool(chat.tools))
+            chain = await self.accounts.admit(caller, chain)
+            events = self.router.stream(chat, chain, meter)
+            if not chat.stream:
+                reply = Reply()
+                if meter is not None:
+                    meter.reply = reply  # read when the meter finishes: no per-event work
+                await _unless_client_leaves(request, accumulate(events, reply))
+                answer = frontend.reply_body(reply, chat)
+                if (finish := getattr(frontend, "finish", None)) is not None:
+                    await finish(chat, answer)
+                headers = ids(rid, reply.deployment, reply.attempts)
+                headers.update(frontend.reply_headers(chat))
+                if meter is not None:
+                    headers.update(meter.reply_headers(reply.usage))
+                    meter.finish(200)
+                if logged is not None:
+                    logged.add(rid, caller.key_id, body, answer)
+                return Response(answer, media_type="application/json", headers=headers)
+            if meter is not None:
+                events = meter.watch(events)
+            # Wait for the upstream to accept before sending 200, so that an early
+            # failure still gets its real status.
+            try:
+                start = await anext(events)
+                assert isinstance(start, Start)
+                frames = frontend.stream_frames(start, events, chat)
+                if logged is not None:
+                    frames = logged.tee(frames, rid, caller.key_id, body)
+                headers = {**_SSE_HEADERS, **ids(rid, start.deployment, start.attempts)}
+                headers.update(frontend.reply_headers(chat))
+                if meter is not None:
+                    headers.update(meter.reply_headers(None))
+            except BaseException:
+                await events.aclose()
+                raise
+            return EventStream(frames, headers, events)
+        except GatewayError as error:
+            response, kind = error_reply(frontend, error, rid), str(error.kind)
+            message: str | None = error.message
+        except ClientDisconnect:  # the client left while sending its body, or waiting
+            response, kind = Response(status_code=CLIENT_LEFT), "client_disconnected"
+            message = "the client closed the connection"
+        except Exception:
+            log.exception("request %s failed", rid)
+            internal = GatewayError("internal", "internal error")
+            response, kind = error_reply(frontend, internal, rid), "internal"
+            message = internal.message
+        if meter is not None:
+            meter.finish(response.status_code, kind, message)
+        if logged is not None and body:
+            logged.add(rid, caller.key_id, body, bytes(response.body))
+        return response
+
+    async def count_tokens(
+        self,
+        request: Request,
+        errors: Frontend | ErrorShape,
+        parse: Callable[[bytes, Mapping[str, str]], ChatRequest],
+        field: str,
+    ) -> Answer:
+        """A request's prompt tokens, counted offline, as ``{field: n}``."""
+        rid = request_id(request)
+        try:
+            await self.authenticate(request)
+            chat = parse(await self.read_body(request), request.headers)
+            self.catalog.resolve(chat.model)
+            counted = await tokens.count_request_async(chat)
+        except GatewayError as error:
+            return error_reply(errors, error, rid)
+        except ClientDisconnect:
+            return Response(status_code=CLIENT_LEFT)
+        return json_reply(orjson.dumps({field: counted}), rid)
+
+
+T = TypeVar("T")
+_LEFT = "lmgate: the client left"
+# A non-stream reply that takes longer than this gets a watcher, which cancels it
+# (and so the upstream request) when the client leaves; quicker replies finish
+# before a watcher would be worth its task.
+_WATCH_AFTER = 0.5
+
+
+async def _unless_client_leaves(request: Request, work: Awaitable[T]) -> T:
+    """``await work``, or ``ClientDisconnect`` once the client has gone (nothing
+    else notices during a non-stream reply: no byte is sent until it is whole)."""
+    task = asyncio.current_task()
+    assert task is not None
+    watchers: list[asyncio.Task[None]] = []
+    timer = asyncio.get_running_loop().call_later(
+        _WATCH_AFTER, lambda: watchers.append(asyncio.create_task(_on_disconnect(request, task)))
+    )
+    try:
+        return await work
+    except asyncio.CancelledError as cancel:
+        if cancel.args != (_LEFT,):
+            raise
+        task.uncancel()
+        raise ClientDisconnect() from None
+    finally:
+        timer.cancel()
+        for watcher in watchers:
+            watcher.cancel()
+
+
+async def _on_disconnect(request: Request, task: asyncio.Task[Any]) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    task.cancel(_LEFT)
