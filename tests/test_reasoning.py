@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lmgate.routing.reasoning import ThinkSplitter, split_text
+from lmgate.routing.adapt import ThinkSplitter, split_text
 
 # reference/upstream-lmv2-api.md, the non-stream reply of a DeepSeek-like thinking model (shortened)
 REFERENCE = "<think>\n 今天是星期一，我需要确定“后台”是星期几。\n</think>\n 今天是星期一，但“后台”并不是一个具体的日期。"

@@ -14,7 +14,6 @@ import time
 from collections import deque
 from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
-from dataclasses import replace
 from typing import Protocol
 
 from lmgate.canonical import (
@@ -31,8 +30,8 @@ from lmgate.config import RoutingConfig
 from lmgate.errors import GatewayError, Redactor
 from lmgate.media.fetch import ImageFetcher
 from lmgate.observe import tokens
+from lmgate.routing.adapt import Adapter
 from lmgate.routing.catalog import Deployment, ModelEntry
-from lmgate.routing.reasoning import split_think_tags
 
 _CUT = "lmgate: cut at shutdown"
 # Failures mid-reply that say something about the deployment, not the request.
@@ -132,7 +131,7 @@ class Router:
     ) -> AsyncGenerator[Event, None]:
         attempts = 0
         failure: GatewayError | None = None
-        inlined: ChatRequest | None = None  # images fetched once, whichever deployment needs them
+        adapter = Adapter(request, self._fetcher)
         for position, entry in enumerate(chain):
             if position:
                 self._count("fallback", chain[position - 1].id)
@@ -159,13 +158,8 @@ class Router:
                     continue
                 events: AsyncGenerator[Event, None] | None = None
                 try:
-                    sent = request
-                    if deployment.inline_image_urls and self._fetcher is not None:
-                        sent = inlined = inlined or await self._fetcher.inline(request)
-                    sent = _capped(sent, entry)
-                    events = deployment.provider.stream(sent, deployment.target)
-                    if deployment.think_tags:
-                        events = split_think_tags(events)
+                    sent = await adapter.request_for(entry, deployment)
+                    events = adapter.reply(deployment, sent)
                     first = await anext(events)
                 except (GatewayError, StopAsyncIteration) as error:
                     health.release()
@@ -268,13 +262,6 @@ class Router:
         """Exponential backoff with jitter before attempt ``attempt`` (from 1)."""
         base = min(self.routing.max_backoff, self.routing.backoff * 2 ** (attempt - 1))
         return base * self._rng.uniform(0.5, 1.0)
-
-
-def _capped(request: ChatRequest, entry: ModelEntry) -> ChatRequest:
-    cap = entry.max_output_tokens
-    if cap is not None and request.max_tokens is not None and request.max_tokens > cap:
-        return replace(request, max_tokens=cap)
-    return request
 
 
 def _cooling(entry: ModelEntry) -> GatewayError:

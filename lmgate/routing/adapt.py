@@ -1,4 +1,6 @@
-"""Reasoning that models write inline as ``<think>…</think>`` in their answer text.
+"""What a deployment needs done to a request and its reply, in one place: image URLs
+fetched for upstreams that take none, output capped at the model's maximum, and
+reasoning that models write inline as ``<think>…</think>`` split out of the text.
 
 ``ThinkSplitter`` is a streaming state machine: feed it text in chunks split
 anywhere (even inside a tag) and it returns reasoning and answer pieces; the
@@ -9,10 +11,44 @@ same machine serves whole replies, so streamed and non-streamed splits agree.
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
+from dataclasses import replace
+from typing import TYPE_CHECKING
 
-from lmgate.canonical import Event, Finish, ReasoningDelta, TextDelta
+from lmgate.canonical import ChatRequest, Event, Finish, ReasoningDelta, TextDelta
+
+if TYPE_CHECKING:
+    from lmgate.media.fetch import ImageFetcher
+    from lmgate.routing.catalog import Deployment, ModelEntry
 
 _OPEN, _CLOSE = "<think>", "</think>"
+
+
+class Adapter:
+    """One request as each deployment it is tried on needs it; images are fetched
+    once, whichever deployment needs them first."""
+
+    __slots__ = ("_fetcher", "_inlined", "_request")
+
+    def __init__(self, request: ChatRequest, fetcher: ImageFetcher | None) -> None:
+        self._request = request
+        self._fetcher = fetcher
+        self._inlined: ChatRequest | None = None
+
+    async def request_for(self, entry: ModelEntry, deployment: Deployment) -> ChatRequest:
+        sent = self._request
+        if deployment.inline_image_urls and self._fetcher is not None:
+            if self._inlined is None:
+                self._inlined = await self._fetcher.inline(sent)
+            sent = self._inlined
+        cap = entry.max_output_tokens
+        if cap is not None and sent.max_tokens is not None and sent.max_tokens > cap:
+            return replace(sent, max_tokens=cap)
+        return sent
+
+    @staticmethod
+    def reply(deployment: Deployment, sent: ChatRequest) -> AsyncGenerator[Event, None]:
+        events = deployment.provider.stream(sent, deployment.target)
+        return split_think_tags(events) if deployment.think_tags else events
 
 
 class ThinkSplitter:
