@@ -65,15 +65,34 @@ class ToolResultPart:
     cache_control: dict[str, Any] | None = None
 
 
-# Marks a reasoning signature that is Gemini's thoughtSignature: it belongs with the
-# part it came on, and only Gemini (a Gemini client, a Gemini upstream) takes it back.
-GEMINI_SIGNATURE = "gemini:"
+# Who issued a reasoning signature: only an upstream of the same dialect takes it back
+# (Anthropic's signed thinking, Gemini's thoughtSignature, an OpenAI Responses upstream's
+# encrypted_content).
+Dialect = Literal["anthropic", "gemini", "openai-responses"]
+_MARKED: dict[str, Dialect] = {"gemini": "gemini", "openai-responses": "openai-responses"}
+
+
+@dataclass(frozen=True, slots=True)
+class Signature:
+    dialect: Dialect
+    value: str
+
+    def wire(self) -> str:
+        """As a client carries it, opaque, to send it back: Anthropic's as it is (its
+        clients may check it), any other marked with its dialect."""
+        return self.value if self.dialect == "anthropic" else f"{self.dialect}:{self.value}"
+
+    @classmethod
+    def from_wire(cls, text: str) -> Signature:
+        marker, colon, value = text.partition(":")
+        dialect = _MARKED.get(marker) if colon else None
+        return cls(dialect, value) if dialect else cls("anthropic", text)
 
 
 @dataclass(slots=True)
 class ReasoningPart:
     text: str
-    signature: str | None = None
+    signature: Signature | None = None
     redacted: str | None = None  # Anthropic's encrypted redacted_thinking data
 
 
@@ -160,7 +179,7 @@ class TextDelta:
 @dataclass(slots=True)
 class ReasoningDelta:
     text: str
-    signature: str | None = None
+    signature: Signature | None = None
 
 
 @dataclass(slots=True)
@@ -223,7 +242,7 @@ class Reply:
     attempts: int = 1
     text: str = ""
     reasoning: str = ""
-    reasoning_signature: str | None = None
+    reasoning_signature: Signature | None = None
     tool_calls: list[ToolCall] = field(default_factory=list)
     finish: Finish | None = None
     usage: Usage | None = None

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import uuid
 from base64 import b64decode
-from collections.abc import AsyncGenerator, Mapping
-from contextlib import aclosing
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,6 +22,7 @@ from lmgate.canonical import (
     ReasoningDelta,
     ReasoningPart,
     Reply,
+    Signature,
     Start,
     TextDelta,
     TextPart,
@@ -34,7 +34,7 @@ from lmgate.canonical import (
     Usage,
     arguments_object,
 )
-from lmgate.errors import GatewayError, encodable, from_exception, invalid
+from lmgate.errors import GatewayError, encodable, invalid
 from lmgate.frontends.base import CHAT, Answer, ErrorShape, Route, Services, json_answer
 from lmgate.frontends.validate import (
     optional_bool,
@@ -201,10 +201,9 @@ def _block(block: Any, where: str, role: str) -> Part:
                 encodable(arguments, f"{where}.input").decode(),
             )
         if kind == "thinking":
-            return ReasoningPart(
-                string(block.get("thinking"), f"{where}.thinking"),
-                optional_string(block, "signature", f"{where}.signature"),
-            )
+            wire = optional_string(block, "signature", f"{where}.signature")
+            signature = Signature.from_wire(wire) if wire else None
+            return ReasoningPart(string(block.get("thinking"), f"{where}.thinking"), signature)
         if kind == "redacted_thinking":
             return ReasoningPart("", redacted=string(block.get("data"), f"{where}.data"))
     raise invalid(f"{where}.type: block type {kind!r} is not supported in a {role} message", where)
@@ -364,7 +363,7 @@ def _tool_id(call_id: str) -> str:
 def reply_body(reply: Reply, request: ChatRequest) -> bytes:
     content: list[dict[str, Any]] = []
     if reply.reasoning and request.thinking:
-        signature = reply.reasoning_signature or ""
+        signature = reply.reasoning_signature.wire() if reply.reasoning_signature else ""
         content.append({"type": "thinking", "thinking": reply.reasoning, "signature": signature})
     if reply.text or not (content or reply.tool_calls):
         content.append({"type": "text", "text": reply.text})
@@ -400,117 +399,110 @@ def _frame(name: bytes, payload: dict[str, Any]) -> bytes:
 _PING = b'event: ping\ndata: {"type":"ping"}\n\n'
 
 
-async def stream_frames(
-    start: Start, events: AsyncGenerator[Event, None], request: ChatRequest
-) -> AsyncGenerator[bytes, None]:
-    """SSE frames for a reply whose ``Start`` was already received."""
-    estimate = await tokens.estimate_request(request)
-    yield _frame(
-        b"message_start",
-        {
-            "type": "message_start",
-            "message": {
-                "id": f"msg_{unique_hex()}",
-                "type": "message",
-                "role": "assistant",
-                "content": [],
-                "model": start.model,
-                "stop_reason": None,
-                "stop_sequence": None,
-                "usage": {"input_tokens": estimate, "output_tokens": 0},
+class StreamEncoder:
+    """The SSE frames of a reply whose ``Start`` was already received: content blocks
+    in order, at most one open, indexed from 0."""
+
+    __slots__ = ("_finish", "_index", "_kind", "_model", "_request", "_usage")
+
+    def __init__(self, start: Start, request: ChatRequest) -> None:
+        self._model = start.model
+        self._request = request
+        self._index = -1
+        self._kind: str | None = None  # of the open block
+        self._finish = Finish("stop")
+        self._usage = Usage(0, 0)
+
+    async def begin(self) -> bytes:
+        estimate = await tokens.estimate_request(self._request)
+        self._usage = Usage(estimate, 0)
+        return _frame(
+            b"message_start",
+            {
+                "type": "message_start",
+                "message": {
+                    "id": f"msg_{unique_hex()}",
+                    "type": "message",
+                    "role": "assistant",
+                    "content": [],
+                    "model": self._model,
+                    "stop_reason": None,
+                    "stop_sequence": None,
+                    "usage": {"input_tokens": estimate, "output_tokens": 0},
+                },
             },
-        },
-    )
-    blocks = _Blocks()
-    finish = Finish("stop")
-    usage = Usage(estimate, 0)
-    try:
-        async with aclosing(events):
-            async for event in events:
-                if isinstance(event, TextDelta):
-                    if event.text:
-                        for frame in blocks.open("text", {"type": "text", "text": ""}):
-                            yield frame
-                        yield blocks.delta({"type": "text_delta", "text": event.text})
-                elif isinstance(event, ReasoningDelta):
-                    if not request.thinking:
-                        continue  # like Anthropic: no thinking blocks unless asked for
-                    start_block = {"type": "thinking", "thinking": "", "signature": ""}
-                    for frame in blocks.open("thinking", start_block):
-                        yield frame
-                    if event.text:
-                        yield blocks.delta({"type": "thinking_delta", "thinking": event.text})
-                    if event.signature:
-                        yield blocks.delta(
-                            {"type": "signature_delta", "signature": event.signature}
-                        )
-                elif isinstance(event, ToolCallStart):
-                    block = {"type": "tool_use", "id": _tool_id(event.id), "name": event.name}
-                    for frame in blocks.open(f"tool{event.index}", {**block, "input": {}}):
-                        yield frame
-                elif isinstance(event, ToolCallDelta):
-                    # OpenAI-style upstreams stream one call after another, so the
-                    # current block is this call's.
-                    if event.arguments and blocks.kind == f"tool{event.index}":
-                        delta = {"type": "input_json_delta", "partial_json": event.arguments}
-                        yield blocks.delta(delta)
-                elif isinstance(event, Finish):
-                    finish = event
-                elif isinstance(event, Usage):
-                    usage = event
-                elif isinstance(event, Heartbeat):
-                    yield _PING
-    except Exception as error:
-        yield _frame(b"error", orjson.loads(error_body(from_exception(error))))
-        return
-    for frame in blocks.close():
-        yield frame
-    yield _frame(
-        b"message_delta",
-        {
-            "type": "message_delta",
-            "delta": {
-                "stop_reason": _STOP_REASONS[finish.reason],
-                "stop_sequence": finish.stop_sequence,
-            },
-            "usage": usage_body(usage),
-        },
-    )
-    yield b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
-
-
-class _Blocks:
-    """Content blocks in order: at most one open, indexed from 0."""
-
-    __slots__ = ("index", "kind")
-
-    def __init__(self) -> None:
-        self.index = -1
-        self.kind: str | None = None
-
-    def open(self, kind: str, block: dict[str, Any]) -> list[bytes]:
-        if self.kind == kind:
-            return []
-        frames = self.close()
-        self.index += 1
-        self.kind = kind
-        frames.append(
-            _frame(
-                b"content_block_start",
-                {"type": "content_block_start", "index": self.index, "content_block": block},
-            )
         )
-        return frames
 
-    def delta(self, delta: dict[str, Any]) -> bytes:
-        payload = {"type": "content_block_delta", "index": self.index, "delta": delta}
+    def event(self, event: Event) -> bytes:
+        if isinstance(event, TextDelta):
+            if not event.text:
+                return b""
+            opened = self._open("text", {"type": "text", "text": ""})
+            return opened + self._delta({"type": "text_delta", "text": event.text})
+        if isinstance(event, ReasoningDelta):
+            if not self._request.thinking:
+                return b""  # like Anthropic: no thinking blocks unless asked for
+            frames = self._open("thinking", {"type": "thinking", "thinking": "", "signature": ""})
+            if event.text:
+                frames += self._delta({"type": "thinking_delta", "thinking": event.text})
+            if event.signature:
+                signed = {"type": "signature_delta", "signature": event.signature.wire()}
+                frames += self._delta(signed)
+            return frames
+        if isinstance(event, ToolCallStart):
+            block = {"type": "tool_use", "id": _tool_id(event.id), "name": event.name}
+            return self._open(f"tool{event.index}", {**block, "input": {}})
+        if isinstance(event, ToolCallDelta):
+            # OpenAI-style upstreams stream one call after another, so the current
+            # block is this call's.
+            if event.arguments and self._kind == f"tool{event.index}":
+                return self._delta({"type": "input_json_delta", "partial_json": event.arguments})
+        elif isinstance(event, Finish):
+            self._finish = event
+        elif isinstance(event, Usage):
+            self._usage = event
+        elif isinstance(event, Heartbeat):
+            return _PING
+        return b""
+
+    async def end(self) -> bytes:
+        delta = _frame(
+            b"message_delta",
+            {
+                "type": "message_delta",
+                "delta": {
+                    "stop_reason": _STOP_REASONS[self._finish.reason],
+                    "stop_sequence": self._finish.stop_sequence,
+                },
+                "usage": usage_body(self._usage),
+            },
+        )
+        return self._close() + delta + b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
+
+    def fail(self, error: GatewayError) -> bytes:
+        return _frame(b"error", orjson.loads(error_body(error)))
+
+    def _open(self, kind: str, block: dict[str, Any]) -> bytes:
+        if self._kind == kind:
+            return b""
+        closed = self._close()
+        self._index += 1
+        self._kind = kind
+        payload = {"type": "content_block_start", "index": self._index, "content_block": block}
+        return closed + _frame(b"content_block_start", payload)
+
+    def _delta(self, delta: dict[str, Any]) -> bytes:
+        payload = {"type": "content_block_delta", "index": self._index, "delta": delta}
         return _frame(b"content_block_delta", payload)
 
-    def close(self) -> list[bytes]:
-        if self.kind is None:
-            return []
-        self.kind = None
-        return [_frame(b"content_block_stop", {"type": "content_block_stop", "index": self.index})]
+    def _close(self) -> bytes:
+        if self._kind is None:
+            return b""
+        self._kind = None
+        return _frame(b"content_block_stop", {"type": "content_block_stop", "index": self._index})
+
+
+stream_encoder = StreamEncoder
 
 
 # ---- errors, counting and models -----------------------------------------------

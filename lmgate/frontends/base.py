@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -19,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from lmgate.canonical import ChatRequest, Event, Reply, Start
-from lmgate.errors import GatewayError
+from lmgate.errors import GatewayError, from_exception
 from lmgate.ids import unique_hex
 
 if TYPE_CHECKING:
@@ -35,6 +36,27 @@ log = logging.getLogger("lmgate")
 Answer = Callable[[Any, Any, Any], Awaitable[None]]
 
 
+class StreamEncoder(Protocol):
+    """One streamed reply's wire format: pure functions of the events, so a test can
+    call them without a server. ``stream`` runs them."""
+
+    async def begin(self) -> bytes:
+        """What is sent before the first event (may await, once)."""
+        ...
+
+    def event(self, event: Event) -> bytes:
+        """The frames of one event (``b""``: none)."""
+        ...
+
+    async def end(self) -> bytes:
+        """What is sent after the last event (may await, once: a stored response)."""
+        ...
+
+    def fail(self, error: GatewayError) -> bytes:
+        """The protocol's error frames once the headers are gone."""
+        ...
+
+
 class Frontend(Protocol):
     """What a client-protocol module provides (see lmgate/frontends/).
 
@@ -46,12 +68,29 @@ class Frontend(Protocol):
 
     def parse_request(self, body: bytes, headers: Mapping[str, str]) -> ChatRequest: ...
     def reply_body(self, reply: Reply, request: ChatRequest) -> bytes: ...
-    def stream_frames(
-        self, start: Start, events: AsyncGenerator[Event, None], request: ChatRequest
-    ) -> AsyncGenerator[bytes, None]: ...
+    def stream_encoder(self, start: Start, request: ChatRequest) -> StreamEncoder: ...
     def error_status(self, error: GatewayError) -> int: ...
     def error_body(self, error: GatewayError) -> bytes: ...
     def reply_headers(self, request: ChatRequest) -> dict[str, str]: ...
+
+
+async def stream(
+    encoder: StreamEncoder, events: AsyncGenerator[Event, None]
+) -> AsyncGenerator[bytes, None]:
+    """The one stream loop of every protocol: ``events`` (after ``Start``) as frames.
+    A failure after the headers left is the protocol's error frame, never a cut."""
+    if head := await encoder.begin():
+        yield head
+    try:
+        async with aclosing(events):
+            async for event in events:
+                if frame := encoder.event(event):
+                    yield frame
+    except Exception as error:
+        yield encoder.fail(from_exception(error))
+        return
+    if tail := await encoder.end():
+        yield tail
 
 
 class Services(Protocol):

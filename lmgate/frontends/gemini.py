@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import AsyncGenerator, Mapping
-from contextlib import aclosing
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
 from starlette.requests import Request
 
 from lmgate.canonical import (
-    GEMINI_SIGNATURE,
     ChatRequest,
     Event,
     Finish,
@@ -27,6 +25,7 @@ from lmgate.canonical import (
     ReasoningDelta,
     ReasoningPart,
     Reply,
+    Signature,
     Start,
     TextDelta,
     TextPart,
@@ -38,7 +37,7 @@ from lmgate.canonical import (
     Usage,
     arguments_object,
 )
-from lmgate.errors import MAX_DEPTH, GatewayError, encodable, from_exception, invalid
+from lmgate.errors import MAX_DEPTH, GatewayError, encodable, invalid
 from lmgate.frontends.base import (
     Answer,
     ErrorShape,
@@ -178,7 +177,7 @@ def _contents(contents: list[Any]) -> list[Message]:
             signature = part.get("thoughtSignature")
             if role == "model" and isinstance(signature, str) and signature:
                 # Kept for the part it came on (a Gemini upstream needs it back there).
-                parts.append(ReasoningPart("", GEMINI_SIGNATURE + signature))
+                parts.append(ReasoningPart("", Signature("gemini", signature)))
             if "functionResponse" in part:
                 results.append(_function_response(part["functionResponse"], spot, pending))
             elif "functionCall" in part:
@@ -386,13 +385,13 @@ def _response(
     return body
 
 
-def _sign(parts: list[dict[str, Any]], signature: str | None) -> None:
+def _sign(parts: list[dict[str, Any]], signature: Signature | None) -> None:
     """Put a Gemini thoughtSignature back on the part it belongs with: the first
     function call, else the last text part."""
-    if not signature or not signature.startswith(GEMINI_SIGNATURE) or not parts:
+    if signature is None or signature.dialect != "gemini" or not parts:
         return
     calls = [part for part in parts if "functionCall" in part]
-    (calls[0] if calls else parts[-1])["thoughtSignature"] = signature[len(GEMINI_SIGNATURE) :]
+    (calls[0] if calls else parts[-1])["thoughtSignature"] = signature.value
 
 
 def reply_body(reply: Reply, request: ChatRequest) -> bytes:
@@ -430,60 +429,72 @@ class GeminiCall:
     def reply_headers(self, request: ChatRequest) -> dict[str, str]:
         return {} if self.sse or not request.stream else {"content-type": "application/json"}
 
-    async def stream_frames(
-        self, start: Start, events: AsyncGenerator[Event, None], request: ChatRequest
-    ) -> AsyncGenerator[bytes, None]:
-        """Each event's part as one response chunk; a tool call once it is whole."""
-        response_id = unique_hex()
-        first = True
+    def stream_encoder(self, start: Start, request: ChatRequest) -> StreamEncoder:
+        return StreamEncoder(start, request, self.sse)
 
-        def frame(payload: dict[str, Any]) -> bytes:
-            nonlocal first
-            data = orjson.dumps(payload)
-            if self.sse:
-                return b"data: " + data + b"\r\n\r\n"
-            head, first = (b"[" if first else b",\r\n"), False
-            return head + data
 
-        calls: dict[int, list[str]] = {}  # index -> [id, name, arguments so far]
-        finish, usage = Finish("stop"), None
-        signature: str | None = None  # Gemini's, for the next part (or the calls)
-        show = bool(request.reply_state)
-        try:
-            async with aclosing(events):
-                async for event in events:
-                    if isinstance(event, TextDelta):
-                        if event.text:
-                            yield frame(_response([{"text": event.text}], start.model, response_id))
-                    elif isinstance(event, ReasoningDelta):
-                        if event.signature:
-                            signature = event.signature
-                        if show and event.text:
-                            part = {"text": event.text, "thought": True}
-                            yield frame(_response([part], start.model, response_id))
-                    elif isinstance(event, ToolCallStart):
-                        calls[event.index] = [event.id, event.name, ""]
-                    elif isinstance(event, ToolCallDelta):
-                        if event.index in calls:
-                            calls[event.index][2] += event.arguments
-                    elif isinstance(event, Finish):
-                        finish = event
-                    elif isinstance(event, Usage):
-                        usage = event
-                    elif isinstance(event, Heartbeat) and self.sse:
-                        yield b": keep-alive\r\n\r\n"
-        except Exception as error:
-            yield frame(orjson.loads(error_body(from_exception(error))))
-            if not self.sse:
-                yield b"]"
-            return
-        parts = [_call_part(*calls[index]) for index in sorted(calls)]
-        if signature and not parts:
+class StreamEncoder:
+    """Each event's part as one response chunk (SSE, or the items of one JSON array);
+    a tool call once it is whole."""
+
+    __slots__ = (
+        "_calls", "_finish", "_first", "_id", "_model", "_show", "_signature", "_sse", "_usage"
+    )  # fmt: skip
+
+    def __init__(self, start: Start, request: ChatRequest, sse: bool) -> None:
+        self._model = start.model
+        self._sse = sse
+        self._id = unique_hex()
+        self._first = True
+        self._calls: dict[int, list[str]] = {}  # index -> [id, name, arguments so far]
+        self._finish = Finish("stop")
+        self._usage: Usage | None = None
+        self._signature: Signature | None = None  # Gemini's, for the next part (or the calls)
+        self._show = bool(request.reply_state)
+
+    def _frame(self, payload: dict[str, Any]) -> bytes:
+        data = orjson.dumps(payload)
+        if self._sse:
+            return b"data: " + data + b"\r\n\r\n"
+        head, self._first = (b"[" if self._first else b",\r\n"), False
+        return head + data
+
+    async def begin(self) -> bytes:
+        return b""
+
+    def event(self, event: Event) -> bytes:
+        if isinstance(event, TextDelta):
+            if event.text:
+                return self._frame(_response([{"text": event.text}], self._model, self._id))
+        elif isinstance(event, ReasoningDelta):
+            if event.signature:
+                self._signature = event.signature
+            if self._show and event.text:
+                part = {"text": event.text, "thought": True}
+                return self._frame(_response([part], self._model, self._id))
+        elif isinstance(event, ToolCallStart):
+            self._calls[event.index] = [event.id, event.name, ""]
+        elif isinstance(event, ToolCallDelta):
+            if event.index in self._calls:
+                self._calls[event.index][2] += event.arguments
+        elif isinstance(event, Finish):
+            self._finish = event
+        elif isinstance(event, Usage):
+            self._usage = event
+        elif isinstance(event, Heartbeat) and self._sse:
+            return b": keep-alive\r\n\r\n"
+        return b""
+
+    async def end(self) -> bytes:
+        parts = [_call_part(*self._calls[index]) for index in sorted(self._calls)]
+        if self._signature and not parts:
             parts = [{"text": ""}]  # the signature of a text reply rides on a last part
-        _sign(parts, signature)
-        yield frame(_response(parts, start.model, response_id, finish, usage))
-        if not self.sse:
-            yield b"]"
+        _sign(parts, self._signature)
+        last = _response(parts, self._model, self._id, self._finish, self._usage)
+        return self._frame(last) + (b"" if self._sse else b"]")
+
+    def fail(self, error: GatewayError) -> bytes:
+        return self._frame(orjson.loads(error_body(error))) + (b"" if self._sse else b"]")
 
 
 # ---- errors, counting and models -----------------------------------------------

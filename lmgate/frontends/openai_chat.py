@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator, Mapping
-from contextlib import aclosing
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -31,7 +30,7 @@ from lmgate.canonical import (
     ToolResultPart,
     Usage,
 )
-from lmgate.errors import GatewayError, from_exception, invalid
+from lmgate.errors import GatewayError, invalid
 from lmgate.frontends.base import CHAT, Answer, ErrorShape, Route, Services, json_answer
 from lmgate.frontends.validate import (
     optional_bool,
@@ -326,69 +325,77 @@ def reply_body(reply: Reply, request: ChatRequest) -> bytes:
     return orjson.dumps(body)
 
 
-async def stream_frames(
-    start: Start,
-    events: AsyncGenerator[Event, None],
-    request: ChatRequest,
-) -> AsyncGenerator[bytes, None]:
-    """SSE frames for a reply whose ``Start`` was already received."""
-    include_usage = request.include_usage
-    head = (
-        b'data: {"id":' + orjson.dumps(_completion_id()) + b',"object":"chat.completion.chunk",'
-        b'"created":' + str(int(time.time())).encode() + b',"model":' + orjson.dumps(start.model)
-    )
+class StreamEncoder:
+    """The SSE frames of a reply whose ``Start`` was already received."""
 
-    def chunk(delta: dict[str, Any], finish: str | None = None, logprobs: Any = None) -> bytes:
+    __slots__ = ("_head", "_include_usage", "_text_head")
+
+    # The frame nearly every event is, around its text: one dumps of a str per delta.
+    _TEXT_TAIL = b'},"logprobs":null,"finish_reason":null}]}\n\n'
+
+    def __init__(self, start: Start, request: ChatRequest) -> None:
+        self._include_usage = request.include_usage
+        self._head = (
+            b'data: {"id":' + orjson.dumps(_completion_id()) + b',"object":"chat.completion.chunk",'
+            b'"created":'
+            + str(int(time.time())).encode()
+            + b',"model":'
+            + orjson.dumps(start.model)
+        )
+        self._text_head = self._head + b',"choices":[{"index":0,"delta":{"content":'
+
+    def _chunk(
+        self, delta: dict[str, Any], finish: str | None = None, logprobs: Any = None
+    ) -> bytes:
         choice = {
             "index": 0,
             "delta": delta,
             "logprobs": {"content": logprobs} if logprobs is not None else None,
             "finish_reason": finish,
         }
-        return head + b',"choices":[' + orjson.dumps(choice) + b"]}\n\n"
+        return self._head + b',"choices":[' + orjson.dumps(choice) + b"]}\n\n"
 
-    # The frame nearly every event is, around its text: one dumps of a str per delta.
-    text_head = head + b',"choices":[{"index":0,"delta":{"content":'
-    text_tail = b'},"logprobs":null,"finish_reason":null}]}\n\n'
-    yield chunk({"role": "assistant", "content": ""})
-    try:
-        async with aclosing(events):
-            async for event in events:
-                if isinstance(event, TextDelta):
-                    if event.logprobs is None:
-                        yield text_head + orjson.dumps(event.text) + text_tail
-                    else:
-                        yield chunk({"content": event.text}, logprobs=event.logprobs)
-                elif isinstance(event, ReasoningDelta):
-                    if event.text:  # a bare signature means nothing to OpenAI clients
-                        yield chunk({"reasoning_content": event.text})
-                elif isinstance(event, ToolCallStart):
-                    call = {
-                        "index": event.index,
-                        "id": event.id,
-                        "type": "function",
-                        "function": {"name": event.name, "arguments": ""},
-                    }
-                    yield chunk({"tool_calls": [call]})
-                elif isinstance(event, ToolCallDelta):
-                    call = {"index": event.index, "function": {"arguments": event.arguments}}
-                    yield chunk({"tool_calls": [call]})
-                elif isinstance(event, Finish):
-                    yield chunk({}, _FINISH_OUT.get(event.reason, event.reason))
-                elif isinstance(event, Heartbeat):
-                    yield b": keep-alive\n\n"
-                elif isinstance(event, Usage) and include_usage:
-                    yield (
-                        head
-                        + b',"choices":[],"usage":'
-                        + orjson.dumps(usage_body(event))
-                        + b"}\n\n"
-                    )
-    except Exception as error:
+    async def begin(self) -> bytes:
+        return self._chunk({"role": "assistant", "content": ""})
+
+    def event(self, event: Event) -> bytes:
+        if isinstance(event, TextDelta):
+            if event.logprobs is None:
+                return self._text_head + orjson.dumps(event.text) + self._TEXT_TAIL
+            return self._chunk({"content": event.text}, logprobs=event.logprobs)
+        if isinstance(event, ReasoningDelta):
+            # A bare signature means nothing to OpenAI clients.
+            return self._chunk({"reasoning_content": event.text}) if event.text else b""
+        if isinstance(event, ToolCallStart):
+            call = {
+                "index": event.index,
+                "id": event.id,
+                "type": "function",
+                "function": {"name": event.name, "arguments": ""},
+            }
+            return self._chunk({"tool_calls": [call]})
+        if isinstance(event, ToolCallDelta):
+            call = {"index": event.index, "function": {"arguments": event.arguments}}
+            return self._chunk({"tool_calls": [call]})
+        if isinstance(event, Finish):
+            return self._chunk({}, _FINISH_OUT.get(event.reason, event.reason))
+        if isinstance(event, Heartbeat):
+            return b": keep-alive\n\n"
+        if isinstance(event, Usage) and self._include_usage:
+            return (
+                self._head + b',"choices":[],"usage":' + orjson.dumps(usage_body(event)) + b"}\n\n"
+            )
+        return b""
+
+    async def end(self) -> bytes:
+        return b"data: [DONE]\n\n"
+
+    def fail(self, error: GatewayError) -> bytes:
         # Headers are gone; the protocol's way to fail now is an error payload.
-        yield b"data: " + error_body(from_exception(error)) + b"\n\n"
-        return
-    yield b"data: [DONE]\n\n"
+        return b"data: " + error_body(error) + b"\n\n"
+
+
+stream_encoder = StreamEncoder
 
 
 # ---- errors and models ---------------------------------------------------------

@@ -24,6 +24,7 @@ from lmgate.canonical import (
     Message,
     Part,
     ReasoningPart,
+    Signature,
     TextPart,
     Tool,
     ToolCallPart,
@@ -38,7 +39,7 @@ from lmgate.frontends.responses_output import (
     extras,
     reply_body,
     reply_headers,
-    stream_frames,
+    stream_encoder,
 )
 from lmgate.frontends.sealing import PREFIX, Sealer, SealError
 from lmgate.frontends.validate import (
@@ -56,7 +57,7 @@ from lmgate.media.check import decode_data_url
 PROTOCOL = "responses"
 error_status = openai_chat.error_status
 error_body = openai_chat.error_body
-__all__ = ["extras", "parse_request", "reply_body", "reply_headers", "stream_frames"]
+__all__ = ["extras", "parse_request", "reply_body", "reply_headers", "stream_encoder"]
 
 # ---- request -------------------------------------------------------------------
 
@@ -302,8 +303,9 @@ def _reasoning(
             at = f"{where}.encrypted_content"
             raise invalid(f"{at}: cannot be opened: {error}", at) from None
         if isinstance(kept, dict) and isinstance(kept.get("text"), str):
-            signature = kept.get("signature")
-            return ReasoningPart(kept["text"], signature if isinstance(signature, str) else None)
+            wire = kept.get("signature")
+            signature = Signature.from_wire(wire) if isinstance(wire, str) and wire else None
+            return ReasoningPart(kept["text"], signature)
     # Without lmgate's own blob (another API's is of no use here): the text itself.
     texts: list[str] = []
     for key, kind in (("content", "reasoning_text"), ("summary", "summary_text")):
@@ -453,7 +455,7 @@ class ResponsesFrontend:
 
     reply_body = staticmethod(reply_body)
     reply_headers = staticmethod(reply_headers)
-    stream_frames = staticmethod(stream_frames)
+    stream_encoder = staticmethod(stream_encoder)
     error_status = staticmethod(error_status)
     error_body = staticmethod(error_body)
 

@@ -4,8 +4,7 @@ event stream (``lmgate/frontends/openai_responses.py`` parses the requests)."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable
-from contextlib import aclosing
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,8 +14,10 @@ from lmgate.canonical import (
     ChatRequest,
     Event,
     Finish,
+    Heartbeat,
     ReasoningDelta,
     Reply,
+    Signature,
     Start,
     TextDelta,
     ToolCallDelta,
@@ -46,10 +47,11 @@ class ResponsesExtras:
     # Set when the response is to be stored: called with the finished response object.
     save: Callable[[bytes], Awaitable[None]] | None = None
 
-    def sealed(self, text: str, signature: str | None) -> dict[str, str]:
+    def sealed(self, text: str, signature: Signature | None) -> dict[str, str]:
         if self.sealer is None or not (text or signature):
             return {}
-        return {"encrypted_content": self.sealer().seal({"text": text, "signature": signature})}
+        wire = signature.wire() if signature else None
+        return {"encrypted_content": self.sealer().seal({"text": text, "signature": wire})}
 
 
 def extras(request: ChatRequest) -> ResponsesExtras:
@@ -121,7 +123,7 @@ def _finished(body: dict[str, Any], finish: Finish | None, usage: Usage | None) 
 
 
 def _reasoning_item(
-    item_id: str, text: str, signature: str | None, request: ChatRequest
+    item_id: str, text: str, signature: Signature | None, request: ChatRequest
 ) -> dict[str, Any]:
     summary = [{"type": "summary_text", "text": text}] if text else []
     item = {"id": item_id, "type": "reasoning", "summary": summary}
@@ -187,8 +189,8 @@ def reply_headers(request: ChatRequest) -> dict[str, str]:
     return {"x-lmgate-dropped-tools": value[:1000]}
 
 
-class _Stream:
-    """The state of one streamed response: its items, and the events' numbering."""
+class StreamEncoder:
+    """The SSE events of one streamed response: its items, and the events' numbering."""
 
     def __init__(self, start: Start, request: ChatRequest) -> None:
         self.request = request
@@ -200,27 +202,29 @@ class _Stream:
         self.open: dict[str, Any] | None = None  # the reasoning or message item being written
         self.text: list[str] = []
         self.calls: dict[int, dict[str, Any]] = {}  # open function calls by canonical index
-        self.signature: str | None = None  # of the reasoning being written
+        self.signature: Signature | None = None  # of the reasoning being written
+        self.finish: Finish | None = None
+        self.usage: Usage | None = None
 
-    def event(self, kind: str, **fields: Any) -> bytes:
+    def _event(self, kind: str, **fields: Any) -> bytes:
         fields["type"] = kind
         fields["sequence_number"] = self.sequence
         self.sequence += 1
         return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(fields) + b"\n\n"
 
-    def begin(self) -> list[bytes]:
+    def _begin(self) -> list[bytes]:
         self.body["status"] = "in_progress"
         return [
-            self.event("response.created", response=self.body),
-            self.event("response.in_progress", response=self.body),
+            self._event("response.created", response=self.body),
+            self._event("response.in_progress", response=self.body),
         ]
 
     def _add(self, item: dict[str, Any]) -> tuple[bytes, int]:
         index = len(self.body["output"])
         self.body["output"].append(item)
-        return self.event("response.output_item.added", output_index=index, item=item), index
+        return self._event("response.output_item.added", output_index=index, item=item), index
 
-    def reasoning(self, text: str, signature: str | None) -> list[bytes]:
+    def reasoning(self, text: str, signature: Signature | None) -> list[bytes]:
         frames: list[bytes] = []
         if signature:
             self.signature = signature
@@ -234,7 +238,7 @@ class _Stream:
             part = {"type": "summary_text", "text": ""}
             frames += [
                 frame,
-                self.event(
+                self._event(
                     "response.reasoning_summary_part.added",
                     item_id=item["id"],
                     output_index=index,
@@ -244,7 +248,7 @@ class _Stream:
             ]
         self.text.append(text)
         frames.append(
-            self.event(
+            self._event(
                 "response.reasoning_summary_text.delta",
                 item_id=self.open["item"]["id"],
                 output_index=self.open["index"],
@@ -265,7 +269,7 @@ class _Stream:
             part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
             frames += [
                 frame,
-                self.event(
+                self._event(
                     "response.content_part.added",
                     item_id=item["id"],
                     output_index=index,
@@ -275,7 +279,7 @@ class _Stream:
             ]
         self.text.append(text)
         frames.append(
-            self.event(
+            self._event(
                 "response.output_text.delta",
                 item_id=self.open["item"]["id"],
                 output_index=self.open["index"],
@@ -309,7 +313,7 @@ class _Stream:
         if call["item"]["type"] == "custom_tool_call":
             return []  # its input is known once the JSON arguments are whole
         return [
-            self.event(
+            self._event(
                 "response.function_call_arguments.delta",
                 item_id=call["item"]["id"],
                 output_index=call["index"],
@@ -331,17 +335,17 @@ class _Stream:
             self.signature = None
             ids = {"item_id": item["id"], "output_index": index, "summary_index": 0}
             return [
-                self.event("response.reasoning_summary_text.done", text=text, **ids),
-                self.event("response.reasoning_summary_part.done", part=summary, **ids),
-                self.event("response.output_item.done", output_index=index, item=item),
+                self._event("response.reasoning_summary_text.done", text=text, **ids),
+                self._event("response.reasoning_summary_part.done", part=summary, **ids),
+                self._event("response.output_item.done", output_index=index, item=item),
             ]
         part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
         item["content"], item["status"] = [part], "completed"
         ids = {"item_id": item["id"], "output_index": index, "content_index": 0}
         return [
-            self.event("response.output_text.done", text=text, logprobs=[], **ids),
-            self.event("response.content_part.done", part=part, **ids),
-            self.event("response.output_item.done", output_index=index, item=item),
+            self._event("response.output_text.done", text=text, logprobs=[], **ids),
+            self._event("response.content_part.done", part=part, **ids),
+            self._event("response.output_item.done", output_index=index, item=item),
         ]
 
     def close_all(self) -> list[bytes]:
@@ -354,71 +358,61 @@ class _Stream:
             ids = {"item_id": item["id"], "output_index": index}
             if item["type"] == "custom_tool_call":
                 frames.append(
-                    self.event("response.custom_tool_call_input.delta", delta=item["input"], **ids)
+                    self._event("response.custom_tool_call_input.delta", delta=item["input"], **ids)
                 )
                 frames.append(
-                    self.event("response.custom_tool_call_input.done", input=item["input"], **ids)
+                    self._event("response.custom_tool_call_input.done", input=item["input"], **ids)
                 )
             else:
                 frames.append(
-                    self.event("response.function_call_arguments.done", arguments=arguments, **ids)
+                    self._event("response.function_call_arguments.done", arguments=arguments, **ids)
                 )
-            frames.append(self.event("response.output_item.done", output_index=index, item=item))
+            frames.append(self._event("response.output_item.done", output_index=index, item=item))
         self.calls.clear()
         return frames
 
-    def end(self, finish: Finish | None, usage: Usage | None) -> list[bytes]:
+    def _end(self, finish: Finish | None, usage: Usage | None) -> list[bytes]:
         frames = self.close_all()
         _finished(self.body, finish, usage)
         kind = "response.completed" if self.body["status"] == "completed" else "response.incomplete"
-        return [*frames, self.event(kind, response=self.body)]
+        return [*frames, self._event(kind, response=self.body)]
 
     def fail(self, error: GatewayError) -> bytes:
         self.body["status"] = "failed"
         self.body["error"] = {"code": error.code or str(error.kind), "message": error.message}
-        return self.event("response.failed", response=self.body)
+        return self._event("response.failed", response=self.body)
+
+    # ---- the encoder's contract (lmgate.frontends.base.StreamEncoder) ----
+
+    async def begin(self) -> bytes:
+        return b"".join(self._begin())
+
+    def event(self, event: Event) -> bytes:
+        if isinstance(event, TextDelta):
+            return b"".join(self.message(event.text)) if event.text else b""
+        if isinstance(event, ReasoningDelta):
+            return b"".join(self.reasoning(event.text, event.signature))
+        if isinstance(event, ToolCallStart):
+            return b"".join(self.call_start(event))
+        if isinstance(event, ToolCallDelta):
+            return b"".join(self.call_delta(event))
+        if isinstance(event, Finish):
+            self.finish = event
+        elif isinstance(event, Usage):
+            self.usage = event
+        elif isinstance(event, Heartbeat):  # a comment line keeps the connection alive
+            return b": keep-alive\n\n"
+        return b""
+
+    async def end(self) -> bytes:
+        frames = self._end(self.finish, self.usage)
+        save = extras(self.request).save
+        if save is not None:  # stored before the client hears it is complete
+            try:
+                await save(orjson.dumps(self.body))
+            except Exception as error:
+                return self.fail(from_exception(error))
+        return b"".join(frames)
 
 
-async def stream_frames(
-    start: Start,
-    events: AsyncGenerator[Event, None],
-    request: ChatRequest,
-) -> AsyncGenerator[bytes, None]:
-    """SSE events for a reply whose ``Start`` was already received."""
-    state = _Stream(start, request)
-    finish: Finish | None = None
-    usage: Usage | None = None
-    for frame in state.begin():
-        yield frame
-    try:
-        async with aclosing(events):
-            async for event in events:
-                if isinstance(event, TextDelta):
-                    frames = state.message(event.text) if event.text else []
-                elif isinstance(event, ReasoningDelta):
-                    frames = state.reasoning(event.text, event.signature)
-                elif isinstance(event, ToolCallStart):
-                    frames = state.call_start(event)
-                elif isinstance(event, ToolCallDelta):
-                    frames = state.call_delta(event)
-                elif isinstance(event, Finish):
-                    finish, frames = event, []
-                elif isinstance(event, Usage):
-                    usage, frames = event, []
-                else:  # a heartbeat: a comment line keeps the connection alive
-                    frames = [b": keep-alive\n\n"]
-                for frame in frames:
-                    yield frame
-    except Exception as error:
-        yield state.fail(from_exception(error))
-        return
-    frames = state.end(finish, usage)
-    save = extras(request).save
-    if save is not None:  # stored before the client hears it is complete
-        try:
-            await save(orjson.dumps(state.body))
-        except Exception as error:
-            yield state.fail(from_exception(error))
-            return
-    for frame in frames:
-        yield frame
+stream_encoder = StreamEncoder

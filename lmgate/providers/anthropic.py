@@ -19,6 +19,7 @@ from lmgate.canonical import (
     Message,
     ReasoningDelta,
     ReasoningPart,
+    Signature,
     Start,
     TextDelta,
     TextPart,
@@ -31,8 +32,6 @@ from lmgate.canonical import (
 )
 from lmgate.errors import ErrorKind, GatewayError
 from lmgate.providers.base import (
-    GEMINI_SIGNATURE,
-    REASONING_SIGNATURE,
     Target,
     apply_overrides,
     count,
@@ -55,8 +54,6 @@ _MIN_BUDGET = 1024  # Anthropic's smallest thinking budget
 # them there, or the provider's own betas include this one (…-2026-04-07); other clients'
 # are folded into the neighbouring user turn.
 _MID_SYSTEM_BETA = "mid-conversation-system"
-# Other upstreams' reasoning tokens, which Anthropic would refuse as signatures.
-FOREIGN_SIGNATURES = (REASONING_SIGNATURE, GEMINI_SIGNATURE)
 _ERROR_KINDS: dict[str, ErrorKind] = {
     "overloaded_error": "overloaded",
     "rate_limit_error": "rate_limit",
@@ -196,7 +193,8 @@ class AnthropicProvider(HttpProvider):
             if kind == "text":
                 events.append(TextDelta(block.get("text") or ""))
             elif kind == "thinking":
-                events.append(ReasoningDelta(block.get("thinking") or "", block.get("signature")))
+                signature = _signature(block.get("signature"))
+                events.append(ReasoningDelta(block.get("thinking") or "", signature))
             elif kind == "tool_use":
                 events.append(ToolCallStart(tools, block.get("id") or "", block.get("name") or ""))
                 events.append(ToolCallDelta(tools, orjson.dumps(block.get("input") or {}).decode()))
@@ -231,7 +229,7 @@ class _StreamParser:
             if delta_kind == "thinking_delta":
                 return [ReasoningDelta(delta.get("thinking") or "")]
             if delta_kind == "signature_delta":
-                return [ReasoningDelta("", delta.get("signature"))]
+                return [ReasoningDelta("", _signature(delta.get("signature")))]
             if delta_kind == "input_json_delta":
                 index = self._tools.get(data.get("index", -1))
                 if index is not None and delta.get("partial_json"):
@@ -345,8 +343,11 @@ def _blocks(message: Message) -> list[dict[str, Any]]:
             # Only Anthropic's own signed thinking may be handed back to it.
             if part.redacted:
                 blocks.append({"type": "redacted_thinking", "data": part.redacted})
-            elif part.signature and not part.signature.startswith(FOREIGN_SIGNATURES):
-                blocks.append(
-                    {"type": "thinking", "thinking": part.text, "signature": part.signature}
-                )
+            elif part.signature is not None and part.signature.dialect == "anthropic":
+                signature = part.signature.value
+                blocks.append({"type": "thinking", "thinking": part.text, "signature": signature})
     return blocks
+
+
+def _signature(value: Any) -> Signature | None:
+    return Signature("anthropic", value) if isinstance(value, str) and value else None

@@ -9,7 +9,6 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from lmgate.canonical import GEMINI_SIGNATURE as GEMINI_SIGNATURE
 from lmgate.canonical import ChatRequest, Event, Message, Part
 
 
@@ -40,11 +39,6 @@ class Target:
     # controls (reasoning_effort, DeepSeek's thinking switch) reach an upstream that
     # would otherwise refuse them.
     thinking: bool = False
-
-
-# Marks a reasoning signature that is an OpenAI Responses upstream's encrypted_content
-# (only that provider sends it back; an Anthropic signature looks different).
-REASONING_SIGNATURE = "openai-responses:"
 
 
 def apply_overrides(

@@ -3,7 +3,7 @@
 Thinking comes back as ``thought`` parts (canonical reasoning). A ``thoughtSignature``
 (on a function call or text part) must be sent back with that part on later turns
 for multi-turn function calling with thinking; it travels as a reasoning signature
-marked ``GEMINI_SIGNATURE``, which other upstreams never get. Tool schemas are
+of the ``gemini`` dialect, which other upstreams never get. Tool schemas are
 rewritten to what Gemini takes (``schemas.for_gemini``), and function calls go back
 without their ``id``, which Gemini refuses.
 """
@@ -26,6 +26,7 @@ from lmgate.canonical import (
     Message,
     ReasoningDelta,
     ReasoningPart,
+    Signature,
     Start,
     TextDelta,
     TextPart,
@@ -40,7 +41,6 @@ from lmgate.errors import GatewayError
 from lmgate.ids import unique_hex
 from lmgate.providers import schemas
 from lmgate.providers.base import (
-    GEMINI_SIGNATURE,
     Target,
     apply_overrides,
     count,
@@ -168,8 +168,8 @@ def _parts(message: Message, names: dict[str, str]) -> list[dict[str, Any]]:
     signature: str | None = None  # Gemini's, waiting for the part it belongs to
     for part in message.parts:
         if isinstance(part, ReasoningPart):
-            if part.signature and part.signature.startswith(GEMINI_SIGNATURE):
-                signature = part.signature[len(GEMINI_SIGNATURE) :]
+            if part.signature is not None and part.signature.dialect == "gemini":
+                signature = part.signature.value
             if part.text and message.role == "assistant":
                 parts.append({"text": part.text, "thought": True})
             continue
@@ -224,7 +224,7 @@ class _Reply:
             for part in (candidate.get("content") or {}).get("parts") or []:
                 signature = part.get("thoughtSignature")
                 if isinstance(signature, str) and signature:
-                    events.append(ReasoningDelta("", GEMINI_SIGNATURE + signature))
+                    events.append(ReasoningDelta("", Signature("gemini", signature)))
                 if "functionCall" in part:
                     call = part["functionCall"] or {}
                     index, self._calls = self._calls, self._calls + 1

@@ -1,7 +1,7 @@
 """Upstreams that speak the OpenAI Responses API (``type: openai_responses``): OpenAI's
 newest models are served there, some only there. Requests go statelessly
 (``store: false``); a reasoning model's ``encrypted_content`` comes back as the
-canonical reasoning's signature (marked ``REASONING_SIGNATURE``), so the next turn
+canonical reasoning's signature (dialect ``openai-responses``), so the next turn
 can hand it back, whatever client protocol carried it in between."""
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from lmgate.canonical import (
     Message,
     ReasoningDelta,
     ReasoningPart,
+    Signature,
     Start,
     TextDelta,
     TextPart,
@@ -33,7 +34,6 @@ from lmgate.canonical import (
 from lmgate.errors import GatewayError
 from lmgate.providers import lenient_json
 from lmgate.providers.base import (
-    REASONING_SIGNATURE,
     Target,
     apply_overrides,
     count,
@@ -152,14 +152,14 @@ def _items(message: Message) -> list[dict[str, Any]]:
     items: list[dict[str, Any]] = []
     for part in message.parts:
         if isinstance(part, ReasoningPart):
-            sealed = part.signature or ""
-            if sealed.startswith(REASONING_SIGNATURE):  # only its own can go back
+            signature = part.signature
+            if signature is not None and signature.dialect == "openai-responses":  # its own
                 summary = [{"type": "summary_text", "text": part.text}] if part.text else []
                 items.append(
                     {
                         "type": "reasoning",
                         "summary": summary,
-                        "encrypted_content": sealed[len(REASONING_SIGNATURE) :],
+                        "encrypted_content": signature.value,
                     }
                 )
         elif isinstance(part, TextPart):
@@ -255,9 +255,9 @@ def _finish(response: dict[str, Any], called: bool) -> Finish:
     return Finish("tool_calls" if called else "stop")
 
 
-def _signature(item: dict[str, Any]) -> str | None:
+def _signature(item: dict[str, Any]) -> Signature | None:
     sealed = item.get("encrypted_content")
-    return REASONING_SIGNATURE + sealed if isinstance(sealed, str) and sealed else None
+    return Signature("openai-responses", sealed) if isinstance(sealed, str) and sealed else None
 
 
 def _usage(data: dict[str, Any]) -> Usage:

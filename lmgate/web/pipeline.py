@@ -32,6 +32,7 @@ from lmgate.frontends.base import (
     ids,
     json_reply,
     request_id,
+    stream,
 )
 from lmgate.frontends.sealing import Sealer
 from lmgate.media import check
@@ -147,7 +148,7 @@ class Pipeline:
             try:
                 start = await anext(events)
                 assert isinstance(start, Start)
-                frames = frontend.stream_frames(start, events, chat)
+                frames = stream(frontend.stream_encoder(start, chat), events)
                 if logged is not None:
                     frames = logged.tee(frames, rid, caller.key_id, body)
                 headers = {**_SSE_HEADERS, **ids(rid, start.deployment, start.attempts)}
