@@ -15,19 +15,19 @@ import orjson
 import pytest
 
 from lmgate.accounts.store import Store
-from tests.conftest import API_KEY, RunningGateway, upstream_config, wait_until
-from tests.fakes.upstream import FakeUpstream, Script, completion
-
-ADMIN = "admin-secret-key"
-HI: Any = [{"role": "user", "content": "hi"}]
-
-
-def accounts_config(upstream: FakeUpstream, store_url: str, **extra: Any) -> dict[str, Any]:
-    config = upstream_config(upstream)
-    config["server"]["admin_key"] = ADMIN
-    config["store"] = {"url": store_url, "flush_interval": 0.05, "key_cache_seconds": 0.5}
-    config.update(extra)
-    return config
+from tests.support.accounts import (
+    ADMIN,
+    HI,
+    accounts_config,
+    admin,
+    new_key,
+    records,
+    stored_key,
+    wait_for_records,
+)
+from tests.support.clock import FakeClock
+from tests.support.fakes.upstream import FakeUpstream, Script, completion
+from tests.support.gateway import API_KEY, RunningGateway, upstream_config, wait_until
 
 
 @pytest.fixture
@@ -38,49 +38,6 @@ def sqlite_url(tmp_path: Path) -> str:
 @pytest.fixture
 def gw(start_gateway: Any, upstream: FakeUpstream, sqlite_url: str) -> RunningGateway:
     return start_gateway(accounts_config(upstream, sqlite_url))  # type: ignore[no-any-return]
-
-
-def admin(gw: RunningGateway, method: str, path: str, body: Any = None, key: str = ADMIN) -> Any:
-    raw = gw.request(method, path, body, api_key=key)
-    return raw.status, orjson.loads(raw.body)
-
-
-def new_key(gw: RunningGateway, **fields: Any) -> str:
-    status, created = admin(gw, "POST", "/admin/keys", {"name": "team", **fields})
-    assert status == 201, created
-    return str(created["key"])
-
-
-def records(store_url: str, request_id: str | None = None) -> list[dict[str, Any]]:
-    async def read() -> list[dict[str, Any]]:
-        store = Store(store_url)
-        try:
-            return await store.usage_rows(0, request_id)
-        finally:
-            await store.close()
-
-    return asyncio.run(read())
-
-
-def stored_key(store_url: str, key_id: str) -> Any:
-    """The key as the store has it now (its running totals), or None."""
-
-    async def read() -> Any:
-        store = Store(store_url)
-        try:
-            return await store.get_key(key_id)
-        finally:
-            await store.close()
-
-    return asyncio.run(read())
-
-
-def wait_for_records(store_url: str, count: int) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + 10
-    while len(rows := records(store_url)) < count:
-        assert time.monotonic() < deadline, rows
-        time.sleep(0.05)
-    return rows
 
 
 # ---- admin API -----------------------------------------------------------------------
@@ -227,14 +184,17 @@ def test_requests_per_minute(gw: RunningGateway) -> None:
         gw.anthropic(api_key=key).messages.create(model="echo", max_tokens=5, messages=HI)
 
 
-def test_tokens_per_minute_and_budget(gw: RunningGateway, upstream: FakeUpstream) -> None:
+def test_tokens_per_minute_and_budget(
+    start_gateway: Any, upstream: FakeUpstream, sqlite_url: str
+) -> None:
+    # tpm counts per clock minute: a clock at a minute's start, which stays there.
+    clock = FakeClock(start=time.time() // 60 * 60 + 1)
+    gw = start_gateway(accounts_config(upstream, sqlite_url), clock)
     usage = {"prompt_tokens": 60, "completion_tokens": 40, "total_tokens": 100}
     tpm_key = new_key(gw, tpm=150)
     budget_key = new_key(gw, budget_tokens=250)
     recorder = gw.app.state.gateway.accounts.recorder
     sent = 0  # every request leaves a record, the refused ones too
-    if time.time() % 60 > 50:  # tpm counts per clock minute: do not straddle one
-        time.sleep(60.5 - time.time() % 60)
     for key, allowed in ((tpm_key, 2), (budget_key, 3)):
         for _ in range(allowed):
             upstream.push(Script(json=completion(usage=usage)))
@@ -473,7 +433,7 @@ def test_a_cooldown_is_shared_through_redis(
 
 
 def test_keys_and_usage_commands(tmp_path: Path, serve: Any) -> None:
-    from tests.test_cli_config import run_cli
+    from tests.support.cli import run_cli
 
     path = tmp_path / "lmgate.yaml"
     path.write_text("providers: {e: {type: echo}}\nmodels: [{id: echo, provider: e}]\n")

@@ -10,8 +10,8 @@ import anthropic
 import orjson
 import pytest
 
-from tests.conftest import API_KEY, RunningGateway, upstream_config
-from tests.fakes.upstream import FakeUpstream, Script, chunk, completion, text_stream
+from tests.support.fakes.upstream import FakeUpstream, Script, chunk, completion, text_stream
+from tests.support.gateway import API_KEY, RunningGateway, upstream_config
 
 HI = [{"role": "user", "content": "hi"}]
 WEATHER_TOOL = {

@@ -9,14 +9,14 @@ import anthropic
 import openai
 import pytest
 
-from tests.conftest import ANTHROPIC_UPSTREAM_KEY, RunningGateway
-from tests.fakes.upstream import (
+from tests.support.fakes.upstream import (
     FakeUpstream,
     Script,
     anthropic_events,
     anthropic_message,
     anthropic_text_stream,
 )
+from tests.support.gateway import ANTHROPIC_UPSTREAM_KEY, RunningGateway
 
 HI = [{"role": "user", "content": "hi"}]
 

@@ -7,8 +7,7 @@ import json
 import openai
 import pytest
 
-from tests.conftest import UPSTREAM_KEY, RunningGateway, wait_until
-from tests.fakes.upstream import (
+from tests.support.fakes.upstream import (
     FakeUpstream,
     Script,
     anthropic_message,
@@ -17,6 +16,7 @@ from tests.fakes.upstream import (
     completion,
     text_stream,
 )
+from tests.support.gateway import UPSTREAM_KEY, RunningGateway, wait_until
 
 DEEPSEEK_USAGE = {
     "prompt_tokens": 12,

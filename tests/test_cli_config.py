@@ -16,7 +16,8 @@ import orjson
 import pytest
 
 from lmgate.config import ConfigError, default_config_dict, parse_config
-from tests.conftest import free_port
+from tests.support.cli import run_cli
+from tests.support.gateway import free_port
 
 # The config of the issue, exactly as written.
 ISSUE_CONFIG = """\
@@ -41,16 +42,6 @@ models:
 routing:
   auto: [deepseek-chat]
 """
-
-
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "lmgate", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, **(env or {})},
-    )
 
 
 def test_default_serves_the_reference_curls_offline(serve: Any) -> None:

@@ -18,8 +18,8 @@ import openai
 import orjson
 import pytest
 
-from tests.conftest import RunningGateway, upstream_config
-from tests.fakes.upstream import FakeUpstream
+from tests.support.fakes.upstream import FakeUpstream
+from tests.support.gateway import RunningGateway, upstream_config
 
 CLAUDE_CODE = orjson.loads(
     (Path(__file__).parent / "data" / "claude_code_request.json").read_bytes()

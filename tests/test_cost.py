@@ -12,9 +12,7 @@ import orjson
 import pytest
 
 from lmgate.observe.pricing import Price, lookup, table
-from tests.conftest import API_KEY, RunningGateway, wait_until
-from tests.fakes.upstream import FakeUpstream, Script, anthropic_message, completion
-from tests.test_accounts import (
+from tests.support.accounts import (
     ADMIN,
     HI,
     accounts_config,
@@ -23,6 +21,8 @@ from tests.test_accounts import (
     stored_key,
     wait_for_records,
 )
+from tests.support.fakes.upstream import FakeUpstream, Script, anthropic_message, completion
+from tests.support.gateway import API_KEY, RunningGateway, wait_until
 
 OPENAI_PRICE = {"input": 2.0, "output": 8.0, "cache_read": 0.5}
 ANTHROPIC_PRICE = {"input": 3.0, "output": 15.0, "cache_read": 0.3, "cache_write": 3.75}

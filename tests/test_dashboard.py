@@ -17,8 +17,8 @@ import openai
 import pytest
 from playwright import sync_api as playwright_api
 
-from tests.conftest import API_KEY, RunningGateway, upstream_config, wait_until
-from tests.fakes.upstream import FakeUpstream, Script, completion
+from tests.support.fakes.upstream import FakeUpstream, Script, completion
+from tests.support.gateway import API_KEY, RunningGateway, upstream_config, wait_until
 
 ADMIN = "dashboard-admin-key"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

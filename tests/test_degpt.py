@@ -20,9 +20,10 @@ import orjson
 import pytest
 
 from lmgate.providers.degpt import jwt_expiry, parse_config, stored_device_id
-from tests.conftest import API_KEY, RunningGateway, wait_until
-from tests.fakes.degpt import FakeDegpt, Script, make_jwt, thinking_stream
-from tests.fakes.upstream import text_stream
+from tests.support.clock import FakeClock
+from tests.support.fakes.degpt import FakeDegpt, Script, make_jwt, thinking_stream
+from tests.support.fakes.upstream import text_stream
+from tests.support.gateway import API_KEY, RunningGateway, wait_until
 
 DEVICE = "device-0123456789abcdef"
 HI = [{"role": "user", "content": "Hi"}]
@@ -105,13 +106,16 @@ def test_one_sign_in_serves_many_chats_through_both_sdks(
 
 
 def test_the_token_is_renewed_shortly_before_it_expires(
-    gw: RunningGateway, fake: FakeDegpt
+    fake: FakeDegpt, start_gateway: Any
 ) -> None:
-    fake.lifetime = 1.5  # renewed a tenth of its life ahead: after 1.35 s
+    clock = FakeClock()
+    gw = start_gateway(degpt_config(fake), clock)
+    fake.lifetime = 60  # renewed a tenth of its life ahead: after 54 s
     gw.client().chat.completions.create(model="deepseek-chat", messages=HI)
+    clock.advance(53)
     gw.client().chat.completions.create(model="deepseek-chat", messages=HI)
     assert len(fake.sign_ins) == 1
-    time.sleep(1.5)
+    clock.advance(1.5)
     gw.client().chat.completions.create(model="deepseek-chat", messages=HI)
     assert len(fake.sign_ins) == 2
     assert fake.refused == 0  # renewed before the service had to refuse it
@@ -412,7 +416,7 @@ def test_examples_degpt_is_the_preset() -> None:
 
 
 def test_preset_on_the_command_line(tmp_path: Path) -> None:
-    from tests.test_cli_config import run_cli
+    from tests.support.cli import run_cli
 
     env = {"LMGATE_CONFIG": "", "LMGATE_PRESET": "", "LMGATE_DATA_DIR": str(tmp_path)}
     listed_models = run_cli("models", "--preset", "degpt", env=env)

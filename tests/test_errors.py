@@ -10,8 +10,14 @@ import openai
 import orjson
 import pytest
 
-from tests.conftest import API_KEY, UPSTREAM_KEY, RunningGateway, refusing_url, upstream_config
-from tests.fakes.upstream import FakeUpstream, Script, chunk, completion, text_stream
+from tests.support.fakes.upstream import FakeUpstream, Script, chunk, completion, text_stream
+from tests.support.gateway import (
+    API_KEY,
+    UPSTREAM_KEY,
+    RunningGateway,
+    refusing_url,
+    upstream_config,
+)
 
 HI = [{"role": "user", "content": "hi"}]
 

@@ -24,9 +24,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import API_KEY, RunningGateway
-from tests.fakes.upstream import FakeUpstream
-from tests.test_multimodal import PNG_B64
+from tests.support.fakes.upstream import FakeUpstream
+from tests.support.gateway import API_KEY, RunningGateway
+from tests.support.images import PNG_B64
 
 CASES = 1_000  # per endpoint: 8,000 in all
 ADMIN = "fuzz-admin-key"

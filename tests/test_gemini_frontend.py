@@ -13,8 +13,7 @@ import pytest
 from google import genai
 from google.genai import errors, types
 
-from tests.conftest import API_KEY, RunningGateway
-from tests.fakes.upstream import (
+from tests.support.fakes.upstream import (
     FakeUpstream,
     Script,
     anthropic_message,
@@ -22,6 +21,7 @@ from tests.fakes.upstream import (
     completion,
     text_stream,
 )
+from tests.support.gateway import API_KEY, RunningGateway
 
 USAGE = {
     "prompt_tokens": 20,

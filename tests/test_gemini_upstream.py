@@ -14,9 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lmgate.providers.schemas import for_gemini
-from tests.conftest import API_KEY, RunningGateway
-from tests.fakes import gemini
-from tests.fakes.upstream import FakeUpstream, Script
+from tests.support.fakes import gemini
+from tests.support.fakes.upstream import FakeUpstream, Script
+from tests.support.gateway import API_KEY, RunningGateway
 
 USAGE = {
     "promptTokenCount": 20,

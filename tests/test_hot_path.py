@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import RunningGateway
-from tests.fakes.upstream import FakeUpstream, Script, text_stream
+from tests.support.fakes.upstream import FakeUpstream, Script, text_stream
+from tests.support.gateway import RunningGateway
 
 # Audit events of calls that block the thread that makes them (see the audit events
 # table in Python's docs). Made on the event loop's thread, each stalls every request.

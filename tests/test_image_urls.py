@@ -17,9 +17,9 @@ import openai
 import pytest
 
 from lmgate.media import fetch
-from tests.conftest import RunningGateway, upstream_config, wait_until
-from tests.fakes.upstream import FakeUpstream, Script, anthropic_message
-from tests.test_multimodal import DATA_URL, PNG, PNG_B64
+from tests.support.fakes.upstream import FakeUpstream, Script, anthropic_message
+from tests.support.gateway import RunningGateway, upstream_config, wait_until
+from tests.support.images import DATA_URL, PNG, PNG_B64
 
 PUBLIC_FOR_TEST = ipaddress.ip_address("127.0.0.2")
 

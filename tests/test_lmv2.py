@@ -12,8 +12,8 @@ import pytest
 
 from lmgate.canonical import ChatRequest, ImagePart, Message, TextPart, ToolCallPart, ToolResultPart
 from lmgate.providers.lmv2 import CONTINUE, OPENING, normalise
-from tests.conftest import API_KEY, RunningGateway, upstream_config
-from tests.fakes.upstream import FakeUpstream, Script
+from tests.support.fakes.upstream import FakeUpstream, Script
+from tests.support.gateway import API_KEY, RunningGateway, upstream_config
 
 HI = [{"role": "user", "content": "今天星期几?"}]
 

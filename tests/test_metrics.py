@@ -9,8 +9,8 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import API_KEY, UPSTREAM_KEY, RunningGateway, upstream_config, wait_until
-from tests.fakes.upstream import FakeUpstream, Script, completion, text_stream
+from tests.support.fakes.upstream import FakeUpstream, Script, completion, text_stream
+from tests.support.gateway import API_KEY, UPSTREAM_KEY, RunningGateway, upstream_config, wait_until
 
 ADMIN = "metrics-admin-key"
 USAGE = {"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17}

@@ -3,21 +3,15 @@
 from __future__ import annotations
 
 import base64
-from pathlib import Path
 from typing import Any
 
 import anthropic
 import openai
 import pytest
 
-from tests.conftest import RunningGateway, upstream_config
-from tests.fakes.upstream import FakeUpstream, Script, anthropic_message
-
-PNG = (
-    Path(__file__).parent / "data" / "reference.png"
-).read_bytes()  # reference/gateway-api.md §3.2
-PNG_B64 = base64.b64encode(PNG).decode()
-DATA_URL = f"data:image/png;base64,{PNG_B64}"
+from tests.support.fakes.upstream import FakeUpstream, Script, anthropic_message
+from tests.support.gateway import RunningGateway, upstream_config
+from tests.support.images import DATA_URL, PNG, PNG_B64
 
 
 def openai_image(url: str = DATA_URL) -> list[Any]:
@@ -96,7 +90,7 @@ def test_reference_png_to_each_upstream_kind(
         assert upstream.last.path == "/lm/v2/chat/completions"
         assert upstream.last.body["messages"][0]["content"][1] == EXPECTED_OPENAI_PART
         if stream:
-            from tests.fakes.upstream import anthropic_text_stream
+            from tests.support.fakes.upstream import anthropic_text_stream
 
             upstream.push(anthropic_text_stream(["a cat"]))
         else:

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import RunningGateway, upstream_config
-from tests.fakes.upstream import FakeUpstream, Script, chunk, completion
+from tests.support.fakes.upstream import FakeUpstream, Script, chunk, completion
+from tests.support.gateway import RunningGateway, upstream_config
 
 HI = [{"role": "user", "content": "hi"}]
 ADMIN = "admin-key-for-odd-input"

@@ -15,8 +15,7 @@ import orjson
 import pytest
 
 from lmgate.frontends import openai_responses
-from tests.conftest import RunningGateway, upstream_config, wait_until
-from tests.fakes.upstream import (
+from tests.support.fakes.upstream import (
     FakeUpstream,
     Script,
     anthropic_events,
@@ -25,7 +24,8 @@ from tests.fakes.upstream import (
     completion,
     text_stream,
 )
-from tests.test_multimodal import DATA_URL, PNG_B64
+from tests.support.gateway import RunningGateway, upstream_config, wait_until
+from tests.support.images import DATA_URL, PNG_B64
 
 CODEX = json.loads((Path(__file__).parent / "data" / "codex_request.json").read_text())
 WEATHER: Any = {

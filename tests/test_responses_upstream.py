@@ -11,8 +11,8 @@ import openai
 import orjson
 import pytest
 
-from tests.conftest import API_KEY, RunningGateway
-from tests.fakes.upstream import FakeUpstream, Script
+from tests.support.fakes.upstream import FakeUpstream, Script
+from tests.support.gateway import API_KEY, RunningGateway
 
 USAGE = {
     "input_tokens": 30,

@@ -19,8 +19,9 @@ import openai
 import orjson
 import pytest
 
-from tests.conftest import API_KEY, RunningGateway, refusing_url, wait_until
-from tests.fakes.upstream import FakeUpstream, Script, completion, text_stream
+from tests.support.clock import FakeClock
+from tests.support.fakes.upstream import FakeUpstream, Script, completion, text_stream
+from tests.support.gateway import API_KEY, RunningGateway, refusing_url, wait_until
 
 HI = [{"role": "user", "content": "hi"}]
 CHAT = "/v1/chat/completions"
@@ -93,9 +94,9 @@ def config(a: FakeUpstream, b: FakeUpstream, **routing: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-def start(start_gateway: Any, a: FakeUpstream, b: FakeUpstream) -> Any:
+def start(start_gateway: Any, a: FakeUpstream, b: FakeUpstream, clock: FakeClock) -> Any:
     def started(**routing: Any) -> RunningGateway:
-        return start_gateway(config(a, b, **routing))  # type: ignore[no-any-return]
+        return start_gateway(config(a, b, **routing), clock)  # type: ignore[no-any-return]
 
     return started
 
@@ -302,7 +303,14 @@ def test_overloaded_upstream_in_anthropic_shape(start: Any, a: FakeUpstream) -> 
 # ---- circuit breaker ---------------------------------------------------------------
 
 
-def test_cooldown_skips_a_failing_deployment_then_probes_it(start: Any, a: FakeUpstream) -> None:
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+def test_cooldown_skips_a_failing_deployment_then_probes_it(
+    start: Any, a: FakeUpstream, clock: FakeClock
+) -> None:
     gw = start(retries=0, cooldown={"failures": 2, "seconds": 1})
     a.push(fail(500), fail(500))
     assert ask(gw).status == 502
@@ -313,13 +321,13 @@ def test_cooldown_skips_a_failing_deployment_then_probes_it(start: Any, a: FakeU
     assert raw.status == 503 and "cooling down" in raw.body.decode()
     assert int(raw.headers["retry-after"]) >= 1
     assert len(a.requests) == 2
-    time.sleep(1.1)
+    clock.advance(1.1)
     # Half-open: one probe; it fails, so the circuit opens again at once.
     a.push(fail(500))
     assert ask(gw).status == 502
     assert ask(gw).status == 503
     assert len(a.requests) == 3
-    time.sleep(1.1)
+    clock.advance(1.1)
     # The next probe succeeds: closed again, every request goes through.
     assert ask(gw).status == 200
     assert ask(gw).status == 200

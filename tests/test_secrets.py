@@ -13,8 +13,8 @@ from typing import Any
 import openai
 import pytest
 
-from tests.conftest import RunningGateway, upstream_config
-from tests.fakes.upstream import FakeUpstream, Script, anthropic_events, chunk
+from tests.support.fakes.upstream import FakeUpstream, Script, anthropic_events, chunk
+from tests.support.gateway import RunningGateway, upstream_config
 
 CLIENT, ADMIN = "MARKERclient7f3a", "MARKERadmin22b1"
 UPSTREAM, HEADER, ANTHROPIC = "MARKERupstream91c2", "MARKERheader5d0e", "MARKERanthropicaa11"

@@ -14,8 +14,8 @@ import openai
 import orjson
 import pytest
 
-from tests.conftest import Served
-from tests.fakes.upstream import FakeUpstream, Script, completion, text_stream
+from tests.support.fakes.upstream import FakeUpstream, Script, completion, text_stream
+from tests.support.gateway import Served
 
 HI = [{"role": "user", "content": "hi"}]
 WORDS = [f"w{i} " for i in range(12)]

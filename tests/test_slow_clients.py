@@ -19,32 +19,12 @@ import orjson
 import pytest
 
 from lmgate.web.server import EventStream
-from tests.conftest import Served, wait_until
-from tests.fakes.upstream import FakeUpstream, Script, chunk
-
-
-def request_bytes(model: str, key: str = "") -> bytes:
-    """A streamed chat request, as bytes on the wire."""
-    messages = [{"role": "user", "content": "hi"}]
-    body = orjson.dumps({"model": model, "stream": True, "messages": messages})
-    auth = f"Authorization: Bearer {key}\r\n".encode() if key else b""
-    return (
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        + auth
-        + b"Content-Length: %d\r\n\r\n" % len(body)
-        + body
-    )
-
+from tests.support.fakes.upstream import FakeUpstream
+from tests.support.gateway import Served, wait_until
+from tests.support.streams import big_stream, request_bytes
 
 REQUEST = request_bytes("m")
 BODY = REQUEST.split(b"\r\n\r\n", 1)[1]
-KB_CHUNK = b"data: " + orjson.dumps(chunk(delta={"content": "x" * 1000})) + b"\n\n"
-
-
-def big_stream(chunks: int = 40_000) -> Script:
-    """About ``chunks`` KB of SSE, sent as fast as the upstream can."""
-    first = chunk(delta={"role": "assistant", "content": ""})
-    return Script(chunks=[first, *[KB_CHUNK] * chunks, chunk(delta={}, finish_reason="stop")])
 
 
 def start(serve: Any, upstream: FakeUpstream, tmp_path: Path, **server: Any) -> Served:

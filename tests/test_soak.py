@@ -23,9 +23,16 @@ import anthropic
 import openai
 import pytest
 
-from tests.conftest import API_KEY, RunningGateway, wait_until
-from tests.fakes.upstream import FakeUpstream, Recorded, Script, chunk, completion, text_stream
-from tests.test_slow_clients import big_stream, request_bytes
+from tests.support.fakes.upstream import (
+    FakeUpstream,
+    Recorded,
+    Script,
+    chunk,
+    completion,
+    text_stream,
+)
+from tests.support.gateway import API_KEY, RunningGateway, wait_until
+from tests.support.streams import big_stream, request_bytes
 
 CONCURRENCY = 100
 PHASE_SECONDS = int(

@@ -8,8 +8,8 @@ import orjson
 
 from lmgate.canonical import ChatRequest, ImagePart, Message, TextPart, Tool
 from lmgate.observe import tokens
-from tests.conftest import wait_until
-from tests.fakes.upstream import FakeUpstream, Script, completion, text_stream
+from tests.support.fakes.upstream import FakeUpstream, Script, completion, text_stream
+from tests.support.gateway import wait_until
 
 
 def request(text: str) -> ChatRequest:

@@ -305,7 +305,7 @@ def test_nothing_listening_and_bad_headers_are_client_errors(refusing_port: int)
 
 @pytest.fixture
 def refusing_port() -> int:
-    from tests.conftest import refusing_url
+    from tests.support.gateway import refusing_url
 
     port = refusing_url("").rsplit(":", 1)[1]
     return int(port)

@@ -12,9 +12,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import API_KEY, RunningGateway, upstream_config
-from tests.fakes.upstream import FakeUpstream, Script, completion, text_stream
-from tests.test_accounts import records
+from tests.support.accounts import records
+from tests.support.fakes.upstream import FakeUpstream, Script, completion, text_stream
+from tests.support.gateway import API_KEY, RunningGateway, upstream_config
 
 REQUESTS = 500
 # case -> (stream, upstream answer, client leaves early, status recorded, error type recorded)

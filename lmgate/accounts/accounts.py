@@ -10,6 +10,7 @@ from lmgate.accounts.keys import Caller, KeyRing
 from lmgate.accounts.limits import CooldownBus, LocalLimiter, RedisLimiter
 from lmgate.accounts.store import Spent, Store
 from lmgate.accounts.usage import Meter, RowSink, UsageRecorder
+from lmgate.clock import SYSTEM, Clock
 from lmgate.config import Config
 from lmgate.errors import GatewayError
 from lmgate.routing.catalog import Catalog, ModelEntry
@@ -19,17 +20,19 @@ log = logging.getLogger("lmgate")
 
 
 class Accounts:
-    def __init__(self, config: Config, catalog: Catalog, router: Router) -> None:
+    def __init__(
+        self, config: Config, catalog: Catalog, router: Router, clock: Clock = SYSTEM
+    ) -> None:
         url = config.store.resolved_url(config.path)
         self.store = Store(url) if url else None
         self.keys = KeyRing(config.server.api_keys, self.store, config.store.key_cache_seconds)
-        self.limiter: LocalLimiter = LocalLimiter()
+        self.limiter: LocalLimiter = LocalLimiter(clock)
         self.bus: CooldownBus | None = None
         if config.redis.url:
             import redis.asyncio as aioredis  # only a config with Redis loads it
 
             client = aioredis.Redis.from_url(config.redis.url)
-            self.limiter = RedisLimiter(client, config.redis.prefix)
+            self.limiter = RedisLimiter(client, config.redis.prefix, clock)
             self.bus = CooldownBus(client, config.redis.prefix, catalog)
             router.on_cooldown = self.bus.opened
         self.recorder: UsageRecorder | None = None

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import time
 import uuid
 from collections import deque
 from typing import TYPE_CHECKING, Any
@@ -22,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from lmgate.accounts.store import KeyInfo, Spent
+from lmgate.clock import SYSTEM, Clock
 from lmgate.errors import GatewayError
 from lmgate.ids import unique_hex
 from lmgate.routing.catalog import Catalog, Deployment
@@ -61,7 +61,8 @@ def _budget_exhausted(key: KeyInfo, budget: str) -> GatewayError:
 class LocalLimiter:
     """Counters in this process: right for one gateway process."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock = SYSTEM) -> None:
+        self._clock = clock
         self._requests: dict[str, deque[float]] = {}
         self._minute_tokens: dict[str, tuple[int, int]] = {}  # key -> (minute, tokens)
         self.refused: dict[str, int] = {}  # requests refused, by limit (for the metrics)
@@ -77,7 +78,7 @@ class LocalLimiter:
         return error
 
     async def _admit(self, key: KeyInfo) -> None:
-        now = time.time()
+        now = self._clock.time()
         if key.tpm is not None:
             minute, used = self._minute_tokens.get(key.id, (0, 0))
             if minute == int(now // WINDOW) and used >= key.tpm:
@@ -94,7 +95,7 @@ class LocalLimiter:
 
     async def add_tokens(self, spent: dict[str, Spent]) -> None:
         """What each key spent in a batch just written, with its new running totals."""
-        minute = int(time.time() // WINDOW)
+        minute = int(self._clock.time() // WINDOW)
         for key_id, (tokens, *_) in spent.items():
             then, total = self._minute_tokens.get(key_id, (minute, 0))
             self._minute_tokens[key_id] = (minute, (total if then == minute else 0) + tokens)
@@ -134,8 +135,8 @@ return {'ok', 0}
 class RedisLimiter(LocalLimiter):
     """Counters in Redis: one limit for every gateway process that shares it."""
 
-    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
-        super().__init__()
+    def __init__(self, client: aioredis.Redis, prefix: str, clock: Clock = SYSTEM) -> None:
+        super().__init__(clock)
         self.redis = client
         self.prefix = prefix
         self._script = client.register_script(_ADMIT)
@@ -145,7 +146,7 @@ class RedisLimiter(LocalLimiter):
     async def _admit(self, key: KeyInfo) -> None:
         if (key.rpm, key.tpm, key.budget_tokens, key.budget_usd) == (None, None, None, None):
             return
-        now_ms = int(time.time() * 1000)
+        now_ms = int(self._clock.time() * 1000)
         verdict, wait_ms = await self._script(
             keys=[
                 f"{self.prefix}rpm:{key.id}",
@@ -176,7 +177,7 @@ class RedisLimiter(LocalLimiter):
     async def add_tokens(self, spent: dict[str, Spent]) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:
             for key_id, now in spent.items():
-                name = self._tpm_key(key_id, time.time())
+                name = self._tpm_key(key_id, self._clock.time())
                 pipe.incrby(name, now.tokens)
                 pipe.expire(name, 120)
                 # Totals only grow; batches' totals may arrive out of order (GT).

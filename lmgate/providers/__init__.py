@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from lmgate.clock import SYSTEM, Clock
 from lmgate.config import ConfigError, format_validation_error
 from lmgate.providers.base import Provider
 
@@ -28,7 +29,7 @@ def provider_class(kind: str) -> type[Provider]:
     return cls
 
 
-def build_provider(name: str, raw: dict[str, Any]) -> Provider:
+def build_provider(name: str, raw: dict[str, Any], clock: Clock = SYSTEM) -> Provider:
     kind = raw.get("type")
     if not isinstance(kind, str) or kind not in PROVIDER_TYPES:
         known = ", ".join(sorted(PROVIDER_TYPES))
@@ -38,4 +39,6 @@ def build_provider(name: str, raw: dict[str, Any]) -> Provider:
         config = cls.config_class.model_validate(raw)
     except ValidationError as error:
         raise ConfigError(format_validation_error(error, f"providers.{name}")) from None
-    return cls(name, config)
+    provider = cls(name, config)
+    provider.clock = clock
+    return provider

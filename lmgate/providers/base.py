@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from lmgate.canonical import ChatRequest, Event, Message, Part
+from lmgate.clock import SYSTEM, Clock
 
 
 class Timeouts(BaseModel):
@@ -117,6 +118,7 @@ class Provider(ABC):
         self.config = config
         # Seconds between model discoveries, for a provider that lists its models.
         self.discovery_interval: float | None = None
+        self.clock: Clock = SYSTEM  # for what expires (tokens); build_provider sets it
 
     async def start(self) -> None:
         """Open pooled resources; called once inside the running event loop."""

@@ -21,7 +21,6 @@ import binascii
 import logging
 import os
 import secrets
-import time
 from typing import Any
 
 import orjson
@@ -123,7 +122,7 @@ class DegptProvider(OpenAICompatProvider):
     async def token(self) -> str:
         """A token good for now. Requests that arrive meanwhile share one sign-in, and
         its failure: none waits out another's timeout after it."""
-        if self._token is not None and time.time() < self._renew_at:
+        if self._token is not None and self.clock.time() < self._renew_at:
             return self._token
         if self._renewal is None:
             self._renewal = asyncio.ensure_future(self._renew())
@@ -138,7 +137,7 @@ class DegptProvider(OpenAICompatProvider):
 
     async def _renew(self) -> str:
         token = await self._sign_in()
-        now = time.time()
+        now = self.clock.time()
         expires = jwt_expiry(token)
         lifetime = expires - now if expires is not None else _UNKNOWN_LIFETIME
         # Renewed renew_before ahead, or a tenth of the lifetime when that is shorter.

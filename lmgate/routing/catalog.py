@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from lmgate.clock import SYSTEM, Clock
 from lmgate.config import CatalogInfo, Config, CooldownConfig
 from lmgate.errors import GatewayError
 from lmgate.observe.pricing import Price, lookup
@@ -58,8 +59,10 @@ class Catalog:
         info: CatalogInfo,
         fallbacks: dict[str, list[str]] | None = None,
         cooldown: CooldownConfig | None = None,
+        clock: Clock = SYSTEM,
     ) -> None:
         self._configured = entries
+        self._clock = clock
         self._fallbacks = fallbacks or {}
         self.info = info
         self._info_given = set(info.model_fields_set)  # written in the config: kept
@@ -116,7 +119,7 @@ class Catalog:
 
     def _deployment(self, provider: Provider, model_id: str) -> Deployment:
         cooldown = self._cooldown
-        health = Health(None, 100, cooldown.failures, cooldown.seconds)
+        health = Health(None, 100, cooldown.failures, cooldown.seconds, self._clock)
         price = lookup(model_id, self.prices)
         return Deployment(
             provider, Target(model_id), health=health, key=f"{model_id}#0", price=price
@@ -131,7 +134,9 @@ class Catalog:
         return None
 
     @classmethod
-    def from_config(cls, config: Config, providers: dict[str, Provider]) -> Catalog:
+    def from_config(
+        cls, config: Config, providers: dict[str, Provider], clock: Clock = SYSTEM
+    ) -> Catalog:
         now_ms = int(time.time() * 1000)
         cooldown = config.routing.cooldown
         prices = {name: Price.of(price) for name, price in config.prices.items()}
@@ -144,7 +149,11 @@ class Catalog:
                     item.weight,
                     item.reasoning == "think_tags",
                     Health(
-                        item.max_in_flight, item.max_queued, cooldown.failures, cooldown.seconds
+                        item.max_in_flight,
+                        item.max_queued,
+                        cooldown.failures,
+                        cooldown.seconds,
+                        clock,
                     ),
                     f"{model.id}#{index}",
                     Price.of(item.price) if item.price else lookup(item.model or model.id, prices),
@@ -170,7 +179,9 @@ class Catalog:
                 )
             )
         routing = config.routing
-        catalog = cls(entries, routing.auto, config.catalog, routing.fallbacks, routing.cooldown)
+        catalog = cls(
+            entries, routing.auto, config.catalog, routing.fallbacks, routing.cooldown, clock
+        )
         catalog.prices = prices
         return catalog
 

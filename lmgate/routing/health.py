@@ -10,14 +10,15 @@ its outcome closes or reopens it.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import deque
 
+from lmgate.clock import SYSTEM, Clock
 from lmgate.errors import GatewayError
 
 
 class Health:
     __slots__ = (
+        "_clock",
         "_waiters",
         "cooldown_failures",
         "cooldown_seconds",
@@ -35,7 +36,9 @@ class Health:
         max_queued: int = 0,
         cooldown_failures: int = 3,
         cooldown_seconds: float = 30.0,
+        clock: Clock = SYSTEM,
     ) -> None:
+        self._clock = clock
         self.max_in_flight = max_in_flight
         self.max_queued = max_queued
         self.cooldown_failures = cooldown_failures
@@ -78,14 +81,14 @@ class Health:
         self.failures += 1
         opened = self.probing or self.failures >= self.cooldown_failures
         if opened:
-            self.open_until = time.monotonic() + self.cooldown_seconds
+            self.open_until = self._clock.monotonic() + self.cooldown_seconds
         self.probing = False
         return opened
 
     def open_for(self, seconds: float) -> None:
         """Open the circuit because another process saw this deployment fail."""
         self.failures = max(self.failures, self.cooldown_failures)
-        self.open_until = max(self.open_until, time.monotonic() + seconds)
+        self.open_until = max(self.open_until, self._clock.monotonic() + seconds)
 
     def abandoned(self) -> None:
         """The attempt ended with no verdict (the client left): let another probe."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 from collections import deque
 from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
@@ -26,6 +25,7 @@ from lmgate.canonical import (
     ToolCallStart,
     Usage,
 )
+from lmgate.clock import SYSTEM, Clock
 from lmgate.config import RoutingConfig
 from lmgate.errors import GatewayError, Redactor
 from lmgate.media.fetch import ImageFetcher
@@ -59,8 +59,10 @@ class Router:
         fetcher: ImageFetcher | None = None,
         rng: random.Random | None = None,
         redactor: Redactor | None = None,
+        clock: Clock = SYSTEM,
     ) -> None:
         self.routing = routing or RoutingConfig()
+        self._clock = clock
         self._fetcher = fetcher
         # Upstream text in errors, before the first byte or mid-stream, loses every secret.
         self._redactor = redactor or Redactor(tuple)
@@ -180,7 +182,7 @@ class Router:
                         raise error from None
                     self._failed(deployment)
                     if error.retry_after:
-                        tried[deployment] = time.monotonic() + error.retry_after
+                        tried[deployment] = self._clock.monotonic() + error.retry_after
                     failure = error
                     continue
                 except BaseException:
@@ -207,7 +209,7 @@ class Router:
                     if tally is not None:
                         tally.upstream_ended()
                 return
-            failure = failure or _cooling(entry)
+            failure = failure or _cooling(entry, self._clock.monotonic())
         assert failure is not None
         failure.attempts = attempts
         raise failure
@@ -216,7 +218,7 @@ class Router:
         errors = self.recent_errors.get(deployment.name)
         if errors is None:
             errors = self.recent_errors[deployment.name] = deque(maxlen=5)
-        errors.append((time.time(), error.kind, self._redactor(error.message)[:300]))
+        errors.append((self._clock.time(), error.kind, self._redactor(error.message)[:300]))
 
     def _failed(self, deployment: Deployment) -> None:
         if deployment.health.failed():
@@ -231,7 +233,7 @@ class Router:
         tried that is usable now, else a tried one again after backoff and its
         ``Retry-After`` (when within ``routing.max_retry_wait``). None when nothing is
         left: every deployment is cooling down or asked for too long a wait."""
-        now = time.monotonic()
+        now = self._clock.monotonic()
         fresh = [d for d in entry.deployments if d not in tried and d.health.usable(now)]
         if fresh:
             pick = fresh[0] if len(fresh) == 1 else self._balance(entry, fresh)
@@ -247,7 +249,7 @@ class Router:
             return None
         wait, pick = min(waits, key=lambda item: item[0])
         await asyncio.sleep(wait)
-        return pick if pick.health.claim(time.monotonic()) else None
+        return pick if pick.health.claim(self._clock.monotonic()) else None
 
     def _balance(self, entry: ModelEntry, deployments: list[Deployment]) -> Deployment:
         if entry.balance == "least_in_flight":
@@ -264,8 +266,7 @@ class Router:
         return base * self._rng.uniform(0.5, 1.0)
 
 
-def _cooling(entry: ModelEntry) -> GatewayError:
-    now = time.monotonic()
+def _cooling(entry: ModelEntry, now: float) -> GatewayError:
     soonest = min(d.health.open_until for d in entry.deployments) - now
     return GatewayError(
         "overloaded",

@@ -17,6 +17,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from lmgate.accounts.keys import presented_key
+from lmgate.clock import SYSTEM, Clock
 from lmgate.config import Config, load_config
 from lmgate.errors import ErrorKind, GatewayError
 from lmgate.frontends import FRONTENDS, openai_chat
@@ -27,8 +28,9 @@ from lmgate.web.routes import Mounted
 from lmgate.web.server import ClientLimits, HotRoutes, connection_cap
 
 
-def build_app(config: Config) -> HotRoutes:
-    gateway = Gateway(config)
+def build_app(config: Config, clock: Clock = SYSTEM) -> HotRoutes:
+    """The app of ``config``; ``clock`` decides cooldowns, rate windows and token lifetimes."""
+    gateway = Gateway(config, clock)
     prefixes = ["", *config.server.route_prefixes]
     mounted = Mounted(FRONTENDS, gateway.pipeline, prefixes)
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from lmgate.accounts.accounts import Accounts
 from lmgate.accounts.conversations import Conversations
 from lmgate.accounts.request_log import RequestLog
+from lmgate.clock import SYSTEM, Clock
 from lmgate.config import Config, ConfigError, data_dir
 from lmgate.errors import Redactor
 from lmgate.frontends.sealing import Sealer
@@ -40,10 +41,12 @@ _REDACTED_LOGGERS = ("lmgate", "uvicorn.access", "uvicorn.error")
 class Gateway:
     """Everything a running gateway holds: providers, catalog, router, client keys."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, clock: Clock = SYSTEM) -> None:
         self.config = config
-        self.providers = {name: build_provider(name, raw) for name, raw in config.providers.items()}
-        self.catalog = Catalog.from_config(config, self.providers)
+        self.providers = {
+            name: build_provider(name, raw, clock) for name, raw in config.providers.items()
+        }
+        self.catalog = Catalog.from_config(config, self.providers, clock)
         self.discovery = ModelDiscovery(self.catalog, self.providers)
         limits = config.media
         self.fetcher = ImageFetcher(
@@ -54,8 +57,8 @@ class Gateway:
             int(limits.max_fetching_mb * 2**20),
         )
         self.redactor = Redactor(self._secrets)
-        self.router = Router(config.routing, self.fetcher, redactor=self.redactor)
-        self.accounts = Accounts(config, self.catalog, self.router)
+        self.router = Router(config.routing, self.fetcher, redactor=self.redactor, clock=clock)
+        self.accounts = Accounts(config, self.catalog, self.router, clock)
         self.admin = Admin(config.server.admin_key, self.accounts, self.catalog, self.router)
         self.metrics: Metrics | None = None
         if config.metrics.enabled:

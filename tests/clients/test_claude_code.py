@@ -5,9 +5,9 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from tests.clients.conftest import Task, npm_bin
-from tests.conftest import API_KEY
-from tests.fakes.agent import SIGNATURE, THOUGHT
+from tests.support.fakes.agent import SIGNATURE, THOUGHT
+from tests.support.gateway import API_KEY
+from tests.support.programs import Task, npm_bin
 
 
 def run_claude(task: Task, model: str) -> list[dict]:

@@ -12,9 +12,9 @@ import orjson
 import pytest
 
 from lmgate.frontends import gemini
-from tests.clients.conftest import Task, npm_bin
-from tests.conftest import API_KEY
-from tests.fakes.agent import FINAL
+from tests.support.fakes.agent import FINAL
+from tests.support.gateway import API_KEY
+from tests.support.programs import Task, npm_bin
 
 SETTINGS = {  # without these it asks how to sign in, checks for updates, reports usage
     "security": {"auth": {"selectedType": "gemini-api-key"}, "folderTrust": {"enabled": False}},

@@ -6,9 +6,9 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from tests.clients.conftest import Task, npm_bin
-from tests.conftest import API_KEY
-from tests.fakes.agent import FINAL, THOUGHT
+from tests.support.fakes.agent import FINAL, THOUGHT
+from tests.support.gateway import API_KEY
+from tests.support.programs import Task, npm_bin
 
 SDKS = {"openai": "@ai-sdk/openai-compatible", "anthropic": "@ai-sdk/anthropic"}
 

@@ -9,9 +9,9 @@ import sys
 import orjson
 import pytest
 
-from tests.clients.conftest import HERE, Task
-from tests.conftest import API_KEY
-from tests.fakes.agent import FINAL
+from tests.support.fakes.agent import FINAL
+from tests.support.gateway import API_KEY
+from tests.support.programs import HERE, Task
 
 CLIENTS = [
     ("agents", "deepseek-chat"),

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.fakes.upstream import Recorded, Script
+from tests.support.fakes.upstream import Recorded, Script
 
 SCHEMA_FIELDS = {
     "type", "format", "title", "description", "nullable", "enum", "maxItems", "minItems",

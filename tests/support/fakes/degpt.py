@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from tests.fakes.upstream import FakeUpstream, Recorded, Script, chunk
+from tests.support.fakes.upstream import FakeUpstream, Recorded, Script, chunk
 
 _KEY = b"fake-degpt-signing-key"
 

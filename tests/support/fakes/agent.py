@@ -25,8 +25,8 @@ from typing import Any
 
 import orjson
 
-from tests.fakes import gemini
-from tests.fakes.upstream import Recorded, Script, anthropic_events, chunk
+from tests.support.fakes import gemini
+from tests.support.fakes.upstream import Recorded, Script, anthropic_events, chunk
 
 _PATH_KEYS = ("file_path", "filePath", "path", "filename", "file")
 _CONTENT_KEYS = ("content", "contents", "text", "data")
