@@ -26,7 +26,7 @@ class _Strict(BaseModel):
 
 
 class ServerTimeouts(_Strict):
-    """Seconds a client connection may take (lmgate/server.py says what each bounds)."""
+    """Seconds a client connection may take (lmgate/web/server.py says what each bounds)."""
 
     keep_alive: float = Field(5, gt=0)  # idle between two requests
     head: float = Field(10, gt=0)  # to send a request's line and headers

@@ -35,7 +35,14 @@ from lmgate.canonical import (
     arguments_object,
 )
 from lmgate.errors import GatewayError, encodable, invalid
-from lmgate.frontends.base import CHAT, Answer, ErrorShape, Route, Services, json_answer
+from lmgate.frontends.base import (
+    CHAT,
+    Answer,
+    ErrorShape,
+    Route,
+    Services,
+    model_list,
+)
 from lmgate.frontends.validate import (
     optional_bool,
     optional_int,
@@ -573,14 +580,6 @@ async def _count_tokens(services: Services, request: Request) -> Answer:
     return await services.count_tokens(request, ERRORS, _for_counting, "input_tokens")
 
 
-async def _models(services: Services, request: Request) -> Answer:
-    async def body() -> bytes:
-        await services.authenticate(request)
-        return models_body(services.catalog)
-
-    return await json_answer(request, ERRORS, body)
-
-
 def _from_anthropic_sdk(request: Request) -> bool:
     return "anthropic-version" in request.headers  # OpenAI's SDK does not send it
 
@@ -588,5 +587,5 @@ def _from_anthropic_sdk(request: Request) -> bool:
 ROUTES = (
     Route("POST", "/v1/messages", CHAT),
     Route("POST", "/v1/messages/count_tokens", _count_tokens),
-    Route("GET", "/v1/models", _models, claims=_from_anthropic_sdk),
+    Route("GET", "/v1/models", model_list(models_body, ERRORS), claims=_from_anthropic_sdk),
 )

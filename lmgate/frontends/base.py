@@ -188,6 +188,19 @@ async def json_answer(
     return json_reply(body, rid)
 
 
+def model_list(render: Callable[[Catalog], bytes], errors: ErrorShape) -> Handler:
+    """The handler of ``GET …/models`` in a protocol's shape: for key holders only."""
+
+    async def handle(services: Services, request: Request) -> Answer:
+        async def body() -> bytes:
+            await services.authenticate(request)
+            return render(services.catalog)
+
+        return await json_answer(request, errors, body)
+
+    return handle
+
+
 def error_reply(shape: Frontend | ErrorShape, error: GatewayError, request_id: str) -> Response:
     """The error reply in the client's protocol; every one is logged with its reason."""
     status = shape.error_status(error)

@@ -31,7 +31,15 @@ from lmgate.canonical import (
     Usage,
 )
 from lmgate.errors import GatewayError, invalid
-from lmgate.frontends.base import CHAT, Answer, ErrorShape, Route, Services, json_answer
+from lmgate.frontends.base import (
+    CHAT,
+    Answer,
+    ErrorShape,
+    Route,
+    Services,
+    json_answer,
+    model_list,
+)
 from lmgate.frontends.validate import (
     optional_bool,
     optional_int,
@@ -470,14 +478,6 @@ def reply_headers(request: ChatRequest) -> dict[str, str]:
 ERRORS = ErrorShape(error_status, error_body)
 
 
-async def _models(services: Services, request: Request) -> Answer:
-    async def body() -> bytes:
-        await services.authenticate(request)
-        return models_body(services.catalog)
-
-    return await json_answer(request, ERRORS, body)
-
-
 async def _model(services: Services, request: Request) -> Answer:
     async def body() -> bytes:
         await services.authenticate(request)
@@ -498,6 +498,6 @@ async def _model(services: Services, request: Request) -> Answer:
 ROUTES = (
     Route("POST", "/v1/chat/completions", CHAT),
     # Anthropic's and Google's SDKs ask for these paths too: their frontends claim theirs.
-    Route("GET", "/v1/models", _models),
+    Route("GET", "/v1/models", model_list(models_body, ERRORS)),
     Route("GET", "/v1/models/{model_id:path}", _model),
 )
