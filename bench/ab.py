@@ -1,0 +1,110 @@
+"""Two versions of lmgate side by side, in one run: the working tree against a git
+revision (a change that should cost nothing is checked here).
+
+    python bench/ab.py [--base REV] [--rounds 3] [--seconds 4]
+
+Both gateways run bench/bench.yaml in front of one bench/upstream.py, each pinned
+to CPU 0 in turn (one at a time: they never share the core), the load generator to
+CPU 1. Every protocol is driven at concurrency 16, streamed and not, in alternating
+rounds; the table gives each version's best requests/s and the ratio new / base.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from common import free_port, wait_ready
+from run import (
+    BODY,
+    GEMINI_BODY,
+    MESSAGES_BODY,
+    RESPONSES_BODY,
+    RESPONSES_STREAM_BODY,
+    STREAM_BODY,
+    pinned,
+    wrk,
+)
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+LOADS = {
+    "chat": ("/v1/chat/completions", BODY),
+    "chat stream": ("/v1/chat/completions", STREAM_BODY),
+    "messages": ("/v1/messages", MESSAGES_BODY.replace('"stream":true', '"stream":false')),
+    "messages stream": ("/v1/messages", MESSAGES_BODY),
+    "responses": ("/v1/responses", RESPONSES_BODY),
+    "responses stream": ("/v1/responses", RESPONSES_STREAM_BODY),
+    "gemini": ("/v1beta/models/bench:generateContent", GEMINI_BODY),
+    "gemini stream": ("/v1beta/models/bench:streamGenerateContent?alt=sse", GEMINI_BODY),
+}
+
+
+def start(source: Path, env: dict[str, str], store: str) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    command = [sys.executable, "-m", "lmgate", "serve", "--config", str(HERE / "bench.yaml"),
+               "--port", str(port), "--log-level", "warning"]  # fmt: skip
+    process = subprocess.Popen(
+        pinned(0, command),
+        env={**env, "PYTHONPATH": str(source), "BENCH_STORE_URL": store},
+        cwd=source,
+    )
+    wait_ready(f"http://127.0.0.1:{port}/ready")
+    return process, port
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--base", default="HEAD")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=4)
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        print("bench needs wrk: apt-get install wrk", file=sys.stderr)
+        return 2
+    work = Path(tempfile.mkdtemp(prefix="lmgate-ab-"))
+    base = work / "base"
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach", str(base),
+                    args.base], check=True)  # fmt: skip
+    up_port = free_port()
+    env = {**os.environ, "BENCH_UPSTREAM_PORT": str(up_port)}
+    upstream = subprocess.Popen(
+        pinned(1, [sys.executable, str(HERE / "upstream.py"), str(up_port)])
+    )
+    best: dict[str, dict[str, float]] = {"base": {}, "new": {}}
+    try:
+        for round_number in range(args.rounds):
+            order = [("base", base), ("new", ROOT)]
+            if round_number % 2:
+                order.reverse()
+            for name, source in order:
+                process, port = start(source, env, f"sqlite:///{work}/{name}.db")
+                try:
+                    url = f"http://127.0.0.1:{port}"
+                    wrk(url + "/v1/chat/completions", BODY, 16, 1)  # warm-up
+                    for load, (path, body) in LOADS.items():
+                        rps = wrk(url + path, body, 16, args.seconds)["rps"]
+                        best[name][load] = max(best[name].get(load, 0.0), rps)
+                finally:
+                    process.terminate()
+                    process.wait(15)
+    finally:
+        upstream.terminate()
+        upstream.wait(15)
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base)],
+                       check=False)  # fmt: skip
+    print(f"\nrequests/s at c=16, best of {args.rounds} rounds (base: {args.base})")
+    print(f"{'load':<18}{'base':>10}{'new':>10}{'new/base':>10}")
+    for load in LOADS:
+        old, new = best["base"][load], best["new"][load]
+        print(f"{load:<18}{old:>10.0f}{new:>10.0f}{new / old:>10.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
