@@ -89,20 +89,23 @@ class AnthropicProvider(HttpProvider):
         betas = self.betas(request)
         headers = {"anthropic-beta": ",".join(betas)} if betas else None
         response, deadline = await self.post(url, self.build_body(request, target), headers)
-        if not request.stream or response.content_type == "application/json":
-            for event in self.parse_reply(await self.read_body(response, deadline), target):
+        try:  # the connection goes back to its pool, or is closed, on every path
+            if not request.stream or response.content_type == "application/json":
+                for event in self.parse_reply(await self.read_body(response, deadline), target):
+                    yield event
+                return
+            yield Start(target.model)
+            parser = _StreamParser(self.name)
+            async for item in self.iter_sse(response, deadline, lambda: parser.stopped):
+                if item is None:
+                    yield Heartbeat()
+                    continue
+                for event in parser.feed(item[1]):
+                    yield event
+            for event in parser.end():
                 yield event
-            return
-        yield Start(target.model)
-        parser = _StreamParser(self.name)
-        async for item in self.iter_sse(response, deadline, lambda: parser.stopped):
-            if item is None:
-                yield Heartbeat()
-                continue
-            for event in parser.feed(item[1]):
-                yield event
-        for event in parser.end():
-            yield event
+        finally:
+            response.discard()
 
     def build_body(self, request: ChatRequest, target: Target) -> dict[str, Any]:
         # An Anthropic client's own fields (thinking, output_config, context_management…)

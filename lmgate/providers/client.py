@@ -167,6 +167,12 @@ class Response:
         else:
             self._release_at_end = True
 
+    def discard(self) -> None:
+        """Whatever happened to the reader (a hang-up, a cancellation, an error): drop
+        the connection, unless it was given back or is to be at its body's end."""
+        if not self._release_at_end:
+            self.close()
+
     def close(self) -> None:
         """Drop the connection (which cuts the upstream request short), unless it was
         given back already."""

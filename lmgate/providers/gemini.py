@@ -78,30 +78,33 @@ class GeminiProvider(HttpProvider):
         base = f"{self.config.base_url.rstrip('/')}/models/{target.model}"
         url = base + (":streamGenerateContent?alt=sse" if request.stream else ":generateContent")
         response, deadline = await self.post(url, self.build_body(request, target))
-        if not request.stream or response.content_type == "application/json":
-            raw = await self.read_body(response, deadline)
-            try:
-                reply = _Reply(target.model)
-                events = [Start(target.model), *reply.feed(orjson.loads(raw)), *reply.end()]
-            except (orjson.JSONDecodeError, LookupError, TypeError, AttributeError, ValueError):
-                raise GatewayError(
-                    "upstream", f"upstream {self.name} sent a reply that is not a response"
-                ) from None
-            for event in events:
+        try:  # the connection goes back to its pool, or is closed, on every path
+            if not request.stream or response.content_type == "application/json":
+                raw = await self.read_body(response, deadline)
+                try:
+                    reply = _Reply(target.model)
+                    events = [Start(target.model), *reply.feed(orjson.loads(raw)), *reply.end()]
+                except (orjson.JSONDecodeError, LookupError, TypeError, AttributeError, ValueError):
+                    raise GatewayError(
+                        "upstream", f"upstream {self.name} sent a reply that is not a response"
+                    ) from None
+                for event in events:
+                    yield event
+                return
+            yield Start(target.model)
+            parser = _Reply(target.model)
+            async for item in self.iter_sse(response, deadline, lambda: parser.finished):
+                if item is None:
+                    yield Heartbeat()
+                    continue
+                for event in stream_event(self.name, item[1], parser.feed):
+                    yield event
+            if not parser.finished:
+                raise unfinished(self.name)
+            for event in parser.end():
                 yield event
-            return
-        yield Start(target.model)
-        parser = _Reply(target.model)
-        async for item in self.iter_sse(response, deadline, lambda: parser.finished):
-            if item is None:
-                yield Heartbeat()
-                continue
-            for event in stream_event(self.name, item[1], parser.feed):
-                yield event
-        if not parser.finished:
-            raise unfinished(self.name)
-        for event in parser.end():
-            yield event
+        finally:
+            response.discard()
 
     def build_body(self, request: ChatRequest, target: Target) -> dict[str, Any]:
         names: dict[str, str] = {}  # tool call id -> function name

@@ -85,29 +85,31 @@ class OpenAICompatProvider(HttpProvider):
     async def stream(self, request: ChatRequest, target: Target) -> AsyncGenerator[Event, None]:
         body = self.build_body(request, target)
         response, deadline = await self.send(body)
-        if not body["stream"] or response.content_type == "application/json":
-            # Some servers answer a stream request with one JSON reply; take it as one.
-            raw = await self.read_body(response, deadline)
-            for event in self.parse_reply(raw, target):
+        try:  # the connection goes back to its pool, or is closed, on every path
+            if not body["stream"] or response.content_type == "application/json":
+                # Some servers answer a stream request with one JSON reply; take it as one.
+                raw = await self.read_body(response, deadline)
+                for event in self.parse_reply(raw, target):
+                    yield event
+                return
+            if response.content_type not in ("text/event-stream", "text/plain"):
+                raise GatewayError(
+                    "upstream",
+                    f"upstream {self.name} sent {response.content_type} instead of an event stream",
+                    retryable=True,
+                )
+            yield Start(target.model)
+            parser = _StreamParser(self.name)
+            async for item in self.iter_sse(response, deadline, lambda: parser.done):
+                if item is None:
+                    yield Heartbeat()
+                    continue
+                for event in parser.feed(item[1]):
+                    yield event
+            for event in parser.end():
                 yield event
-            return
-        if response.content_type not in ("text/event-stream", "text/plain"):
-            response.close()
-            raise GatewayError(
-                "upstream",
-                f"upstream {self.name} sent {response.content_type} instead of an event stream",
-                retryable=True,
-            )
-        yield Start(target.model)
-        parser = _StreamParser(self.name)
-        async for item in self.iter_sse(response, deadline, lambda: parser.done):
-            if item is None:
-                yield Heartbeat()
-                continue
-            for event in parser.feed(item[1]):
-                yield event
-        for event in parser.end():
-            yield event
+        finally:
+            response.discard()
 
     async def send(self, body: dict[str, Any]) -> tuple[Response, float]:
         return await self.post(self.chat_url(), body)

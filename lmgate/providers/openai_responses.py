@@ -61,27 +61,30 @@ class OpenAIResponsesProvider(HttpProvider):
     async def stream(self, request: ChatRequest, target: Target) -> AsyncGenerator[Event, None]:
         body = build_body(request, target)
         response, deadline = await self.post(self.url(), body)
-        if not request.stream or response.content_type == "application/json":
-            raw = await self.read_body(response, deadline)
-            try:
-                events = _reply_events(lenient_json.loads(raw), target)
-            except (orjson.JSONDecodeError, LookupError, TypeError, AttributeError, ValueError):
-                raise GatewayError(
-                    "upstream", f"upstream {self.name} sent a reply that is not a response"
-                ) from None
-            for event in events:
-                yield event
-            return
-        yield Start(target.model)
-        parser = _StreamParser(self.name)
-        async for item in self.iter_sse(response, deadline, lambda: parser.done):
-            if item is None:
-                yield Heartbeat()
-                continue
-            for event in parser.feed(item[1]):
-                yield event
-        if not parser.done:
-            raise unfinished(self.name)
+        try:  # the connection goes back to its pool, or is closed, on every path
+            if not request.stream or response.content_type == "application/json":
+                raw = await self.read_body(response, deadline)
+                try:
+                    events = _reply_events(lenient_json.loads(raw), target)
+                except (orjson.JSONDecodeError, LookupError, TypeError, AttributeError, ValueError):
+                    raise GatewayError(
+                        "upstream", f"upstream {self.name} sent a reply that is not a response"
+                    ) from None
+                for event in events:
+                    yield event
+                return
+            yield Start(target.model)
+            parser = _StreamParser(self.name)
+            async for item in self.iter_sse(response, deadline, lambda: parser.done):
+                if item is None:
+                    yield Heartbeat()
+                    continue
+                for event in parser.feed(item[1]):
+                    yield event
+            if not parser.done:
+                raise unfinished(self.name)
+        finally:
+            response.discard()
 
 
 def build_body(request: ChatRequest, target: Target) -> dict[str, Any]:

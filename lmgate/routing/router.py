@@ -195,9 +195,12 @@ class Router:
                 if tally is not None:
                     tally.answered(deployment)
                 try:
-                    yield Start(entry.id, deployment.name, attempts)
-                    async for event in _metered(sent, first, events, tally):
-                        yield event
+                    start = Start(entry.id, deployment.name, attempts)
+                    # Closed here, not whenever it is collected: a reply closed at any
+                    # yield (the client left) is counted before the meter finishes.
+                    async with aclosing(_metered(sent, start, first, events, tally)) as metered:
+                        async for event in metered:
+                            yield event
                 except GatewayError as error:
                     if error.kind in _UNHEALTHY_KINDS:
                         self._failed(deployment)
@@ -277,8 +280,15 @@ def _cooling(entry: ModelEntry, now: float) -> GatewayError:
 
 
 async def _metered(
-    request: ChatRequest, first: Event, events: AsyncGenerator[Event, None], tally: Tally | None
+    request: ChatRequest,
+    start: Start,
+    first: Event,
+    events: AsyncGenerator[Event, None],
+    tally: Tally | None,
 ) -> AsyncGenerator[Event, None]:
+    """``start``, then the reply's events, its text held for an offline count. A reply
+    cut short (the client left, even before ``start`` reached it) is counted offline:
+    the upstream was sent the prompt and may have produced the answer."""
     output: list[str] = []  # the reply's text not counted yet
     held = counted = 0  # its characters; the tokens of what was counted already
     usage_seen = False
@@ -302,6 +312,7 @@ async def _metered(
         return Usage(prompt, output_tokens, estimated=True)
 
     try:
+        yield start
         if not isinstance(first, Start):
             note(first)
             yield first
