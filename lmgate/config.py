@@ -87,7 +87,7 @@ class StoreConfig(_Strict):
         if self.url:
             return self.url
         directory = config_path.resolve().parent if config_path is not None else data_dir()
-        directory.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)  # for its owner only
         return f"sqlite:///{directory / 'lmgate.db'}"
 
 

@@ -171,6 +171,21 @@ def test_retry_after_is_waited_out(start: Any, a: FakeUpstream) -> None:
     assert len(a.requests) == 2
 
 
+@pytest.mark.parametrize(
+    ("given", "shown"),
+    [("inf", "86400"), ("1e400", "86400"), ("nan", None), ("soon", None),
+     ("Wed, 21 Oct 2099 07:28:00 GMT", "86400"), ("Wed, 21 Oct 2015 07:28:00 GMT", "1")],
+)  # fmt: skip
+def test_a_retry_after_of_any_shape_is_read_defensively(
+    start: Any, a: FakeUpstream, given: str, shown: str | None
+) -> None:
+    gw = start(retries=0)
+    a.push(fail(429, **{"Retry-After": given}))
+    raw = ask(gw)
+    assert raw.status == 429 and raw.headers.get("retry-after") == shown
+    assert b"boom 429" in raw.body
+
+
 def test_a_retry_after_too_long_is_passed_to_the_client(start: Any, a: FakeUpstream) -> None:
     gw = start(retries=3, max_retry_wait=5)
     a.push(fail(429, **{"Retry-After": "120"}))

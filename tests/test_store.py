@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import stat
 import time
 from pathlib import Path
 from typing import Any
@@ -255,3 +256,25 @@ def test_the_writer_drops_only_the_records_the_store_refuses(store_url: str) -> 
     written, recorder = run(scenario())
     assert written == sorted(f"r{n}" for n in range(21) if n not in (5, 13))
     assert (recorder.bad, recorder.written) == (2, 19)
+
+
+def test_a_new_sqlite_store_is_for_its_owner_only(tmp_path: Path) -> None:
+    """It holds stored conversations and the request log: 0600, in a 0700 directory
+    when lmgate makes it, its WAL and shared-memory files alike."""
+    directory = tmp_path / "made-by-lmgate"
+    url = f"sqlite:///{directory / 'lmgate.db'}"
+
+    async def scenario() -> None:
+        store = Store(url)
+        try:
+            await store.migrate()
+            await store.purge_responses()  # a write: the WAL and shared-memory files exist
+        finally:
+            await store.close()
+
+    run(scenario())
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+    files = list(directory.iterdir())
+    assert {f.name for f in files} >= {"lmgate.db"}
+    for file in files:
+        assert stat.S_IMODE(file.stat().st_mode) == 0o600, file.name

@@ -5,8 +5,10 @@ by append-only numbered migrations."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
+import os
 import secrets
 import sqlite3
 import time
@@ -14,6 +16,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from operator import attrgetter, itemgetter
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import orjson
@@ -240,6 +243,7 @@ class Store:
         self.url = url
         options: dict[str, Any] = {}
         if url.startswith("sqlite"):
+            _private_file(url)
             options["connect_args"] = {"timeout": 30}
             options["pool_reset_on_return"] = None  # see _sqlite_transactions
         self.engine: AsyncEngine = create_async_engine(engine_url(url), **options)
@@ -510,6 +514,18 @@ def _insert_usage(paramstyle: str) -> str:
         "format": ["%s"] * len(_USAGE_FIELDS),
     }[paramstyle]
     return f"INSERT INTO lmgate_usage ({', '.join(_USAGE_FIELDS)}) VALUES ({', '.join(marks)})"
+
+
+def _private_file(url: str) -> None:
+    """Make a new SQLite database readable by its owner only: it holds stored
+    conversations and the request log. (SQLite gives its WAL and shared-memory files
+    the database file's mode.)"""
+    path = url.partition(":///")[2].partition("?")[0]
+    if not path or path == ":memory:" or os.path.exists(path):
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with contextlib.suppress(FileExistsError):  # another process made it first
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 def _adapt_sqlite_parameters() -> None:

@@ -63,7 +63,7 @@ class Sealer:
 def _key_file(path: Path) -> bytes:
     """The key in ``path``, made (32 random bytes, owner-only) if there is none; of two
     processes making it at once, one writes it and both read the same."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:

@@ -247,7 +247,7 @@ def stored_device_id() -> str:
         existing = ""
     if existing:
         return existing
-    directory.mkdir(parents=True, exist_ok=True)
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     draft = directory / f".{DEVICE_ID_FILE}.{os.getpid()}"
     descriptor = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "w") as file:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncIterator, Callable
 from contextvars import ContextVar
+from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar
 from urllib.parse import unquote, urlsplit
 
@@ -211,7 +213,7 @@ class HttpProvider(Provider):
         """Map an upstream error status to what the client should see."""
         detail = redact(_error_message(raw) or f"HTTP {status}", self.secrets())
         message = f"upstream {self.name}: {detail}"
-        wait = _parse_retry_after(retry_after)
+        wait = parse_retry_after(retry_after, self.clock.time())
         if status in (400, 422):
             return GatewayError("invalid_request", message, code="upstream_rejected")
         if status == 413:
@@ -273,10 +275,24 @@ def _error_message(raw: bytes) -> str:
     return raw.decode("utf-8", "replace")[:500]
 
 
-def _parse_retry_after(value: str | None) -> float | None:
+# The longest Retry-After taken from an upstream: past it, the header is not believed.
+_MAX_RETRY_AFTER = 86_400.0
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header: a number of seconds or an HTTP
+    date (``now``: the wall clock), within 0 and a day (``inf`` too); anything else
+    (garbage, ``nan``) is ignored."""
     if not value:
         return None
+    value = value.strip()
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - now
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+    if math.isnan(seconds):
         return None
+    return min(max(0.0, seconds), _MAX_RETRY_AFTER)
