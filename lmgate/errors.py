@@ -6,6 +6,7 @@ import logging
 import re
 from collections.abc import Callable, Iterable
 from typing import Any, Literal
+from urllib.parse import unquote_plus
 
 import orjson
 
@@ -102,8 +103,19 @@ _SECRET_PATTERNS = re.compile(
     r"(sk-[A-Za-z0-9_\-*]{6,}|lmg-[A-Za-z0-9_\-]{6,}|Bearer\s+[A-Za-z0-9._\-~+/=*]+"
     r"|eyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-.]+)"
 )
-# A key a client put in a URL's query string (?key=…, as Google's API takes it).
-_QUERY_KEYS = re.compile(r"([?&](?:key|api_key|api-key|apikey|token|access_token)=)[^&\s\"']+")
+# A key a client put in a URL's query string (?key=…, as Google's API takes it), its
+# name percent-encoded or not (``?%6Bey=`` is ``?key=`` to the server that reads it).
+_QUERY_PARAMETER = re.compile(r"([?&])([^=&\s\"'?]+)=([^&\s\"']+)")
+_KEY_NAMES = frozenset({"key", "api_key", "api-key", "apikey", "token", "access_token"})
+
+
+def _query_key(match: re.Match[str]) -> str:
+    name = match[2]
+    if unquote_plus(name).lower() not in _KEY_NAMES:
+        return match[0]
+    return f"{match[1]}{name}=[redacted]"
+
+
 _MIN_SECRET = 4  # shorter configured values would redact ordinary words
 
 
@@ -112,7 +124,7 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
     for secret in sorted(secrets, key=len, reverse=True):  # a secret inside another: longest first
         if len(secret) >= _MIN_SECRET:
             text = text.replace(secret, "[redacted]")
-    return _QUERY_KEYS.sub(r"\1[redacted]", _SECRET_PATTERNS.sub("[redacted]", text))
+    return _QUERY_PARAMETER.sub(_query_key, _SECRET_PATTERNS.sub("[redacted]", text))
 
 
 class Redactor:

@@ -132,3 +132,22 @@ def test_credentials_in_an_upstream_url_are_sent_and_never_shown(
     assert "rejected" in shown
     for secret in (password, "MARKER/pw9e1", token):
         assert secret not in shown
+
+
+@pytest.mark.parametrize("name", ["key", "%6Bey", "%6b%65%79", "api%5Fkey"])
+def test_a_query_key_is_redacted_however_its_name_is_encoded(
+    secret_gateway: RunningGateway,
+    caplog: pytest.LogCaptureFixture,
+    request: pytest.FixtureRequest,
+    name: str,
+) -> None:
+    """The server decodes the name (``%6Bey`` is ``key``), so the log must too."""
+    caplog.set_level(logging.DEBUG)
+    access = logging.getLogger("uvicorn.access")
+    access.setLevel(logging.DEBUG)
+    access.addHandler(caplog.handler)
+    request.addfinalizer(lambda: access.removeHandler(caplog.handler))
+    stranger = "not-a-configured-key-0123456789"  # redacted by shape, not by the config
+    raw = secret_gateway.request("GET", f"/v1beta/models?{name}={stranger}", api_key=None)
+    assert raw.status == 401
+    assert f"?{name}=[redacted]" in caplog.text and stranger not in caplog.text
