@@ -14,6 +14,7 @@ import openai
 import orjson
 import pytest
 
+from lmgate.accounts.keys import config_key_id
 from lmgate.accounts.store import Store
 from tests.support.accounts import (
     ADMIN,
@@ -247,7 +248,7 @@ def test_every_request_leaves_a_record(
         "up",
     )
     assert (one["input_tokens"], one["output_tokens"], one["cached_tokens"]) == (11, 2, 4)
-    assert one["key_id"] == "config:0" and one["latency_ms"] > 0
+    assert one["key_id"] == config_key_id(API_KEY) and one["latency_ms"] > 0
     assert one["ttft_ms"] is None  # only a stream has a first token the client sees
     two = rows["two"]
     assert (two["protocol"], two["stream"], two["status"], two["model"]) == (

@@ -5,6 +5,7 @@ really sends (tests/data/codex_request.json), translated."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 from pathlib import Path
@@ -24,7 +25,7 @@ from tests.support.fakes.upstream import (
     completion,
     text_stream,
 )
-from tests.support.gateway import RunningGateway, upstream_config, wait_until
+from tests.support.gateway import API_KEY, RunningGateway, upstream_config, wait_until
 from tests.support.images import DATA_URL, PNG_B64
 
 CODEX = json.loads((Path(__file__).parent / "data" / "codex_request.json").read_text())
@@ -583,3 +584,33 @@ def test_store_false_keeps_nothing(client: openai.OpenAI, upstream: FakeUpstream
     with pytest.raises(openai.NotFoundError) as caught:
         client.responses.create(model="chat-model", input="x", previous_response_id="resp_nope")
     assert caught.value.body["param"] == "previous_response_id"  # type: ignore[index]
+
+
+def test_a_removed_key_s_responses_go_to_no_other_key(
+    start_gateway: Any, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """Config keys are known by what they are, not where they stand: with the first key
+    removed, the key that moves into its place must not read its stored responses."""
+    config = upstream_config(upstream)
+    config["server"]["api_keys"] = [API_KEY, OTHER_KEY]
+    config["store"] = {"url": f"sqlite:///{tmp_path}/lmgate.db"}
+    before = start_gateway(config)
+    upstream.push(Script(json=completion("mine")))
+    stored = before.client().responses.create(model="chat-model", input="hi")
+    assert before.client().responses.retrieve(stored.id).id == stored.id
+    before.stop()
+    config["server"]["api_keys"] = [OTHER_KEY]
+    after = start_gateway(config)
+    with pytest.raises(openai.NotFoundError):
+        after.client(api_key=OTHER_KEY).responses.retrieve(stored.id)
+
+
+def test_response_ids_cannot_be_guessed(client: openai.OpenAI, upstream: FakeUpstream) -> None:
+    ids = []
+    for _ in range(4):
+        upstream.push(Script(json=completion()))
+        ids.append(client.responses.create(model="chat-model", input="hi", store=False).id)
+    for one, two in itertools.pairwise(ids):
+        shared = next(i for i, (a, b) in enumerate(zip(one, two, strict=True)) if a != b) - 5
+        assert shared < 8, (one, two)  # random, not a counter after a fixed prefix
+        assert len(one) - len("resp_") >= 24  # at least 96 bits of hex

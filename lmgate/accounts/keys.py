@@ -4,6 +4,7 @@ path rarely touches the database)."""
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import time
 from collections.abc import Mapping
@@ -30,9 +31,17 @@ def presented_key(headers: Mapping[str, str]) -> str:
     return key or headers.get("x-api-key", "") or headers.get("x-goog-api-key", "")
 
 
+def config_key_id(key: str) -> str:
+    """The id of a ``server.api_keys`` key in records, metrics and stored responses:
+    derived from the key itself, so that removing or reordering keys never hands one
+    key's records or responses to another."""
+    return "config:" + hashlib.sha256(b"lmgate config key\0" + key.encode()).hexdigest()[:16]
+
+
 class KeyRing:
     def __init__(self, config_keys: list[str], store: Store | None, cache_seconds: float) -> None:
         self._config_keys = [key.encode() for key in config_keys]
+        self._config_ids = [config_key_id(key) for key in config_keys]
         self._store = store
         self._ttl = cache_seconds
         self._cache: dict[str, tuple[KeyInfo | None, float]] = {}  # hash -> (key, until)
@@ -58,7 +67,7 @@ class KeyRing:
             if hmac.compare_digest(given, known):
                 found = index
         if found >= 0:
-            return Caller(f"config:{found}")
+            return Caller(self._config_ids[found])
         key = await self._lookup(secret) if secret.startswith(KEY_PREFIX) else None
         if key is None:
             if await self.is_open():

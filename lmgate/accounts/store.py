@@ -492,7 +492,7 @@ class Spent(NamedTuple):
 
 
 def spent_by_key(rows: list[tuple[Any, ...]]) -> dict[str, tuple[int, float]]:
-    """(tokens, cost) per managed key (``server.api_keys`` keys, ``config:N``, have
+    """(tokens, cost) per managed key (``server.api_keys`` keys, ``config:…``, have
     no limits)."""
     used: dict[str, tuple[int, float]] = {}
     for row in rows:

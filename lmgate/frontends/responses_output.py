@@ -3,6 +3,7 @@ event stream (``lmgate/frontends/openai_responses.py`` parses the requests)."""
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -43,7 +44,8 @@ class ResponsesExtras:
     echo: dict[str, Any] = field(default_factory=dict)  # request fields the reply repeats
     # Set when the client asked for reasoning.encrypted_content: seals it into the items.
     sealer: Callable[[], Sealer] | None = None
-    response_id: str = field(default_factory=lambda: _item_id("resp"))
+    # Random (128 bits), not a counter: a stored response's id must not be guessable.
+    response_id: str = field(default_factory=lambda: f"resp_{secrets.token_hex(16)}")
     # Set when the response is to be stored: called with the finished response object.
     save: Callable[[bytes], Awaitable[None]] | None = None
 
