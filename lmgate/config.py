@@ -34,6 +34,12 @@ class ServerTimeouts(_Strict):
     write: float = Field(30, gt=0)  # a client may read nothing of its reply this long
 
 
+class CorsConfig(_Strict):
+    # Origins of web pages that may call the gateway ("*": any); none by default.
+    allow_origins: list[str] = []
+    max_age: int = Field(600, ge=0)  # seconds a browser may keep a preflight's answer
+
+
 class ServerConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(7860, ge=0, le=65535)
@@ -47,6 +53,10 @@ class ServerConfig(_Strict):
     # Open client connections; beyond, a new one gets a 503 (and never more than the
     # open-file limit, raised to its hard limit at start, allows).
     max_connections: int = Field(10_000, gt=0)
+    # Names the gateway answers to (Host, without the port; "*": any). Unset: loopback
+    # names only while it listens on a loopback address, any name otherwise.
+    allowed_hosts: list[str] | None = None
+    cors: CorsConfig = CorsConfig()
 
     @field_validator("admin_key")
     @classmethod

@@ -14,6 +14,7 @@ import http.client
 import json
 import logging
 import random
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -346,8 +347,10 @@ def check(status: int, content_type: str, data: bytes, shape: str) -> None:
             assert "error" in last or last["candidates"][0].get("finishReason"), data[-300:]
             return
         if content_type.startswith("text/event-stream"):
-            ends = (b"data: [DONE]", b'"message_stop"}', b"}}")  # the last: response.completed
-            assert data.rstrip().endswith(ends), data[-300:]
+            tail = data.rstrip()
+            # The last: [DONE], message_stop, or a Responses event (they end numbered).
+            ended = tail.endswith((b"data: [DONE]", b'"message_stop"}'))
+            assert ended or re.search(rb'"sequence_number":\d+\}$', tail), data[-300:]
             if b"event: response." in data:
                 assert b"event: response.completed" in data, data[-300:]
         return

@@ -112,7 +112,7 @@ def test_a_hang_up_while_the_stream_head_waits_leaks_nothing(
     with socket.socket() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a client that reads slowly
         sock.connect(("127.0.0.1", gw.port))
-        get = f"GET /v1/responses/{response_id} HTTP/1.1\r\nHost: x\r\n"
+        get = f"GET /v1/responses/{response_id} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
         sock.sendall(f"{get}Authorization: Bearer {API_KEY}\r\n\r\n".encode())
         sock.sendall(request_bytes("chat-model", API_KEY))
         wait_until(lambda: len(upstream.requests) == 2)  # the stream reached the upstream

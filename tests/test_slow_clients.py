@@ -130,7 +130,7 @@ def test_a_request_head_sent_too_slowly_gets_a_408(
     silent = connect(served)  # sends nothing at all
     slow = connect(served)  # slowloris: the head a few bytes at a time
     started = time.monotonic()
-    for piece in (b"POST /v1/chat/com", b"pletions HTTP/1.1\r\n", b"Host: x\r\n"):
+    for piece in (b"POST /v1/chat/com", b"pletions HTTP/1.1\r\n", b"Host: 127.0.0.1\r\n"):
         slow.sendall(piece)
         time.sleep(0.3)
     for sock in (silent, slow):
@@ -162,7 +162,7 @@ def test_an_idle_keep_alive_connection_is_closed(
 ) -> None:
     served = start(serve, upstream, tmp_path, timeouts={"keep_alive": 0.5})
     sock = connect(served)
-    sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
     started = time.monotonic()
     reply = read_all(sock)  # ends when the gateway closes the idle connection
     assert reply.startswith(b"HTTP/1.1 200 ") and reply.endswith(b'{"status":"ok"}')

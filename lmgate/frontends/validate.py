@@ -6,9 +6,25 @@ from typing import Any
 
 import orjson
 
-from lmgate.errors import invalid
+from lmgate.errors import GatewayError, invalid
 
 INT64 = 2**63
+
+
+def require_json(content_type: str | None) -> None:
+    """A JSON body only with a JSON ``Content-Type``: a web page on another site can
+    POST ``text/plain`` (or a typeless blob) without the browser asking first."""
+    media = (content_type or "").partition(";")[0].strip().lower()
+    if media != "application/json" and not (
+        media.startswith("application/") and media.endswith("+json")
+    ):
+        shown = f"{content_type!r}" if content_type else "none"
+        raise GatewayError(
+            "invalid_request",
+            f"Content-Type: the body is JSON, so it must be application/json (got {shown})",
+            status=415,
+            code="unsupported_media_type",
+        )
 
 
 def parse_json_object(body: bytes) -> dict[str, Any]:

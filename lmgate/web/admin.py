@@ -19,7 +19,7 @@ from lmgate.accounts.keys import presented_key
 from lmgate.accounts.store import Store
 from lmgate.errors import GatewayError, invalid
 from lmgate.frontends import openai_chat
-from lmgate.frontends.validate import INT64
+from lmgate.frontends.validate import INT64, require_json
 from lmgate.routing.catalog import Catalog
 from lmgate.routing.router import Router
 
@@ -229,6 +229,7 @@ def _is_status(text: str) -> bool:
 
 
 async def _body(request: Request) -> bytes:
+    require_json(request.headers.get("content-type"))
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)

@@ -24,6 +24,7 @@ from lmgate.frontends import FRONTENDS, openai_chat
 from lmgate.frontends.base import error_reply, request_id
 from lmgate.observe.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from lmgate.web.gateway import Gateway
+from lmgate.web.guard import Guard
 from lmgate.web.routes import Mounted
 from lmgate.web.server import ClientLimits, HotRoutes, connection_cap
 
@@ -49,7 +50,7 @@ def build_app(config: Config, clock: Clock = SYSTEM) -> HotRoutes:
         exception_handlers={HTTPException: _http_error},
     )
     app.state.gateway = gateway
-    return HotRoutes(app, mounted.exact, mounted.targets)
+    return HotRoutes(app, mounted.exact, mounted.targets, Guard(config.server))
 
 
 def _own_routes(gateway: Gateway) -> list[BaseRoute]:

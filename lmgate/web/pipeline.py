@@ -35,6 +35,7 @@ from lmgate.frontends.base import (
     stream,
 )
 from lmgate.frontends.sealing import Sealer
+from lmgate.frontends.validate import require_json
 from lmgate.media import check
 from lmgate.observe import tokens
 from lmgate.routing.catalog import Catalog
@@ -79,7 +80,9 @@ class Pipeline:
         return await self.accounts.identify(key)
 
     async def read_body(self, request: Request) -> bytes:
-        length = request.headers.get("content-length", "")
+        headers = request.headers
+        require_json(headers.get("content-type"))
+        length = headers.get("content-length", "")
         if length.isdigit() and int(length) > self.max_body:
             raise self._too_large()
         chunks, size = [], 0

@@ -16,6 +16,7 @@ from starlette.requests import Request
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from lmgate.config import ServerConfig
+from lmgate.web.guard import Guard
 
 log = logging.getLogger("lmgate")
 
@@ -109,20 +110,28 @@ class HotRoutes:
     ``models/{model}:{action}``), with its name. The handlers turn their own errors
     into replies, as they do behind Starlette."""
 
-    __slots__ = ("app", "routes", "state", "targets")
+    __slots__ = ("app", "guard", "routes", "state", "targets")
 
     def __init__(
         self,
         app: Any,
         routes: Mapping[str, Callable[[Request], Awaitable[Any]]],
         targets: Sequence[tuple[str, str, Callable[[Request], Awaitable[Any]]]],
+        guard: Guard,
     ) -> None:
         self.app = app
+        self.guard = guard  # first: what a web page may not do
         self.routes = routes
         self.targets = tuple(targets)
         self.state = app.state
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and (screened := self.guard.screen(scope)) is not None:
+            await screened(scope, receive, send, self._route)
+            return
+        await self._route(scope, receive, send)
+
+    async def _route(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
             path = scope["path"]
             handler = self.routes.get(path)

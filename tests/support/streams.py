@@ -13,7 +13,7 @@ def request_bytes(model: str, key: str = "") -> bytes:
     body = orjson.dumps({"model": model, "stream": True, "messages": messages})
     auth = f"Authorization: Bearer {key}\r\n".encode() if key else b""
     return (
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         + auth
         + b"Content-Length: %d\r\n\r\n" % len(body)
         + body
