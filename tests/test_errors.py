@@ -395,3 +395,23 @@ def test_client_disconnect_cancels_upstream(
         .choices[0]
         .message.content
     )
+
+
+def test_an_upstream_reply_past_max_reply_mb_is_a_502_naming_it(
+    start_gateway: Any, upstream: FakeUpstream
+) -> None:
+    gw = start_gateway(upstream_config(upstream, max_reply_mb=1))
+    upstream.push(Script(json=completion("x" * (2 * 2**20))))
+    raw = gw.request("POST", "/v1/chat/completions", {"model": "chat-model", "messages": HI})
+    assert raw.status == 502 and "providers.up.max_reply_mb, 1 MB" in raw.json()["error"]["message"]
+    # One stream event past it: the stream ends with the protocol's error, naming it.
+    big = chunk(delta={"content": "y" * (2 * 2**20)})
+    upstream.push(Script(chunks=[chunk(delta={"role": "assistant", "content": ""}), big]))
+    streamed = gw.request(
+        "POST", "/v1/chat/completions", {"model": "chat-model", "messages": HI, "stream": True}
+    )
+    assert streamed.status == 200 and b"max_reply_mb" in streamed.body
+    assert b"data: [DONE]" not in streamed.body
+    upstream.push(Script(json=completion("small")))  # and the next request is served
+    again = gw.request("POST", "/v1/chat/completions", {"model": "chat-model", "messages": HI})
+    assert again.status == 200

@@ -387,3 +387,85 @@ def test_credentials_in_the_url_are_sent_as_basic_auth() -> None:
 
     upstream = Upstream(handler)
     run(main)
+
+
+# ---- what a hostile or broken upstream cannot do ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"".join(b"X-Dup: %d\r\n" % i for i in range(100_000)),  # 1.4 MB of one repeated name
+        b"X-Big: " + b"v" * 200_000 + b"\r\n",
+    ],
+    ids=["many", "large"],
+)
+def test_an_oversized_response_head_is_refused_at_once(head: bytes) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await upstream.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\n" + head + b"Content-Length: 2\r\n\r\n{}")
+        await writer.drain()
+        await reader.read()
+
+    async def test() -> None:
+        pool = Pool(1, connect_timeout=2)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(ClientError, match="response head over 256 headers or 64 KB"):
+            await pool.request("POST", upstream.url, {}, b"{}")
+        # Bounded work (the 100,000 headers were merged one by one, quadratically, before).
+        assert loop.time() - started < 2
+        assert pool.in_use == 0 and pool.idle == 0
+
+    upstream = Upstream(handler)
+
+    async def scoped() -> None:
+        async with upstream:
+            await test()
+
+    run(scoped)
+
+
+@pytest.mark.parametrize("when", ["same segment", "while idle"])
+def test_a_connection_that_answered_twice_is_never_reused(when: str) -> None:
+    """An upstream that sends an extra response, with the first or later while the
+    connection is idle: the next request gets its own answer on a new connection,
+    never the stray one."""
+    stray = b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n{stray}"
+    first_read = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        number = 0
+        while True:
+            await upstream.read_request(reader)
+            number += 1
+            body = b'{"n":%d}' % number
+            answer = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+            first = upstream.connections == 1
+            writer.write(answer + stray if first and when == "same segment" else answer)
+            await writer.drain()
+            if first and when == "while idle":
+                await first_read.wait()
+                writer.write(stray)
+                await writer.drain()
+
+    async def test() -> None:
+        pool = Pool(1, connect_timeout=2)
+        first = await (await pool.request("POST", upstream.url, {}, b"{}")).read()
+        assert first == b'{"n":1}'
+        first_read.set()
+        for _ in range(500):  # until the stray answer reached the idle connection: dropped
+            if not pool.idle:
+                break
+            await asyncio.sleep(0.01)
+        second = await (await pool.request("POST", upstream.url, {}, b"{}")).read()
+        assert second == b'{"n":1}' and upstream.connections == 2  # a new connection's first
+        await pool.close()
+
+    upstream = Upstream(handler)
+
+    async def scoped() -> None:
+        async with upstream:
+            await test()
+
+    run(scoped)

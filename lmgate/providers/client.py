@@ -22,6 +22,10 @@ import httptools
 # Body bytes a response buffers before its connection stops reading: a slow client's
 # stream holds at most this much of what a fast upstream sent, and one socket read.
 _BUFFER_LIMIT = 128 * 1024
+# What a response's head may hold. Real upstreams send a few dozen headers; a broken
+# or hostile one is cut off here rather than holding the event loop or memory.
+_MAX_HEADERS = 256
+_MAX_HEAD_BYTES = 64 * 1024
 
 
 class ClientError(Exception):
@@ -68,6 +72,7 @@ class Response:
         "_error",
         "_framed",
         "_head",
+        "_head_bytes",
         "_names",
         "_paused",
         "_pool",
@@ -83,6 +88,7 @@ class Response:
         self._pool = pool
         self._head: asyncio.Future[None] = pool.loop.create_future()
         self._names: list[tuple[bytes, bytes]] = []
+        self._head_bytes = 0
         self._chunks: collections.deque[bytes] = collections.deque()
         self._size = 0
         self._waiter: asyncio.Future[None] | None = None
@@ -187,10 +193,11 @@ class Response:
 
     def _headers_complete(self, status: int, framed: bool) -> None:
         self.status = status
-        headers = self.headers
+        values: dict[str, list[str]] = {}
         for raw_name, raw_value in self._names:
-            name, value = raw_name.decode("latin-1").lower(), raw_value.decode("latin-1")
-            headers[name] = f"{headers[name]}, {value}" if name in headers else value
+            name = raw_name.decode("latin-1").lower()
+            values.setdefault(name, []).append(raw_value.decode("latin-1"))
+        self.headers = {name: ", ".join(found) for name, found in values.items()}
         self._names = []
         self._framed = framed
         if not self._head.done():
@@ -245,6 +252,9 @@ class _Connection(asyncio.Protocol):
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
+        if self.response is None:  # bytes nobody asked for: this connection is not to be trusted
+            self._unsolicited()
+            return
         self.received = True
         try:
             self.parser.feed_data(data)
@@ -273,11 +283,30 @@ class _Connection(asyncio.Protocol):
             response._connection = None
             self.pool._free()
 
+    def _unsolicited(self) -> None:
+        """The upstream sent a response no request asked for (or more than one for one
+        request): its answers may be off by one from now on. Never reuse it."""
+        self.lost = True
+        self.transport.close()
+
     # ---- httptools callbacks ------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        if self.response is None or self.response._done:
+            self.response = None  # what follows is nobody's
+            self._unsolicited()
+
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self.response is not None:
-            self.response._names.append((name, value))
+        response = self.response
+        if response is None:
+            return
+        response._names.append((name, value))
+        response._head_bytes += len(name) + len(value)
+        if len(response._names) > _MAX_HEADERS or response._head_bytes > _MAX_HEAD_BYTES:
+            limit = f"{_MAX_HEADERS} headers or {_MAX_HEAD_BYTES // 1024} KB of them"
+            response._fail(ClientError(f"the upstream sent a response head over {limit}"))
+            self.response = None
+            self._unsolicited()
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()

@@ -20,7 +20,7 @@ from lmgate.errors import GatewayError, encodable, redact
 from lmgate.providers import lenient_json
 from lmgate.providers.base import Provider, ProviderConfig, Timeouts
 from lmgate.providers.client import ClientError, Pool, Response, basic_credentials
-from lmgate.providers.sse import SSEDecoder
+from lmgate.providers.sse import EventTooLarge, SSEDecoder
 
 _MAX_ERROR_BODY = 64 * 1024
 # Seconds a complete stream's body may take to end before its connection is dropped.
@@ -43,6 +43,9 @@ class HttpProviderConfig(ProviderConfig):
     max_connections: int = 256
     # Seconds of upstream silence mid-reply after which clients get a keep-alive.
     heartbeat: float = Field(15.0, gt=0)
+    # The largest reply body (not streamed) and the largest single stream event taken
+    # from the upstream; past it the reply is a 502, never unbounded memory.
+    max_reply_mb: float = Field(64.0, gt=0)
 
 
 class HttpProvider(Provider):
@@ -143,15 +146,27 @@ class HttpProvider(Provider):
 
     async def read_body(self, response: Response, deadline: float) -> bytes:
         idle = self._read_timeout(deadline)
+        cap = self._max_reply()
         try:
             if deadline == float("inf"):
-                return await response.read(idle=idle)
-            async with asyncio.timeout(deadline - time.monotonic()):
-                return await response.read(idle=idle)
+                body = await response.read(cap + 1, idle=idle)
+            else:
+                async with asyncio.timeout(deadline - time.monotonic()):
+                    body = await response.read(cap + 1, idle=idle)
         except TimeoutError:
             raise self.stall_error() from None
         except ClientError as error:
             raise self.broken_error(error) from None
+        if len(body) > cap:
+            raise self.too_large_error("reply")
+        return body
+
+    def _max_reply(self) -> int:
+        return int(self.config.max_reply_mb * 2**20)
+
+    def too_large_error(self, what: str) -> GatewayError:
+        limit = f"providers.{self.name}.max_reply_mb, {self.config.max_reply_mb:g} MB"
+        return GatewayError("upstream", f"upstream {self.name} sent a {what} larger than {limit}")
 
     async def iter_sse(
         self, response: Response, deadline: float, ended: Callable[[], bool]
@@ -159,7 +174,7 @@ class HttpProvider(Provider):
         """``(event name, data)`` of each SSE event, every read bounded by the idle
         timeout; ``None`` after each ``heartbeat`` seconds of silence. Stops when
         ``ended()`` turns true after an event: the reply is complete."""
-        decoder = SSEDecoder()
+        decoder = SSEDecoder(self._max_reply())
         heartbeat = self.config.heartbeat
         complete = False
         try:
@@ -178,7 +193,11 @@ class HttpProvider(Provider):
                     yield None
                 if not chunk:
                     break
-                for event in decoder.feed(chunk):
+                try:
+                    events = decoder.feed(chunk)
+                except EventTooLarge:
+                    raise self.too_large_error("stream event") from None
+                for event in events:
                     yield event
                     if ended():
                         complete = True
