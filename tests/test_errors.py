@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import socket
 import time
 from typing import Any
 
@@ -415,3 +416,38 @@ def test_an_upstream_reply_past_max_reply_mb_is_a_502_naming_it(
     upstream.push(Script(json=completion("small")))  # and the next request is served
     again = gw.request("POST", "/v1/chat/completions", {"model": "chat-model", "messages": HI})
     assert again.status == 200
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked"])
+@pytest.mark.parametrize(
+    ("path", "key"), [("/v1/chat/completions", API_KEY), ("/admin/keys", "adm")]
+)
+def test_a_body_too_large_gets_its_413_not_a_reset(
+    start_gateway: Any, upstream: FakeUpstream, framing: str, path: str, key: str
+) -> None:
+    """The client is still sending when the answer comes, and asked to close after it:
+    the gateway half-closes and reads on (a lingering close) instead of resetting."""
+    config = upstream_config(upstream)
+    config["server"].update(max_body_mb=1, admin_key="adm")
+    gw = start_gateway(config)
+    body = b"x" * (24 * 2**20)
+    framed = (
+        b"Transfer-Encoding: chunked\r\n\r\n"
+        if framing == "chunked"
+        else b"Content-Length: %d\r\n\r\n" % len(body)
+    )
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=20) as sock:
+        sock.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+            f"Content-Type: application/json\r\nAuthorization: Bearer {key}\r\n".encode()
+            + framed
+        )
+        for start in range(0, len(body), 65536):
+            piece = body[start : start + 65536]
+            sock.sendall(b"%x\r\n%s\r\n" % (len(piece), piece) if framing == "chunked" else piece)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, data = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413"), head
+    assert b"max_body_mb" in data or b"larger than" in data

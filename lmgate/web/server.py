@@ -184,6 +184,11 @@ class GuardedProtocol(HttpToolsProtocol):
     - ``keep_alive``: idle time between requests (uvicorn's own timer).
     - ``server.max_connections``: beyond it a new connection gets a 503 at once.
 
+    And a lingering close, as nginx does: a connection closed after an early answer
+    (a 413 for too large a body) while the client is still sending is half-closed,
+    and what the client still sends is read and dropped for up to ``_LINGER`` seconds,
+    so that it reads the answer rather than a reset.
+
     The settings come from the app's lifespan state (``client_limits``).
     """
 
@@ -196,9 +201,13 @@ class GuardedProtocol(HttpToolsProtocol):
         self.timeout_keep_alive = limits.keep_alive  # type: ignore[assignment]  # a float works
         self._reading: asyncio.TimerHandle | None = None
         self._writing: asyncio.TimerHandle | None = None
+        self._body_open = False  # a request's body is still coming
+        self._lingering: asyncio.TimerHandle | None = None
+        self._drained = 0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(CorkedTransport(transport, self.loop))  # type: ignore[arg-type]
+        corked = CorkedTransport(transport, self.loop, self._linger)
+        super().connection_made(corked)  # type: ignore[arg-type]
         if len(self.connections) > self.limits.max_connections:
             self.limits.refused += 1
             if self.limits.refused in (1, 10, 100) or self.limits.refused % 1000 == 0:
@@ -220,12 +229,48 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._disarm_read()
+        self._body_open = True
         super().on_headers_complete()
         self._arm_read(self.limits.body, "body")
 
     def on_message_complete(self) -> None:
         self._disarm_read()
+        self._body_open = False
         super().on_message_complete()
+
+    def data_received(self, data: bytes) -> None:
+        if self._lingering is None:
+            super().data_received(data)
+            return
+        self._drained += len(data)  # after the answer: dropped
+        if self._drained > _LINGER_BYTES:
+            self._end_linger()
+
+    def eof_received(self) -> None:
+        if self._lingering is not None:
+            self._end_linger()
+            return
+        super().eof_received()
+
+    def _linger(self) -> bool:
+        """The connection is being closed: linger (True) if the client is still
+        sending a body the answer came before."""
+        if self._lingering is not None:
+            return True
+        if not self._body_open or self.transport.is_closing():
+            return False
+        self._disarm_read()
+        transport = self.transport
+        if transport.can_write_eof():
+            transport.write_eof()  # the answer, then FIN: the client reads it whole
+        self._lingering = self.loop.call_later(_LINGER, self._end_linger)
+        return True
+
+    def _end_linger(self) -> None:
+        if self._lingering is not None:
+            self._lingering.cancel()
+        self._body_open = False
+        self.transport.close()
 
     def pause_writing(self) -> None:
         super().pause_writing()
@@ -240,6 +285,8 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_read()
+        if self._lingering is not None:
+            self._lingering.cancel()
         if self._writing is not None:
             self._writing.cancel()
             self._writing = None
@@ -262,6 +309,7 @@ class GuardedProtocol(HttpToolsProtocol):
         log.info("client %s: %s", _peer(self.client), message)
         if self.cycle is None or not self.cycle.response_started:
             self.transport.write(_timeout_reply(message))
+        self._body_open = False  # too slow to linger for
         self.transport.close()
 
     def _write_timed_out(self) -> None:
@@ -275,6 +323,9 @@ class GuardedProtocol(HttpToolsProtocol):
 
 
 _AT_ONCE = 65536  # bytes; as much as a transport buffers before it pauses its writer
+# A lingering close reads and drops at most this long, and this much.
+_LINGER = 2.0
+_LINGER_BYTES = 64 * 2**20
 
 
 class CorkedTransport:
@@ -290,13 +341,19 @@ class CorkedTransport:
     before the next send, or one slow client could hold a turn's worth of it.
     """
 
-    __slots__ = ("_loop", "_pending", "_size", "_transport")
+    __slots__ = ("_linger", "_loop", "_pending", "_size", "_transport")
 
-    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        transport: asyncio.Transport,
+        loop: asyncio.AbstractEventLoop,
+        linger: Callable[[], bool] | None = None,
+    ) -> None:
         self._transport = transport
         self._loop = loop
         self._pending: list[bytes] = []
         self._size = 0
+        self._linger = linger  # asked on close(): True if the protocol closes it later
 
     def write(self, data: bytes) -> None:
         if not self._pending:
@@ -318,7 +375,13 @@ class CorkedTransport:
 
     def close(self) -> None:
         self._flush()
+        if self._linger is not None and self._linger():
+            return
         self._transport.close()
+
+    def write_eof(self) -> None:
+        self._flush()
+        self._transport.write_eof()
 
     def abort(self) -> None:
         self._pending.clear()
