@@ -230,6 +230,9 @@ class ResponsesConfig(_Strict):
     # Days a stored response (store: true, the API's default) is kept for
     # previous_response_id and GET /v1/responses/{id}.
     retention_days: float = Field(30, gt=0)
+    # What one key's stored responses may hold; past it, its requests with store: true
+    # are refused (429) until it deletes some or they expire.
+    max_stored_mb_per_key: float = Field(256, gt=0)
 
 
 class MetricsConfig(_Strict):

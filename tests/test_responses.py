@@ -614,3 +614,55 @@ def test_response_ids_cannot_be_guessed(client: openai.OpenAI, upstream: FakeUps
         shared = next(i for i, (a, b) in enumerate(zip(one, two, strict=True)) if a != b) - 5
         assert shared < 8, (one, two)  # random, not a counter after a fixed prefix
         assert len(one) - len("resp_") >= 24  # at least 96 bits of hex
+
+
+@pytest.mark.parametrize(
+    ("metadata", "words"),
+    [
+        ({f"k{i}": "v" for i in range(17)}, "at most 16 pairs"),
+        ({"k" * 65: "v"}, "keys of at most 64"),
+        ({"k": "v" * 513}, "at most 512"),
+        ({"k": 5}, "a string"),
+    ],
+)
+def test_metadata_is_bounded_as_openai_bounds_it(
+    client: openai.OpenAI, metadata: dict[str, Any], words: str
+) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.responses.create(model="chat-model", input="hi", metadata=metadata)
+    assert words in caught.value.message
+
+
+def test_what_is_stored_is_what_was_used(client: openai.OpenAI, upstream: FakeUpstream) -> None:
+    """A built-in tool lmgate drops reaches no model: it is neither stored nor echoed."""
+    upstream.push(Script(json=completion()))
+    tools: Any = [
+        {"type": "web_search"},
+        {"type": "function", "name": "f", "parameters": {"type": "object", "properties": {}}},
+    ]
+    reply = client.responses.create(
+        model="chat-model", input="hi", tools=tools, metadata={"team": "a"}
+    )
+    stored = client.responses.retrieve(reply.id)
+    assert [tool.type for tool in stored.tools] == ["function"]
+    assert stored.metadata == {"team": "a"}
+
+
+def test_a_key_s_stored_responses_are_capped(
+    start_gateway: Any, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    config = upstream_config(upstream)
+    config["store"] = {"url": f"sqlite:///{tmp_path}/lmgate.db"}
+    config["responses"] = {"max_stored_mb_per_key": 0.002}  # about 2 KB
+    gw = start_gateway(config)
+    client = gw.client()
+    upstream.push(Script(json=completion("x" * 3000)))
+    client.responses.create(model="chat-model", input="hi")  # stored: now over the cap
+    with pytest.raises(openai.RateLimitError) as caught:
+        client.responses.create(model="chat-model", input="hi again")
+    assert "responses.max_stored_mb_per_key" in caught.value.message
+    upstream.push(Script(json=completion("fine")))
+    assert (
+        client.responses.create(model="chat-model", input="hi", store=False).output_text == "fine"
+    )
+    assert len(upstream.requests) == 2  # the refused one never reached the upstream

@@ -21,6 +21,7 @@ from lmgate.ids import unique_hex
 
 log = logging.getLogger("lmgate")
 _PURGE_EVERY = 3600.0  # seconds between deletions of expired responses
+_RECOUNT = 30.0  # seconds a key's count of stored bytes is trusted
 
 
 class Conversations:
@@ -31,11 +32,20 @@ class Conversations:
     that a reply waits for the writer (nothing is dropped)."""
 
     def __init__(
-        self, store: Store | None, retention_days: float, max_pending: int = 10_000
+        self,
+        store: Store | None,
+        retention_days: float,
+        max_pending: int = 10_000,
+        max_stored_mb_per_key: float = 256,
     ) -> None:
         self.store = store
         self.retention = retention_days * 86_400
         self.max_pending = max_pending
+        self.max_stored = int(max_stored_mb_per_key * 2**20)
+        # Per key: (when its stored bytes were counted, the count), and what this
+        # process stored for it since.
+        self._counted: dict[str | None, tuple[float, int]] = {}
+        self._added: dict[str | None, int] = {}
         self._pending: dict[str, dict[str, Any]] = {}  # id -> row, not written yet
         self._deleted: set[str] = set()  # taken out of _pending by a deletion
         self._wake = asyncio.Event()
@@ -67,6 +77,32 @@ class Conversations:
         output = orjson.loads(response).get("output") or []
         return [*orjson.loads(input_items), *output]
 
+    async def check_room(self, key_id: str | None) -> None:
+        """A 429 when the key's stored responses are over ``max_stored_mb_per_key``
+        (counted in the store every ``_RECOUNT`` seconds, and what was stored since)."""
+        if self.store is None:
+            return
+        now = time.monotonic()
+        counted = self._counted.get(key_id)
+        if counted is None or now - counted[0] > _RECOUNT:
+            waiting = sum(
+                len(row["input_items"]) + len(row["response"])
+                for row in self._pending.values()
+                if row["key_id"] == key_id
+            )
+            counted = self._counted[key_id] = (now, await self.store.stored_bytes(key_id) + waiting)
+            self._added[key_id] = 0
+        used = counted[1] + self._added.get(key_id, 0)
+        if used > self.max_stored:
+            limit = self.max_stored / 2**20
+            raise GatewayError(
+                "rate_limit",
+                f"this key's stored responses hold {used / 2**20:.1f} MB, over "
+                f"responses.max_stored_mb_per_key ({limit:g} MB): delete some "
+                "(DELETE /v1/responses/{id}) or send store: false",
+                code="storage_full",
+            )
+
     def saver(
         self, response_id: str, key_id: str | None, items: list[Any]
     ) -> Callable[[bytes], Awaitable[None]] | None:
@@ -89,7 +125,7 @@ class Conversations:
                         retry_after=5,
                     ) from None
             now = time.time()
-            self._pending[response_id] = {
+            row = self._pending[response_id] = {
                 "id": response_id,
                 "key_id": key_id,
                 "created_at": now,
@@ -97,6 +133,8 @@ class Conversations:
                 "input_items": _with_ids(items).decode(),
                 "response": body.decode(),
             }
+            size = len(row["input_items"]) + len(row["response"])
+            self._added[key_id] = self._added.get(key_id, 0) + size
             self._wake.set()
 
         return save

@@ -397,6 +397,15 @@ class Store:
             row = (await connection.execute(query)).first()
         return (row[0], row[1]) if row is not None else None
 
+    async def stored_bytes(self, key_id: str | None) -> int:
+        """What the live stored responses of ``key_id`` hold (characters of JSON)."""
+        size = sa.func.length(responses.c.input_items) + sa.func.length(responses.c.response)
+        query = sa.select(sa.func.coalesce(sa.func.sum(size), 0)).where(
+            _owned_by(key_id), responses.c.expires_at > time.time()
+        )
+        async with self.engine.connect() as connection:
+            return int((await connection.execute(query)).scalar_one())
+
     async def delete_response(self, response_id: str, key_id: str | None) -> bool:
         async with self.engine.begin() as connection:
             result = await connection.execute(

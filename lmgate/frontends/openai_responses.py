@@ -112,12 +112,15 @@ def build_request(
     effort = optional_string(reasoning, "effort", "reasoning.effort")
     echo = {
         key: data[key]
-        for key in ("instructions", "metadata", "parallel_tool_calls", "temperature", "top_p")
+        for key in ("instructions", "parallel_tool_calls", "temperature", "top_p")
         if data.get(key) is not None
     }
+    if (metadata := _metadata(data)) is not None:
+        echo["metadata"] = metadata
     echo.update(
         previous_response_id=previous_id(data),
-        tools=data.get("tools") or [],
+        # What was used: the tools given to the model (a dropped one is named in a header).
+        tools=[tool for tool in data.get("tools") or () if tool.get("type") in _SERVED],
         tool_choice=data.get("tool_choice", "auto"),
         store=data.get("store", True) is not False,
         text=text or {"format": {"type": "text"}},
@@ -374,6 +377,26 @@ def _parse_tools(
     return tools or None, frozenset(custom), dropped
 
 
+_SERVED = frozenset({"function", "custom"})  # tool types that reach the model
+# OpenAI's own bounds on metadata: it is stored with the response and echoed back.
+_METADATA_PAIRS, _METADATA_KEY, _METADATA_VALUE = 16, 64, 512
+
+
+def _metadata(data: dict[str, Any]) -> dict[str, str] | None:
+    metadata = optional_object(data, "metadata")
+    if metadata is None:
+        return None
+    if len(metadata) > _METADATA_PAIRS:
+        raise invalid(f"metadata: at most {_METADATA_PAIRS} pairs", "metadata")
+    for key, value in metadata.items():
+        if len(key) > _METADATA_KEY:
+            raise invalid(f"metadata: keys of at most {_METADATA_KEY} characters", "metadata")
+        if not isinstance(value, str) or len(value) > _METADATA_VALUE:
+            where = f"metadata.{key}"
+            raise invalid(f"{where}: a string of at most {_METADATA_VALUE} characters", where)
+    return metadata
+
+
 def _parse_tool_choice(raw: Any) -> str | dict[str, str] | None:
     if raw is None or raw in ("auto", "none", "required"):
         return raw
@@ -442,6 +465,7 @@ class ResponsesFrontend:
         history = await self.conversations.history(previous, key_id) if previous else []
         chat = build_request(data, self.refuse_unsupported, self.sealer, history)
         if data.get("store", True) is not False:
+            await self.conversations.check_room(key_id)
             found = extras(chat)
             items = [*history, *input_items(data)]
             found.save = self.conversations.saver(found.response_id, key_id, items)

@@ -83,7 +83,12 @@ class Gateway:
             if self.accounts.store is None:
                 raise ConfigError("request_log.enabled needs a store (store.url is none)")
             self.request_log = RequestLog(self.accounts.store, config.request_log, self.redactor)
-        self.conversations = Conversations(self.accounts.store, config.responses.retention_days)
+        responses = config.responses
+        self.conversations = Conversations(
+            self.accounts.store,
+            responses.retention_days,
+            max_stored_mb_per_key=responses.max_stored_mb_per_key,
+        )
         self.pipeline = Pipeline(
             config,
             self.catalog,
