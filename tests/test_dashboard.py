@@ -192,3 +192,33 @@ def test_the_admin_reads_refuse_bad_parameters_clearly(gw: RunningGateway) -> No
         assert gw.request("GET", path, api_key=None).status == 401
     series = gw.request("GET", "/admin/usage/series?since=15m", api_key=ADMIN).json()
     assert len(series["points"]) == 60 and series["overall"]["requests"] == 0
+
+
+def test_a_reused_request_id_keeps_each_request_s_own_bodies(
+    gw: RunningGateway, upstream: FakeUpstream
+) -> None:
+    """Clients choose x-request-id: two requests sending the same one each keep their
+    own logged bodies, shown with their own record."""
+    recorder = gw.app.state.gateway.accounts.recorder
+    for words in ("the first secret plan", "the second, another key's"):
+        upstream.push(Script(json=completion(f"reply to {words}")))
+        sent = gw.request(
+            "POST",
+            "/v1/chat/completions",
+            {"model": "chat-model", "messages": [{"role": "user", "content": words}]},
+            headers={"x-request-id": "same-id"},
+        )
+        assert sent.status == 200
+    wait_until(lambda: recorder.written >= 2)
+
+    def detail() -> Any:
+        return gw.request("GET", "/admin/requests/same-id", api_key=ADMIN).json()
+
+    wait_until(lambda: all(record["log"] for record in detail()["records"]))
+    records = detail()["records"]
+    assert len(records) == 2
+    assert "the first secret plan" in records[0]["log"]["request"]
+    assert "the second" in records[1]["log"]["request"]
+    assert "the first" not in records[1]["log"]["request"]
+    listed = gw.request("GET", "/admin/requests", api_key=ADMIN).json()["data"]
+    assert [row["logged"] for row in listed if row["request_id"] == "same-id"] == [True, True]

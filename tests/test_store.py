@@ -278,3 +278,35 @@ def test_a_new_sqlite_store_is_for_its_owner_only(tmp_path: Path) -> None:
     assert {f.name for f in files} >= {"lmgate.db"}
     for file in files:
         assert stat.S_IMODE(file.stat().st_mode) == 0o600, file.name
+
+
+def test_a_v4_request_log_moves_to_one_entry_per_request(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Migration 5 keeps what the keyed-by-id log held."""
+    import lmgate.accounts.store as store_module
+
+    async def scenario() -> list[tuple[Any, ...]]:
+        monkeypatch.setattr(store_module, "MIGRATIONS", MIGRATIONS[:4])
+        store = Store(store_url)
+        try:
+            assert await store.migrate() == 4
+            async with store.engine.begin() as connection:
+                await connection.execute(
+                    sa.text(
+                        "INSERT INTO lmgate_request_log (request_id, at, key_id, request, reply)"
+                        " VALUES ('r1', 1.5, 'k', :body, '{}')"
+                    ),
+                    {"body": '{"a":1}'},
+                )
+            monkeypatch.setattr(store_module, "MIGRATIONS", MIGRATIONS)
+            assert await store.migrate() == MIGRATIONS[-1][0]
+            async with store.engine.connect() as connection:
+                rows = await connection.execute(
+                    sa.text("SELECT request_id, at, key_id, request FROM lmgate_requests")
+                )
+                return [tuple(row) for row in rows]
+        finally:
+            await store.close()
+
+    assert run(scenario()) == [("r1", 1.5, "k", '{"a":1}')]

@@ -101,7 +101,9 @@ async def recent_requests(
 ) -> list[dict[str, Any]]:
     """The latest records, newest first; ``status``: ``ok``, ``error`` or a status
     code; ``before``: a record id, for the next page. Each says if it was logged."""
-    logged = sa.exists().where(request_log.c.request_id == usage.c.request_id)
+    logged = sa.exists().where(
+        request_log.c.request_id == usage.c.request_id, request_log.c.at == usage.c.at
+    )
     query = sa.select(usage, logged.label("logged")).order_by(usage.c.id.desc()).limit(limit)
     if key:
         query = query.where(usage.c.key_id == key)
@@ -120,7 +122,8 @@ async def recent_requests(
 
 
 async def request_detail(store: Store, request_id: str) -> dict[str, Any] | None:
-    """A request's records (a client may reuse an id) and its logged bodies, if any."""
+    """The records of a request id (a client may send one id with several requests),
+    each with its own logged bodies, if any (``log``: the last record's)."""
     async with store.engine.connect() as connection:
         records = [
             _plain(row)
@@ -128,19 +131,22 @@ async def request_detail(store: Store, request_id: str) -> dict[str, Any] | None
                 sa.select(usage).where(usage.c.request_id == request_id).order_by(usage.c.id)
             )
         ]
-        logged = (
-            await connection.execute(
-                sa.select(request_log.c.request, request_log.c.reply).where(
+        logs = {
+            row.at: {"request": row.request, "reply": row.reply}
+            for row in await connection.execute(
+                sa.select(request_log.c.at, request_log.c.request, request_log.c.reply).where(
                     request_log.c.request_id == request_id
                 )
             )
-        ).first()
-    if not records and logged is None:
+        }
+    if not records and not logs:
         return None
+    for record in records:
+        record["log"] = logs.get(record["at"])
     return {
         "request_id": request_id,
         "records": records,
-        "log": _plain(logged) if logged is not None else None,
+        "log": records[-1]["log"] if records else next(iter(logs.values())),
     }
 
 

@@ -13,8 +13,6 @@ import time
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
-import sqlalchemy as sa
-
 from lmgate.accounts.store import Store, request_log
 from lmgate.config import RequestLogConfig
 
@@ -51,7 +49,11 @@ class RequestLog:
                 "request log: %d entries not written at shutdown: %s", len(self._queue), error
             )
 
-    def add(self, request_id: str, key_id: str | None, body: bytes, reply: bytes) -> None:
+    def add(
+        self, request_id: str, at: float, key_id: str | None, body: bytes, reply: bytes
+    ) -> None:
+        """An entry for the request that arrived at ``at`` (its usage record's time: the
+        two are found together by id and time, whatever id the client chose)."""
         if len(self._queue) >= _QUEUE:
             self.dropped += 1
             if self.dropped == 1 or self.dropped % 1000 == 0:
@@ -60,7 +62,7 @@ class RequestLog:
         self._queue.append(
             {
                 "request_id": request_id,
-                "at": time.time(),
+                "at": at,
                 "key_id": key_id,
                 "request": self._text(body),
                 "reply": self._text(reply),
@@ -72,6 +74,7 @@ class RequestLog:
         self,
         frames: AsyncGenerator[bytes, None],
         request_id: str,
+        at: float,
         key_id: str | None,
         body: bytes,
     ) -> AsyncGenerator[bytes, None]:
@@ -86,7 +89,7 @@ class RequestLog:
                 yield frame
         finally:
             await frames.aclose()
-            self.add(request_id, key_id, body, b"".join(kept))
+            self.add(request_id, at, key_id, body, b"".join(kept))
 
     def _text(self, data: bytes) -> str:
         text = data[: self.limit].decode("utf-8", "replace")
@@ -123,19 +126,7 @@ class RequestLog:
             return
         try:
             async with self.store.engine.begin() as connection:
-                # A request id sent twice (clients may choose it) keeps its first entry.
-                ids = [row["request_id"] for row in batch]
-                known = await connection.execute(
-                    sa.select(request_log.c.request_id).where(request_log.c.request_id.in_(ids))
-                )
-                seen = {row[0] for row in known}
-                fresh = []
-                for row in batch:
-                    if row["request_id"] not in seen:
-                        seen.add(row["request_id"])
-                        fresh.append(row)
-                if fresh:
-                    await connection.execute(request_log.insert(), fresh)
+                await connection.execute(request_log.insert(), batch)
         except Exception:
             if await self.store.reachable():  # refused, not an outage: trying again won't help
                 self.dropped += len(batch)

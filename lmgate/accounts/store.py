@@ -126,7 +126,7 @@ def _key_columns_v4() -> list[sa.Column[Any]]:
     ]
 
 
-def _request_log_table(metadata: sa.MetaData) -> sa.Table:
+def _request_log_table_v4(metadata: sa.MetaData) -> sa.Table:
     return sa.Table(
         "lmgate_request_log",
         metadata,
@@ -151,7 +151,33 @@ def _migration_4(connection: Connection) -> None:
             connection.exec_driver_sql(
                 f"ALTER TABLE {table} ADD COLUMN {column.name} {kind}{null}{default}"
             )
+    _request_log_table_v4(sa.MetaData()).create(connection)
+
+
+def _request_log_table(metadata: sa.MetaData) -> sa.Table:
+    return sa.Table(
+        "lmgate_requests",
+        metadata,
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+        # The client may choose it, and send it twice: an entry per request all the same.
+        sa.Column("request_id", sa.String(128), nullable=False),
+        sa.Column("at", sa.Float, nullable=False),  # when it arrived: its usage record's
+        sa.Column("key_id", sa.String(64)),
+        sa.Column("request", sa.Text, nullable=False),  # the body as sent, redacted
+        sa.Column("reply", sa.Text, nullable=False),  # the reply, or its folded stream
+        sa.Index("lmgate_requests_request_id", "request_id"),
+        sa.Index("lmgate_requests_at", "at"),
+    )
+
+
+def _migration_5(connection: Connection) -> None:
+    # The log was keyed by request id, and a client reusing one kept its own body out.
     _request_log_table(sa.MetaData()).create(connection)
+    connection.exec_driver_sql(
+        "INSERT INTO lmgate_requests (request_id, at, key_id, request, reply) "
+        "SELECT request_id, at, key_id, request, reply FROM lmgate_request_log"
+    )
+    connection.exec_driver_sql("DROP TABLE lmgate_request_log")
 
 
 # The live schema, used by queries: the result of every migration.
@@ -174,6 +200,7 @@ MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (2, _migration_2),
     (3, _migration_3),
     (4, _migration_4),
+    (5, _migration_5),
 ]
 
 

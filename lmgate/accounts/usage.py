@@ -68,7 +68,6 @@ class Meter:
     once, as the tuple the store writes (``UsageRecord``'s field order)."""
 
     __slots__ = (
-        "_at",
         "_attempt_at",
         "_deployment",
         "_key_id",
@@ -85,6 +84,7 @@ class Meter:
         "_upstream_last",
         "_upstream_ms",
         "_usage",
+        "at",
         "done",
         "reply",
         "span",
@@ -92,7 +92,7 @@ class Meter:
 
     def __init__(self, recorder: RowSink, request_id: str, protocol: str) -> None:
         self._recorder = recorder
-        self._at = time.time()
+        self.at = time.time()  # when the request arrived
         self._started = time.perf_counter()
         self._request_id = request_id
         self._protocol = protocol
@@ -207,7 +207,7 @@ class Meter:
         if model is not None and (len(model) > _NAME or "\0" in model):
             model = _fit(model)
         row = (
-            self._at,
+            self.at,
             self._request_id,
             self._protocol,
             self._stream,

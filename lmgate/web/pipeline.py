@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -113,6 +114,7 @@ class Pipeline:
         if self.tracing is not None and meter is not None:
             meter.span = self.tracing.start(request.headers, frontend.PROTOCOL)
         logged = self.request_log
+        arrived = meter.at if meter is not None else time.time()  # its record's, and log's
         caller = ANONYMOUS
         body = b""  # as read; logged with the reply when request_log is on
         try:
@@ -142,7 +144,7 @@ class Pipeline:
                     headers.update(meter.reply_headers(reply.usage))
                     meter.finish(200)
                 if logged is not None:
-                    logged.add(rid, caller.key_id, body, answer)
+                    logged.add(rid, arrived, caller.key_id, body, answer)
                 return Response(answer, media_type="application/json", headers=headers)
             if meter is not None:
                 events = meter.watch(events)
@@ -153,7 +155,7 @@ class Pipeline:
                 assert isinstance(start, Start)
                 frames = stream(frontend.stream_encoder(start, chat), events)
                 if logged is not None:
-                    frames = logged.tee(frames, rid, caller.key_id, body)
+                    frames = logged.tee(frames, rid, arrived, caller.key_id, body)
                 headers = {**_SSE_HEADERS, **ids(rid, start.deployment, start.attempts)}
                 headers.update(frontend.reply_headers(chat))
                 if meter is not None:
@@ -176,7 +178,7 @@ class Pipeline:
         if meter is not None:
             meter.finish(response.status_code, kind, message)
         if logged is not None and body:
-            logged.add(rid, caller.key_id, body, bytes(response.body))
+            logged.add(rid, arrived, caller.key_id, body, bytes(response.body))
         return response
 
     async def count_tokens(

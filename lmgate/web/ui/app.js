@@ -271,14 +271,16 @@ pages.requests = async (root) => {
   const pretty = (text) => { try { return JSON.stringify(JSON.parse(text), null, 2); } catch { return text; } };
   const show = async (row) => {
     const found = await api(`/admin/requests/${encodeURIComponent(row.request_id)}`);
-    const record = found.records[found.records.length - 1] || row;
+    // A client may send one id with several requests: this row's own record and bodies.
+    const record = found.records.find((r) => r.id === row.id) || row;
+    const log = record.log;
     detail.replaceChildren(h("div", { class: "card" },
       h("h2", {}, `Request ${found.request_id}`),
       h("p", {}, `${when(record.at)} · ${record.protocol} · ${record.deployment || "no deployment"} · status ${record.status} · `,
         `upstream first byte ${ms(record.upstream_ms)} · gateway overhead ${ms(record.overhead_ms)}`),
       record.error_message ? h("p", { class: "error" }, `${record.error_type}: ${record.error_message}`) : null,
-      found.log ? [h("h2", {}, "Request body"), h("pre", { "data-testid": "logged-request" }, pretty(found.log.request)),
-        h("h2", {}, "Reply"), h("pre", { "data-testid": "logged-reply" }, pretty(found.log.reply))]
+      log ? [h("h2", {}, "Request body"), h("pre", { "data-testid": "logged-request" }, pretty(log.request)),
+        h("h2", {}, "Reply"), h("pre", { "data-testid": "logged-reply" }, pretty(log.reply))]
         : h("p", { class: "muted" }, "Bodies are not logged (request_log.enabled is off, or the entry expired).")));
   };
   filters.addEventListener("submit", (event) => { event.preventDefault(); load(false).catch(showError); });
