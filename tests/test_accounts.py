@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -513,3 +514,46 @@ def test_a_record_the_store_would_refuse_does_not_stop_the_budget(
     assert rows[0]["requested_model"] == "m" * 200 and rows[0]["status"] == 404
     assert rows[1]["input_tokens"] == 2**31 - 1
     assert recorder.bad == 0
+
+
+# ---- budgets under concurrency -----------------------------------------------------------
+
+
+def spend_at_once(
+    targets: list[RunningGateway], key: str, upstream: FakeUpstream, count: int = 50
+) -> list[int]:
+    """``count`` requests at once (spread over ``targets``); their statuses."""
+    usage = {"prompt_tokens": 5, "completion_tokens": 40, "total_tokens": 45}
+    upstream.route = lambda recorded: Script(json=completion(usage=usage), delay=0.3)
+    ask = {"model": "chat-model", "messages": HI, "max_tokens": 50}
+    with ThreadPoolExecutor(count) as pool:
+        return list(
+            pool.map(
+                lambda n: (
+                    targets[n % len(targets)]
+                    .request("POST", "/v1/chat/completions", ask, api_key=key)
+                    .status
+                ),
+                range(count),
+            )
+        )
+
+
+def test_a_budget_holds_under_concurrency(
+    start_gateway: Any, upstream: FakeUpstream, sqlite_url: str
+) -> None:
+    """50 requests at once against a budget of about six: each holds its estimate
+    (prompt + max_tokens) while in flight, so the key spends at most one request's
+    estimate past its budget. Before, every one of them was admitted (26x the budget)."""
+    gw = start_gateway(accounts_config(upstream, sqlite_url))
+    budget = 300
+    key = new_key(gw, budget_tokens=budget)
+    statuses = spend_at_once([gw], key, upstream)
+    assert statuses.count(200) >= 1 and set(statuses) <= {200, 429}, statuses
+    wait_for_records(sqlite_url, 50)  # every request leaves a record, a refused one too
+    spent = sum(
+        row["input_tokens"] + row["output_tokens"] for row in records(sqlite_url)
+        if row["status"] == 200 and row["key_id"] not in (None, config_key_id(API_KEY))
+    )  # fmt: skip
+    estimate = 8 + 50  # its prompt counted offline (about 8 tokens), and max_tokens
+    assert spent <= budget + estimate, (spent, statuses.count(200))

@@ -10,9 +10,11 @@ from lmgate.accounts.keys import Caller, KeyRing
 from lmgate.accounts.limits import CooldownBus, LocalLimiter, RedisLimiter
 from lmgate.accounts.store import Spent, Store
 from lmgate.accounts.usage import Meter, RowSink, UsageRecorder
+from lmgate.canonical import ChatRequest
 from lmgate.clock import SYSTEM, Clock
 from lmgate.config import Config
 from lmgate.errors import GatewayError
+from lmgate.observe import tokens
 from lmgate.routing.catalog import Catalog, ModelEntry
 from lmgate.routing.router import Router
 
@@ -72,9 +74,12 @@ class Accounts:
     async def identify(self, secret: str) -> Caller:
         return await self.keys.identify(secret)
 
-    async def admit(self, caller: Caller, chain: list[ModelEntry]) -> list[ModelEntry]:
+    async def admit(
+        self, caller: Caller, chain: list[ModelEntry], chat: ChatRequest, meter: Meter | None
+    ) -> list[ModelEntry]:
         """The models of ``chain`` this caller may use, after its limits allowed the
-        request; 403 when it may use none of them, 429 when over a limit."""
+        request; 403 when it may use none of them, 429 when over a limit. A key with a
+        budget holds the request's estimate of it (settled by ``meter`` at the end)."""
         key = caller.key
         if key is None:
             return chain
@@ -92,6 +97,13 @@ class Accounts:
                 )
             chain = allowed
         await self.limiter.admit(key)
+        if key.budget_tokens is not None or key.budget_usd is not None:
+            tokens, usd = await _estimate(chat, chain)
+            hold = await self.limiter.reserve(key, tokens, usd)
+            if meter is not None:
+                meter.hold = hold
+            else:
+                hold.settle(0, 0.0)
         return chain
 
     def meter(self, request_id: str, protocol: str) -> Meter | None:
@@ -100,7 +112,23 @@ class Accounts:
 
     async def _tokens_written(self, spent: dict[str, Spent]) -> None:
         self.keys.spent(spent)
+        self.limiter.written(spent)
         await self.limiter.add_tokens(spent)
+
+
+# The output a request is held at when it sets no cap (max_tokens) and its model has none.
+DEFAULT_OUTPUT_HOLD = 4096
+
+
+async def _estimate(chat: ChatRequest, chain: list[ModelEntry]) -> tuple[int, float]:
+    """The most a request may spend: its prompt, and its output cap (the request's, else
+    the model's, else ``DEFAULT_OUTPUT_HOLD``), at the dearest of its deployments."""
+    prompt = await tokens.count_request_async(chat)
+    caps = [entry.max_output_tokens for entry in chain if entry.max_output_tokens]
+    output = chat.max_tokens or (max(caps) if caps else DEFAULT_OUTPUT_HOLD)
+    prices = [d.price for entry in chain for d in entry.deployments if d.price is not None]
+    usd = max((price.cost(prompt, output, 0, 0) for price in prices), default=0.0)
+    return prompt + output, usd
 
 
 def _shown(url: str) -> str:

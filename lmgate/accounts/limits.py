@@ -7,6 +7,13 @@ current clock minute. The budget is checked against the key's running total in
 the store, as this process last read or wrote it; with Redis, against the total
 any process last wrote (without it, other processes' usage counts within
 ``store.key_cache_seconds``).
+
+Budgets hold under concurrency: a request is admitted only while the key's total
+plus what its requests in flight hold stays under the budget, and it holds its
+estimate (prompt tokens and output cap, priced) until its record is written, the
+estimate replaced by what it spent once it ends. So the key spends past its budget
+by at most one admitted request's estimate, plus whatever requests without an
+output cap produce beyond the default they were held at.
 """
 
 from __future__ import annotations
@@ -58,11 +65,31 @@ def _budget_exhausted(key: KeyInfo, budget: str) -> GatewayError:
     )
 
 
+class Hold:
+    """What one request holds of its key's budget: its estimate, then what it spent."""
+
+    __slots__ = ("_held", "_limiter", "key_id", "tokens", "usd")
+
+    def __init__(self, limiter: LocalLimiter, key_id: str, tokens: int, usd: float) -> None:
+        self._limiter = limiter
+        self.key_id, self.tokens, self.usd = key_id, tokens, usd
+        self._held = True
+
+    def settle(self, tokens: int, usd: float) -> None:
+        """The request ended having spent this: held until its record is written."""
+        if self._held:
+            self._held = False
+            self._limiter.hold(self.key_id, tokens - self.tokens, usd - self.usd)
+
+
 class LocalLimiter:
     """Counters in this process: right for one gateway process."""
 
     def __init__(self, clock: Clock = SYSTEM) -> None:
         self._clock = clock
+        # Key id -> [tokens, USD] that its requests hold: estimates of those in flight,
+        # and what finished ones spent until their records are written.
+        self._held: dict[str, list[float]] = {}
         self._requests: dict[str, deque[float]] = {}
         self._minute_tokens: dict[str, tuple[int, int]] = {}  # key -> (minute, tokens)
         self.refused: dict[str, int] = {}  # requests refused, by limit (for the metrics)
@@ -72,6 +99,32 @@ class LocalLimiter:
         if (budget := over_budget(key)) is not None:
             raise self.refuse(budget, _budget_exhausted(key, budget))
         await self._admit(key)
+
+    async def reserve(self, key: KeyInfo, tokens: int, usd: float) -> Hold:
+        """Hold a request's estimate of ``key``'s budget; the 429 of a budget that what
+        is spent and held already reaches."""
+        held = self._held.get(key.id) or [0, 0.0]
+        if key.budget_tokens is not None and key.used_tokens + held[0] >= key.budget_tokens:
+            raise self.refuse("budget_tokens", _budget_exhausted(key, "budget_tokens"))
+        if key.budget_usd is not None and key.used_usd + held[1] >= key.budget_usd:
+            raise self.refuse("budget_usd", _budget_exhausted(key, "budget_usd"))
+        self.hold(key.id, tokens, usd)
+        return Hold(self, key.id, tokens, usd)
+
+    def hold(self, key_id: str, tokens: float, usd: float) -> None:
+        held = self._held.setdefault(key_id, [0, 0.0])
+        held[0] += tokens
+        held[1] += usd
+
+    def written(self, spent: dict[str, Spent]) -> None:
+        """Records just written: what they spent is in the keys' totals now."""
+        for key_id, now in spent.items():
+            held = self._held.get(key_id)
+            if held is not None:
+                held[0] -= now.tokens
+                held[1] -= now.cost
+                if held[0] <= 0 and held[1] <= 1e-12:
+                    del self._held[key_id]
 
     def refuse(self, limit: str, error: GatewayError) -> GatewayError:
         self.refused[limit] = self.refused.get(limit, 0) + 1

@@ -28,6 +28,7 @@ from lmgate.canonical import (
 from lmgate.errors import GatewayError
 
 if TYPE_CHECKING:
+    from lmgate.accounts.limits import Hold
     from lmgate.observe.pricing import Price
     from lmgate.observe.tracing import RequestSpan
     from lmgate.routing.catalog import Deployment
@@ -86,6 +87,7 @@ class Meter:
         "_usage",
         "at",
         "done",
+        "hold",
         "reply",
         "span",
     )
@@ -115,6 +117,7 @@ class Meter:
         # watching each event would cost a generator layer per request.
         self.reply: Reply | None = None
         self.span: RequestSpan | None = None  # with otel.enabled
+        self.hold: Hold | None = None  # of its key's budget: settled at the end
 
     def request(self, chat: ChatRequest, key_id: str | None) -> None:
         self._requested, self._stream, self._key_id = chat.model, chat.stream, key_id
@@ -206,6 +209,8 @@ class Meter:
             requested = _fit(requested)
         if model is not None and (len(model) > _NAME or "\0" in model):
             model = _fit(model)
+        input_tokens = input_tokens if 0 <= input_tokens <= _COUNT else _clamp(input_tokens)
+        output_tokens = output_tokens if 0 <= output_tokens <= _COUNT else _clamp(output_tokens)
         row = (
             self.at,
             self._request_id,
@@ -218,8 +223,8 @@ class Meter:
             deployment.partition("/")[0] if deployment else None,
             status,
             error_type,
-            input_tokens if 0 <= input_tokens <= _COUNT else _clamp(input_tokens),
-            output_tokens if 0 <= output_tokens <= _COUNT else _clamp(output_tokens),
+            input_tokens,
+            output_tokens,
             cached_tokens if 0 <= cached_tokens <= _COUNT else _clamp(cached_tokens),
             (time.perf_counter() - self._started) * 1000,
             self._ttft_ms,
@@ -230,6 +235,8 @@ class Meter:
             self.overhead_ms(),
             message[:_MESSAGE] if message is not None else None,
         )
+        if self.hold is not None:  # what spent_by_key will count once the row is written
+            self.hold.settle(input_tokens + output_tokens, cost or 0.0)
         self._recorder.submit(row)
         if self.span is not None:
             if reply is not None and reply.finish is not None:

@@ -128,7 +128,7 @@ class Pipeline:
             if meter is not None:
                 meter.request(chat, caller.key_id)
             chain = self.catalog.candidates(chat.model, self._check_media(chat), bool(chat.tools))
-            chain = await self.accounts.admit(caller, chain)
+            chain = await self.accounts.admit(caller, chain, chat, meter)
             events = self.router.stream(chat, chain, meter)
             if not chat.stream:
                 reply = Reply()
