@@ -557,3 +557,40 @@ def test_a_budget_holds_under_concurrency(
     )  # fmt: skip
     estimate = 8 + 50  # its prompt counted offline (about 8 tokens), and max_tokens
     assert spent <= budget + estimate, (spent, statuses.count(200))
+
+
+def test_a_budget_holds_under_concurrency_across_processes(
+    serve: Any, upstream: FakeUpstream, postgres_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    """The same 50 requests spread over two processes sharing PostgreSQL and Redis: the
+    holds of both count against the one budget."""
+    config = accounts_config(upstream, postgres_url, redis={"url": redis_url})
+    path = tmp_path / "team.yaml"
+    path.write_bytes(orjson.dumps(config))
+    first, second = serve("--config", str(path)), serve("--config", str(path))
+    budget = 300
+    status, body = first.request(
+        "POST", "/admin/keys", {"name": "fleet", "budget_tokens": budget},
+        {"Authorization": f"Bearer {ADMIN}"},
+    )  # fmt: skip
+    assert status == 201
+    created = orjson.loads(body)
+    usage = {"prompt_tokens": 5, "completion_tokens": 40, "total_tokens": 45}
+    upstream.route = lambda recorded: Script(json=completion(usage=usage), delay=0.3)
+    ask = {"model": "chat-model", "messages": HI, "max_tokens": 50}
+    headers = {"Authorization": f"Bearer {created['key']}"}
+    with ThreadPoolExecutor(50) as pool:
+        statuses = list(
+            pool.map(
+                lambda n: (first, second)[n % 2].request(
+                    "POST", "/v1/chat/completions", ask, headers
+                )[0],
+                range(50),
+            )
+        )
+    assert statuses.count(200) >= 1 and set(statuses) <= {200, 429}, statuses
+    wait_until(
+        lambda: stored_key(postgres_url, created["id"]).used_tokens == 45 * statuses.count(200)
+    )
+    spent = stored_key(postgres_url, created["id"]).used_tokens
+    assert spent <= budget + 8 + 50, (spent, statuses.count(200))

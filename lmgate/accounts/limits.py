@@ -185,6 +185,39 @@ return {'ok', 0}
 """
 
 
+# What the requests in flight of every process hold of a key's budget, checked against
+# its total and added to in one step: each process keeps its holds in a hash of its
+# own that expires when the process stops refreshing it (it died: its holds go).
+_RESERVE = """
+local held_tokens, held_usd = 0, 0
+for _, holder in ipairs(redis.call('SMEMBERS', KEYS[3])) do
+  local name = ARGV[6] .. 'held:' .. holder
+  if redis.call('EXISTS', name) == 0 then
+    redis.call('SREM', KEYS[3], holder)
+  else
+    held_tokens = held_tokens + tonumber(redis.call('HGET', name, 't:' .. ARGV[1]) or '0')
+    held_usd = held_usd + tonumber(redis.call('HGET', name, 'u:' .. ARGV[1]) or '0')
+  end
+end
+local used_tokens = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[1]) or '0')
+used_tokens = math.max(used_tokens, tonumber(ARGV[9]))
+local used_usd = tonumber(redis.call('ZSCORE', KEYS[2], ARGV[1]) or '0')
+used_usd = math.max(used_usd, tonumber(ARGV[10]))
+if ARGV[2] ~= '' and used_tokens + held_tokens >= tonumber(ARGV[2]) then
+  return 'budget_tokens'
+end
+if ARGV[3] ~= '' and used_usd + held_usd >= tonumber(ARGV[3]) then
+  return 'budget_usd'
+end
+redis.call('HINCRBYFLOAT', KEYS[4], 't:' .. ARGV[1], ARGV[4])
+redis.call('HINCRBYFLOAT', KEYS[4], 'u:' .. ARGV[1], ARGV[5])
+redis.call('PEXPIRE', KEYS[4], ARGV[7])
+redis.call('SADD', KEYS[3], ARGV[8])
+return 'ok'
+"""
+_HELD_TTL_MS = 120_000  # a live process refreshes its holds with every change
+
+
 class RedisLimiter(LocalLimiter):
     """Counters in Redis: one limit for every gateway process that shares it."""
 
@@ -193,6 +226,10 @@ class RedisLimiter(LocalLimiter):
         self.redis = client
         self.prefix = prefix
         self._script = client.register_script(_ADMIT)
+        self._reserve = client.register_script(_RESERVE)
+        self._holder = uuid.uuid4().hex
+        self._holds = f"{prefix}held:{self._holder}"  # this process's holds
+        self._pushes: set[asyncio.Task[None]] = set()
         self._totals = f"{prefix}used_tokens"  # sorted set: key id -> running total
         self._costs = f"{prefix}used_usd"  # the same, in money
 
@@ -227,6 +264,53 @@ class RedisLimiter(LocalLimiter):
             what = f"limit of {key.tpm} tokens per minute"
             raise self.refuse("tpm", _limited(key, what, int(wait_ms) / 1000))
 
+    async def reserve(self, key: KeyInfo, tokens: int, usd: float) -> Hold:
+        verdict = await self._reserve(
+            keys=[self._totals, self._costs, f"{self.prefix}holders", self._holds],
+            args=[
+                key.id,
+                key.budget_tokens if key.budget_tokens is not None else "",
+                key.budget_usd if key.budget_usd is not None else "",
+                tokens,
+                usd,
+                self.prefix,
+                _HELD_TTL_MS,
+                self._holder,
+                key.used_tokens,
+                key.used_usd,
+            ],
+        )
+        verdict = verdict.decode()
+        if verdict in ("budget_tokens", "budget_usd"):
+            raise self.refuse(verdict, _budget_exhausted(key, verdict))
+        super().hold(key.id, tokens, usd)  # in Redis already
+        return Hold(self, key.id, tokens, usd)
+
+    def hold(self, key_id: str, tokens: float, usd: float) -> None:
+        super().hold(key_id, tokens, usd)
+        self._push(key_id, tokens, usd)
+
+    def written(self, spent: dict[str, Spent]) -> None:
+        mine = {key_id: now for key_id, now in spent.items() if key_id in self._held}
+        super().written(spent)
+        for key_id, now in mine.items():
+            self._push(key_id, -now.tokens, -now.cost)
+
+    def _push(self, key_id: str, tokens: float, usd: float) -> None:
+        task = asyncio.get_running_loop().create_task(self._add_held(key_id, tokens, usd))
+        self._pushes.add(task)
+        task.add_done_callback(self._pushes.discard)
+
+    async def _add_held(self, key_id: str, tokens: float, usd: float) -> None:
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.hincrbyfloat(self._holds, f"t:{key_id}", tokens)
+                pipe.hincrbyfloat(self._holds, f"u:{key_id}", usd)
+                pipe.pexpire(self._holds, _HELD_TTL_MS)
+                await pipe.execute()
+        except Exception as error:  # Redis away: the holds expire with the hash
+            log.warning("could not update budget holds in Redis: %s", error)
+
     async def add_tokens(self, spent: dict[str, Spent]) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:
             for key_id, now in spent.items():
@@ -243,6 +327,9 @@ class RedisLimiter(LocalLimiter):
         return f"{self.prefix}tpm:{key_id}:{int(now // WINDOW)}"
 
     async def close(self) -> None:
+        if self._pushes:
+            await asyncio.gather(*self._pushes, return_exceptions=True)
+        await self.redis.delete(self._holds)  # this process holds nothing any more
         await self.redis.aclose()
 
 
