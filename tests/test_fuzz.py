@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.support.fakes.upstream import FakeUpstream
-from tests.support.gateway import API_KEY, RunningGateway
+from tests.support.gateway import API_KEY, RunningGateway, wait_until
 from tests.support.images import PNG_B64
 
 CASES = 1_000  # per endpoint: 8,000 in all
@@ -270,6 +270,7 @@ class Client:
 
     def __init__(self, port: int) -> None:
         self.port = port
+        self.gateway: RunningGateway | None = None
         self.connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
 
     def send(
@@ -328,6 +329,7 @@ def fuzzed(
     errors = ErrorLog()
     logging.getLogger().addHandler(errors)
     client = Client(gateway.port)
+    client.gateway = gateway
     try:
         yield client, errors
     finally:
@@ -423,3 +425,15 @@ def test_fuzzed_model_paths(fuzzed: tuple[Client, ErrorLog]) -> None:
         assert not errors.bad, errors.bad
 
     one()
+
+
+def test_every_upstream_connection_is_back_after_the_fuzzing(
+    fuzzed: tuple[Client, ErrorLog],
+) -> None:
+    """Last in this module: whatever the fuzzed requests did, no upstream connection is
+    still held (a leak would starve every later request to that provider)."""
+    client, _ = fuzzed
+    assert client.gateway is not None
+    gateway = client.gateway.app.state.gateway
+    pools = [gateway.providers[name].pool() for name in ("oa", "an")]
+    wait_until(lambda: all(pool.in_use == 0 for pool in pools))
