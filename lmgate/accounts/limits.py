@@ -329,7 +329,10 @@ class RedisLimiter(LocalLimiter):
     async def close(self) -> None:
         if self._pushes:
             await asyncio.gather(*self._pushes, return_exceptions=True)
-        await self.redis.delete(self._holds)  # this process holds nothing any more
+        try:
+            await self.redis.delete(self._holds)  # this process holds nothing any more
+        except Exception as error:  # Redis away: the hash expires on its own
+            log.warning("could not release budget holds in Redis: %s", error)
         await self.redis.aclose()
 
 
