@@ -193,11 +193,17 @@ class Response:
 
     def _headers_complete(self, status: int, framed: bool) -> None:
         self.status = status
-        values: dict[str, list[str]] = {}
+        headers = self.headers
+        repeated: dict[str, list[str]] | None = None  # merged once, at the end: linear
         for raw_name, raw_value in self._names:
-            name = raw_name.decode("latin-1").lower()
-            values.setdefault(name, []).append(raw_value.decode("latin-1"))
-        self.headers = {name: ", ".join(found) for name, found in values.items()}
+            name, value = raw_name.decode("latin-1").lower(), raw_value.decode("latin-1")
+            if name not in headers:
+                headers[name] = value
+            else:
+                repeated = repeated or {}
+                repeated.setdefault(name, [headers[name]]).append(value)
+        if repeated:
+            headers.update((name, ", ".join(values)) for name, values in repeated.items())
         self._names = []
         self._framed = framed
         if not self._head.done():
