@@ -14,8 +14,6 @@ from tests.support.fakes.upstream import FakeUpstream
 from tests.support.gateway import RunningGateway, upstream_config
 
 ADMIN = "admin-secret-key"
-
-
 HI: Any = [{"role": "user", "content": "hi"}]
 
 

@@ -25,11 +25,7 @@ from lmgate.web.server import GuardedProtocol
 from tests.support.fakes.upstream import FakeUpstream
 
 API_KEY = "sk-test-client-key"
-
-
 UPSTREAM_KEY = "sk-upstream-secret-0123456789"
-
-
 ANTHROPIC_UPSTREAM_KEY = "sk-ant-upstream-secret-0123456789"
 
 

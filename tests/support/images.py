@@ -8,9 +8,5 @@ from pathlib import Path
 PNG = (
     Path(__file__).parent.parent / "data" / "reference.png"
 ).read_bytes()  # reference/gateway-api.md §3.2
-
-
 PNG_B64 = base64.b64encode(PNG).decode()
-
-
 DATA_URL = f"data:image/png;base64,{PNG_B64}"

@@ -15,11 +15,7 @@ from tests.support.gateway import RunningGateway
 
 # tests/clients: the npm programs, and the scripts that drive the Python clients.
 HERE = Path(__file__).parent.parent / "clients"
-
-
 BIN = HERE / "node_modules" / ".bin"
-
-
 CLOSED = "http://127.0.0.1:9"  # nothing listens: a client that tries the internet fails
 
 
