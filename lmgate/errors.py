@@ -146,10 +146,25 @@ class Redactor:
         return error
 
     def filter(self, record: logging.LogRecord) -> bool:
-        """As a logging filter: the record's text redacted, arguments and traceback included."""
-        text = record.getMessage()
+        """As a logging filter: the record's text redacted, arguments and traceback
+        included. Arguments stay arguments (each redacted): formatters such as
+        uvicorn's access log read them one by one."""
         if record.exc_info:
+            text = record.getMessage()
             text += "\n" + logging.Formatter().formatException(record.exc_info)
             record.exc_info, record.exc_text = None, None
-        record.msg, record.args = self(text), None
+            record.msg, record.args = self(text), ()
+            return True
+        if isinstance(record.msg, str):
+            record.msg = self(record.msg)
+        args = record.args
+        if isinstance(args, tuple):
+            record.args = tuple(self._arg(arg) for arg in args)
+        elif isinstance(args, dict):
+            record.args = {name: self._arg(arg) for name, arg in args.items()}
         return True
+
+    def _arg(self, arg: Any) -> Any:
+        # A number holds no secret (and %d wants one); anything else may (an exception,
+        # a URL object): its text, redacted.
+        return arg if isinstance(arg, int | float) else self(str(arg))

@@ -325,3 +325,22 @@ def test_a_table_cut_short_by_its_reader_ends_quietly(tmp_path: Path) -> None:
     errors = models.stderr.read()
     models.stderr.close()
     assert b"Traceback" not in errors and b"BrokenPipeError" not in errors
+
+
+def test_the_access_log_writes_its_lines_with_keys_redacted(serve: Any, tmp_path: Path) -> None:
+    """`lmgate serve --access-log`: a line per request (the redaction used to break
+    uvicorn's formatter: a "--- Logging error ---" block instead of each line)."""
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "server: {api_keys: [sk-team-key-0123456789]}\n"
+        "providers: {e: {type: echo}}\nmodels: [{id: echo, provider: e}]\n"
+    )
+    served = serve("--config", str(path), "--access-log")
+    assert served.request("GET", "/v1beta/models?key=sk-team-key-0123456789")[0] == 200
+    assert served.request("GET", "/v1/models?%6Bey=sk-not-a-key-9876543210")[0] == 401
+    served.process.terminate()
+    out = served.process.communicate(timeout=15)[0]
+    assert "Logging error" not in out and "Traceback" not in out, out[-3000:]
+    assert '"GET /v1beta/models?key=[redacted] HTTP/1.1" 200' in out, out[-3000:]
+    assert '"GET /v1/models?%6Bey=[redacted] HTTP/1.1" 401' in out, out[-3000:]
+    assert "sk-team-key" not in out and "sk-not-a-key" not in out
