@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from lmgate import __version__
 from lmgate.config import Config, ConfigError, load_config
+from lmgate.observe import logs
 
 if TYPE_CHECKING:
     from lmgate.routing.catalog import Catalog
@@ -36,7 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--port", type=int, help="port to listen on (default: server.port, 7860)")
     serve.add_argument("--workers", type=int, default=1, help="worker processes (default: 1)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    serve.add_argument("--access-log", action="store_true", help="log every request")
+    serve.add_argument("--access-log", action="store_true", help="uvicorn's line per request")
+    serve.add_argument(
+        "--log-format", choices=["text", "json"], help="default: logging.format, text"
+    )
 
     check = commands.add_parser("check", help="validate a config file and exit")
     _config_argument(check)
@@ -76,6 +80,11 @@ def main(argv: list[str] | None = None) -> int:
         where = args.config or (args.preset and f"preset {args.preset}") or "the built-in default"
         print(f"lmgate: invalid config ({where}):\n{error}", file=sys.stderr)
         return 2
+    if args.command == "serve":
+        form = args.log_format or config.logging.format
+        logs.setup(args.log_level, form)
+        # Worker processes set their logging up from these (app_from_env).
+        os.environ["LMGATE_LOG_LEVEL"], os.environ["LMGATE_LOG_FORMAT"] = args.log_level, form
     if args.command == "check":
         print(f"config ok: {len(config.providers)} providers, {len(config.models)} models")
         return 0
@@ -267,6 +276,7 @@ def _run(args: argparse.Namespace, config: Config, app: HotRoutes, host: str, po
         loop="uvloop",
         http="lmgate.web.server:GuardedProtocol",  # httptools, with client timeouts and a cap
         log_level=args.log_level,
+        log_config=None,  # uvicorn's records go to lmgate's handler (lmgate.observe.logs)
         access_log=args.access_log,
         lifespan="on",
         # The app cuts what is left at shutdown_grace with a proper error (Gateway.drain);

@@ -262,6 +262,11 @@ class RequestLogConfig(_Strict):
     max_body_kb: int = Field(256, gt=0)  # longer bodies are cut
 
 
+class LoggingConfig(_Strict):
+    format: Literal["text", "json"] = "text"  # or --log-format
+    request_lines: bool = True  # a line per finished request, at INFO
+
+
 class UiConfig(_Strict):
     enabled: bool = True  # the dashboard at /ui, signed in with server.admin_key
 
@@ -279,6 +284,7 @@ class Config(_Strict):
     metrics: MetricsConfig = MetricsConfig()
     otel: OtelConfig = OtelConfig()
     ui: UiConfig = UiConfig()
+    logging: LoggingConfig = LoggingConfig()
     request_log: RequestLogConfig = RequestLogConfig()
     prices: dict[str, PriceConfig] = {}  # by upstream model name: over the shipped table
     path: Path | None = Field(None, exclude=True)

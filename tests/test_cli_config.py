@@ -17,7 +17,7 @@ import pytest
 
 from lmgate.config import ConfigError, default_config_dict, parse_config
 from tests.support.cli import run_cli
-from tests.support.gateway import free_port
+from tests.support.gateway import free_port, refusing_url
 
 # The config of the issue, exactly as written.
 ISSUE_CONFIG = """\
@@ -344,3 +344,53 @@ def test_the_access_log_writes_its_lines_with_keys_redacted(serve: Any, tmp_path
     assert '"GET /v1beta/models?key=[redacted] HTTP/1.1" 200' in out, out[-3000:]
     assert '"GET /v1/models?%6Bey=[redacted] HTTP/1.1" 401' in out, out[-3000:]
     assert "sk-team-key" not in out and "sk-not-a-key" not in out
+
+
+def run_and_read(serve: Any, path: Path, *flags: str, key: str = "sk-team-key-0123456789") -> str:
+    """Serve ``path``, send a chat that falls back from a dead upstream to echo, and
+    return everything the process wrote."""
+    served = serve("--config", str(path), *flags)
+    ask = {"model": "flaky", "messages": [{"role": "user", "content": "hi there"}]}
+    headers = {"Authorization": f"Bearer {key}", "x-request-id": "req-logged-1"}
+    assert served.request("POST", "/v1/chat/completions", ask, headers)[0] == 200
+    served.process.terminate()
+    return str(served.process.communicate(timeout=15)[0])
+
+
+def logged_config(tmp_path: Path) -> Path:
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "server: {api_keys: [sk-team-key-0123456789]}\n"
+        f"providers: {{dead: {{type: openai, base_url: '{refusing_url()}'}}, e: {{type: echo}}}}\n"
+        "models: [{id: flaky, provider: dead, model: gone}, {id: echo, provider: e}]\n"
+        "routing: {retries: 0, fallbacks: {flaky: [echo]}}\n"
+    )
+    return path
+
+
+def test_a_request_line_per_request_and_warnings_for_failures(serve: Any, tmp_path: Path) -> None:
+    out = run_and_read(serve, logged_config(tmp_path))
+    lines = [line for line in out.splitlines() if "request req-logged-1 " in line]
+    assert len(lines) == 1, out[-3000:]
+    line = lines[0]
+    assert " INFO lmgate: " in line and "flaky -> echo e/echo status=200" in line, line
+    assert "tokens=" in line and "ttfb=" in line
+    assert "deployment dead/gone failed (retryable): upstream: cannot reach" in out, out[-3000:]
+    assert "model flaky did not answer: falling back to echo" in out
+    assert "sk-team-key" not in out
+
+
+def test_json_logs_one_object_per_line(serve: Any, tmp_path: Path) -> None:
+    out = run_and_read(serve, logged_config(tmp_path), "--log-format", "json", "--access-log")
+    records = [orjson.loads(line) for line in out.splitlines() if line.strip()]
+    assert all({"time", "level", "logger", "message"} <= set(r) for r in records), out[-2000:]
+    [request] = [r for r in records if r.get("request_id") == "req-logged-1"]
+    assert request["level"] == "INFO" and request["status"] == 200
+    assert (request["requested_model"], request["model"]) == ("flaky", "echo")
+    assert request["deployment"] == "e/echo" and request["key"].startswith("config:")
+    assert request["input_tokens"] > 0 and request["output_tokens"] > 0
+    assert request["duration_ms"] > 0 and request["error"] is None
+    access = [r for r in records if r["logger"] == "uvicorn.access"]
+    assert any('"POST /v1/chat/completions HTTP/1.1" 200' in r["message"] for r in access)
+    warnings = [r for r in records if r["level"] == "WARNING"]
+    assert any("falling back to echo" in r["message"] for r in warnings)

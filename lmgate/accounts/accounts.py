@@ -25,6 +25,7 @@ class Accounts:
     def __init__(
         self, config: Config, catalog: Catalog, router: Router, clock: Clock = SYSTEM
     ) -> None:
+        self._lines = config.logging.request_lines
         url = config.store.resolved_url(config.path)
         self.store = Store(url) if url else None
         self.keys = KeyRing(config.server.api_keys, self.store, config.store.key_cache_seconds)
@@ -108,7 +109,7 @@ class Accounts:
 
     def meter(self, request_id: str, protocol: str) -> Meter | None:
         sink = self.sink
-        return Meter(sink, request_id, protocol) if sink is not None else None
+        return Meter(sink, request_id, protocol, self._lines) if sink is not None else None
 
     async def _tokens_written(self, spent: dict[str, Spent]) -> None:
         self.keys.spent(spent)

@@ -26,6 +26,7 @@ from lmgate.canonical import (
     Usage,
 )
 from lmgate.errors import GatewayError
+from lmgate.observe import logs
 
 if TYPE_CHECKING:
     from lmgate.accounts.limits import Hold
@@ -72,6 +73,8 @@ class Meter:
         "_attempt_at",
         "_deployment",
         "_key_id",
+        "_key_name",
+        "_lines",
         "_model",
         "_price",
         "_protocol",
@@ -92,8 +95,12 @@ class Meter:
         "span",
     )
 
-    def __init__(self, recorder: RowSink, request_id: str, protocol: str) -> None:
+    def __init__(
+        self, recorder: RowSink, request_id: str, protocol: str, lines: bool = False
+    ) -> None:
         self._recorder = recorder
+        self._lines = lines  # a log line when it finishes (logging.request_lines)
+        self._key_name: str | None = None
         self.at = time.time()  # when the request arrived
         self._started = time.perf_counter()
         self._request_id = request_id
@@ -119,8 +126,9 @@ class Meter:
         self.span: RequestSpan | None = None  # with otel.enabled
         self.hold: Hold | None = None  # of its key's budget: settled at the end
 
-    def request(self, chat: ChatRequest, key_id: str | None) -> None:
+    def request(self, chat: ChatRequest, key_id: str | None, key_name: str | None = None) -> None:
         self._requested, self._stream, self._key_id = chat.model, chat.stream, key_id
+        self._key_name = key_name
 
     def see(self, event: Event) -> None:
         if isinstance(event, Start):
@@ -211,6 +219,7 @@ class Meter:
             model = _fit(model)
         input_tokens = input_tokens if 0 <= input_tokens <= _COUNT else _clamp(input_tokens)
         output_tokens = output_tokens if 0 <= output_tokens <= _COUNT else _clamp(output_tokens)
+        latency_ms = (time.perf_counter() - self._started) * 1000
         row = (
             self.at,
             self._request_id,
@@ -226,7 +235,7 @@ class Meter:
             input_tokens,
             output_tokens,
             cached_tokens if 0 <= cached_tokens <= _COUNT else _clamp(cached_tokens),
-            (time.perf_counter() - self._started) * 1000,
+            latency_ms,
             self._ttft_ms,
             written if 0 <= written <= _COUNT else _clamp(written),
             reasoning if 0 <= reasoning <= _COUNT else _clamp(reasoning),
@@ -238,6 +247,23 @@ class Meter:
         if self.hold is not None:  # what spent_by_key will count once the row is written
             self.hold.settle(input_tokens + output_tokens, cost or 0.0)
         self._recorder.submit(row)
+        if self._lines and logs.REQUESTS.isEnabledFor(logging.INFO):
+            logs.request_line(
+                {
+                    "request_id": self._request_id,
+                    "key": self._key_name or self._key_id,
+                    "requested_model": requested,
+                    "model": model,
+                    "deployment": deployment,
+                    "status": status,
+                    "duration_ms": round(latency_ms, 1),
+                    "ttfb_ms": self._ttft_ms,
+                    "input_tokens": input_tokens,
+                    "output_tokens": output_tokens,
+                    "cost_usd": cost,
+                    "error": error_type,
+                }
+            )
         if self.span is not None:
             if reply is not None and reply.finish is not None:
                 self.span.finish_reason = reply.finish.reason

@@ -9,6 +9,7 @@ Nothing is retried once the first event reached the client.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from collections import deque
 from collections.abc import AsyncGenerator, Callable
@@ -33,6 +34,7 @@ from lmgate.observe import tokens
 from lmgate.routing.adapt import Adapter
 from lmgate.routing.catalog import Deployment, ModelEntry
 
+log = logging.getLogger("lmgate")
 _CUT = "lmgate: cut at shutdown"
 # Failures mid-reply that say something about the deployment, not the request.
 _UNHEALTHY_KINDS = frozenset({"upstream", "timeout", "overloaded", "rate_limit"})
@@ -136,7 +138,9 @@ class Router:
         adapter = Adapter(request, self._fetcher)
         for position, entry in enumerate(chain):
             if position:
-                self._count("fallback", chain[position - 1].id)
+                given_up = chain[position - 1].id
+                self._count("fallback", given_up)
+                log.warning("model %s did not answer: falling back to %s", given_up, entry.id)
             # Deployments tried for this model, with when each may be retried (Retry-After).
             tried: dict[Deployment, float] = {}
             for number in range(self.routing.retries + 1):
@@ -218,14 +222,24 @@ class Router:
         raise failure
 
     def _note(self, deployment: Deployment, error: GatewayError) -> None:
+        message = self._redactor(error.message)[:300]
+        retry = " (retryable)" if error.retryable else ""
+        log.warning("deployment %s failed%s: %s: %s", deployment.name, retry, error.kind, message)
         errors = self.recent_errors.get(deployment.name)
         if errors is None:
             errors = self.recent_errors[deployment.name] = deque(maxlen=5)
-        errors.append((self._clock.time(), error.kind, self._redactor(error.message)[:300]))
+        errors.append((self._clock.time(), error.kind, message))
 
     def _failed(self, deployment: Deployment) -> None:
-        if deployment.health.failed():
+        health = deployment.health
+        if health.failed():
             self._count("cooldown", deployment.name)
+            log.warning(
+                "deployment %s: circuit open for %gs after %d failures",
+                deployment.name,
+                health.cooldown_seconds,
+                health.failures,
+            )
             if self.on_cooldown is not None:
                 self.on_cooldown(deployment)
 

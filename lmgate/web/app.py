@@ -22,6 +22,7 @@ from lmgate.config import Config, load_config
 from lmgate.errors import ErrorKind, GatewayError
 from lmgate.frontends import FRONTENDS, openai_chat
 from lmgate.frontends.base import error_reply, request_id
+from lmgate.observe import logs
 from lmgate.observe.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from lmgate.web.gateway import Gateway
 from lmgate.web.guard import Guard
@@ -109,4 +110,6 @@ def app_from_env() -> HotRoutes:
     """uvicorn factory: the config file in ``LMGATE_CONFIG``, or the preset in
     ``LMGATE_PRESET``, or the built-in default."""
     path, preset = os.environ.get("LMGATE_CONFIG"), os.environ.get("LMGATE_PRESET")
+    if form := os.environ.get("LMGATE_LOG_FORMAT"):  # a worker process: log as its parent
+        logs.setup(os.environ.get("LMGATE_LOG_LEVEL", "info"), form)
     return build_app(load_config(path or None, preset))

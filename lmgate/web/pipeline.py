@@ -126,7 +126,7 @@ class Pipeline:
             else:
                 chat = frontend.parse_request(body, request.headers)
             if meter is not None:
-                meter.request(chat, caller.key_id)
+                meter.request(chat, caller.key_id, caller.key.name if caller.key else None)
             chain = self.catalog.candidates(chat.model, self._check_media(chat), bool(chat.tools))
             chain = await self.accounts.admit(caller, chain, chat, meter)
             events = self.router.stream(chat, chain, meter)
