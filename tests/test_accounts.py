@@ -594,3 +594,48 @@ def test_a_budget_holds_under_concurrency_across_processes(
     )
     spent = stored_key(postgres_url, created["id"]).used_tokens
     assert spent <= budget + 8 + 50, (spent, statuses.count(200))
+
+
+def test_a_spent_budget_tells_clients_not_to_retry(
+    gw: RunningGateway, upstream: FakeUpstream
+) -> None:
+    key = new_key(gw, budget_tokens=1)
+    upstream.push(Script(json=completion()))
+    assert (
+        gw.request(
+            "POST", "/v1/chat/completions", {"model": "chat-model", "messages": HI}, api_key=key
+        ).status
+        == 200
+    )
+    recorder = gw.app.state.gateway.accounts.recorder
+    wait_until(lambda: recorder.written >= 1)
+    refused = gw.request(
+        "POST", "/v1/chat/completions", {"model": "chat-model", "messages": HI}, api_key=key
+    )
+    assert refused.status == 429 and refused.headers["x-should-retry"] == "false"
+    assert "retry-after" not in refused.headers
+    limited = new_key(gw, rpm=1)  # a wait helps here: Retry-After, and no such header
+    gw.request("POST", "/v1/chat/completions", {"model": "echo", "messages": HI}, api_key=limited)
+    again = gw.request(
+        "POST", "/v1/chat/completions", {"model": "echo", "messages": HI}, api_key=limited
+    )
+    assert again.status == 429 and "retry-after" in again.headers
+    assert "x-should-retry" not in again.headers
+
+
+def test_model_lists_show_only_what_the_key_may_use(gw: RunningGateway) -> None:
+    key = new_key(gw, models=["chat-model"])
+    openai_list = gw.request("GET", "/v1/models", api_key=key).json()
+    assert [m["id"] for m in openai_list["data"]] == ["chat-model"]
+    anthropic_list = gw.request(
+        "GET", "/v1/models", headers={"anthropic-version": "2023-06-01"}, api_key=key
+    ).json()
+    assert [m["id"] for m in anthropic_list["data"]] == ["chat-model"]
+    google = gw.request(
+        "GET", "/v1beta/models", headers={"x-goog-api-key": key}, api_key=None
+    ).json()
+    assert [m["name"] for m in google["models"]] == ["models/chat-model"]
+    assert gw.request("GET", "/v1/models/echo", api_key=key).status == 404
+    assert gw.request("GET", "/v1/models/chat-model", api_key=key).status == 200
+    everything = gw.request("GET", "/v1/models", api_key=API_KEY).json()["data"]
+    assert len(everything) > 1  # a key without a model list sees all

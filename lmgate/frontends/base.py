@@ -188,13 +188,18 @@ async def json_answer(
     return json_reply(body, rid)
 
 
+async def visible_catalog(services: Services, request: Request) -> Catalog:
+    """The caller's catalog: only the models its key may use."""
+    caller = await services.authenticate(request)
+    return services.catalog.for_key(caller.key.models if caller.key is not None else None)
+
+
 def model_list(render: Callable[[Catalog], bytes], errors: ErrorShape) -> Handler:
     """The handler of ``GET …/models`` in a protocol's shape: for key holders only."""
 
     async def handle(services: Services, request: Request) -> Answer:
         async def body() -> bytes:
-            await services.authenticate(request)
-            return render(services.catalog)
+            return render(await visible_catalog(services, request))
 
         return await json_answer(request, errors, body)
 
@@ -210,6 +215,10 @@ def error_reply(shape: Frontend | ErrorShape, error: GatewayError, request_id: s
     headers = ids(request_id, attempts=error.attempts)
     if error.retry_after is not None:
         headers["Retry-After"] = str(max(1, round(error.retry_after)))
+    elif status == 429 and not error.retryable:
+        # A spent budget or a full store: no wait makes it pass. The SDKs retry a 429
+        # (three requests for one call) unless told not to.
+        headers["x-should-retry"] = "false"
     return Response(
         shape.error_body(error),
         status_code=status,

@@ -47,6 +47,7 @@ from lmgate.frontends.base import (
     from_google,
     json_answer,
     request_id,
+    visible_catalog,
 )
 from lmgate.frontends.validate import (
     optional_int,
@@ -546,11 +547,11 @@ async def _models(services: Services, request: Request) -> Answer:
     """GET models and models/{model}, in Google's shape."""
 
     async def body() -> bytes:
-        await services.authenticate(request)
+        catalog = await visible_catalog(services, request)
         model_id = request.path_params.get("model_id")
         if model_id is None:
-            return models_body(services.catalog)
-        entry = services.catalog.get(model_id.removeprefix("models/"))
+            return models_body(catalog)
+        entry = catalog.get(model_id.removeprefix("models/"))
         if entry is None:
             raise GatewayError("not_found", f"models/{model_id} is not found")
         return orjson.dumps(model_object(entry))

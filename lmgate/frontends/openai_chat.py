@@ -39,6 +39,7 @@ from lmgate.frontends.base import (
     Services,
     json_answer,
     model_list,
+    visible_catalog,
 )
 from lmgate.frontends.validate import (
     optional_bool,
@@ -480,9 +481,8 @@ ERRORS = ErrorShape(error_status, error_body)
 
 async def _model(services: Services, request: Request) -> Answer:
     async def body() -> bytes:
-        await services.authenticate(request)
         model_id = request.path_params["model_id"]
-        entry = services.catalog.get(model_id)
+        entry = (await visible_catalog(services, request)).get(model_id)
         if entry is None:
             raise GatewayError(
                 "not_found",

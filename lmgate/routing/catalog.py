@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -124,6 +125,15 @@ class Catalog:
         return Deployment(
             provider, Target(model_id), health=health, key=f"{model_id}#0", price=price
         )
+
+    def for_key(self, allowed: list[str] | None) -> Catalog:
+        """The catalog as a key that may use only ``allowed`` sees it (None: all)."""
+        if allowed is None:
+            return self
+        view = copy.copy(self)
+        view.entries = [entry for entry in self.entries if entry.id in allowed]
+        view._by_id = {entry.id: entry for entry in view.entries}
+        return view
 
     def deployment(self, key: str) -> Deployment | None:
         """The deployment with this ``Deployment.key``."""
