@@ -260,6 +260,13 @@ def test_every_request_leaves_a_record(
     )
     assert two["output_tokens"] > 0 and 0 < two["ttft_ms"] <= two["latency_ms"]
     assert (rows["three"]["status"], rows["three"]["error_type"]) == (502, "upstream")
+    # A failed upstream is named: the model, deployment and provider it failed on.
+    three = rows["three"]
+    assert (three["model"], three["deployment"], three["provider"]) == (
+        "chat-model",
+        "up/up-model",
+        "up",
+    )
     assert (rows["four"]["status"], rows["four"]["error_type"]) == (404, "not_found")
     assert (rows["five"]["status"], rows["five"]["key_id"]) == (401, None)
 

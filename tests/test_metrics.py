@@ -66,15 +66,17 @@ def test_requests_tokens_latency_and_state(
         }
     )
     assert found[("lmgate_requests_total", ok)] == 2
-    # Failed before any deployment answered: no model, deployment or provider to name.
+    # An upstream that failed: named, with its deployment (the last one tried).
+    failed = ok - {("status", "2xx")} | {("status", "5xx")}
+    assert found[("lmgate_requests_total", failed)] == 1
+    # Refused before any deployment was tried: no model, deployment or provider to name.
     unanswered = {("protocol", "openai"), ("model", "-"), ("deployment", "-"), ("provider", "-")}
-    assert found[("lmgate_requests_total", frozenset(unanswered | {("status", "5xx")}))] == 1
     assert found[("lmgate_requests_total", frozenset(unanswered | {("status", "4xx")}))] == 1
     tokens = {("model", "chat-model"), ("provider", "up")}
     assert found[("lmgate_tokens_total", frozenset(tokens | {("kind", "input")}))] == 24
     assert found[("lmgate_tokens_total", frozenset(tokens | {("kind", "output")}))] == 10
     by_model = frozenset({("protocol", "openai"), ("model", "chat-model")})
-    assert found[("lmgate_request_duration_seconds_count", by_model)] == 2
+    assert found[("lmgate_request_duration_seconds_count", by_model)] == 3  # the 5xx too
     assert found[("lmgate_time_to_first_token_seconds_count", by_model)] == 1  # the stream
     deployment = frozenset({("deployment", "up/up-model")})
     assert found[("lmgate_deployment_in_flight", deployment)] == 0

@@ -153,6 +153,9 @@ class Meter:
 
     def attempt_failed(self, deployment: Deployment, error: GatewayError) -> None:
         self._upstream_last = time.perf_counter()
+        # A request no deployment answered is recorded against the last one it tried.
+        self._model = deployment.key.rpartition("#")[0] or self._model
+        self._deployment = deployment.name
         if self.span is not None:
             self.span.attempt_failed(error)
 
