@@ -97,6 +97,13 @@ def test_usage_batches_and_summary(store_url: str) -> None:
         assert by_model["m"]["input_tokens"] == 1000 and by_model["m"]["output_tokens"] == 500
         assert by_model["m"]["p50_ms"] == 50.5 and by_model["m"]["p95_ms"] == 96
         assert by_model["other"]["errors"] == 1
+        assert by_model["m"]["unpriced"] == 100  # served, no price
+        await store.record(
+            [record(9, model="refused", status=429, input_tokens=0, output_tokens=0)]
+        )
+        summary = await store.usage_summary(0, "model")
+        [refused] = [row for row in summary if row["group"] == "refused"]
+        assert (refused["requests"], refused["unpriced"]) == (1, 0)  # nothing spent to price
         assert by_model["other"]["p50_ms"] == by_model["other"]["p95_ms"] == 200
         await store.record([record(n, model="odd") for n in (5, 1, 3)])
         [odd] = [row for row in await store.usage_summary(0, "model") if row["group"] == "odd"]

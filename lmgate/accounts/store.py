@@ -360,7 +360,8 @@ class Store:
     async def usage_summary(self, since: float, by: str) -> list[dict[str, Any]]:
         """Requests, tokens, cost, errors and latency percentiles per model, key or
         provider, computed by the database (a time range may hold millions of records).
-        ``unpriced``: requests whose deployment had no price (not in ``cost``)."""
+        ``unpriced``: served requests whose deployment had no price (not in ``cost``); a
+        refused one spent nothing to price."""
         # By model: the one that answered, else (a request that failed first) the one asked for.
         model = sa.func.coalesce(usage.c.model, usage.c.requested_model)
         column = {"model": model, "key": usage.c.key_id, "provider": usage.c.provider}[by]
@@ -389,6 +390,7 @@ class Store:
             (sa.and_(100 * r.rank - 100 <= 95 * r.n, 95 * r.n < 100 * r.rank), r.latency_ms)
         )
         errors = sa.case((r.error_type.is_not(None), 1), else_=0)
+        spent = r.input_tokens + r.output_tokens
         query = sa.select(
             r.group,
             sa.func.count().label("requests"),
@@ -396,7 +398,9 @@ class Store:
             sa.func.sum(r.input_tokens).label("input_tokens"),
             sa.func.sum(r.output_tokens).label("output_tokens"),
             sa.func.sum(r.cost).label("cost"),  # of the priced requests
-            sa.func.sum(sa.case((r.cost.is_(None), 1), else_=0)).label("unpriced"),
+            sa.func.sum(sa.case((sa.and_(r.cost.is_(None), spent > 0), 1), else_=0)).label(
+                "unpriced"
+            ),
             sa.func.avg(median).label("p50_ms"),
             sa.func.max(p95).label("p95_ms"),
         ).group_by(r.group)
