@@ -137,6 +137,8 @@ def test_retries_fallbacks_cooldowns_refusals_cost_and_keys(
     found = samples(gw)
     assert found[("lmgate_retries_total", frozenset({("deployment", "up/up-model")}))] == 1
     assert found[("lmgate_cooldowns_total", frozenset({("deployment", "up/up-model")}))] == 1
+    failed = frozenset({("deployment", "up/up-model"), ("kind", "upstream")})
+    assert found[("lmgate_upstream_errors_total", failed)] == 2  # both attempts, by kind
     assert found[("lmgate_fallbacks_total", frozenset({("model", "chat-model")}))] == 1
     assert found[("lmgate_deployment_circuit_open", frozenset({("deployment", "up/up-model")}))]
     assert found[("lmgate_limit_refusals_total", frozenset({("limit", "rpm")}))] == 1

@@ -243,6 +243,11 @@ class Metrics:
         self._cooldowns = counter(
             "lmgate_cooldowns", "Circuits opened after repeated failures.", ["deployment"]
         )
+        self._upstream_errors = counter(
+            "lmgate_upstream_errors",
+            "Failed upstream attempts, by deployment and kind (upstream, timeout, rate_limit…).",
+            ["deployment", "kind"],
+        )
         self._refusals = counter(
             "lmgate_limit_refusals", "Requests refused by a key's limit.", ["limit"]
         )
@@ -291,6 +296,8 @@ class Metrics:
         named = {"retry": self._retries, "fallback": self._fallbacks, "cooldown": self._cooldowns}
         for (what, name), count in list(router.counts.items()):
             self._add(named[what], (name,), count)
+        for labels, count in list(router.errors.items()):
+            self._add(self._upstream_errors, labels, count)
         for limit, count in list(limiter.refused.items()):
             self._add(self._refusals, (limit,), count)
         self._add(self._guarded, (), fetcher.refused)

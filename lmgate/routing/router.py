@@ -75,6 +75,8 @@ class Router:
         # gave up and the next one was tried; keyed by the model given up), or
         # "cooldown" (a circuit opened).
         self.counts: dict[tuple[str, str], int] = {}
+        # Failed upstream attempts by (deployment, error kind), for the metrics.
+        self.errors: dict[tuple[str, str], int] = {}
         # The last few failures of each deployment (unix time, kind, message), for the
         # dashboard; kept only when something fails.
         self.recent_errors: dict[str, deque[tuple[float, str, str]]] = {}
@@ -222,6 +224,8 @@ class Router:
         raise failure
 
     def _note(self, deployment: Deployment, error: GatewayError) -> None:
+        failed = (deployment.name, str(error.kind))
+        self.errors[failed] = self.errors.get(failed, 0) + 1
         message = self._redactor(error.message)[:300]
         retry = " (retryable)" if error.retryable else ""
         log.warning("deployment %s failed%s: %s: %s", deployment.name, retry, error.kind, message)
