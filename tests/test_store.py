@@ -317,3 +317,26 @@ def test_a_v4_request_log_moves_to_one_entry_per_request(
             await store.close()
 
     assert run(scenario()) == [("r1", 1.5, "k", '{"a":1}')]
+
+
+def test_latency_figures_are_those_of_served_requests(store_url: str) -> None:
+    """Refusals (no deployment tried) take a millisecond: they count as requests and
+    errors, never in the latency percentiles."""
+    from lmgate.accounts import reports
+
+    async def scenario() -> dict[str, Any]:
+        store = Store(store_url)
+        try:
+            await store.migrate()
+            served = [record(n, latency_ms=200.0 + n) for n in range(3)]
+            refused = [
+                record(100 + n, deployment=None, status=429, latency_ms=0.5) for n in range(10)
+            ]
+            await store.record(served + refused)
+            return dict((await reports.series(store, time.time() - 60))["overall"])
+        finally:
+            await store.close()
+
+    overall = run(scenario())
+    assert overall["requests"] == 13 and overall["errors"] == 10
+    assert overall["p50_ms"] == 201 and overall["p95_ms"] == 202

@@ -47,8 +47,11 @@ async def series(store: Store, since: float) -> dict[str, Any]:
 
 
 def _figures(since: float, bucket: Any) -> Any:
-    """The query of ``series``' figures, per ``bucket`` (a constant: one group)."""
+    """The query of ``series``' figures, per ``bucket`` (a constant: one group).
+    Latency is that of served requests: a refusal (no deployment tried: a bad request,
+    a limit) takes a millisecond and would hide what the served ones took."""
     has_ttft = sa.case((usage.c.ttft_ms.is_(None), 0), else_=1)
+    served = sa.case((usage.c.deployment.is_(None), 0), else_=1)
     ranked = (
         sa.select(
             bucket.label("bucket"),
@@ -58,10 +61,11 @@ def _figures(since: float, bucket: Any) -> Any:
             usage.c.cost,
             usage.c.latency_ms,
             usage.c.ttft_ms,
+            served.label("served"),
             sa.func.row_number()
-            .over(partition_by=bucket, order_by=usage.c.latency_ms)
+            .over(partition_by=(bucket, served), order_by=usage.c.latency_ms)
             .label("rank"),
-            sa.func.count().over(partition_by=bucket).label("n"),
+            sa.func.count().over(partition_by=(bucket, served)).label("n"),
             sa.func.row_number()
             .over(partition_by=(bucket, has_ttft), order_by=usage.c.ttft_ms)
             .label("ttft_rank"),
@@ -78,8 +82,12 @@ def _figures(since: float, bucket: Any) -> Any:
         sa.func.sum(r.input_tokens).label("input_tokens"),
         sa.func.sum(r.output_tokens).label("output_tokens"),
         sa.func.coalesce(sa.func.sum(r.cost), 0).label("cost"),
-        sa.func.max(_percentile(r.rank, r.n, r.latency_ms, 50)).label("p50_ms"),
-        sa.func.max(_percentile(r.rank, r.n, r.latency_ms, 95)).label("p95_ms"),
+        sa.func.max(sa.case((r.served == 1, _percentile(r.rank, r.n, r.latency_ms, 50)))).label(
+            "p50_ms"
+        ),
+        sa.func.max(sa.case((r.served == 1, _percentile(r.rank, r.n, r.latency_ms, 95)))).label(
+            "p95_ms"
+        ),
         sa.func.max(
             sa.case((r.ttft_ms.is_not(None), _percentile(r.ttft_rank, r.ttft_n, r.ttft_ms, 50)))
         ).label("ttft_p50_ms"),
