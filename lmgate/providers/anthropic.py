@@ -96,12 +96,10 @@ class AnthropicProvider(HttpProvider):
                 return
             yield Start(target.model)
             parser = _StreamParser(self.name)
-            async for item in self.iter_sse(response, deadline, lambda: parser.stopped):
-                if item is None:
-                    yield Heartbeat()
-                    continue
-                for event in parser.feed(item[1]):
-                    yield event
+            async for event in self.stream_events(
+                response, deadline, parser.feed, lambda: parser.stopped
+            ):
+                yield event
             for event in parser.end():
                 yield event
         finally:

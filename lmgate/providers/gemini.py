@@ -21,7 +21,6 @@ from lmgate.canonical import (
     Event,
     Finish,
     FinishReason,
-    Heartbeat,
     ImagePart,
     Message,
     ReasoningDelta,
@@ -93,12 +92,14 @@ class GeminiProvider(HttpProvider):
                 return
             yield Start(target.model)
             parser = _Reply(target.model)
-            async for item in self.iter_sse(response, deadline, lambda: parser.finished):
-                if item is None:
-                    yield Heartbeat()
-                    continue
-                for event in stream_event(self.name, item[1], parser.feed):
-                    yield event
+
+            def feed(data: bytes) -> list[Event]:
+                return stream_event(self.name, data, parser.feed)
+
+            async for event in self.stream_events(
+                response, deadline, feed, lambda: parser.finished
+            ):
+                yield event
             if not parser.finished:
                 raise unfinished(self.name)
             for event in parser.end():

@@ -14,7 +14,7 @@ from urllib.parse import unquote, urlsplit
 import orjson
 from pydantic import Field
 
-from lmgate.canonical import Event
+from lmgate.canonical import Event, Heartbeat
 from lmgate.config import ConfigError
 from lmgate.errors import GatewayError, encodable, redact
 from lmgate.providers import lenient_json
@@ -168,12 +168,17 @@ class HttpProvider(Provider):
         limit = f"providers.{self.name}.max_reply_mb, {self.config.max_reply_mb:g} MB"
         return GatewayError("upstream", f"upstream {self.name} sent a {what} larger than {limit}")
 
-    async def iter_sse(
-        self, response: Response, deadline: float, ended: Callable[[], bool]
-    ) -> AsyncIterator[tuple[bytes | None, bytes] | None]:
-        """``(event name, data)`` of each SSE event, every read bounded by the idle
-        timeout; ``None`` after each ``heartbeat`` seconds of silence. Stops when
-        ``ended()`` turns true after an event: the reply is complete."""
+    async def stream_events(
+        self,
+        response: Response,
+        deadline: float,
+        feed: Callable[[bytes], list[Event]],
+        ended: Callable[[], bool],
+    ) -> AsyncIterator[Event]:
+        """The canonical events of an SSE reply: ``feed`` turns each SSE event's data
+        into them. Every read is bounded by the idle timeout; a ``Heartbeat`` after each
+        ``heartbeat`` seconds of silence. Stops when ``ended()`` turns true after an
+        event: the reply is complete."""
         decoder = SSEDecoder(self._max_reply())
         heartbeat = self.config.heartbeat
         complete = False
@@ -190,20 +195,22 @@ class HttpProvider(Provider):
                             raise self.stall_error() from None
                     except ClientError as error:
                         raise self.broken_error(error) from None
-                    yield None
+                    yield Heartbeat()
                 if not chunk:
                     break
                 try:
                     events = decoder.feed(chunk)
                 except EventTooLarge:
                     raise self.too_large_error("stream event") from None
-                for event in events:
-                    yield event
+                for _, data in events:
+                    for event in feed(data):
+                        yield event
                     if ended():
                         complete = True
                         return
-            for event in decoder.flush():
-                yield event
+            for _, data in decoder.flush():
+                for event in feed(data):
+                    yield event
         finally:
             if complete:
                 # The body's end (a chunked terminator) usually follows the last event

@@ -14,7 +14,6 @@ from lmgate.canonical import (
     Event,
     Finish,
     FinishReason,
-    Heartbeat,
     ImagePart,
     Message,
     ReasoningDelta,
@@ -100,12 +99,10 @@ class OpenAICompatProvider(HttpProvider):
                 )
             yield Start(target.model)
             parser = _StreamParser(self.name)
-            async for item in self.iter_sse(response, deadline, lambda: parser.done):
-                if item is None:
-                    yield Heartbeat()
-                    continue
-                for event in parser.feed(item[1]):
-                    yield event
+            async for event in self.stream_events(
+                response, deadline, parser.feed, lambda: parser.done
+            ):
+                yield event
             for event in parser.end():
                 yield event
         finally:

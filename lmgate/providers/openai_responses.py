@@ -16,7 +16,6 @@ from lmgate.canonical import (
     Event,
     Finish,
     FinishReason,
-    Heartbeat,
     ImagePart,
     Message,
     ReasoningDelta,
@@ -75,12 +74,10 @@ class OpenAIResponsesProvider(HttpProvider):
                 return
             yield Start(target.model)
             parser = _StreamParser(self.name)
-            async for item in self.iter_sse(response, deadline, lambda: parser.done):
-                if item is None:
-                    yield Heartbeat()
-                    continue
-                for event in parser.feed(item[1]):
-                    yield event
+            async for event in self.stream_events(
+                response, deadline, parser.feed, lambda: parser.done
+            ):
+                yield event
             if not parser.done:
                 raise unfinished(self.name)
         finally:
