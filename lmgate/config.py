@@ -90,6 +90,9 @@ class StoreConfig(_Strict):
     batch_size: int = Field(2_000, gt=0)
     flush_interval: float = Field(0.5, gt=0)  # seconds between writes
     key_cache_seconds: float = Field(10, ge=0)  # how long a key lookup is trusted
+    # Seconds a request waits for the store (to connect, or to look a key up); beyond,
+    # a key already seen is served from its cached entry, a new one gets a 503.
+    timeout: float = Field(3, gt=0)
 
     def resolved_url(self, config_path: Path | None) -> str | None:
         if self.url == "none":
@@ -111,6 +114,14 @@ def data_dir() -> Path:
 class RedisConfig(_Strict):
     url: str | None = None  # redis://host:6379/0: limits and cooldowns shared by processes
     prefix: str = "lmgate:"
+    # Seconds any Redis call may take: a frozen Redis must not hold requests.
+    timeout: float = Field(0.5, gt=0)
+
+
+class LimitsConfig(_Strict):
+    # Redis unreachable: "open" counts limits in this process alone (a WARNING once per
+    # outage); "closed" refuses the requests of keys with limits (503, Retry-After).
+    on_backend_error: Literal["open", "closed"] = "open"
 
 
 class CatalogInfo(_Strict):
@@ -280,6 +291,7 @@ class Config(_Strict):
     media: MediaConfig = MediaConfig()
     store: StoreConfig = StoreConfig()
     redis: RedisConfig = RedisConfig()
+    limits: LimitsConfig = LimitsConfig()
     responses: ResponsesConfig = ResponsesConfig()
     metrics: MetricsConfig = MetricsConfig()
     otel: OtelConfig = OtelConfig()

@@ -20,6 +20,7 @@ ErrorKind = Literal[
     "upstream",
     "timeout",
     "overloaded",
+    "unavailable",  # a service the gateway needs (its store, Redis) does not answer
     "internal",
 ]
 
@@ -33,6 +34,7 @@ _DEFAULT_STATUS: dict[str, int] = {
     "upstream": 502,
     "timeout": 504,
     "overloaded": 503,
+    "unavailable": 503,
     "internal": 500,
 }
 

@@ -6,6 +6,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -20,7 +21,15 @@ from tests.support.gateway import (
     release_refusing_ports,
     upstream_config,
 )
-from tests.support.servers import postgres_server, postgres_url, redis_server, redis_url  # noqa: F401
+from tests.support.servers import (  # noqa: F401
+    own_postgres,
+    own_redis,
+    postgres_cluster,
+    postgres_server,
+    postgres_url,
+    redis_server,
+    redis_url,
+)
 
 # Usage databases of the gateways the tests start go to a throwaway directory.
 os.environ.setdefault("LMGATE_DATA_DIR", tempfile.mkdtemp(prefix="lmgate-tests-"))
@@ -56,6 +65,12 @@ def gateway(session_gateway: RunningGateway, upstream: FakeUpstream) -> Iterator
 @pytest.fixture
 def client(gateway: RunningGateway) -> openai.OpenAI:
     return gateway.client()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """A new SQLite store for one test."""
+    return f"sqlite:///{tmp_path / 'lmgate.db'}"
 
 
 @pytest.fixture

@@ -33,11 +33,6 @@ from tests.support.gateway import API_KEY, RunningGateway, upstream_config, wait
 
 
 @pytest.fixture
-def sqlite_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'lmgate.db'}"
-
-
-@pytest.fixture
 def gw(start_gateway: Any, upstream: FakeUpstream, sqlite_url: str) -> RunningGateway:
     return start_gateway(accounts_config(upstream, sqlite_url))  # type: ignore[no-any-return]
 

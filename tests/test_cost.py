@@ -78,11 +78,6 @@ def priced_config(upstream: FakeUpstream, store_url: str) -> dict[str, Any]:
 
 
 @pytest.fixture
-def sqlite_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'cost.db'}"
-
-
-@pytest.fixture
 def gw(start_gateway: Any, upstream: FakeUpstream, sqlite_url: str) -> RunningGateway:
     return start_gateway(priced_config(upstream, sqlite_url))  # type: ignore[no-any-return]
 

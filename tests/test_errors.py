@@ -173,7 +173,8 @@ def test_auth(gateway: RunningGateway) -> None:
     by_header = gateway.request("GET", "/v1/models", api_key=None, headers={"x-api-key": API_KEY})
     assert by_header.status == 200
     assert gateway.request("GET", "/health", api_key=None).status == 200
-    assert gateway.request("GET", "/ready", api_key=None).json() == {"status": "ready"}
+    ready = gateway.request("GET", "/ready", api_key=None).json()
+    assert ready == {"status": "ready", "dependencies": {"store": "up"}}
     with pytest.raises(openai.AuthenticationError):
         gateway.client(api_key="wrong").models.list()
 

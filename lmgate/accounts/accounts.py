@@ -3,6 +3,7 @@ records, wired to the store and (when configured) to Redis."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -15,6 +16,7 @@ from lmgate.clock import SYSTEM, Clock
 from lmgate.config import Config
 from lmgate.errors import GatewayError
 from lmgate.observe import tokens
+from lmgate.observe.dependencies import describe
 from lmgate.routing.catalog import Catalog, ModelEntry
 from lmgate.routing.router import Router
 
@@ -27,16 +29,26 @@ class Accounts:
     ) -> None:
         self._lines = config.logging.request_lines
         url = config.store.resolved_url(config.path)
-        self.store = Store(url) if url else None
+        self.store = Store(url, config.store.timeout) if url else None
         self.keys = KeyRing(config.server.api_keys, self.store, config.store.key_cache_seconds)
         self.limiter: LocalLimiter = LocalLimiter(clock)
         self.bus: CooldownBus | None = None
         if config.redis.url:
             import redis.asyncio as aioredis  # only a config with Redis loads it
+            from redis.asyncio.retry import Retry
+            from redis.backoff import NoBackoff
 
-            client = aioredis.Redis.from_url(config.redis.url)
-            self.limiter = RedisLimiter(client, config.redis.prefix, clock)
-            self.bus = CooldownBus(client, config.redis.prefix, catalog)
+            timeout = config.redis.timeout
+            client = aioredis.Redis.from_url(
+                config.redis.url,
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
+                retry=Retry(NoBackoff(), 1),  # once: a connection Redis closed meanwhile
+            )
+            fail_open = config.limits.on_backend_error == "open"
+            self.limiter = RedisLimiter(client, config.redis.prefix, clock, fail_open)
+            listener = aioredis.Redis.from_url(config.redis.url, socket_connect_timeout=timeout)
+            self.bus = CooldownBus(client, listener, config.redis.prefix, catalog)
             router.on_cooldown = self.bus.opened
         self.recorder: UsageRecorder | None = None
         # Where finished requests' rows go: the recorder, and the metrics when on (set
@@ -51,19 +63,58 @@ class Accounts:
                 on_tokens=self._tokens_written,
             )
             self.sink = self.recorder
+        self.store_ready = False
+        self._opening: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        if self.store is not None:
-            version = await self.store.migrate()
-            log.info("store %s at schema version %d", _shown(self.store.url), version)
+        """Open the store: at once, or (a database server that is not up yet) in the
+        background, retrying with backoff; until then ``store_ready`` is False, the
+        requests of managed keys get 503s and usage records wait in their queue."""
+        if self.bus is not None:
+            await self.bus.start()
+        if self.store is None:
+            await self.keys.start()
+            self.store_ready = True
+        elif self.store.url.startswith("sqlite"):
+            await self._open_store()  # a local file: a failure is no outage, but a fault
+        else:
+            try:
+                await self._open_store()
+            except Exception as error:
+                self._opening = asyncio.create_task(self._open_store_when_up(self.store, error))
+
+    async def _open_store(self) -> None:
+        assert self.store is not None
+        version = await self.store.migrate()
+        log.info("store %s at schema version %d", _shown(self.store.url), version)
         await self.keys.start()
         if self.recorder is not None:
             await self.recorder.start()
-        if self.bus is not None:
-            await self.bus.start()
+        self.store_ready = True
+
+    async def _open_store_when_up(self, store: Store, error: Exception) -> None:
+        delay = 0.5
+        while True:
+            log.warning(
+                "store %s unreachable at start (%s); trying again in %gs",
+                _shown(store.url),
+                describe(error),
+                delay,
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 15)
+            try:
+                await self._open_store()
+            except Exception as next_error:
+                error = next_error
+            else:
+                return
 
     async def stop(self) -> None:
         """After the last request: write every queued record, then let go."""
+        if self._opening is not None:
+            self._opening.cancel()
+            await asyncio.gather(self._opening, return_exceptions=True)
         if self.bus is not None:
             await self.bus.close()
         if self.recorder is not None:

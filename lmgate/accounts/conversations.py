@@ -90,7 +90,9 @@ class Conversations:
                 for row in self._pending.values()
                 if row["key_id"] == key_id
             )
-            counted = self._counted[key_id] = (now, await self.store.stored_bytes(key_id) + waiting)
+            store = self.store
+            stored = await store.bounded(lambda: store.stored_bytes(key_id))
+            counted = self._counted[key_id] = (now, stored + waiting)
             self._added[key_id] = 0
         used = counted[1] + self._added.get(key_id, 0)
         if used > self.max_stored:
@@ -147,7 +149,8 @@ class Conversations:
             try:
                 await self._write_pending(self.store)
             except Exception as error:  # kept in memory; tried again on the next save
-                log.error("could not write %d stored responses: %s", len(self._pending), error)
+                if await self.store.reachable():  # else an outage, logged once
+                    log.error("could not write %d stored responses: %s", len(self._pending), error)
                 await asyncio.sleep(1)
                 self._wake.set()
             self._maybe_purge(self.store)
@@ -210,7 +213,8 @@ class Conversations:
         waiting = self._pending.get(response_id)
         if waiting is not None and waiting["key_id"] == key_id:
             return waiting["input_items"], waiting["response"]
-        found = await self.store.load_response(response_id, key_id)
+        store = self.store
+        found = await store.bounded(lambda: store.load_response(response_id, key_id))
         if found is None:
             raise _not_found(response_id, param)
         return found

@@ -46,6 +46,7 @@ class KeyRing:
         self._ttl = cache_seconds
         self._cache: dict[str, tuple[KeyInfo | None, float]] = {}  # hash -> (key, until)
         self._managed_exist = False
+        self._known = False  # whether _managed_exist was ever read from the store
         self._checked_at = 0.0
 
     async def start(self) -> None:
@@ -85,13 +86,18 @@ class KeyRing:
         if self._config_keys:
             return False
         if not self._managed_exist and time.monotonic() - self._checked_at > self._ttl:
-            await self._check_managed()
+            try:
+                await self._check_managed()
+            except GatewayError:
+                if not self._known:
+                    raise  # the store never answered: open or not is unknown
         return not self._managed_exist
 
     async def _check_managed(self) -> None:
         self._checked_at = time.monotonic()
         if self._store is not None:
-            self._managed_exist = await self._store.any_key()
+            self._managed_exist = await self._store.bounded(self._store.any_key)
+        self._known = True
 
     async def _lookup(self, secret: str) -> KeyInfo | None:
         if self._store is None:
@@ -100,7 +106,13 @@ class KeyRing:
         cached = self._cache.get(digest)
         if cached is not None and cached[1] > time.monotonic():
             return cached[0]
-        key = await self._store.find_key(secret)
+        store = self._store
+        try:
+            key = await store.bounded(lambda: store.find_key(secret))
+        except GatewayError:
+            if cached is not None:
+                return cached[0]  # seen before the store went away: as it was then
+            raise
         if len(self._cache) > 100_000:  # unknown keys are cached too: bound the memory
             self._cache.clear()
         self._cache[digest] = (key, time.monotonic() + self._ttl)
@@ -119,3 +131,4 @@ class KeyRing:
         self._cache.clear()
         self._checked_at = 0.0
         self._managed_exist = False
+        self._known = False

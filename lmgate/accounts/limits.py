@@ -31,6 +31,7 @@ from lmgate.accounts.store import KeyInfo, Spent
 from lmgate.clock import SYSTEM, Clock
 from lmgate.errors import GatewayError
 from lmgate.ids import unique_hex
+from lmgate.observe.dependencies import Dependency
 from lmgate.routing.catalog import Catalog, Deployment
 
 if TYPE_CHECKING:
@@ -219,11 +220,24 @@ _HELD_TTL_MS = 120_000  # a live process refreshes its holds with every change
 
 
 class RedisLimiter(LocalLimiter):
-    """Counters in Redis: one limit for every gateway process that shares it."""
+    """Counters in Redis: one limit for every gateway process that shares it. While
+    Redis does not answer, each process counts on its own (``fail_open``), or refuses
+    the requests of keys with limits."""
 
-    def __init__(self, client: aioredis.Redis, prefix: str, clock: Clock = SYSTEM) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        prefix: str,
+        clock: Clock = SYSTEM,
+        fail_open: bool = True,
+    ) -> None:
+        from redis.exceptions import RedisError
+
         super().__init__(clock)
         self.redis = client
+        self.backend = Dependency("redis", clock)
+        self._fail_open = fail_open
+        self._errors = (RedisError, OSError, TimeoutError)
         self.prefix = prefix
         self._script = client.register_script(_ADMIT)
         self._reserve = client.register_script(_RESERVE)
@@ -233,11 +247,55 @@ class RedisLimiter(LocalLimiter):
         self._totals = f"{prefix}used_tokens"  # sorted set: key id -> running total
         self._costs = f"{prefix}used_usd"  # the same, in money
 
+    async def ping(self) -> bool:
+        try:
+            await self.redis.ping()
+        except self._errors as error:
+            self.backend.failed(error)
+            return False
+        self.backend.answered()
+        return True
+
+    def _unshared(self, error: BaseException | None) -> None:
+        """Redis did not answer (``error``), or failed just before: go on alone, or refuse."""
+        if error is not None:
+            self.backend.failed(error, "key limits")
+        if not self._fail_open:
+            raise self.refuse(
+                "unavailable",
+                GatewayError(
+                    "unavailable",
+                    "key limits cannot be checked (Redis is unreachable); try again shortly",
+                    code="limits_unavailable",
+                    retry_after=5,
+                ),
+            )
+
     async def _admit(self, key: KeyInfo) -> None:
         if (key.rpm, key.tpm, key.budget_tokens, key.budget_usd) == (None, None, None, None):
             return
+        if not self.backend.worth_trying():
+            self._unshared(None)
+            return await super()._admit(key)
+        try:
+            verdict, wait_ms = await self._call_admit(key)
+        except self._errors as error:
+            self._unshared(error)
+            return await super()._admit(key)
+        self.backend.answered()
+        verdict = verdict.decode()
+        if verdict in ("budget_tokens", "budget_usd"):
+            raise self.refuse(verdict, _budget_exhausted(key, verdict))
+        if verdict == "rpm":
+            what = f"limit of {key.rpm} requests per minute"
+            raise self.refuse("rpm", _limited(key, what, int(wait_ms) / 1000))
+        if verdict == "tpm":
+            what = f"limit of {key.tpm} tokens per minute"
+            raise self.refuse("tpm", _limited(key, what, int(wait_ms) / 1000))
+
+    async def _call_admit(self, key: KeyInfo) -> Any:
         now_ms = int(self._clock.time() * 1000)
-        verdict, wait_ms = await self._script(
+        return await self._script(
             keys=[
                 f"{self.prefix}rpm:{key.id}",
                 self._tpm_key(key.id, now_ms / 1000),
@@ -254,18 +312,25 @@ class RedisLimiter(LocalLimiter):
                 key.budget_usd if key.budget_usd is not None else "",
             ],
         )
+
+    async def reserve(self, key: KeyInfo, tokens: int, usd: float) -> Hold:
+        if not self.backend.worth_trying():
+            self._unshared(None)
+            return await super().reserve(key, tokens, usd)
+        try:
+            verdict = await self._call_reserve(key, tokens, usd)
+        except self._errors as error:
+            self._unshared(error)
+            return await super().reserve(key, tokens, usd)
+        self.backend.answered()
         verdict = verdict.decode()
         if verdict in ("budget_tokens", "budget_usd"):
             raise self.refuse(verdict, _budget_exhausted(key, verdict))
-        if verdict == "rpm":
-            what = f"limit of {key.rpm} requests per minute"
-            raise self.refuse("rpm", _limited(key, what, int(wait_ms) / 1000))
-        if verdict == "tpm":
-            what = f"limit of {key.tpm} tokens per minute"
-            raise self.refuse("tpm", _limited(key, what, int(wait_ms) / 1000))
+        LocalLimiter.hold(self, key.id, tokens, usd)  # in Redis already
+        return Hold(self, key.id, tokens, usd)
 
-    async def reserve(self, key: KeyInfo, tokens: int, usd: float) -> Hold:
-        verdict = await self._reserve(
+    async def _call_reserve(self, key: KeyInfo, tokens: int, usd: float) -> Any:
+        return await self._reserve(
             keys=[self._totals, self._costs, f"{self.prefix}holders", self._holds],
             args=[
                 key.id,
@@ -280,11 +345,6 @@ class RedisLimiter(LocalLimiter):
                 key.used_usd,
             ],
         )
-        verdict = verdict.decode()
-        if verdict in ("budget_tokens", "budget_usd"):
-            raise self.refuse(verdict, _budget_exhausted(key, verdict))
-        super().hold(key.id, tokens, usd)  # in Redis already
-        return Hold(self, key.id, tokens, usd)
 
     def hold(self, key_id: str, tokens: float, usd: float) -> None:
         super().hold(key_id, tokens, usd)
@@ -302,26 +362,34 @@ class RedisLimiter(LocalLimiter):
         task.add_done_callback(self._pushes.discard)
 
     async def _add_held(self, key_id: str, tokens: float, usd: float) -> None:
+        if not self.backend.worth_trying():
+            return  # the holds this process had in Redis expire with their hash
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.hincrbyfloat(self._holds, f"t:{key_id}", tokens)
                 pipe.hincrbyfloat(self._holds, f"u:{key_id}", usd)
                 pipe.pexpire(self._holds, _HELD_TTL_MS)
                 await pipe.execute()
-        except Exception as error:  # Redis away: the holds expire with the hash
-            log.warning("could not update budget holds in Redis: %s", error)
+        except self._errors as error:
+            self.backend.failed(error, "budget holds")
 
     async def add_tokens(self, spent: dict[str, Spent]) -> None:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for key_id, now in spent.items():
-                name = self._tpm_key(key_id, self._clock.time())
-                pipe.incrby(name, now.tokens)
-                pipe.expire(name, 120)
-                # Totals only grow; batches' totals may arrive out of order (GT).
-                pipe.zadd(self._totals, {key_id: now.total_tokens}, gt=True)
-                if now.cost:
-                    pipe.zadd(self._costs, {key_id: now.total_cost}, gt=True)
-            await pipe.execute()
+        await super().add_tokens(spent)  # counted here too, for while Redis is away
+        if not self.backend.worth_trying():
+            return
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for key_id, now in spent.items():
+                    name = self._tpm_key(key_id, self._clock.time())
+                    pipe.incrby(name, now.tokens)
+                    pipe.expire(name, 120)
+                    # Totals only grow; batches' totals may arrive out of order (GT).
+                    pipe.zadd(self._totals, {key_id: now.total_tokens}, gt=True)
+                    if now.cost:
+                        pipe.zadd(self._costs, {key_id: now.total_cost}, gt=True)
+                await pipe.execute()
+        except self._errors as error:
+            self.backend.failed(error, "token counts")
 
     def _tpm_key(self, key_id: str, now: float) -> str:
         return f"{self.prefix}tpm:{key_id}:{int(now // WINDOW)}"
@@ -330,8 +398,9 @@ class RedisLimiter(LocalLimiter):
         if self._pushes:
             await asyncio.gather(*self._pushes, return_exceptions=True)
         try:
-            await self.redis.delete(self._holds)  # this process holds nothing any more
-        except Exception as error:  # Redis away: the hash expires on its own
+            if self.backend.up:
+                await self.redis.delete(self._holds)  # this process holds nothing any more
+        except self._errors as error:  # Redis away: the hash expires on its own
             log.warning("could not release budget holds in Redis: %s", error)
         await self.redis.aclose()
 
@@ -342,8 +411,11 @@ class CooldownBus:
     channel (no cost on the request path), and kept as an expiring key so that a
     process starting later learns of it too."""
 
-    def __init__(self, client: aioredis.Redis, prefix: str, catalog: Catalog) -> None:
+    def __init__(
+        self, client: aioredis.Redis, listener: aioredis.Redis, prefix: str, catalog: Catalog
+    ) -> None:
         self.redis = client
+        self.listener = listener  # without the command timeout: it waits for messages
         self.channel = f"{prefix}cooldown"
         self.prefix = prefix
         self.origin = uuid.uuid4().hex
@@ -354,12 +426,15 @@ class CooldownBus:
     async def start(self) -> None:
         deployments = [d for entry in self.catalog.entries for d in entry.deployments]
         names = [f"{self.prefix}open:{d.key}" for d in deployments]
-        for deployment, ttl in zip(deployments, await self._ttls(names), strict=True):
+        try:
+            ttls = await self._ttls(names)
+        except Exception as error:  # Redis down: each process has its own breakers
+            log.warning("could not read shared cooldowns from Redis: %s", error)
+            ttls = [0] * len(names)
+        for deployment, ttl in zip(deployments, ttls, strict=True):
             if ttl > 0:
                 deployment.health.open_for(ttl / 1000)
-        pubsub = self.redis.pubsub()
-        await pubsub.subscribe(self.channel)
-        self._listener = asyncio.create_task(self._listen(pubsub))
+        self._listener = asyncio.create_task(self._listen())
 
     async def _ttls(self, names: list[str]) -> list[int]:
         if not names:
@@ -384,9 +459,15 @@ class CooldownBus:
         except Exception as error:  # Redis down: each process still has its own breaker
             log.warning("could not share a cooldown through Redis: %s", error)
 
-    async def _listen(self, pubsub: Any) -> None:
+    async def _listen(self) -> None:
+        pubsub = self.listener.pubsub()
+        lost = False
         while True:
             try:
+                await pubsub.subscribe(self.channel)
+                if lost:
+                    log.warning("cooldown channel of Redis subscribed again")
+                    lost = False
                 async for message in pubsub.listen():
                     if message.get("type") != "message":
                         continue
@@ -396,11 +477,13 @@ class CooldownBus:
                         deployment.health.open_for(float(data["seconds"]))
             except asyncio.CancelledError:
                 await pubsub.aclose()
+                await self.listener.aclose()
                 raise
             except Exception as error:
-                log.warning("cooldown channel lost (%s); reconnecting", error)
+                if not lost:
+                    log.warning("cooldown channel of Redis lost (%s); reconnecting", error)
+                    lost = True
                 await asyncio.sleep(1)
-                await pubsub.subscribe(self.channel)
 
     async def close(self) -> None:
         if self._listener is not None:

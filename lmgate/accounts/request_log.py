@@ -105,7 +105,8 @@ class RequestLog:
             try:
                 await self._write()
             except Exception as error:
-                log.error("request log: could not write %d entries: %s", len(self._queue), error)
+                if self.store.health.up:  # else an outage, logged once
+                    log.error("request log: could not write entries: %s", error)
                 await asyncio.sleep(1)
                 self._wake.set()
             if time.monotonic() >= self._next_purge:

@@ -13,17 +13,20 @@ import secrets
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field, fields
 from operator import attrgetter, itemgetter
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import PoolResetState
+
+from lmgate.errors import GatewayError
+from lmgate.observe.dependencies import Dependency
 
 KEY_PREFIX = "lmg-"
 
@@ -265,14 +268,37 @@ def engine_url(url: str) -> str:
     return url
 
 
+T = TypeVar("T")
+
+
+def store_unavailable() -> GatewayError:
+    return GatewayError(
+        "unavailable",
+        "the gateway's store is unreachable (API keys and stored responses cannot be "
+        "read); try again shortly",
+        code="store_unavailable",
+        retry_after=5,
+    )
+
+
 class Store:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, timeout: float = 3.0) -> None:
         self.url = url
+        self.timeout = timeout  # for a call on a request's path, and to connect
+        self.health = Dependency("store")
         options: dict[str, Any] = {}
         if url.startswith("sqlite"):
             _private_file(url)
             options["connect_args"] = {"timeout": 30}
             options["pool_reset_on_return"] = None  # see _sqlite_transactions
+        else:
+            # A frozen server must not hold a connection for ever; a report over a
+            # long range may take a while.
+            options["connect_args"] = {"timeout": timeout, "command_timeout": 60}
+            # After the server restarted, pooled connections are dead: a checkout
+            # finds out (one round trip, once per batch or key lookup) and reconnects,
+            # rather than failing the batch or request that drew it.
+            options["pool_pre_ping"] = True
         self.engine: AsyncEngine = create_async_engine(engine_url(url), **options)
         if url.startswith("sqlite"):
             _sqlite_transactions(self.engine)
@@ -280,6 +306,20 @@ class Store:
 
     async def close(self) -> None:
         await self.engine.dispose()
+
+    async def bounded(self, call: Callable[[], Awaitable[T]]) -> T:
+        """A call on a request's path: at most ``timeout`` seconds; a 503 when the store
+        does not answer (or did not a moment ago), never a bare 500."""
+        if not self.health.worth_trying():
+            raise store_unavailable()
+        try:
+            async with asyncio.timeout(self.timeout):
+                result = await call()
+        except Exception as error:  # whatever the driver raises: the store failed
+            self.health.failed(error, "on a request's path")
+            raise store_unavailable() from None
+        self.health.answered()
+        return result
 
     async def migrate(self) -> int:
         """Bring the schema up to date; returns its version. Safe when several
@@ -343,10 +383,12 @@ class Store:
     async def reachable(self) -> bool:
         """Whether the database answers at all (a refused record is not an outage)."""
         try:
-            async with asyncio.timeout(5), self.engine.connect() as connection:
+            async with asyncio.timeout(self.timeout), self.engine.connect() as connection:
                 await connection.execute(sa.text("SELECT 1"))
-        except Exception:
+        except Exception as error:
+            self.health.failed(error)
             return False
+        self.health.answered()
         return True
 
     async def usage_rows(self, since: float, request_id: str | None = None) -> list[dict[str, Any]]:

@@ -8,6 +8,7 @@ logged, never waited on) and writes batches to the store in the background.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
@@ -341,10 +342,10 @@ class UsageRecorder:
         self._stopping = True
         self._wake.set()
         if self._task is not None:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._task, grace)
-            except TimeoutError:
-                log.error("usage records not written at shutdown: %d", len(self._queue))
+        if self._queue:
+            log.error("usage records not written at shutdown: %d", len(self._queue))
 
     async def _run(self) -> None:
         while True:
@@ -379,8 +380,7 @@ class UsageRecorder:
             try:
                 written = await self.store.record_rows(rows)
             except Exception as error:
-                if not await self.store.reachable():
-                    log.error("could not write %d usage records (will retry): %s", len(rows), error)
+                if not await self.store.reachable():  # an outage (logged once): retry later
                     self._queue[:0] = [*rows, *(row for part in parts for row in part)]
                     reachable = False
                     break
@@ -397,6 +397,7 @@ class UsageRecorder:
                 )
                 continue
             self.written += len(rows)
+            self.store.health.answered()
             for key_id, now in written.items():
                 before = spent.get(key_id)
                 if before is not None:

@@ -524,6 +524,7 @@ _ERROR_TYPES = {
     "upstream": "api_error",
     "timeout": "timeout_error",
     "overloaded": "overloaded_error",
+    "unavailable": "overloaded_error",  # but 503: the gateway, not the model, is away
     "internal": "api_error",
 }
 

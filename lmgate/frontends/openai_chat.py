@@ -419,6 +419,7 @@ _ERROR_TYPES = {
     "upstream": "upstream_error",
     "timeout": "timeout_error",
     "overloaded": "server_overloaded",
+    "unavailable": "service_unavailable",
     "internal": "server_error",
 }
 

@@ -24,6 +24,7 @@ import logging
 import os
 import time
 from bisect import bisect_left
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from lmgate.accounts.store import UsageRecord
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from lmgate.accounts.limits import LocalLimiter
     from lmgate.accounts.usage import UsageRecorder
     from lmgate.media.fetch import ImageFetcher
+    from lmgate.observe.dependencies import Dependency
     from lmgate.routing.catalog import Catalog
     from lmgate.routing.router import Router
 
@@ -74,8 +76,10 @@ class Metrics:
         limiter: LocalLimiter,
         fetcher: ImageFetcher,
         per_key: bool = False,
+        dependencies: Sequence[Dependency] = (),
     ) -> None:
         self._sources = catalog, recorder, router, limiter, fetcher
+        self._dependencies = dependencies
         self.multiprocess = bool(os.environ.get(MULTIPROCESS_DIR))
         self._want_per_key = per_key
         self.registry: Any = None  # made at the first scrape (or copy): see _build
@@ -269,6 +273,17 @@ class Metrics:
         self._queue = gauge(
             "lmgate_usage_queue_depth", "Usage records waiting to be written.", [], "livesum"
         )
+        self._dependency_errors = counter(
+            "lmgate_dependency_errors",
+            "Failed calls to a service lmgate depends on (store, redis).",
+            ["dependency"],
+        )
+        self._dependency_up = gauge(
+            "lmgate_dependency_up",
+            "1 while the dependency answered its last call, 0 after it failed.",
+            ["dependency"],
+            "livemin",
+        )
         self._per_key: Any = None
         if self._want_per_key:
             self._per_key = (
@@ -301,6 +316,9 @@ class Metrics:
         for limit, count in list(limiter.refused.items()):
             self._add(self._refusals, (limit,), count)
         self._add(self._guarded, (), fetcher.refused)
+        for dependency in self._dependencies:
+            self._add(self._dependency_errors, (dependency.name,), dependency.errors)
+            self._dependency_up.labels(dependency.name).set(1 if dependency.up else 0)
         if recorder is not None:
             self._queue.set(len(recorder._queue))
             for outcome, count in (

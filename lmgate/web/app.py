@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -61,9 +62,9 @@ def _own_routes(gateway: Gateway) -> list[BaseRoute]:
         return Response(b'{"status":"ok"}', media_type="application/json")
 
     async def ready(request: Request) -> Response:
-        if gateway.ready:
-            return Response(b'{"status":"ready"}', media_type="application/json")
-        return Response(b'{"status":"starting"}', status_code=503, media_type="application/json")
+        ok, state = await gateway.readiness()
+        headers = None if ok else {"Retry-After": "5"}
+        return Response(orjson.dumps(state), 200 if ok else 503, headers, "application/json")
 
     routes: list[BaseRoute] = [
         Route("/health", health, methods=["GET"]),

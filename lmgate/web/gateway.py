@@ -9,11 +9,13 @@ import gc
 import logging
 import signal
 import threading
+import time
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from lmgate.accounts.accounts import Accounts
 from lmgate.accounts.conversations import Conversations
+from lmgate.accounts.limits import RedisLimiter
 from lmgate.accounts.request_log import RequestLog
 from lmgate.clock import SYSTEM, Clock
 from lmgate.config import Config, ConfigError, data_dir
@@ -21,6 +23,7 @@ from lmgate.errors import Redactor
 from lmgate.frontends.sealing import Sealer
 from lmgate.media.fetch import ImageFetcher
 from lmgate.observe import tokens
+from lmgate.observe.dependencies import Dependency
 from lmgate.observe.metrics import MeterSink, Metrics
 from lmgate.providers import build_provider
 from lmgate.routing.catalog import Catalog
@@ -69,6 +72,7 @@ class Gateway:
                 self.accounts.limiter,
                 self.fetcher,
                 config.metrics.per_key_labels,
+                self._dependencies(),
             )
             self.accounts.sink = MeterSink(self.metrics, self.accounts.recorder)
         self.tracing: Tracing | None = None
@@ -102,6 +106,15 @@ class Gateway:
         self.ready = False
         self.draining = False
         self._cut: asyncio.TimerHandle | None = None
+        self._probe: asyncio.Future[dict[str, str]] | None = None
+        self._probed_at = 0.0
+
+    def _dependencies(self) -> list[Dependency]:
+        accounts = self.accounts
+        found = [accounts.store.health] if accounts.store is not None else []
+        if isinstance(accounts.limiter, RedisLimiter):
+            found.append(accounts.limiter.backend)
+        return found
 
     def _sealer(self) -> Sealer:
         path = self.config.path
@@ -164,6 +177,39 @@ class Gateway:
             await self.metrics.stop()
         if self.tracing is not None:
             await asyncio.to_thread(self.tracing.stop)
+
+    # ---- readiness ----------------------------------------------------------------------
+
+    async def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Whether this instance should get traffic, and why: its state and each
+        dependency's ("up", "down", "starting"; Redis down is ready while limits
+        fail open). Dependencies are asked at most once a second, however often a
+        load balancer (or anyone) asks."""
+        if self.draining:
+            return False, {"status": "draining"}
+        now = time.monotonic()
+        if self._probe is None or now - self._probed_at >= 1.0:
+            self._probed_at = now
+            self._probe = asyncio.ensure_future(self._probe_dependencies())
+        dependencies = await asyncio.shield(self._probe)
+        usable = {"up", "degraded"}
+        ok = self.ready and all(state in usable for state in dependencies.values())
+        status = "ready" if ok else "starting" if not self.ready else "unavailable"
+        return ok, {"status": status, "dependencies": dependencies}
+
+    async def _probe_dependencies(self) -> dict[str, str]:
+        states: dict[str, str] = {}
+        accounts = self.accounts
+        if accounts.store is not None:
+            if not accounts.store_ready:
+                states["store"] = "starting"
+            else:
+                states["store"] = "up" if await accounts.store.reachable() else "down"
+        if isinstance(accounts.limiter, RedisLimiter):
+            up = await accounts.limiter.ping()
+            open_ = self.config.limits.on_backend_error == "open"
+            states["redis"] = "up" if up else "degraded" if open_ else "down"
+        return states
 
     # ---- graceful shutdown ------------------------------------------------------------
 
