@@ -9,10 +9,12 @@ import logging
 import math
 import os
 import shutil
+import signal
+import socket
 import sys
 import tempfile
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from lmgate import __version__
 from lmgate.config import Config, ConfigError, load_config
@@ -218,7 +220,9 @@ def _config_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def _load(path: str | None, preset: str | None) -> tuple[Config, HotRoutes]:
-    config = load_config(path, preset)
+    from lmgate.providers import provider_problems
+
+    config = load_config(path, preset, (provider_problems,))
     # Building the app validates what config parsing alone cannot (provider options);
     # one worker serves this very app (more build their own).
     from lmgate.web.app import build_app
@@ -235,6 +239,8 @@ def _print_models(catalog: Catalog) -> None:
 
 
 def _serve(args: argparse.Namespace, config: Config, app: HotRoutes) -> int:
+    from lmgate.web.gateway import WORKERS
+
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
     if not config.server.api_keys and not _is_loopback(host):
@@ -248,30 +254,68 @@ def _serve(args: argparse.Namespace, config: Config, app: HotRoutes) -> int:
         os.environ["LMGATE_CONFIG"] = os.path.abspath(args.config)
     elif args.preset:
         os.environ["LMGATE_PRESET"] = args.preset
-    log.info("lmgate %s listening on http://%s:%s", __version__, host, port)
+    os.environ[WORKERS] = str(args.workers)
+    try:
+        sock = _bind(host, port)
+    except OSError as error:
+        print(f"lmgate: cannot listen on {host}:{port}: {error.strerror or error}", file=sys.stderr)
+        return 1
+    log.info(
+        "lmgate %s listening on http://%s:%s (config: %s, store: %s)",
+        __version__,
+        host,
+        sock.getsockname()[1],
+        _config_name(args),
+        _store_name(config),
+    )
     shared = None
     if args.workers > 1 and config.metrics.enabled and not os.environ.get(MULTIPROCESS_DIR):
         # Each worker keeps its metrics in files here; a scrape adds them all up.
         shared = tempfile.mkdtemp(prefix="lmgate-metrics-")
         os.environ[MULTIPROCESS_DIR] = shared
     try:
-        _run(args, config, app, host, port)
+        return _run(args, config, app, sock)
     finally:
+        sock.close()
         if shared is not None:
             shutil.rmtree(shared, ignore_errors=True)
-    return 0
 
 
-def _run(args: argparse.Namespace, config: Config, app: HotRoutes, host: str, port: int) -> None:
+def _bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before anything says it listens."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)  # worker processes serve it too
+    return sock
+
+
+def _config_name(args: argparse.Namespace) -> str:
+    if args.config:
+        return os.path.abspath(args.config)
+    return f"preset {args.preset}" if args.preset else "the built-in default"
+
+
+def _store_name(config: Config) -> str:
+    from lmgate.accounts.accounts import shown_url
+
+    url = config.store.resolved_url(config.path)
+    return shown_url(url) if url else "none"
+
+
+def _run(args: argparse.Namespace, config: Config, app: HotRoutes, sock: socket.socket) -> int:
     import uvicorn
 
     several = args.workers > 1
-    uvicorn.run(
+    settings = uvicorn.Config(
         "lmgate.web.app:app_from_env" if several else app,
         factory=several,
         ws="none",
-        host=host,
-        port=port,
         workers=args.workers,
         loop="uvloop",
         http="lmgate.web.server:GuardedProtocol",  # httptools, with client timeouts and a cap
@@ -283,6 +327,37 @@ def _run(args: argparse.Namespace, config: Config, app: HotRoutes, host: str, po
         # uvicorn's own deadline, later, only catches what could not be cut.
         timeout_graceful_shutdown=math.ceil(config.server.shutdown_grace) + 5,
     )
+    if several:
+        _supervisor(settings, sock, args.config).run()
+        return 0
+    server = uvicorn.Server(settings)
+    server.run(sockets=[sock])
+    return 0 if server.started else 3  # the app did not start (its reason is logged)
+
+
+def _supervisor(settings: Any, sock: socket.socket, path: str | None) -> Any:
+    """uvicorn's supervisor of worker processes (it restarts one that dies), except
+    that on SIGHUP it checks the config file and has each worker reload it in place,
+    rather than restarting them all (a broken file would leave none)."""
+    from uvicorn.supervisors.multiprocess import Multiprocess
+
+    class Supervisor(Multiprocess):
+        def handle_hup(self) -> None:
+            if path is None:
+                log.error("SIGHUP: no config file to read again (a preset or the default)")
+                return
+            from lmgate.providers import provider_problems
+
+            try:
+                load_config(path, checks=(provider_problems,))
+            except ConfigError as error:
+                log.error("config reload refused (the running config stays):\n%s", error)
+                return
+            for process in self.processes:
+                if process.pid is not None:
+                    os.kill(process.pid, signal.SIGHUP)
+
+    return Supervisor(settings, sockets=[sock])
 
 
 def _is_loopback(host: str) -> bool:

@@ -78,8 +78,10 @@ def start_gateway() -> Iterator[Any]:
     """Start a gateway with a config of the test's own; stopped after the test."""
     started: list[RunningGateway] = []
 
-    def start(config: dict[str, Any], clock: Clock = SYSTEM) -> RunningGateway:
-        gateway = RunningGateway(config, clock)
+    def start(
+        config: dict[str, Any], clock: Clock = SYSTEM, path: Path | None = None
+    ) -> RunningGateway:
+        gateway = RunningGateway(config, clock, path)
         started.append(gateway)
         return gateway
 

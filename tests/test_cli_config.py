@@ -134,7 +134,7 @@ def test_config_from_environment_variable(serve: Any, tmp_path: Path) -> None:
         ),
         (
             "providers: {p: {type: echo}}\nmodels: [{id: m, provider: q}]",
-            "models.0.deployments.0.provider: unknown provider 'q'",
+            "models.0.provider: unknown provider 'q'",
         ),
         (
             "providers: {p: {type: echo}}\nmodels: [{id: m, provider: p}, {id: m, provider: p}]",

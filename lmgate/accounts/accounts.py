@@ -86,7 +86,7 @@ class Accounts:
     async def _open_store(self) -> None:
         assert self.store is not None
         version = await self.store.migrate()
-        log.info("store %s at schema version %d", _shown(self.store.url), version)
+        log.info("store %s at schema version %d", shown_url(self.store.url), version)
         await self.keys.start()
         if self.recorder is not None:
             await self.recorder.start()
@@ -97,7 +97,7 @@ class Accounts:
         while True:
             log.warning(
                 "store %s unreachable at start (%s); trying again in %gs",
-                _shown(store.url),
+                shown_url(store.url),
                 describe(error),
                 delay,
             )
@@ -183,7 +183,7 @@ async def _estimate(chat: ChatRequest, chain: list[ModelEntry]) -> tuple[int, fl
     return prompt + output, usd
 
 
-def _shown(url: str) -> str:
+def shown_url(url: str) -> str:
     """A store URL without its password."""
     scheme, _, rest = url.partition("://")
     if "@" in rest:

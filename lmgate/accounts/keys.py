@@ -40,14 +40,18 @@ def config_key_id(key: str) -> str:
 
 class KeyRing:
     def __init__(self, config_keys: list[str], store: Store | None, cache_seconds: float) -> None:
-        self._config_keys = [key.encode() for key in config_keys]
-        self._config_ids = [config_key_id(key) for key in config_keys]
+        self.set_config_keys(config_keys)
         self._store = store
         self._ttl = cache_seconds
         self._cache: dict[str, tuple[KeyInfo | None, float]] = {}  # hash -> (key, until)
         self._managed_exist = False
         self._known = False  # whether _managed_exist was ever read from the store
         self._checked_at = 0.0
+
+    def set_config_keys(self, config_keys: list[str]) -> None:
+        """The keys of ``server.api_keys`` (again, on a reload)."""
+        self._config_keys = [key.encode() for key in config_keys]
+        self._config_ids = [config_key_id(key) for key in config_keys]
 
     async def start(self) -> None:
         await self._check_managed()

@@ -78,7 +78,8 @@ class Metrics:
         per_key: bool = False,
         dependencies: Sequence[Dependency] = (),
     ) -> None:
-        self._sources = catalog, recorder, router, limiter, fetcher
+        self.catalog = catalog  # replaced on a reload
+        self._sources = recorder, router, limiter, fetcher
         self._dependencies = dependencies
         self.multiprocess = bool(os.environ.get(MULTIPROCESS_DIR))
         self._want_per_key = per_key
@@ -296,7 +297,8 @@ class Metrics:
         """Copy the other parts' counts and state into the metrics."""
         if self.registry is None:
             self._build()
-        catalog, recorder, router, limiter, fetcher = self._sources
+        catalog = self.catalog
+        recorder, router, limiter, fetcher = self._sources
         self._sync_requests()
         now = time.monotonic()
         seen: set[str] = set()

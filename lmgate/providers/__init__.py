@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from lmgate.clock import SYSTEM, Clock
-from lmgate.config import ConfigError, format_validation_error
+from lmgate.config import ConfigError, did_you_mean, validation_problems
 from lmgate.providers.base import Provider
 
 # Each imported when a config first uses it: the echo model alone needs no HTTP client.
@@ -30,15 +30,41 @@ def provider_class(kind: str) -> type[Provider]:
 
 
 def build_provider(name: str, raw: dict[str, Any], clock: Clock = SYSTEM) -> Provider:
+    problems = _problems(name, raw)
+    if problems:
+        raise ConfigError("\n".join(problems))
+    cls = provider_class(raw["type"])
+    provider = cls(name, cls.config_class.model_validate(raw))
+    provider.clock = clock
+    return provider
+
+
+def provider_problems(data: dict[str, Any]) -> list[str]:
+    """The problems of every provider's options in a config's data (a ``config.Check``)."""
+    providers = data.get("providers")
+    if not isinstance(providers, dict):
+        return []
+    return [
+        problem
+        for name, raw in providers.items()
+        if isinstance(raw, dict) and "type" in raw  # no type: the config says so
+        for problem in _problems(name, raw)
+    ]
+
+
+def _problems(name: str, raw: dict[str, Any]) -> list[str]:
     kind = raw.get("type")
     if not isinstance(kind, str) or kind not in PROVIDER_TYPES:
         known = ", ".join(sorted(PROVIDER_TYPES))
-        raise ConfigError(f"providers.{name}.type: unknown provider type {kind!r} (known: {known})")
+        return [
+            f"providers.{name}.type: unknown provider type {kind!r}"
+            f"{did_you_mean(str(kind), PROVIDER_TYPES)} (known: {known})"
+        ]
     cls = provider_class(kind)
     try:
-        config = cls.config_class.model_validate(raw)
+        cls.config_class.model_validate(raw)
     except ValidationError as error:
-        raise ConfigError(format_validation_error(error, f"providers.{name}")) from None
-    provider = cls(name, config)
-    provider.clock = clock
-    return provider
+        return validation_problems(error, f"providers.{name}", cls.config_class)
+    except ConfigError as error:  # a check of the provider's own (a URL, say)
+        return [str(error)]
+    return []

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hmac
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from starlette.requests import Request
@@ -16,9 +16,11 @@ from starlette.routing import BaseRoute, Route
 from lmgate.accounts import reports
 from lmgate.accounts.accounts import Accounts, parse_since
 from lmgate.accounts.keys import presented_key
-from lmgate.accounts.store import Store
+from lmgate.accounts.store import Store, store_unavailable
+from lmgate.config import ConfigError
 from lmgate.errors import GatewayError, invalid
 from lmgate.frontends import openai_chat
+from lmgate.frontends.base import error_reply, request_id
 from lmgate.frontends.validate import INT64, require_json
 from lmgate.routing.catalog import Catalog
 from lmgate.routing.router import Router
@@ -28,14 +30,28 @@ _MAX_BODY = 64 * 1024  # a key's settings are a few hundred bytes
 _MAX_NAME = 200
 
 
+class Control(Protocol):
+    """What the admin API may do to the running gateway."""
+
+    async def reload_everywhere(self) -> dict[str, Any]: ...
+
+    async def config_shown(self) -> dict[str, Any]: ...
+
+
 class Admin:
     def __init__(
-        self, admin_key: str | None, accounts: Accounts, catalog: Catalog, router: Router
+        self,
+        admin_key: str | None,
+        accounts: Accounts,
+        catalog: Catalog,
+        router: Router,
+        control: Control | None = None,
     ) -> None:
         self._key = admin_key.encode() if admin_key else None
         self.accounts = accounts
         self.catalog = catalog
         self.router = router
+        self.control = control
 
     def routes(self) -> list[BaseRoute]:
         return [
@@ -52,6 +68,8 @@ class Admin:
             Route("/admin/keys/{key_id}", self._handler(self.get_key), methods=["GET"]),
             Route("/admin/keys/{key_id}", self._handler(self.revoke_key), methods=["DELETE"]),
             Route("/admin/usage", self._handler(self.usage), methods=["GET"]),
+            Route("/admin/reload", self._handler(self.reload, store=False), methods=["POST"]),
+            Route("/admin/config", self._handler(self.config, store=False), methods=["GET"]),
         ]
 
     def _handler(self, action: Any, store: bool = True) -> Any:
@@ -60,11 +78,12 @@ class Admin:
                 self._authenticate(request)
                 status, payload = await action(request, self._store() if store else None)
             except GatewayError as error:
-                return Response(
-                    openai_chat.error_body(error),
-                    status_code=error.status,
-                    media_type="application/json",
-                )
+                return error_reply(openai_chat, error, request_id(request))
+            except Exception:
+                here = self.accounts.store
+                if not store or here is None or await here.reachable():
+                    raise  # a bug: logged, a bare 500
+                return error_reply(openai_chat, store_unavailable(), request_id(request))
             return Response(orjson.dumps(payload), status, media_type="application/json")
 
         return handle
@@ -84,6 +103,21 @@ class Admin:
         return self.accounts.store
 
     # ---- handlers ------------------------------------------------------------------
+
+    async def reload(self, request: Request, store: None) -> tuple[int, Any]:
+        assert self.control is not None
+        try:
+            return 200, await self.control.reload_everywhere()
+        except ConfigError as error:
+            raise GatewayError(
+                "invalid_request",
+                f"the config file was not loaded (the running config stays): {error}",
+                code="invalid_config",
+            ) from None
+
+    async def config(self, request: Request, store: None) -> tuple[int, Any]:
+        assert self.control is not None
+        return 200, await self.control.config_shown()
 
     async def list_keys(self, request: Request, store: Store) -> tuple[int, Any]:
         return 200, {"data": [key.public() for key in await store.list_keys()]}

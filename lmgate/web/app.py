@@ -25,6 +25,7 @@ from lmgate.frontends import FRONTENDS, openai_chat
 from lmgate.frontends.base import error_reply, request_id
 from lmgate.observe import logs
 from lmgate.observe.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from lmgate.providers import provider_problems
 from lmgate.web.gateway import Gateway
 from lmgate.web.guard import Guard
 from lmgate.web.routes import Mounted
@@ -113,4 +114,4 @@ def app_from_env() -> HotRoutes:
     path, preset = os.environ.get("LMGATE_CONFIG"), os.environ.get("LMGATE_PRESET")
     if form := os.environ.get("LMGATE_LOG_FORMAT"):  # a worker process: log as its parent
         logs.setup(os.environ.get("LMGATE_LOG_LEVEL", "info"), form)
-    return build_app(load_config(path or None, preset))
+    return build_app(load_config(path or None, preset, (provider_problems,)))

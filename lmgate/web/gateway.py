@@ -7,6 +7,7 @@ import asyncio
 import functools
 import gc
 import logging
+import os
 import signal
 import threading
 import time
@@ -18,19 +19,21 @@ from lmgate.accounts.conversations import Conversations
 from lmgate.accounts.limits import RedisLimiter
 from lmgate.accounts.request_log import RequestLog
 from lmgate.clock import SYSTEM, Clock
-from lmgate.config import Config, ConfigError, data_dir
+from lmgate.config import Config, ConfigError, data_dir, load_config
 from lmgate.errors import Redactor
 from lmgate.frontends.sealing import Sealer
 from lmgate.media.fetch import ImageFetcher
 from lmgate.observe import tokens
 from lmgate.observe.dependencies import Dependency
 from lmgate.observe.metrics import MeterSink, Metrics
-from lmgate.providers import build_provider
-from lmgate.routing.catalog import Catalog
+from lmgate.providers import build_provider, provider_problems
+from lmgate.providers.base import Provider
+from lmgate.routing.catalog import Catalog, Deployment
 from lmgate.routing.discovery import ModelDiscovery
 from lmgate.routing.router import Router
 from lmgate.web.admin import Admin
 from lmgate.web.pipeline import Pipeline
+from lmgate.web.reload import applicable, redacted
 
 if TYPE_CHECKING:
     from lmgate.observe.tracing import Tracing
@@ -39,6 +42,9 @@ log = logging.getLogger("lmgate")
 
 # Every line these write loses the config's secrets (and keys sent in a query string).
 _REDACTED_LOGGERS = ("lmgate", "uvicorn.access", "uvicorn.error")
+CHECKS = (provider_problems,)  # what a config must pass beyond its schema
+# Set in worker processes (``lmgate serve --workers N``): how many there are.
+WORKERS = "LMGATE_WORKERS"
 
 
 class Gateway:
@@ -46,6 +52,10 @@ class Gateway:
 
     def __init__(self, config: Config, clock: Clock = SYSTEM) -> None:
         self.config = config
+        self.loaded_at = time.time()
+        self._clock = clock
+        self._reloading = asyncio.Lock()
+        self._retiring: set[asyncio.Task[None]] = set()
         self.providers = {
             name: build_provider(name, raw, clock) for name, raw in config.providers.items()
         }
@@ -62,7 +72,9 @@ class Gateway:
         self.redactor = Redactor(self._secrets)
         self.router = Router(config.routing, self.fetcher, redactor=self.redactor, clock=clock)
         self.accounts = Accounts(config, self.catalog, self.router, clock)
-        self.admin = Admin(config.server.admin_key, self.accounts, self.catalog, self.router)
+        self.admin = Admin(
+            config.server.admin_key, self.accounts, self.catalog, self.router, control=self
+        )
         self.metrics: Metrics | None = None
         if config.metrics.enabled:
             self.metrics = Metrics(
@@ -160,6 +172,9 @@ class Gateway:
         self.ready = True
 
     async def shutdown(self) -> None:
+        for task in self._retiring:
+            task.cancel()
+        await asyncio.gather(*self._retiring, return_exceptions=True)
         for name in _REDACTED_LOGGERS:
             logging.getLogger(name).removeFilter(self.redactor.filter)
         self.ready = False
@@ -177,6 +192,109 @@ class Gateway:
             await self.metrics.stop()
         if self.tracing is not None:
             await asyncio.to_thread(self.tracing.stop)
+
+    # ---- reload -------------------------------------------------------------------------
+
+    async def reload(self) -> dict[str, Any]:
+        """Read the config file again and apply it to new requests (see reload.py); a
+        ``ConfigError`` with every problem when it is broken, and nothing changes."""
+        async with self._reloading:
+            path = self.config.path
+            if path is None:
+                raise ConfigError(
+                    "this gateway runs on the built-in default or a preset, not a config "
+                    "file: there is nothing to read again"
+                )
+            new, waiting = applicable(
+                self.config, await asyncio.to_thread(load_config, path, None, CHECKS)
+            )
+            providers = dict(self.providers)
+            built = []
+            try:
+                for name, raw in new.providers.items():
+                    if self.config.providers.get(name) != raw or name not in providers:
+                        providers[name] = build_provider(name, raw, self._clock)
+                        built.append(providers[name])
+                for name in set(providers) - set(new.providers):
+                    del providers[name]
+                catalog = Catalog.from_config(new, providers, self._clock)
+                for provider in built:
+                    await provider.start()
+            except BaseException:
+                for provider in built:
+                    await provider.close()
+                raise
+            self._switch(new, providers, catalog)
+            await self.discovery.stop()
+            self.discovery = ModelDiscovery(catalog, providers)
+            await self.discovery.start()
+        log.warning(
+            "config reloaded from %s: %d providers, %d models%s",
+            path,
+            len(providers),
+            len(catalog.entries),
+            f"; needs a restart to apply: {', '.join(waiting)}" if waiting else "",
+        )
+        return {
+            "loaded_at": self.loaded_at,
+            "providers": sorted(providers),
+            "models": [entry.id for entry in catalog.entries],
+            "restart_needed": waiting,
+        }
+
+    async def reload_everywhere(self) -> dict[str, Any]:
+        """Reload this process, or, as one of ``--workers N``, check the file and have
+        the parent tell every worker (each reloads itself on SIGHUP)."""
+        workers = int(os.environ.get(WORKERS, "1"))
+        if workers == 1:
+            return await self.reload()
+        path = self.config.path
+        assert path is not None  # the parent runs workers from a config file
+        await asyncio.to_thread(load_config, path, None, CHECKS)  # broken: raises, no change
+        os.kill(os.getppid(), signal.SIGHUP)
+        return {"status": "reloading", "workers": workers}
+
+    def _switch(self, config: Config, providers: dict[str, Provider], catalog: Catalog) -> None:
+        """New requests see the new config from here on; requests in flight keep the
+        deployments (and so the providers) they hold. Deployments that did not change
+        keep their state (in-flight slots, circuit breaker)."""
+        before = {d.key: d for entry in self.catalog.entries for d in entry.deployments}
+        for entry in catalog.entries:
+            for deployment in entry.deployments:
+                old = before.get(deployment.key)
+                if old is not None and _same(old, deployment):
+                    deployment.health = old.health
+        retired = [p for name, p in self.providers.items() if providers.get(name) is not p]
+        old_catalog = self.catalog
+        self.config, self.providers, self.catalog = config, providers, catalog
+        self.loaded_at = time.time()
+        self.pipeline.config, self.pipeline.catalog = config, catalog
+        self.router.routing = config.routing
+        self.admin.catalog = catalog
+        self.accounts.keys.set_config_keys(config.server.api_keys)
+        if self.accounts.bus is not None:
+            self.accounts.bus.catalog = catalog
+        if self.metrics is not None:
+            self.metrics.catalog = catalog
+        if retired:
+            task = asyncio.create_task(self._retire(retired, old_catalog))
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+
+    async def _retire(self, providers: list[Provider], catalog: Catalog) -> None:
+        """Close providers a reload replaced, once no request uses them any more."""
+        used = [
+            d for entry in catalog.entries for d in entry.deployments if d.provider in providers
+        ]
+        # Polled (twice a second, only while a retired provider still serves): the
+        # counts live in each deployment's Health, which has no event to wait on.
+        while any(deployment.health.in_flight for deployment in used):  # noqa: ASYNC110
+            await asyncio.sleep(0.5)
+        for provider in providers:
+            await provider.close()
+
+    async def config_shown(self) -> dict[str, Any]:
+        return {"loaded_at": self.loaded_at, "config": redacted(self.config, self.redactor)}
 
     # ---- readiness ----------------------------------------------------------------------
 
@@ -220,6 +338,7 @@ class Gateway:
         if threading.current_thread() is not threading.main_thread():
             return  # embedded in a thread (tests): whoever runs the loop stops it
         loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, self._reload_on_signal)
         for sig in (signal.SIGTERM, signal.SIGINT):
             previous = signal.getsignal(sig)
             if not callable(previous):
@@ -230,6 +349,19 @@ class Gateway:
                 previous(signum, frame)
 
             signal.signal(sig, handler)
+
+    def _reload_on_signal(self) -> None:
+        async def reload() -> None:
+            try:
+                await self.reload()
+            except ConfigError as error:
+                log.error("config reload refused (the running config stays):\n%s", error)
+            except Exception:
+                log.exception("config reload failed (the running config stays)")
+
+        task = asyncio.create_task(reload())
+        self._retiring.add(task)  # cancelled at shutdown, like the other background work
+        task.add_done_callback(self._retiring.discard)
 
     def drain(self) -> None:
         """Shutdown has begun: not ready any more; in-flight requests get
@@ -242,3 +374,14 @@ class Gateway:
         grace = self.config.server.shutdown_grace
         log.info("shutting down: in-flight requests have %gs to finish", grace)
         self._cut = asyncio.get_running_loop().call_later(grace, self.router.cut)
+
+
+def _same(old: Deployment, new: Deployment) -> bool:
+    """Whether a reload left a deployment as it was (its state may carry over)."""
+    a, b = old.health, new.health
+    return (
+        old.provider is new.provider
+        and old.target == new.target
+        and (a.max_in_flight, a.max_queued, a.cooldown_failures, a.cooldown_seconds)
+        == (b.max_in_flight, b.max_queued, b.cooldown_failures, b.cooldown_seconds)
+    )

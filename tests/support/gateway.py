@@ -10,6 +10,7 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -19,7 +20,7 @@ import uvicorn
 import uvloop
 
 from lmgate.clock import SYSTEM, Clock
-from lmgate.config import parse_config
+from lmgate.config import load_config, parse_config
 from lmgate.web.app import build_app
 from lmgate.web.server import GuardedProtocol
 from tests.support.fakes.upstream import FakeUpstream
@@ -32,9 +33,15 @@ ANTHROPIC_UPSTREAM_KEY = "sk-ant-upstream-secret-0123456789"
 class RunningGateway:
     """The real app, served by uvicorn on a loopback port in a background thread."""
 
-    def __init__(self, config: dict[str, Any], clock: Clock = SYSTEM) -> None:
+    def __init__(
+        self, config: dict[str, Any], clock: Clock = SYSTEM, path: Path | None = None
+    ) -> None:
+        """``path``: write the config there and load it from the file (it may be reloaded)."""
         self.clients: list[openai.OpenAI | anthropic.Anthropic] = []
-        self.app = build_app(parse_config(config), clock)
+        if path is not None:
+            path.write_bytes(orjson.dumps(config))
+        loaded = load_config(path) if path is not None else parse_config(config)
+        self.app = build_app(loaded, clock)
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]
