@@ -13,7 +13,6 @@ import signal
 import socket
 import sys
 import tempfile
-import time
 from typing import TYPE_CHECKING, Any
 
 from lmgate import __version__
@@ -62,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     create.add_argument("--expires", help="ISO date or datetime (UTC unless given)")
     listing = key_commands.add_parser("list", help="list keys (never their secrets)")
     _config_argument(listing)
+    listing.add_argument("--json", action="store_true", help="print JSON, not a table")
     revoke = key_commands.add_parser("revoke", help="revoke a key by id")
     _config_argument(revoke)
     revoke.add_argument("key_id")
@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     _config_argument(usage)
     usage.add_argument("--since", default="24h", help="e.g. 30m, 1h, 7d (default: 24h)")
     usage.add_argument("--by", default="model", choices=["model", "key", "provider"])
+    usage.add_argument("--json", action="store_true", help="print JSON, not a table")
 
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -123,7 +124,10 @@ def _money(text: str) -> float:
 
 
 async def _accounts_command(args: argparse.Namespace, config: Config) -> int:
+    import orjson
+
     from lmgate.accounts.accounts import parse_since
+    from lmgate.accounts.limits import key_state
     from lmgate.accounts.store import Store
     from lmgate.errors import GatewayError
     from lmgate.web.admin import parse_expiry
@@ -132,6 +136,8 @@ async def _accounts_command(args: argparse.Namespace, config: Config) -> int:
     if url is None:
         print("lmgate: there is no store (store.url is none)", file=sys.stderr)
         return 2
+    # On stderr, so that what is printed stays a table or JSON: which store this is.
+    print(f"lmgate: config {_config_name(args)}, store {_store_name(config)}", file=sys.stderr)
     store = Store(url)
     try:
         await store.migrate()
@@ -142,13 +148,22 @@ async def _accounts_command(args: argparse.Namespace, config: Config) -> int:
                 print(f"lmgate: --since {error}", file=sys.stderr)
                 return 2
             summary = await store.usage_summary(since, args.by)
+            if args.by == "key":
+                names = {key.id: key.name for key in await store.list_keys()}
+                for row in summary:
+                    row["name"] = names.get(row["group"], "-")
+            if args.json:
+                print(orjson.dumps(summary).decode())
+                return 0
+            named = args.by == "key"
             header = (
-                args.by.upper(), "REQUESTS", "ERRORS", "INPUT", "OUTPUT", "COST USD", "P50 MS",
-                "P95 MS",
+                args.by.upper(), *(["NAME"] if named else []), "REQUESTS", "ERRORS", "INPUT",
+                "OUTPUT", "COST USD", "P50 MS", "P95 MS",
             )  # fmt: skip
             cells = [
-                (r["group"], r["requests"], r["errors"], r["input_tokens"], r["output_tokens"],
-                 _usd(r["cost"], r["unpriced"]), f"{r['p50_ms']:.0f}", f"{r['p95_ms']:.0f}")
+                (r["group"], *([r["name"]] if named else []), r["requests"], r["errors"],
+                 r["input_tokens"], r["output_tokens"], _usd(r["cost"], r["unpriced"]),
+                 _ms(r["p50_ms"]), _ms(r["p95_ms"]))
                 for r in summary
             ]  # fmt: skip
             _print_table([header, *[tuple(str(cell) for cell in row) for row in cells]])
@@ -166,20 +181,21 @@ async def _accounts_command(args: argparse.Namespace, config: Config) -> int:
             )
             print(f"created key {key.id} ({key.name}); it is shown only once:\n{secret}")
         elif args.keys_command == "list":
+            keys = await store.list_keys()
+            if args.json:
+                print(orjson.dumps([{**k.public(), "state": key_state(k)} for k in keys]).decode())
+                return 0
             rows: list[tuple[str, ...]] = [
                 ("ID", "NAME", "PREFIX", "MODELS", "RPM", "TPM", "BUDGET", "USED", "BUDGET USD",
                  "USED USD", "STATE")
             ]  # fmt: skip
-            for key in await store.list_keys():
-                state = "revoked" if key.revoked_at else "active"
-                if key.expires_at is not None and key.expires_at <= time.time():
-                    state = "expired"
+            for key in keys:
                 rows.append(
                     (key.id, key.name, key.prefix + "…", ",".join(key.models or ["*"]),
                      str(key.rpm or "-"), str(key.tpm or "-"), str(key.budget_tokens or "-"),
                      str(key.used_tokens),
                      f"{key.budget_usd:g}" if key.budget_usd is not None else "-",
-                     f"{key.used_usd:.4f}", state)
+                     f"{key.used_usd:.4f}", key_state(key))
                 )  # fmt: skip
             _print_table(rows)
         elif not await store.revoke_key(args.key_id):
@@ -190,6 +206,10 @@ async def _accounts_command(args: argparse.Namespace, config: Config) -> int:
     finally:
         await store.close()
     return 0
+
+
+def _ms(value: float | None) -> str:
+    return f"{value:.0f}" if value is not None else "-"
 
 
 def _usd(cost: float | None, unpriced: int) -> str:

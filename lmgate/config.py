@@ -97,6 +97,17 @@ class StoreConfig(_Strict):
     # a key already seen is served from its cached entry, a new one gets a 503.
     timeout: float = Field(3, gt=0)
 
+    @field_validator("url")
+    @classmethod
+    def _known_database(cls, url: str | None) -> str | None:
+        if url and url != "none" and not url.startswith(("sqlite:", "postgresql:", "postgres:")):
+            scheme = url.partition(":")[0]
+            raise ValueError(
+                f"lmgate keeps its state in SQLite (sqlite:///PATH) or PostgreSQL "
+                f"(postgresql://user:pass@host/db), not {scheme!r}"
+            )
+        return url
+
     def resolved_url(self, config_path: Path | None) -> str | None:
         if self.url == "none":
             return None

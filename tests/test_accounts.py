@@ -462,9 +462,11 @@ def test_keys_and_usage_commands(tmp_path: Path, serve: Any) -> None:
 
     usage = run_cli("usage", "--config", str(path), "--by", "key")
     assert usage.returncode == 0
+    assert f"config {path}" in usage.stderr and "lmgate.db" in usage.stderr  # which store
     lines = usage.stdout.splitlines()
     assert lines[0].split() == [
         "KEY",
+        "NAME",
         "REQUESTS",
         "ERRORS",
         "INPUT",
@@ -477,8 +479,14 @@ def test_keys_and_usage_commands(tmp_path: Path, serve: Any) -> None:
         "MS",
     ]
     by_key = {line.split()[0]: line.split() for line in lines[1:]}
-    assert by_key[key_id][1:3] == ["1", "0"] and by_key["-"][1:3] == ["1", "1"]
-    assert by_key[key_id][5] == "0.0000"  # echo costs nothing
+    assert by_key[key_id][1:4] == ["ci", "1", "0"] and by_key["-"][1:4] == ["-", "1", "1"]
+    assert by_key[key_id][6] == "0.0000"  # echo costs nothing
+    as_json = orjson.loads(run_cli("usage", "--config", str(path), "--by", "key", "--json").stdout)
+    [mine] = [row for row in as_json if row["group"] == key_id]
+    assert (mine["name"], mine["requests"], mine["errors"]) == ("ci", 1, 0)
+    [listed_key] = orjson.loads(run_cli("keys", "list", "--config", str(path), "--json").stdout)
+    assert listed_key["name"] == "ci" and listed_key["state"] == "active"
+    assert "hash" not in listed_key and secret not in orjson.dumps(listed_key).decode()
 
     assert run_cli("keys", "revoke", "--config", str(path), key_id).returncode == 0
     assert run_cli("keys", "revoke", "--config", str(path), key_id).returncode == 1

@@ -394,3 +394,30 @@ def test_json_logs_one_object_per_line(serve: Any, tmp_path: Path) -> None:
     assert any('"POST /v1/chat/completions HTTP/1.1" 200' in r["message"] for r in access)
     warnings = [r for r in records if r["level"] == "WARNING"]
     assert any("falling back to echo" in r["message"] for r in warnings)
+
+
+def test_check_reports_every_problem_at_once_with_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "three.yaml"
+    path.write_text(
+        "server:\n"
+        "  prot: 8080\n"  # line 2: a typo of port
+        "providers:\n"
+        "  up: {type: openai, base_url: 'http://127.0.0.1:9', timeouts: {idle: -1}}\n"  # line 4
+        "models:\n"
+        "  - id: m\n"
+        "    provider: upp\n"  # line 7: a typo of up
+        "store: {url: 'mysql://u:p@db/lmgate'}\n"  # line 8
+    )
+    check = run_cli("check", "--config", str(path))
+    assert check.returncode == 2
+    lines = check.stderr.splitlines()
+    assert "Traceback" not in check.stderr
+    expected = [
+        f"{path}:2: server.prot: unknown key (did you mean 'port'?)",
+        f"{path}:7: models.0.provider: unknown provider 'upp' (did you mean 'up'?)",
+        f"{path}:4: providers.up.timeouts.idle:",
+        f"{path}:8: store.url:",
+    ]
+    for start in expected:
+        assert any(line.strip().startswith(start) for line in lines), (start, check.stderr)
+    assert "not 'mysql'" in check.stderr

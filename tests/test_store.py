@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from lmgate.accounts.store import MIGRATIONS, Store, UsageRecord, hash_key, keys
+from lmgate.accounts.schema import MIGRATIONS, keys
+from lmgate.accounts.store import Store, UsageRecord, hash_key
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -105,6 +106,13 @@ def test_usage_batches_and_summary(store_url: str) -> None:
         [refused] = [row for row in summary if row["group"] == "refused"]
         assert (refused["requests"], refused["unpriced"]) == (1, 0)  # nothing spent to price
         assert by_model["other"]["p50_ms"] == by_model["other"]["p95_ms"] == 200
+        # Refusals (no deployment) count as requests, not in the latency percentiles.
+        await store.record(
+            [record(n, model="mixed") for n in (100, 300)]
+            + [record(1, model="mixed", deployment=None, status=429) for _ in range(5)]
+        )
+        [mixed] = [r for r in await store.usage_summary(0, "model") if r["group"] == "mixed"]
+        assert (mixed["requests"], mixed["p50_ms"], mixed["p95_ms"]) == (7, 200, 300)
         await store.record([record(n, model="odd") for n in (5, 1, 3)])
         [odd] = [row for row in await store.usage_summary(0, "model") if row["group"] == "odd"]
         assert (odd["requests"], odd["p50_ms"], odd["p95_ms"]) == (3, 3, 5)
@@ -291,10 +299,10 @@ def test_a_v4_request_log_moves_to_one_entry_per_request(
     store_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Migration 5 keeps what the keyed-by-id log held."""
-    import lmgate.accounts.store as store_module
+    import lmgate.accounts.schema as schema_module
 
     async def scenario() -> list[tuple[Any, ...]]:
-        monkeypatch.setattr(store_module, "MIGRATIONS", MIGRATIONS[:4])
+        monkeypatch.setattr(schema_module, "MIGRATIONS", MIGRATIONS[:4])
         store = Store(store_url)
         try:
             assert await store.migrate() == 4
@@ -306,7 +314,7 @@ def test_a_v4_request_log_moves_to_one_entry_per_request(
                     ),
                     {"body": '{"a":1}'},
                 )
-            monkeypatch.setattr(store_module, "MIGRATIONS", MIGRATIONS)
+            monkeypatch.setattr(schema_module, "MIGRATIONS", MIGRATIONS)
             assert await store.migrate() == MIGRATIONS[-1][0]
             async with store.engine.connect() as connection:
                 rows = await connection.execute(

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 import uuid
 from collections import deque
 from typing import TYPE_CHECKING, Any
@@ -57,6 +58,15 @@ def over_budget(key: KeyInfo) -> str | None:
     if key.budget_usd is not None and key.used_usd >= key.budget_usd:
         return "budget_usd"
     return None
+
+
+def key_state(key: KeyInfo, now: float | None = None) -> str:
+    """active, revoked, expired, or exhausted (a budget used up)."""
+    if key.revoked_at is not None:
+        return "revoked"
+    if key.expires_at is not None and key.expires_at <= (now or time.time()):
+        return "expired"
+    return "exhausted" if over_budget(key) is not None else "active"
 
 
 def _budget_exhausted(key: KeyInfo, budget: str) -> GatewayError:

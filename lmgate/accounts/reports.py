@@ -9,7 +9,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from lmgate.accounts.store import Store, request_log, usage
+from lmgate.accounts.schema import request_log, usage
+from lmgate.accounts.store import Store
 
 BUCKETS = 60  # points in a series, whatever its range
 _EMPTY = {  # the figures of a time with no request

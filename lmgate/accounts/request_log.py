@@ -13,7 +13,8 @@ import time
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
-from lmgate.accounts.store import Store, request_log
+from lmgate.accounts.schema import request_log
+from lmgate.accounts.store import Store
 from lmgate.config import RequestLogConfig
 
 log = logging.getLogger("lmgate")

@@ -25,186 +25,11 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import PoolResetState
 
+from lmgate.accounts.schema import keys, migrate, responses, usage
 from lmgate.errors import GatewayError
 from lmgate.observe.dependencies import Dependency
 
 KEY_PREFIX = "lmg-"
-
-
-def _tables_v1(metadata: sa.MetaData) -> tuple[sa.Table, sa.Table]:
-    key_table = sa.Table(
-        "lmgate_keys",
-        metadata,
-        sa.Column("id", sa.String(16), primary_key=True),
-        sa.Column("name", sa.String(200), nullable=False),
-        sa.Column("hash", sa.String(64), nullable=False, unique=True),
-        sa.Column("prefix", sa.String(16), nullable=False),
-        sa.Column("models", sa.Text),  # JSON list of allowed model ids; null: every model
-        sa.Column("rpm", sa.Integer),
-        sa.Column("tpm", sa.Integer),
-        sa.Column("budget_tokens", sa.BigInteger),
-        sa.Column("used_tokens", sa.BigInteger, nullable=False, server_default="0"),
-        sa.Column("created_at", sa.Float, nullable=False),
-        sa.Column("expires_at", sa.Float),
-        sa.Column("revoked_at", sa.Float),
-    )
-    usage_table = sa.Table(
-        "lmgate_usage",
-        metadata,
-        sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
-        sa.Column("at", sa.Float, nullable=False),  # unix time the request arrived
-        sa.Column("request_id", sa.String(128), nullable=False),
-        sa.Column("key_id", sa.String(64)),
-        sa.Column("protocol", sa.String(16), nullable=False),  # openai | anthropic
-        sa.Column("requested_model", sa.String(200)),
-        sa.Column("model", sa.String(200)),  # the model that answered
-        sa.Column("deployment", sa.String(400)),
-        sa.Column("provider", sa.String(200)),
-        sa.Column("stream", sa.Boolean, nullable=False),
-        sa.Column("status", sa.Integer, nullable=False),
-        sa.Column("error_type", sa.String(64)),
-        sa.Column("input_tokens", sa.Integer, nullable=False),
-        sa.Column("output_tokens", sa.Integer, nullable=False),
-        sa.Column("cached_tokens", sa.Integer, nullable=False),
-        sa.Column("latency_ms", sa.Float, nullable=False),
-        sa.Column("ttft_ms", sa.Float),
-        sa.Index("lmgate_usage_at", "at"),
-        sa.Index("lmgate_usage_key_at", "key_id", "at"),
-    )
-    return key_table, usage_table
-
-
-def _migration_1(connection: Connection) -> None:
-    # Each migration builds its own snapshot of the tables, so that later changes to
-    # the live definitions below never change what an old migration does.
-    snapshot = sa.MetaData()
-    _tables_v1(snapshot)
-    snapshot.create_all(connection)
-
-
-def _migration_2(connection: Connection) -> None:
-    # Measured: on SQLite the (key_id, at) index doubled the cost of writing a usage
-    # record, and no query needs it (usage queries select a time range, budgets read
-    # the keys table).
-    connection.execute(sa.text("DROP INDEX IF EXISTS lmgate_usage_key_at"))
-
-
-def _responses_table(metadata: sa.MetaData) -> sa.Table:
-    return sa.Table(
-        "lmgate_responses",
-        metadata,
-        sa.Column("id", sa.String(64), primary_key=True),
-        sa.Column("key_id", sa.String(64)),  # the key that made it; only it may read it
-        sa.Column("created_at", sa.Float, nullable=False),
-        sa.Column("expires_at", sa.Float, nullable=False),
-        # JSON: the conversation's input items (earlier turns included), and the response
-        # object (its output: what a follow-up continues from).
-        sa.Column("input_items", sa.Text, nullable=False),
-        sa.Column("response", sa.Text, nullable=False),
-        sa.Index("lmgate_responses_expires", "expires_at"),
-    )
-
-
-def _migration_3(connection: Connection) -> None:
-    snapshot = sa.MetaData()
-    _responses_table(snapshot).create(connection)
-
-
-# Added by migration 4: cost and timing per record, money budgets per key.
-def _usage_columns_v4() -> list[sa.Column[Any]]:
-    return [
-        sa.Column("cache_write_tokens", sa.Integer, nullable=False, server_default="0"),
-        sa.Column("reasoning_tokens", sa.Integer, nullable=False, server_default="0"),
-        sa.Column("cost", sa.Float),  # USD; null: the deployment has no price
-        sa.Column("upstream_ms", sa.Float),  # the answering upstream's time to first byte
-        sa.Column("overhead_ms", sa.Float),  # the request's time minus the upstream's
-        sa.Column("error_message", sa.String(500)),
-    ]
-
-
-def _key_columns_v4() -> list[sa.Column[Any]]:
-    return [
-        sa.Column("budget_usd", sa.Float),
-        sa.Column("used_usd", sa.Float, nullable=False, server_default="0"),
-    ]
-
-
-def _request_log_table_v4(metadata: sa.MetaData) -> sa.Table:
-    return sa.Table(
-        "lmgate_request_log",
-        metadata,
-        sa.Column("request_id", sa.String(128), primary_key=True),
-        sa.Column("at", sa.Float, nullable=False),
-        sa.Column("key_id", sa.String(64)),
-        sa.Column("request", sa.Text, nullable=False),  # the body as sent, redacted
-        sa.Column("reply", sa.Text, nullable=False),  # the reply, or its folded stream
-        sa.Index("lmgate_request_log_at", "at"),
-    )
-
-
-def _migration_4(connection: Connection) -> None:
-    for table, columns in (
-        ("lmgate_usage", _usage_columns_v4()),
-        ("lmgate_keys", _key_columns_v4()),
-    ):
-        for column in columns:
-            kind = column.type.compile(connection.dialect)
-            default = f" DEFAULT {column.server_default.arg}" if column.server_default else ""  # type: ignore[attr-defined]
-            null = "" if column.nullable else " NOT NULL"
-            connection.exec_driver_sql(
-                f"ALTER TABLE {table} ADD COLUMN {column.name} {kind}{null}{default}"
-            )
-    _request_log_table_v4(sa.MetaData()).create(connection)
-
-
-def _request_log_table(metadata: sa.MetaData) -> sa.Table:
-    return sa.Table(
-        "lmgate_requests",
-        metadata,
-        sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
-        # The client may choose it, and send it twice: an entry per request all the same.
-        sa.Column("request_id", sa.String(128), nullable=False),
-        sa.Column("at", sa.Float, nullable=False),  # when it arrived: its usage record's
-        sa.Column("key_id", sa.String(64)),
-        sa.Column("request", sa.Text, nullable=False),  # the body as sent, redacted
-        sa.Column("reply", sa.Text, nullable=False),  # the reply, or its folded stream
-        sa.Index("lmgate_requests_request_id", "request_id"),
-        sa.Index("lmgate_requests_at", "at"),
-    )
-
-
-def _migration_5(connection: Connection) -> None:
-    # The log was keyed by request id, and a client reusing one kept its own body out.
-    _request_log_table(sa.MetaData()).create(connection)
-    connection.exec_driver_sql(
-        "INSERT INTO lmgate_requests (request_id, at, key_id, request, reply) "
-        "SELECT request_id, at, key_id, request, reply FROM lmgate_request_log"
-    )
-    connection.exec_driver_sql("DROP TABLE lmgate_request_log")
-
-
-# The live schema, used by queries: the result of every migration.
-metadata = sa.MetaData()
-schema_version = sa.Table(
-    "lmgate_schema", metadata, sa.Column("version", sa.Integer, primary_key=True)
-)
-keys, usage = _tables_v1(metadata)
-usage.indexes = {index for index in usage.indexes if index.name != "lmgate_usage_key_at"}
-for _column in _usage_columns_v4():
-    usage.append_column(_column)
-for _column in _key_columns_v4():
-    keys.append_column(_column)
-responses = _responses_table(metadata)
-request_log = _request_log_table(metadata)
-
-# Append only: a released migration never changes; a new one gets the next number.
-MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
-    (1, _migration_1),
-    (2, _migration_2),
-    (3, _migration_3),
-    (4, _migration_4),
-    (5, _migration_5),
-]
 
 
 @dataclass(slots=True)
@@ -343,7 +168,7 @@ class Store:
             async with connection.begin():
                 if connection.dialect.name == "postgresql":
                     await connection.execute(sa.text("SELECT pg_advisory_xact_lock(7860)"))
-                return await connection.run_sync(_migrate)
+                return await connection.run_sync(migrate)
 
     # ---- usage ----------------------------------------------------------------------
 
@@ -408,18 +233,22 @@ class Store:
         model = sa.func.coalesce(usage.c.model, usage.c.requested_model)
         column = {"model": model, "key": usage.c.key_id, "provider": usage.c.provider}[by]
         group = sa.func.coalesce(column, "-")
+        # Latency percentiles are of the requests an upstream served: a refusal (no
+        # deployment) takes a millisecond and would only pull them down.
+        served = sa.case((usage.c.deployment.is_not(None), 1), else_=0)
         ranked = (
             sa.select(
                 group.label("group"),
+                served.label("served"),
                 usage.c.error_type,
                 usage.c.input_tokens,
                 usage.c.output_tokens,
                 usage.c.cost,
                 usage.c.latency_ms,
                 sa.func.row_number()
-                .over(partition_by=group, order_by=usage.c.latency_ms)
+                .over(partition_by=(group, served), order_by=usage.c.latency_ms)
                 .label("rank"),
-                sa.func.count().over(partition_by=group).label("n"),
+                sa.func.count().over(partition_by=(group, served)).label("n"),
             )
             .where(usage.c.at >= since)
             .subquery()
@@ -427,9 +256,13 @@ class Store:
         r = ranked.c
         # The median: the middle rank, or the mean of the two middle ones (2 * rank
         # in n..n+2). The 95th percentile: rank floor(0.95 n) + 1, in integers.
-        median = sa.case((sa.between(2 * r.rank, r.n, r.n + 2), r.latency_ms))
+        is_served = r.served == 1
+        median = sa.case((sa.and_(is_served, sa.between(2 * r.rank, r.n, r.n + 2)), r.latency_ms))
         p95 = sa.case(
-            (sa.and_(100 * r.rank - 100 <= 95 * r.n, 95 * r.n < 100 * r.rank), r.latency_ms)
+            (
+                sa.and_(is_served, 100 * r.rank - 100 <= 95 * r.n, 95 * r.n < 100 * r.rank),
+                r.latency_ms,
+            )
         )
         errors = sa.case((r.error_type.is_not(None), 1), else_=0)
         spent = r.input_tokens + r.output_tokens
@@ -653,17 +486,6 @@ def _sqlite_transactions(engine: AsyncEngine) -> None:
         # back even after a commit: only a transaction still open.
         if state.asyncio_safe and dbapi_connection.driver_connection.in_transaction:
             dbapi_connection.rollback()
-
-
-def _migrate(connection: Connection) -> int:
-    schema_version.create(connection, checkfirst=True)
-    current = connection.execute(sa.select(sa.func.max(schema_version.c.version))).scalar() or 0
-    for number, migration in MIGRATIONS:
-        if number > current:
-            migration(connection)
-            connection.execute(schema_version.insert().values(version=number))
-            current = number
-    return current
 
 
 def _owned_by(key_id: str | None) -> sa.ColumnElement[bool]:
