@@ -57,6 +57,55 @@ def test_admin_key_lifecycle(gw: RunningGateway) -> None:
     assert admin(gw, "DELETE", f"/admin/keys/{created['id']}")[0] == 404
 
 
+def test_a_key_is_edited_and_rotated_and_its_models_are_checked(gw: RunningGateway) -> None:
+    status, created = admin(gw, "POST", "/admin/keys", {"name": "team", "models": ["chat-mode"]})
+    assert status == 400 and "did you mean 'chat-model'" in created["error"]["message"]
+    status, created = admin(gw, "POST", "/admin/keys", {"name": "team", "models": ["echo"]})
+    assert status == 201
+    key_id, old_secret = created["id"], created["key"]
+    with pytest.raises(openai.PermissionDeniedError):
+        gw.client(old_secret).chat.completions.create(model="chat-model", messages=HI)
+    edit = {"models": None, "rpm": 1, "budget_usd": 3, "name": "team-renamed"}
+    status, edited = admin(gw, "PATCH", f"/admin/keys/{key_id}", edit)
+    assert status == 200, edited
+    assert (edited["models"], edited["rpm"], edited["budget_usd"], edited["name"]) == (
+        None, 1, 3.0, "team-renamed",
+    )  # fmt: skip
+    client = gw.client(old_secret)
+    assert client.chat.completions.create(model="chat-model", messages=HI).choices  # any model
+    with pytest.raises(openai.RateLimitError):  # the new rpm holds at once
+        client.chat.completions.create(model="chat-model", messages=HI)
+    assert admin(gw, "PATCH", f"/admin/keys/{key_id}", {"rpm": None})[1]["rpm"] is None
+    assert admin(gw, "PATCH", f"/admin/keys/{key_id}", {"rpm": 0})[0] == 400
+    assert admin(gw, "PATCH", f"/admin/keys/{key_id}", {"colour": "red"})[0] == 400
+    assert admin(gw, "PATCH", "/admin/keys/nope", {"rpm": 3})[0] == 404
+    status, rotated = admin(gw, "POST", f"/admin/keys/{key_id}/rotate")
+    assert status == 200 and rotated["id"] == key_id and rotated["key"] != old_secret
+    with pytest.raises(openai.AuthenticationError):
+        gw.client(old_secret).models.list()
+    assert gw.client(rotated["key"]).chat.completions.create(model="echo", messages=HI).choices
+    admin(gw, "DELETE", f"/admin/keys/{key_id}")
+    assert admin(gw, "POST", f"/admin/keys/{key_id}/rotate")[0] == 404  # revoked: no rotation
+
+
+def test_recent_requests_search_and_status_filter(
+    gw: RunningGateway, upstream: FakeUpstream
+) -> None:
+    upstream.push(Script(status=429, json={"error": {"message": "slow down, Tokyo"}}))
+    client = gw.client()
+    with pytest.raises(openai.RateLimitError):
+        client.chat.completions.create(model="chat-model", messages=HI)
+    client.chat.completions.create(model="echo", messages=HI)
+    wait_until(lambda: len(admin(gw, "GET", "/admin/requests")[1]["data"]) == 2)
+    [limited] = admin(gw, "GET", "/admin/requests?status=429")[1]["data"]
+    assert limited["model"] == "chat-model"
+    [found] = admin(gw, "GET", "/admin/requests?q=TOKYO")[1]["data"]
+    assert found["id"] == limited["id"]
+    assert admin(gw, "GET", "/admin/requests?q=50%25_")[1]["data"] == []  # wildcards are text
+    [echoed] = admin(gw, "GET", "/admin/requests?q=echo")[1]["data"]
+    assert echoed["status"] == 200
+
+
 def test_an_open_gateway_closes_when_its_first_key_is_created(
     start_gateway: Any, upstream: FakeUpstream, sqlite_url: str
 ) -> None:

@@ -107,9 +107,11 @@ async def recent_requests(
     model: str | None = None,
     status: str | None = None,
     before: int | None = None,
+    text: str | None = None,
 ) -> list[dict[str, Any]]:
     """The latest records, newest first; ``status``: ``ok``, ``error`` or a status
-    code; ``before``: a record id, for the next page. Each says if it was logged."""
+    code; ``before``: a record id, for the next page; ``text``: found (any case) in the
+    request id, a model, the deployment or the error. Each says if it was logged."""
     logged = sa.exists().where(
         request_log.c.request_id == usage.c.request_id, request_log.c.at == usage.c.at
     )
@@ -126,6 +128,20 @@ async def recent_requests(
         query = query.where(usage.c.status == int(status))
     if before is not None:
         query = query.where(usage.c.id < before)
+    if text:
+        pattern = (
+            "%" + text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        )
+        columns = (
+            usage.c.request_id,
+            usage.c.model,
+            usage.c.requested_model,
+            usage.c.deployment,
+            usage.c.error_message,
+        )
+        query = query.where(
+            sa.or_(*(sa.func.lower(column).like(pattern, escape="\\") for column in columns))
+        )
     async with store.engine.connect() as connection:
         return [_plain(row) for row in await connection.execute(query)]
 

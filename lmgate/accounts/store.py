@@ -373,6 +373,37 @@ class Store:
         async with self.engine.connect() as connection:
             return (await connection.execute(sa.select(keys.c.id).limit(1))).first() is not None
 
+    async def update_key(self, key_id: str, values: dict[str, Any]) -> KeyInfo | None:
+        """Change a key's settings (``KeyInfo`` fields: name, models, limits, budgets,
+        expires_at); None when there is no such key."""
+        row = dict(values)
+        if "models" in row:
+            row["models"] = (
+                orjson.dumps(row["models"]).decode() if row["models"] is not None else None
+            )
+        async with self.engine.begin() as connection:
+            result = await connection.execute(
+                keys.update().where(keys.c.id == key_id).values(**row)
+            )
+            if not result.rowcount:
+                return None
+        return await self.get_key(key_id)
+
+    async def rotate_key(self, key_id: str) -> tuple[str, KeyInfo] | None:
+        """A new secret for a key that is not revoked (its settings, totals and records
+        stay); the old secret stops working. None when there is no such key."""
+        secret = KEY_PREFIX + secrets.token_urlsafe(32)
+        async with self.engine.begin() as connection:
+            result = await connection.execute(
+                keys.update()
+                .where(keys.c.id == key_id, keys.c.revoked_at.is_(None))
+                .values(hash=hash_key(secret), prefix=secret[:10])
+            )
+            if not result.rowcount:
+                return None
+        key = await self.get_key(key_id)
+        return (secret, key) if key is not None else None
+
     async def revoke_key(self, key_id: str) -> bool:
         async with self.engine.begin() as connection:
             result = await connection.execute(

@@ -17,7 +17,7 @@ from lmgate.accounts import reports
 from lmgate.accounts.accounts import Accounts, parse_since
 from lmgate.accounts.keys import presented_key
 from lmgate.accounts.store import Store, store_unavailable
-from lmgate.config import ConfigError
+from lmgate.config import ConfigError, did_you_mean
 from lmgate.errors import GatewayError, invalid
 from lmgate.frontends import openai_chat
 from lmgate.frontends.base import error_reply, request_id
@@ -67,6 +67,8 @@ class Admin:
             Route("/admin/keys", self._handler(self.create_key), methods=["POST"]),
             Route("/admin/keys/{key_id}", self._handler(self.get_key), methods=["GET"]),
             Route("/admin/keys/{key_id}", self._handler(self.revoke_key), methods=["DELETE"]),
+            Route("/admin/keys/{key_id}", self._handler(self.update_key), methods=["PATCH"]),
+            Route("/admin/keys/{key_id}/rotate", self._handler(self.rotate_key), methods=["POST"]),
             Route("/admin/usage", self._handler(self.usage), methods=["GET"]),
             Route("/admin/reload", self._handler(self.reload, store=False), methods=["POST"]),
             Route("/admin/config", self._handler(self.config, store=False), methods=["GET"]),
@@ -136,43 +138,86 @@ class Admin:
         return 200, {"id": key_id, "revoked": True}
 
     async def create_key(self, request: Request, store: Store) -> tuple[int, Any]:
-        try:
-            body = orjson.loads(await _body(request))
-        except orjson.JSONDecodeError:
-            raise invalid("the body is not valid JSON") from None
-        if not isinstance(body, dict):
-            raise invalid("the body must be a JSON object")
+        settings = self._key_settings(await _json_object(request), partial=False)
+        secret, key = await store.create_key(
+            settings.pop("name"),
+            settings.get("models"),
+            expires_at=settings.get("expires_at"),
+            budget_usd=settings.get("budget_usd"),
+            **{field: settings.get(field) for field in ("rpm", "tpm", "budget_tokens")},
+        )
+        self.accounts.keys.changed()
+        return 201, {"key": secret, **key.public()}
+
+    async def update_key(self, request: Request, store: Store) -> tuple[int, Any]:
+        """Change a key's name, models, limits, budgets or expiry; a field set to null
+        removes that limit (models: every model)."""
+        settings = self._key_settings(await _json_object(request), partial=True)
+        key_id = request.path_params["key_id"]
+        key = await store.update_key(key_id, settings) if settings else await store.get_key(key_id)
+        if key is None:
+            raise GatewayError("not_found", f"no key {key_id!r}")
+        self.accounts.keys.changed()
+        return 200, key.public()
+
+    async def rotate_key(self, request: Request, store: Store) -> tuple[int, Any]:
+        """A new secret for the key, shown once; the old one stops working (here at once,
+        in other processes within ``store.key_cache_seconds``)."""
+        key_id = request.path_params["key_id"]
+        rotated = await store.rotate_key(key_id)
+        if rotated is None:
+            raise GatewayError("not_found", f"no active key {key_id!r}")
+        self.accounts.keys.changed()
+        secret, key = rotated
+        return 200, {"key": secret, **key.public()}
+
+    def _key_settings(self, body: dict[str, Any], partial: bool) -> dict[str, Any]:
+        """A key's settings from a request body, checked: store column -> value."""
         unknown = sorted(set(body) - _KEY_FIELDS)
         if unknown:
             raise invalid(
                 f"unknown field {unknown[0]!r}; expected {sorted(_KEY_FIELDS)}", unknown[0]
             )
-        name = body.get("name")
-        if not isinstance(name, str) or not name.strip() or len(name) > _MAX_NAME:
-            raise invalid(f"name: a non-empty string of at most {_MAX_NAME} characters", "name")
-        models = body.get("models")
-        if models is not None and (
-            not isinstance(models, list) or not all(isinstance(m, str) for m in models)
-        ):
+        settings: dict[str, Any] = {}
+        if "name" in body or not partial:
+            name = body.get("name")
+            if not isinstance(name, str) or not name.strip() or len(name) > _MAX_NAME:
+                raise invalid(f"name: a non-empty string of at most {_MAX_NAME} characters", "name")
+            settings["name"] = name.strip()
+        if "models" in body:
+            settings["models"] = self._models(body["models"])
+        for field in ("rpm", "tpm", "budget_tokens"):
+            if field in body:
+                settings[field] = _positive(body, field)
+        if "budget_usd" in body:
+            budget_usd = body["budget_usd"]
+            if budget_usd is not None and (
+                isinstance(budget_usd, bool)
+                or not isinstance(budget_usd, int | float)
+                or not 0 < budget_usd < 1e12
+            ):
+                raise invalid("budget_usd: expected a positive amount in USD", "budget_usd")
+            settings["budget_usd"] = None if budget_usd is None else float(budget_usd)
+        if "expires" in body:
+            expires = body["expires"]
+            settings["expires_at"] = parse_expiry(expires) if expires is not None else None
+        return settings
+
+    def _models(self, models: Any) -> list[str] | None:
+        """Model ids a key may use: each one in the catalog (a typo would otherwise
+        leave the key refused on every request)."""
+        if models is None:
+            return None
+        if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
             raise invalid("models: expected a list of model ids", "models")
-        limits = {field: _positive(body, field) for field in ("rpm", "tpm", "budget_tokens")}
-        expires = parse_expiry(body["expires"]) if body.get("expires") is not None else None
-        budget_usd = body.get("budget_usd")
-        if budget_usd is not None and (
-            isinstance(budget_usd, bool)
-            or not isinstance(budget_usd, int | float)
-            or not 0 < budget_usd < 1e12
-        ):
-            raise invalid("budget_usd: expected a positive amount in USD", "budget_usd")
-        secret, key = await store.create_key(
-            name.strip(),
-            models,
-            expires_at=expires,
-            budget_usd=None if budget_usd is None else float(budget_usd),
-            **limits,
-        )
-        self.accounts.keys.changed()
-        return 201, {"key": secret, **key.public()}
+        known = [entry.id for entry in self.catalog.entries]
+        for model in models:
+            if self.catalog.get(model) is None:
+                raise invalid(
+                    f"models: no model {model!r} in the catalog{did_you_mean(model, known)}",
+                    "models",
+                )
+        return models
 
     async def usage(self, request: Request, store: Store) -> tuple[int, Any]:
         by = request.query_params.get("by", "model")
@@ -202,6 +247,7 @@ class Admin:
             model=params.get("model") or None,
             status=status,
             before=int(before) if before is not None else None,
+            text=params.get("q", "").strip()[:200] or None,
         )
         return 200, {"data": rows}
 
@@ -260,6 +306,16 @@ def _since(request: Request) -> float:
 
 def _is_status(text: str) -> bool:
     return text.isdigit() and 100 <= int(text) <= 599
+
+
+async def _json_object(request: Request) -> dict[str, Any]:
+    try:
+        body = orjson.loads(await _body(request))
+    except orjson.JSONDecodeError:
+        raise invalid("the body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise invalid("the body must be a JSON object")
+    return body
 
 
 async def _body(request: Request) -> bytes:
