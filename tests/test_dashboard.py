@@ -17,7 +17,7 @@ import openai
 import pytest
 from playwright import sync_api as playwright_api
 
-from tests.support.fakes.upstream import FakeUpstream, Script, completion
+from tests.support.fakes.upstream import FakeUpstream, Script, completion, text_stream
 from tests.support.gateway import API_KEY, RunningGateway, upstream_config, wait_until
 
 ADMIN = "dashboard-admin-key"
@@ -66,6 +66,7 @@ def gw(start_gateway: Any, upstream: FakeUpstream, tmp_path: Path) -> RunningGat
     }
     config["request_log"] = {"enabled": True}
     config["models"][0]["price"] = {"input": 2, "output": 8}
+    config["routing"]["fallbacks"] = {"capped": ["echo"]}
     return start_gateway(config)  # type: ignore[no-any-return]
 
 
@@ -159,6 +160,123 @@ def test_the_dashboard_shows_what_the_sdks_did_and_manages_keys(
     with pytest.raises(anthropic.AuthenticationError):
         gw.anthropic(api_key=secret).messages.create(model="echo", max_tokens=5, messages=hi)
     assert API_KEY not in page.content()
+
+
+def test_the_dashboard_tells_an_operator_the_truth(
+    gw: RunningGateway, upstream: FakeUpstream, page: Any, browser: Any
+) -> None:
+    """What the first day of an operator found missing: the detail in view, a stream's
+    text, fallbacks, key names, the 429s, budgets, edit and rotate, readable charts."""
+    _, made = admin(gw, "POST", "/admin/keys", {"name": "night-shift", "rpm": 2})
+    _, spent = admin(gw, "POST", "/admin/keys", {"name": "small-budget", "budget_tokens": 5})
+    night = gw.client(made["key"])
+    hi: Any = [{"role": "user", "content": "hello"}]
+    upstream.push(Script(chunks=text_stream(["Streamed ", "words ", "reassembled."])))
+    streamed = night.chat.completions.create(model="chat-model", messages=hi, stream=True)
+    assert len(list(streamed)) == 5
+    upstream.push(Script(status=500, json={"error": {"message": "capped is down"}}))
+    fallback = night.chat.completions.create(model="capped", messages=hi)  # echo answers
+    assert fallback.model == "echo"
+    with pytest.raises(openai.RateLimitError):  # the third in a minute
+        night.chat.completions.create(model="echo", messages=hi)
+    gw.client(spent["key"]).chat.completions.create(model="echo", messages=hi)
+    for n in range(30):  # enough rows that the first one is far down the page
+        gw.client().chat.completions.create(
+            model="echo", messages=[{"role": "user", "content": f"n{n}"}]
+        )
+    wait_until(lambda: len(admin(gw, "GET", "/admin/requests?limit=100")[1]["data"]) == 34)
+
+    sign_in(page, gw)
+    page.wait_for_selector("[data-testid=tile-requests] .value:text('34')")
+    for chart in page.locator("[data-testid=chart]").all():  # readable: 4+ ticks of 11+ px
+        for axis in ("y-ticks", "x-ticks"):
+            ticks = chart.locator(f".{axis} .tick")
+            assert ticks.count() >= 4
+            sizes = ticks.evaluate_all(
+                "(ts) => ts.map((t) => parseFloat(getComputedStyle(t).fontSize))"
+            )
+            assert min(sizes) >= 11, sizes
+
+    page.click("a[data-page=requests]")
+    page.wait_for_selector("[data-testid=requests] table")
+    listing = page.inner_text("[data-testid=requests]")
+    assert "night-shift" in listing and made["id"] not in listing  # key names, not ids
+    assert page.locator("[data-testid=fallback]").count() == 1
+    assert "capped → echo" in listing
+    page.select_option("[data-testid=filter-status]", "429")
+    page.click("text=Filter")
+    rows = page.locator("[data-testid=requests] tbody tr")
+    playwright_api.expect(rows).to_have_count(1)
+    assert "night-shift" in rows.inner_text()
+    page.select_option("[data-testid=filter-status]", "")
+    page.fill("[data-testid=filter-q]", "capped")
+    page.click("text=Filter")
+    playwright_api.expect(rows).to_have_count(1)
+    page.fill("[data-testid=filter-q]", "")
+    page.click("text=Filter")
+    playwright_api.expect(rows).to_have_count(34)
+    page.mouse.wheel(0, 5000)
+    page.locator("[data-testid=requests] tbody tr", has_text="stream").click()  # far down
+    drawer = page.locator("[data-testid=drawer]")
+    playwright_api.expect(drawer).to_be_in_viewport()
+    playwright_api.expect(page.locator("[data-testid=reassembled]")).to_have_text(
+        "Streamed words reassembled."
+    )
+    assert "night-shift" in drawer.inner_text() and "up/up-model" in drawer.inner_text()
+    shoot(page, "request-detail")
+    page.keyboard.press("Escape")
+    playwright_api.expect(drawer).to_have_count(0)
+
+    page.click("a[data-page=keys]")
+    row = page.locator("[data-testid=keys] tr", has_text="small-budget")
+    playwright_api.expect(row.locator(".badge")).to_have_text("exhausted")
+    night_row = page.locator("[data-testid=keys] tr", has_text="night-shift")
+    night_row.locator("button", has_text="Edit").click()
+    page.fill("[data-testid=edit-models]", "chat-modle")
+    page.click("[data-testid=edit-key] button")
+    playwright_api.expect(page.locator("[data-testid=edit-error]")).to_contain_text(
+        "did you mean 'chat-model'"
+    )
+    page.errors.clear()  # the browser logs the refused request itself: expected here
+    page.fill("[data-testid=edit-models]", "")
+    page.fill("[data-testid=edit-rpm]", "600")
+    page.click("[data-testid=edit-key] button")
+    playwright_api.expect(night_row).to_contain_text("600")
+    night_row.locator("button", has_text="Rotate").click()
+    secret = page.inner_text("[data-testid=secret]")
+    assert secret.startswith("lmg-") and secret != made["key"]
+    with pytest.raises(openai.AuthenticationError):
+        night.models.list()
+    assert gw.client(secret).chat.completions.create(model="echo", messages=hi).choices
+
+    phone = browser.new_context(viewport={"width": 390, "height": 844})
+    small = phone.new_page()
+    try:
+        sign_in(small, gw)
+        for name in ("overview", "models", "keys", "requests"):
+            small.click(f"a[data-page={name}]")
+            small.wait_for_selector("#page h1")
+            small.wait_for_load_state("networkidle")
+            width = small.evaluate("document.documentElement.scrollWidth")
+            assert width <= 390, (name, width)  # no sideways scrolling of the page
+            shoot(small, f"phone-{name}")
+        small.locator("[data-testid=requests] tbody tr").first.click()
+        box = small.locator("[data-testid=drawer]").bounding_box()
+        assert box is not None and box["x"] >= 0 and box["width"] <= 390
+    finally:
+        phone.close()
+
+
+def sign_in(page: Any, gw: RunningGateway) -> None:
+    page.goto(f"{gw.url}/ui")
+    page.fill("#admin-key", ADMIN)
+    page.click("#sign-in button")
+    page.wait_for_selector("#nav:not([hidden])")
+
+
+def admin(gw: RunningGateway, method: str, path: str, body: Any = None) -> Any:
+    raw = gw.request(method, path, body, api_key=ADMIN)
+    return raw.status, raw.json()
 
 
 def test_the_dashboard_files_need_no_network(gw: RunningGateway) -> None:

@@ -13,7 +13,7 @@ function h(tag, attrs, ...children) {
     else if (name === "style") Object.assign(node.style, value); // CSSOM: allowed by the CSP
     else if (value !== null && value !== undefined && value !== false) node.setAttribute(name, value);
   }
-  for (const child of children.flat()) {
+  for (const child of children.flat(Infinity)) {
     if (child !== null && child !== undefined) node.append(child instanceof Node ? child : String(child));
   }
   return node;
@@ -52,10 +52,88 @@ function statusBadge(status) {
 }
 
 function table(columns, rows, onClick) {
-  return h("table", {},
+  return h("div", { class: "scroll" }, h("table", {},
     h("thead", {}, h("tr", {}, columns.map((c) => h("th", { class: c.num ? "num" : null }, c.label)))),
     h("tbody", {}, rows.map((row) => h("tr", onClick ? { class: "clickable", onclick: () => onClick(row) } : {},
-      columns.map((c) => h("td", { class: c.num ? "num" : null }, c.value(row)))))));
+      columns.map((c) => h("td", { class: c.num ? "num" : null }, c.value(row))))))));
+}
+
+// ---- what the tables name: keys by name, models by catalog id ------------------------
+
+async function loadNames() {
+  const [keys, models] = await Promise.all([api("/admin/keys").catch(() => ({ data: [] })), api("/admin/deployments")]);
+  state.keys = Object.fromEntries(keys.data.map((k) => [k.id, k]));
+  state.models = new Set(models.data.map((m) => m.id));
+}
+
+function keyName(id) {
+  if (!id) return "–";
+  if (id.startsWith("config:")) return "config key";
+  const key = (state.keys || {})[id];
+  return key ? key.name : id;
+}
+
+function keyState(k) {
+  if (k.revoked_at) return ["revoked", "badge bad"];
+  if (k.expires_at && k.expires_at * 1000 < Date.now()) return ["expired", "badge warn"];
+  if ((k.budget_tokens !== null && k.used_tokens >= k.budget_tokens) || (k.budget_usd !== null && k.used_usd >= k.budget_usd)) return ["exhausted", "badge warn"];
+  return ["active", "badge"];
+}
+
+// requested → served, with a badge when another model answered than the one asked for.
+function modelCell(r) {
+  const served = r.model, asked = r.requested_model;
+  if (!served || !asked || served === asked) return served || asked || "–";
+  const fallback = state.models && state.models.has(asked);
+  return h("span", {}, `${asked} → ${served} `, fallback ? h("span", { class: "badge warn", "data-testid": "fallback" }, "fallback") : null);
+}
+
+// ---- the drawer: details over the page, in view wherever the list was scrolled --------
+
+function openDrawer(title, ...content) {
+  closeDrawer();
+  const close = h("button", { type: "button", class: "secondary close", "aria-label": "Close", onclick: closeDrawer }, "Close");
+  // Not modal: the page and its navigation stay usable beside it (navigating closes it).
+  const drawer = h("aside", { class: "drawer", role: "dialog", "aria-label": title, "data-testid": "drawer" }, close, h("h2", {}, title), ...content);
+  document.body.append(drawer);
+  close.focus();
+  return drawer;
+}
+
+function closeDrawer() {
+  for (const node of document.querySelectorAll(".drawer")) node.remove();
+}
+
+document.addEventListener("keydown", (event) => { if (event.key === "Escape") closeDrawer(); });
+
+// ---- a stream's reply as text: its frames in any of the four protocols -----------------
+
+function reassemble(raw) {
+  const text = [], reasoning = [], tools = [];
+  for (const line of raw.split("\n")) {
+    if (!line.startsWith("data:")) continue;
+    let event;
+    try { event = JSON.parse(line.slice(5)); } catch { continue; }
+    const choice = event.choices && event.choices[0];
+    if (choice && choice.delta) { // OpenAI chat
+      if (choice.delta.content) text.push(choice.delta.content);
+      if (choice.delta.reasoning_content) reasoning.push(choice.delta.reasoning_content);
+      for (const call of choice.delta.tool_calls || []) if (call.function) tools.push(`${call.function.name || ""}${call.function.arguments || ""}`);
+    } else if (event.type === "content_block_delta" && event.delta) { // Anthropic
+      if (event.delta.text) text.push(event.delta.text);
+      if (event.delta.thinking) reasoning.push(event.delta.thinking);
+      if (event.delta.partial_json) tools.push(event.delta.partial_json);
+    } else if (event.type === "response.output_text.delta") text.push(event.delta); // Responses
+    else if (event.type === "response.reasoning_summary_text.delta" || event.type === "response.reasoning_text.delta") reasoning.push(event.delta);
+    else if (event.type === "response.function_call_arguments.delta") tools.push(event.delta);
+    else if (event.candidates) { // Gemini
+      for (const part of ((event.candidates[0] || {}).content || {}).parts || []) {
+        if (part.text) (part.thought ? reasoning : text).push(part.text);
+        if (part.functionCall) tools.push(JSON.stringify(part.functionCall));
+      }
+    }
+  }
+  return { text: text.join(""), reasoning: reasoning.join(""), tools: tools.join("") };
 }
 
 // ---- charts (SVG) -----------------------------------------------------------------
@@ -63,48 +141,51 @@ function table(columns, rows, onClick) {
 const SVG = "http://www.w3.org/2000/svg";
 const COLORS = ["#2f6fed", "#d92d20", "#12a150", "#dc6803", "#7a5af8", "#0e9384"];
 
+// The smallest of 1, 2, 2.5 and 5 times a power of ten that is at least ``step``: ticks
+// at round numbers.
+function niceStep(step) {
+  const power = 10 ** Math.floor(Math.log10(step));
+  return power * ([1, 2, 2.5, 5, 10].find((m) => m * power >= step * (1 - 1e-9)) || 10);
+}
+
 function lineChart(title, points, series, format) {
-  const width = 600, height = 180, left = 56, bottom = 20, top = 8;
   const values = series.flatMap((s) => points.map((p) => p[s.key]).filter((v) => v !== null && v !== undefined));
-  const max = Math.max(1e-9, ...values);
-  const x = (i) => left + (i * (width - left - 8)) / Math.max(1, points.length - 1);
-  const y = (v) => top + (height - top - bottom) * (1 - v / max);
+  const Y_TICKS = 4;
+  const max = (Y_TICKS - 1) * niceStep(Math.max(1e-9, ...values) / (Y_TICKS - 1));
+  const x = (i) => (100 * i) / Math.max(1, points.length - 1);
+  const y = (v) => 100 * (1 - v / max);
   const svg = document.createElementNS(SVG, "svg");
-  svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
-  svg.setAttribute("class", "chart");
-  svg.setAttribute("data-testid", "chart");
-  const add = (tag, attrs, text) => {
+  svg.setAttribute("viewBox", "0 0 100 100");
+  svg.setAttribute("preserveAspectRatio", "none");
+  const add = (tag, attrs) => {
     const node = document.createElementNS(SVG, tag);
     for (const [name, value] of Object.entries(attrs)) node.setAttribute(name, value);
-    if (text !== undefined) node.textContent = text;
     svg.append(node);
     return node;
   };
-  add("line", { x1: left, y1: height - bottom, x2: width, y2: height - bottom, class: "axis" });
-  add("line", { x1: left, y1: top, x2: left, y2: height - bottom, class: "axis" });
-  add("text", { x: left - 4, y: top + 8, "text-anchor": "end" }, format(max));
-  add("text", { x: left - 4, y: height - bottom, "text-anchor": "end" }, format(0));
-  if (points.length) {
-    const long = points[points.length - 1].at - points[0].at > 20 * 3600;
-    const label = (at) => (long ? `${new Date(at * 1000).toLocaleDateString("en-GB", { day: "2-digit", month: "short" })} ${clock(at)}` : clock(at));
-    add("text", { x: left, y: height - 4 }, label(points[0].at));
-    add("text", { x: width - 8, y: height - 4, "text-anchor": "end" }, label(points[points.length - 1].at));
-  }
+  for (let i = 1; i < Y_TICKS - 1; i++) add("line", { x1: 0, x2: 100, y1: (100 * i) / (Y_TICKS - 1), y2: (100 * i) / (Y_TICKS - 1), class: "grid-line", "vector-effect": "non-scaling-stroke" });
   series.forEach((s, index) => {
     const coords = points.map((p, i) => (p[s.key] === null || p[s.key] === undefined ? null : `${x(i)},${y(p[s.key])}`));
     const path = coords.filter(Boolean).map((c, i) => (i ? "L" : "M") + c).join(" ");
-    if (path) add("path", { d: path, fill: "none", stroke: COLORS[index], "stroke-width": 2, "data-series": s.key });
-    points.forEach((p, i) => {
-      if (p[s.key] !== null && p[s.key] !== undefined && p.requests) {
-        const dot = add("circle", { cx: x(i), cy: y(p[s.key]), r: 2.5, fill: COLORS[index] });
-        const tip = document.createElementNS(SVG, "title");
-        tip.textContent = `${s.label} ${format(p[s.key])} at ${when(p.at)}`;
-        dot.append(tip);
-      }
-    });
+    if (path) {
+      const line = add("path", { d: path, fill: "none", stroke: COLORS[index], "stroke-width": 2, "vector-effect": "non-scaling-stroke", "data-series": s.key });
+      const tip = document.createElementNS(SVG, "title");
+      tip.textContent = s.label;
+      line.append(tip);
+    }
   });
+  const yTicks = h("div", { class: "y-ticks" },
+    Array.from({ length: Y_TICKS }, (_, i) => h("span", { class: "tick" }, format((max * (Y_TICKS - 1 - i)) / (Y_TICKS - 1)))));
+  const xTicks = h("div", { class: "x-ticks" });
+  if (points.length) {
+    const first = points[0].at, last = points[points.length - 1].at;
+    const long = last - first > 20 * 3600;
+    const label = (at) => (long ? `${new Date(at * 1000).toLocaleDateString("en-GB", { day: "2-digit", month: "short" })} ${clock(at)}` : clock(at));
+    const count = long ? 4 : 5;
+    for (let i = 0; i < count; i++) xTicks.append(h("span", { class: "tick" }, label(first + ((last - first) * i) / (count - 1))));
+  }
   const legend = h("div", { class: "legend" }, series.map((s, i) => h("span", {}, h("i", { style: { background: COLORS[i] } }), s.label)));
-  return h("div", { class: "card" }, h("h2", {}, title), svg, legend);
+  return h("div", { class: "card" }, h("h2", {}, title), h("div", { class: "chart", "data-testid": "chart" }, yTicks, svg, xTicks), legend);
 }
 
 // ---- pages --------------------------------------------------------------------------
@@ -147,7 +228,7 @@ pages.overview = async (root) => {
         lineChart("Cost", points, [{ key: "cost", label: "USD" }], usd)),
       h("div", { class: "card" }, h("h2", {}, `By ${by.value}`),
         h("div", { "data-testid": "breakdown" }, table([
-          { label: by.value, value: (g) => g.group },
+          { label: by.value, value: (g) => (by.value === "key" ? keyName(g.group === "-" ? null : g.group) : g.group) },
           { label: "requests", num: true, value: (g) => number(g.requests) },
           { label: "", value: (g) => h("div", { class: "bar", style: { width: `${Math.round((100 * g.requests) / maxRequests)}%` } }) },
           { label: "errors", num: true, value: (g) => number(g.errors) },
@@ -202,20 +283,57 @@ pages.keys = async (root) => {
     const [keys, usage] = await Promise.all([api("/admin/keys"), api("/admin/usage?by=key&since=30d")]);
     const used = Object.fromEntries(usage.data.map((g) => [g.group, g]));
     list.replaceChildren(h("div", { "data-testid": "keys" }, table([
-      { label: "id", value: (k) => k.id },
       { label: "name", value: (k) => k.name },
-      { label: "key", value: (k) => `${k.prefix}…` },
+      { label: "key", value: (k) => h("span", { title: k.id }, `${k.prefix}…`) },
       { label: "models", value: (k) => (k.models ? k.models.join(", ") : "all") },
       { label: "rpm", num: true, value: (k) => number(k.rpm) },
       { label: "tpm", num: true, value: (k) => number(k.tpm) },
       { label: "tokens used / budget", num: true, value: (k) => `${number(k.used_tokens)} / ${number(k.budget_tokens)}` },
       { label: "USD used / budget", num: true, value: (k) => `${usd(k.used_usd)} / ${usd(k.budget_usd)}` },
       { label: "requests (30 d)", num: true, value: (k) => number((used[k.id] || {}).requests || 0) },
-      { label: "state", value: (k) => (k.revoked_at ? h("span", { class: "badge bad" }, "revoked")
-        : k.expires_at && k.expires_at * 1000 < Date.now() ? h("span", { class: "badge warn" }, "expired") : h("span", { class: "badge" }, "active")) },
-      { label: "", value: (k) => (k.revoked_at ? null : h("button", { class: "danger", type: "button", "data-testid": `revoke-${k.id}`,
-        onclick: async () => { if (confirm(`Revoke key ${k.name}?`)) { await api(`/admin/keys/${encodeURIComponent(k.id)}`, { method: "DELETE" }); await draw(); } } }, "Revoke")) },
+      { label: "expires", value: (k) => (k.expires_at ? when(k.expires_at) : "never") },
+      { label: "state", value: (k) => { const [name, cls] = keyState(k); return h("span", { class: cls }, name); } },
+      { label: "", value: (k) => (k.revoked_at ? null : h("span", { class: "toolbar" },
+        h("button", { class: "secondary", type: "button", onclick: () => edit(k) }, "Edit"),
+        h("button", { class: "secondary", type: "button", onclick: () => rotate(k).catch(showError) }, "Rotate"),
+        h("button", { class: "danger", type: "button", "data-testid": `revoke-${k.id}`,
+          onclick: async () => { if (confirm(`Revoke key ${k.name}?`)) { await api(`/admin/keys/${encodeURIComponent(k.id)}`, { method: "DELETE" }); await draw(); } } }, "Revoke"))) },
     ], keys.data.slice().reverse())));
+    state.keys = Object.fromEntries(keys.data.map((k) => [k.id, k]));
+  };
+  const rotate = async (k) => {
+    if (!confirm(`Give key ${k.name} a new secret? The old one stops working.`)) return;
+    const key = await api(`/admin/keys/${encodeURIComponent(k.id)}/rotate`, { method: "POST" });
+    created.replaceChildren(h("p", {}, `Key ${k.name} rotated. Its new secret is shown only this once:`), h("div", { class: "secret", "data-testid": "secret" }, key.key));
+    await draw();
+  };
+  const edit = (k) => {
+    const value = (v) => (v === null || v === undefined ? "" : String(v));
+    const field = (name, label, current, type = "text") => h("label", {}, label, h("input", { name, type, value: value(current), "data-testid": `edit-${name}`, step: type === "number" ? "any" : null, min: type === "number" ? "0" : null }));
+    const problem = h("p", { class: "error", role: "alert", "data-testid": "edit-error" });
+    const expires = k.expires_at ? new Date(k.expires_at * 1000).toISOString().slice(0, 10) : "";
+    const form = h("form", { class: "inline", "data-testid": "edit-key" },
+      field("name", "Name", k.name), field("models", "Models (comma-separated; empty: all)", (k.models || []).join(", ")),
+      field("rpm", "Requests / min", k.rpm, "number"), field("tpm", "Tokens / min", k.tpm, "number"),
+      field("budget_tokens", "Budget (tokens)", k.budget_tokens, "number"), field("budget_usd", "Budget (USD)", k.budget_usd, "number"),
+      field("expires", "Expires (YYYY-MM-DD; empty: never)", expires), h("button", { type: "submit" }, "Save"));
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      const values = Object.fromEntries(new FormData(form).entries());
+      const body = { name: values.name };
+      body.models = values.models.trim() ? values.models.split(",").map((m) => m.trim()).filter(Boolean) : null;
+      for (const name of ["rpm", "tpm", "budget_tokens"]) body[name] = values[name] ? parseInt(values[name], 10) : null;
+      body.budget_usd = values.budget_usd ? parseFloat(values.budget_usd) : null;
+      if (values.expires !== expires) body.expires = values.expires || null;
+      try {
+        await api(`/admin/keys/${encodeURIComponent(k.id)}`, { method: "PATCH", body: JSON.stringify(body) });
+        closeDrawer();
+        await draw();
+      } catch (error) {
+        problem.textContent = error.message;
+      }
+    });
+    openDrawer(`Key ${k.name}`, h("p", { class: "muted" }, `${k.id} · ${k.prefix}… · an empty field removes that limit`), form, problem);
   };
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
@@ -238,14 +356,18 @@ pages.keys = async (root) => {
 };
 
 pages.requests = async (root) => {
-  const input = (name, label) => h("label", {}, label, h("input", { name, "data-testid": `filter-${name}` }));
+  const input = (name, label, type = "text") => h("label", {}, label, h("input", { name, type, "data-testid": `filter-${name}` }));
   const status = h("select", { name: "status", "data-testid": "filter-status" },
-    [["", "any"], ["ok", "ok"], ["error", "errors"]].map(([v, l]) => h("option", { value: v }, l)));
-  const filters = h("form", { class: "inline" }, input("model", "Model"), input("key", "Key id"), h("label", {}, "Status", status), h("button", { type: "submit" }, "Filter"));
+    [["", "any"], ["ok", "ok"], ["error", "errors"], ["429", "429 limited"], ["499", "499 client left"],
+      ["502", "502 upstream"], ["503", "503 unavailable"], ["504", "504 timeout"], ["401", "401 key"], ["400", "400 bad request"]]
+      .map(([v, l]) => h("option", { value: v }, l)));
+  const keys = h("select", { name: "key", "data-testid": "filter-key" }, h("option", { value: "" }, "any"),
+    Object.values(state.keys || {}).map((k) => h("option", { value: k.id }, k.name)));
+  const filters = h("form", { class: "inline" }, input("q", "Search (id, model, deployment, error)", "search"), input("model", "Model"),
+    h("label", {}, "Key", keys), h("label", {}, "Status", status), h("button", { type: "submit" }, "Filter"));
   const list = h("div", { "data-testid": "requests" });
   const more = h("button", { type: "button", class: "secondary" }, "Older");
-  const detail = h("div", { "data-testid": "detail" });
-  root.append(h("h1", {}, "Recent requests"), h("div", { class: "card" }, filters), h("div", { class: "card" }, list, more), detail);
+  root.append(h("h1", {}, "Recent requests"), h("div", { class: "card" }, filters), h("div", { class: "card" }, list, more));
   let rows = [];
   const load = async (append) => {
     const params = new URLSearchParams();
@@ -256,9 +378,9 @@ pages.requests = async (root) => {
     more.hidden = data.length < 50;
     list.replaceChildren(rows.length ? table([
       { label: "time", value: (r) => when(r.at) },
-      { label: "request id", value: (r) => r.request_id },
-      { label: "key", value: (r) => r.key_id || "–" },
-      { label: "model", value: (r) => r.model || r.requested_model || "–" },
+      { label: "key", value: (r) => keyName(r.key_id) },
+      { label: "model", value: modelCell },
+      { label: "deployment", value: (r) => r.deployment || "–" },
       { label: "protocol", value: (r) => `${r.protocol}${r.stream ? " · stream" : ""}` },
       { label: "status", value: (r) => statusBadge(r.status) },
       { label: "latency", num: true, value: (r) => ms(r.latency_ms) },
@@ -266,27 +388,45 @@ pages.requests = async (root) => {
       { label: "tokens in / out", num: true, value: (r) => `${number(r.input_tokens)} / ${number(r.output_tokens)}` },
       { label: "cost", num: true, value: (r) => usd(r.cost) },
       { label: "error", value: (r) => (r.error_message ? h("span", { class: "error" }, r.error_message) : "") },
-    ], rows, show) : h("p", { class: "muted" }, "No requests in this selection."));
-  };
-  const pretty = (text) => { try { return JSON.stringify(JSON.parse(text), null, 2); } catch { return text; } };
-  const show = async (row) => {
-    const found = await api(`/admin/requests/${encodeURIComponent(row.request_id)}`);
-    // A client may send one id with several requests: this row's own record and bodies.
-    const record = found.records.find((r) => r.id === row.id) || row;
-    const log = record.log;
-    detail.replaceChildren(h("div", { class: "card" },
-      h("h2", {}, `Request ${found.request_id}`),
-      h("p", {}, `${when(record.at)} · ${record.protocol} · ${record.deployment || "no deployment"} · status ${record.status} · `,
-        `upstream first byte ${ms(record.upstream_ms)} · gateway overhead ${ms(record.overhead_ms)}`),
-      record.error_message ? h("p", { class: "error" }, `${record.error_type}: ${record.error_message}`) : null,
-      log ? [h("h2", {}, "Request body"), h("pre", { "data-testid": "logged-request" }, pretty(log.request)),
-        h("h2", {}, "Reply"), h("pre", { "data-testid": "logged-reply" }, pretty(log.reply))]
-        : h("p", { class: "muted" }, "Bodies are not logged (request_log.enabled is off, or the entry expired).")));
+    ], rows, (row) => show(row).catch(showError)) : h("p", { class: "muted" }, "No requests in this selection."));
   };
   filters.addEventListener("submit", (event) => { event.preventDefault(); load(false).catch(showError); });
   more.addEventListener("click", () => load(true).catch(showError));
   await load(false);
 };
+
+const pretty = (text) => { try { return JSON.stringify(JSON.parse(text), null, 2); } catch { return text; } };
+
+async function show(row) {
+  const found = await api(`/admin/requests/${encodeURIComponent(row.request_id)}`);
+  // A client may send one id with several requests: this row's own record and bodies.
+  const record = found.records.find((r) => r.id === row.id) || row;
+  const log = record.log;
+  const facts = [
+    ["time", when(record.at)], ["request id", found.request_id], ["key", keyName(record.key_id)],
+    ["model", modelCell(record)], ["deployment", record.deployment || "none (refused before any upstream)"],
+    ["protocol", `${record.protocol}${record.stream ? " · stream" : ""}`], ["status", statusBadge(record.status)],
+    ["latency", ms(record.latency_ms)], ["upstream first byte", ms(record.upstream_ms)], ["gateway overhead", ms(record.overhead_ms)],
+    ["tokens in / out", `${number(record.input_tokens)} / ${number(record.output_tokens)}`], ["cost", usd(record.cost)],
+  ];
+  let reply = null;
+  if (log && record.stream) {
+    const parts = reassemble(log.reply);
+    reply = [
+      parts.reasoning ? [h("h2", {}, "Reasoning"), h("div", { class: "reassembled", "data-testid": "reasoning" }, parts.reasoning)] : null,
+      h("h2", {}, "Reply (the stream's text)"), h("div", { class: "reassembled", "data-testid": "reassembled" }, parts.text || "(no text)"),
+      parts.tools ? [h("h2", {}, "Tool call arguments"), h("pre", {}, parts.tools)] : null,
+      h("details", {}, h("summary", {}, "Raw frames"), h("pre", { "data-testid": "logged-reply" }, log.reply)),
+    ];
+  } else if (log) {
+    reply = [h("h2", {}, "Reply"), h("pre", { "data-testid": "logged-reply" }, pretty(log.reply))];
+  }
+  openDrawer(`Request ${found.request_id}`,
+    h("dl", {}, facts.map(([name, value]) => [h("dt", {}, name), h("dd", {}, value)])),
+    record.error_message ? h("p", { class: "error" }, `${record.error_type}: ${record.error_message}`) : null,
+    log ? [h("h2", {}, "Request body"), h("pre", { "data-testid": "logged-request" }, pretty(log.request)), reply]
+      : h("p", { class: "muted" }, "Bodies are not logged (request_log.enabled is off, or the entry expired)."));
+}
 
 // ---- shell ---------------------------------------------------------------------------
 
@@ -312,7 +452,9 @@ async function render() {
   const name = (location.hash.replace("#/", "") || "overview");
   const page = pages[name] ? name : "overview";
   for (const link of document.querySelectorAll("#nav a")) link.classList.toggle("active", link.dataset.page === page);
+  closeDrawer();
   try {
+    await loadNames();
     await pages[page](root);
   } catch (error) {
     if (state.key) showError(error);
