@@ -83,6 +83,12 @@ def main(argv: list[str] | None = None) -> int:
         where = args.config or (args.preset and f"preset {args.preset}") or "the built-in default"
         print(f"lmgate: invalid config ({where}):\n{error}", file=sys.stderr)
         return 2
+    except Exception as error:  # building the gateway failed (a store path, say): one line
+        from lmgate.observe.dependencies import describe
+
+        log.debug("start-up failed", exc_info=error)
+        print(f"lmgate: cannot start: {describe(error)}", file=sys.stderr)
+        return 3
     if args.command == "serve":
         form = args.log_format or config.logging.format
         logs.setup(args.log_level, form)

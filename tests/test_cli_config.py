@@ -421,3 +421,29 @@ def test_check_reports_every_problem_at_once_with_its_line(tmp_path: Path) -> No
     for start in expected:
         assert any(line.strip().startswith(start) for line in lines), (start, check.stderr)
     assert "not 'mysql'" in check.stderr
+
+
+def test_start_up_failures_are_one_line_and_a_non_zero_exit(tmp_path: Path) -> None:
+    import socket
+
+    unopenable = tmp_path / "a-directory.db"
+    unopenable.mkdir()
+    path = tmp_path / "lmgate.yaml"
+    path.write_text(
+        "providers: {e: {type: echo}}\nmodels: [{id: echo, provider: e}]\n"
+        f"store: {{url: 'sqlite:///{unopenable}'}}\n"
+    )
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = str(held.getsockname()[1])
+        busy = run_cli("serve", "--port", port)  # the built-in default, on a port in use
+    assert busy.returncode == 1
+    assert f"lmgate: cannot listen on 127.0.0.1:{port}: Address already in use" in busy.stderr
+    assert "listening on" not in busy.stderr  # said only once the port is bound
+    assert "Traceback" not in busy.stderr
+    broken = run_cli("serve", "--config", str(path), "--port", str(free_port()))
+    assert broken.returncode == 3
+    failures = [line for line in broken.stderr.splitlines() if "cannot start" in line]
+    assert len(failures) == 1 and "unable to open database file" in failures[0], broken.stderr
+    assert "Traceback" not in broken.stderr

@@ -24,6 +24,7 @@ from lmgate.errors import ErrorKind, GatewayError
 from lmgate.frontends import FRONTENDS, openai_chat
 from lmgate.frontends.base import error_reply, request_id
 from lmgate.observe import logs
+from lmgate.observe.dependencies import describe
 from lmgate.observe.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from lmgate.providers import provider_problems
 from lmgate.web.gateway import Gateway
@@ -40,7 +41,11 @@ def build_app(config: Config, clock: Clock = SYSTEM) -> HotRoutes:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
-        await gateway.startup()
+        try:
+            await gateway.startup()
+        except Exception as error:
+            app.state.failure = describe(error)  # the one line an operator is told
+            raise
         try:
             # Read by lmgate.web.server.GuardedProtocol, for every connection.
             yield {"client_limits": ClientLimits(config.server, connection_cap(config.server))}

@@ -129,6 +129,9 @@ class HotRoutes:
         if scope["type"] == "http" and (screened := self.guard.screen(scope)) is not None:
             await screened(scope, receive, send, self._route)
             return
+        if scope["type"] == "lifespan":
+            await self.app(scope, receive, _one_line_failure(send, self.state))
+            return
         await self._route(scope, receive, send)
 
     async def _route(self, scope: Any, receive: Any, send: Any) -> None:
@@ -146,6 +149,21 @@ class HotRoutes:
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+def _one_line_failure(send: Any, state: Any) -> Any:
+    """A start-up failure told in one line (the error: what is wrong is in it, as the
+    app's lifespan put it in ``state.failure``), not a traceback; the traceback goes to
+    the DEBUG log."""
+
+    async def told(message: Any) -> None:
+        if message["type"] == "lifespan.startup.failed" and message.get("message"):
+            log.debug("start-up failed:\n%s", message["message"])
+            failure = getattr(state, "failure", None) or message["message"].strip()
+            message = {**message, "message": f"lmgate cannot start: {failure}"}
+        await send(message)
+
+    return told
 
 
 def _timeout_reply(message: str) -> bytes:
