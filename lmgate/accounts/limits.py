@@ -382,6 +382,8 @@ class RedisLimiter(LocalLimiter):
                 await pipe.execute()
         except self._errors as error:
             self.backend.failed(error, "budget holds")
+        else:
+            self.backend.answered()
 
     async def add_tokens(self, spent: dict[str, Spent]) -> None:
         await super().add_tokens(spent)  # counted here too, for while Redis is away
@@ -400,6 +402,8 @@ class RedisLimiter(LocalLimiter):
                 await pipe.execute()
         except self._errors as error:
             self.backend.failed(error, "token counts")
+        else:
+            self.backend.answered()
 
     def _tpm_key(self, key_id: str, now: float) -> str:
         return f"{self.prefix}tpm:{key_id}:{int(now // WINDOW)}"
