@@ -104,6 +104,9 @@ def test_a_broken_file_is_refused_with_all_its_errors(
     for problem in ("nowhere", "routing.retries", "keepalive"):
         assert problem in message, message
     assert body["error"]["code"] == "invalid_config"
+    path.write_text("")  # caught half-written by an editor: no models at all
+    status, body = admin(gw, "POST", "/admin/reload")
+    assert status == 400 and "no models" in body["error"]["message"], body
     assert "chat-model" in model_ids(gw, API_KEY)  # still the old config
     assert gw.client(API_KEY).chat.completions.create(model="echo", messages=HI).choices
 
@@ -139,9 +142,17 @@ def test_sighup_reloads_and_a_broken_file_leaves_it_running(
     path.write_bytes(orjson.dumps(config))
     served = serve("--config", str(path), "--workers", str(workers))
     output = Output(served)
+    pieces = [f"w{n} " for n in range(8)]
+    upstream.push(Script(chunks=text_stream(pieces), chunk_delay=0.1))
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{served.port}/v1", api_key=API_KEY)
+    chunks = iter(client.chat.completions.create(model="chat-model", messages=HI, stream=True))
+    first = next(chunks)  # under way, on the key being removed
     path.write_bytes(orjson.dumps(changed(config)))
     served.process.send_signal(signal.SIGHUP)
     _wait_for_model(served, "added-model", OTHER_KEY, times=10)
+    text = "".join(c.choices[0].delta.content or "" for c in [first, *chunks] if c.choices)
+    assert text == "".join(pieces)  # it finished on what it started with
+    client.close()
     auth = {"Authorization": f"Bearer {API_KEY}"}
     assert served.request("GET", "/v1/models", headers=auth)[0] == 401
     broken = changed(config)

@@ -205,9 +205,10 @@ class Gateway:
                     "this gateway runs on the built-in default or a preset, not a config "
                     "file: there is nothing to read again"
                 )
-            new, waiting = applicable(
-                self.config, await asyncio.to_thread(load_config, path, None, CHECKS)
-            )
+            loaded = await asyncio.to_thread(load_config, path, None, CHECKS)
+            if not loaded.models:  # an empty file (one being written, say): surely no intent
+                raise ConfigError(f"{path}: no models in the file; not applied")
+            new, waiting = applicable(self.config, loaded)
             providers = dict(self.providers)
             built = []
             try:
@@ -288,10 +289,12 @@ class Gateway:
         ]
         # Polled (twice a second, only while a retired provider still serves): the
         # counts live in each deployment's Health, which has no event to wait on.
-        while any(deployment.health.in_flight for deployment in used):  # noqa: ASYNC110
-            await asyncio.sleep(0.5)
-        for provider in providers:
-            await provider.close()
+        try:
+            while any(deployment.health.in_flight for deployment in used):  # noqa: ASYNC110
+                await asyncio.sleep(0.5)
+        finally:  # at shutdown too: by then nothing is in flight
+            for provider in providers:
+                await provider.close()
 
     async def config_shown(self) -> dict[str, Any]:
         return {"loaded_at": self.loaded_at, "config": redacted(self.config, self.redactor)}
