@@ -181,6 +181,9 @@ class ModelConfig(_Strict):
     context_window: int | None = Field(None, gt=0)
     max_output_tokens: int | None = Field(None, gt=0)  # caps what clients ask for
     aliases: list[str] = []
+    # List the aliases in GET /v1/models as ids of their own (clients that pick models
+    # by id pattern, such as Claude Code's /model picker, see them).
+    publish_aliases: bool = False
     deployments: list[DeploymentConfig] = []
     # Shorthand for a single deployment.
     provider: str | None = None
@@ -241,6 +244,9 @@ class RoutingConfig(_Strict):
     max_retry_wait: float = Field(30, ge=0)  # longest upstream Retry-After lmgate waits out
     queue_timeout: float = Field(30, gt=0)  # longest wait for a deployment's free slot
     cooldown: CooldownConfig = CooldownConfig()
+    # A model name the catalog does not know: a 404 ("error"), or the routing.auto
+    # models ("auto"; the built-in offline default does this).
+    unknown_model: Literal["auto", "error"] = "error"
 
 
 class ResponsesConfig(_Strict):
@@ -581,7 +587,8 @@ def default_config_dict() -> dict[str, Any]:
                 "provider": "echo",
             }
         ],
-        "routing": {"auto": ["echo"]},
+        # Any model name reaches echo: the reference documents' examples run as written.
+        "routing": {"auto": ["echo"], "unknown_model": "auto"},
     }
     if os.environ.get("DEEPSEEK_API_KEY"):
         config["providers"]["deepseek"] = {

@@ -509,3 +509,64 @@ def test_total_timeout_ends_a_slow_but_steady_stream(
     last = [line for line in raw.body.split(b"\n") if line.startswith(b"data: ")][-1]
     assert orjson.loads(last[6:])["error"]["type"] == "timeout_error"
     assert 0.9 < time.monotonic() - started < 2
+
+
+# ---- model names the catalog does not know; ids published for pickers -----------------
+
+
+def test_the_offline_default_takes_any_model_name(start_gateway: Any) -> None:
+    """The reference document's Claude example, verbatim, on a fresh install."""
+    from lmgate.config import default_config_dict
+
+    gw = start_gateway(default_config_dict())
+    body = {
+        "model": "claude-opus-4-20250514",
+        "max_tokens": 64,
+        "messages": [{"role": "user", "content": "Hello, Claude"}],
+    }
+    reply = gw.request("POST", "/api/v1/messages", body, api_key=None)
+    assert reply.status == 200, reply.body
+    assert reply.json()["content"][0]["text"]
+    assert reply.json()["model"] == "echo"  # the model that answered
+
+
+def test_an_unknown_model_is_a_404_unless_routing_says_auto(start_gateway: Any) -> None:
+    config = {
+        "providers": {"e": {"type": "echo"}},
+        "models": [{"id": "only", "provider": "e"}],
+        "routing": {"auto": ["only"]},
+    }
+    strict = start_gateway(config)
+    ask = {"model": "made-up", "messages": [{"role": "user", "content": "hi"}]}
+    refused = strict.request("POST", "/v1/chat/completions", ask, api_key=None)
+    assert refused.status == 404 and refused.json()["error"]["code"] == "model_not_found"
+    config["routing"]["unknown_model"] = "auto"
+    lenient = start_gateway(config)
+    reply = lenient.request("POST", "/v1/chat/completions", ask, api_key=None)
+    assert reply.status == 200 and reply.json()["model"] == "only"
+
+
+def test_published_aliases_are_listed_as_ids(start_gateway: Any) -> None:
+    """Claude Code's /model picker lists ids that start with claude: an alias that
+    does, published, makes a model appear there."""
+    gw = start_gateway(
+        {
+            "server": {"api_keys": [API_KEY], "admin_key": "admin-key-for-aliases"},
+            "providers": {"e": {"type": "echo"}},
+            "models": [
+                {"id": "deepseek-chat", "provider": "e", "aliases": ["claude-deepseek"],
+                 "publish_aliases": True},
+                {"id": "quiet", "provider": "e", "aliases": ["hidden-alias"]},
+            ],
+            "store": {"url": "none"},
+        }
+    )  # fmt: skip
+    listed = [m.id for m in gw.client().models.list()]
+    assert listed == ["deepseek-chat", "quiet", "claude-deepseek"]
+    assert gw.client().models.retrieve("claude-deepseek").id == "claude-deepseek"
+    answer = gw.anthropic().messages.create(
+        model="claude-deepseek", max_tokens=20, messages=[{"role": "user", "content": "hi"}]
+    )
+    assert answer.content
+    gemini = gw.request("GET", "/v1beta/models", api_key=API_KEY).json()
+    assert "models/claude-deepseek" in [m["name"] for m in gemini["models"]]

@@ -548,7 +548,7 @@ def models_body(catalog: Catalog) -> bytes:
             "display_name": entry.name,
             "created_at": _iso(entry.created),
         }
-        for entry in catalog.entries
+        for entry in catalog.listed
     ]
     return orjson.dumps(
         {

@@ -522,7 +522,7 @@ def model_object(entry: ModelEntry) -> dict[str, Any]:
 
 
 def models_body(catalog: Catalog) -> bytes:
-    return orjson.dumps({"models": [model_object(entry) for entry in catalog.entries]})
+    return orjson.dumps({"models": [model_object(entry) for entry in catalog.listed]})
 
 
 # ---- routes --------------------------------------------------------------------
@@ -551,7 +551,7 @@ async def _models(services: Services, request: Request) -> Answer:
         model_id = request.path_params.get("model_id")
         if model_id is None:
             return models_body(catalog)
-        entry = catalog.get(model_id.removeprefix("models/"))
+        entry = catalog.listed_entry(model_id.removeprefix("models/"))
         if entry is None:
             raise GatewayError("not_found", f"models/{model_id} is not found")
         return orjson.dumps(model_object(entry))

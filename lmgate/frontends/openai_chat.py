@@ -460,7 +460,7 @@ def models_body(catalog: Catalog) -> bytes:
     return orjson.dumps(
         {
             "object": "list",
-            "data": [model_object(entry) for entry in catalog.entries],
+            "data": [model_object(entry) for entry in catalog.listed],
             "version": info.version,
             "provider": info.provider,
             "name": info.name,
@@ -483,7 +483,7 @@ ERRORS = ErrorShape(error_status, error_body)
 async def _model(services: Services, request: Request) -> Answer:
     async def body() -> bytes:
         model_id = request.path_params["model_id"]
-        entry = (await visible_catalog(services, request)).get(model_id)
+        entry = (await visible_catalog(services, request)).listed_entry(model_id)
         if entry is None:
             raise GatewayError(
                 "not_found",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -50,6 +51,8 @@ class ModelEntry:
     aliases: list[str] = field(default_factory=list)
     tools: bool = True
     balance: str = "weighted"  # | "least_in_flight"
+    publish_aliases: bool = False
+    listed_for: str | None = None  # a published alias's entry: the id it stands for
 
 
 class Catalog:
@@ -61,8 +64,10 @@ class Catalog:
         fallbacks: dict[str, list[str]] | None = None,
         cooldown: CooldownConfig | None = None,
         clock: Clock = SYSTEM,
+        unknown_model: str = "error",
     ) -> None:
         self._configured = entries
+        self._unknown_to_auto = unknown_model == "auto"
         self._clock = clock
         self._fallbacks = fallbacks or {}
         self.info = info
@@ -87,6 +92,18 @@ class Catalog:
             for name in (*entry.aliases, entry.name):
                 by_name.setdefault(name.casefold(), entry)
         self.entries, self._by_id, self._by_name = list(by_id.values()), by_id, by_name
+        # What GET /v1/models lists: every model, then each published alias as a copy
+        # under its own id (an alias that is some model's id is not listed twice).
+        self.listed = [
+            *self.entries,
+            *(
+                dataclasses.replace(entry, id=alias, listed_for=entry.id)
+                for entry in self.entries
+                if entry.publish_aliases
+                for alias in entry.aliases
+                if alias not in by_id
+            ),
+        ]
 
     def add_discovered(self, provider: Provider, found: Discovery) -> None:
         """Replace what ``provider`` listed before by ``found``. Models written in the
@@ -132,6 +149,7 @@ class Catalog:
             return self
         view = copy.copy(self)
         view.entries = [entry for entry in self.entries if entry.id in allowed]
+        view.listed = [entry for entry in self.listed if (entry.listed_for or entry.id) in allowed]
         view._by_id = {entry.id: entry for entry in view.entries}
         return view
 
@@ -184,13 +202,20 @@ class Catalog:
                     max_output_tokens=model.max_output_tokens,
                     vision_fallback=model.vision_fallback,
                     aliases=list(model.aliases),
+                    publish_aliases=model.publish_aliases,
                     tools=model.tools,
                     balance=model.balance,
                 )
             )
         routing = config.routing
         catalog = cls(
-            entries, routing.auto, config.catalog, routing.fallbacks, routing.cooldown, clock
+            entries,
+            routing.auto,
+            config.catalog,
+            routing.fallbacks,
+            routing.cooldown,
+            clock,
+            routing.unknown_model,
         )
         catalog.prices = prices
         return catalog
@@ -204,6 +229,10 @@ class Catalog:
     def get(self, model_id: str) -> ModelEntry | None:
         return self._by_id.get(model_id)
 
+    def listed_entry(self, model_id: str) -> ModelEntry | None:
+        """The entry GET /v1/models/{id} shows: a model, or a published alias."""
+        return next((entry for entry in self.listed if entry.id == model_id), None)
+
     def resolve(self, requested: str, images: bool = False) -> ModelEntry:
         return self.candidates(requested, images)[0]
 
@@ -216,7 +245,9 @@ class Catalog:
         the request. A model that cannot take the request's images is replaced by its
         ``vision_fallback``, and one without tools is passed over; asked for by name,
         such a model is an error."""
-        if requested == "auto" and requested not in self._by_id:
+        if (requested == "auto" and requested not in self._by_id) or (
+            self._unknown_to_auto and self._lookup(requested) is None
+        ):
             return self._auto_candidates(images, tools)
         entry = self._find(requested)
         primary = self._capable(entry, images, tools)
@@ -270,8 +301,11 @@ class Catalog:
             return None
         return entry
 
+    def _lookup(self, requested: str) -> ModelEntry | None:
+        return self._by_id.get(requested) or self._by_name.get(requested.casefold())
+
     def _find(self, requested: str) -> ModelEntry:
-        entry = self._by_id.get(requested) or self._by_name.get(requested.casefold())
+        entry = self._lookup(requested)
         if entry is None:
             raise GatewayError(
                 "not_found",
