@@ -155,6 +155,11 @@ class ChatRequest:
     betas: list[str] = field(default_factory=list)
     # What the client's frontend needs again to write the reply (no provider reads it).
     reply_state: Any = None
+    # Tools an upstream runs itself (Anthropic's web_search, code_execution…), as the
+    # client sent them: only an upstream of ``extra_dialect`` that runs them gets them.
+    # Elsewhere they are dropped (named to the client), or refused ("refuse").
+    server_tools: list[dict[str, Any]] = field(default_factory=list)
+    server_tools_policy: str = "drop"
 
 
 # ---- events --------------------------------------------------------------------
@@ -168,6 +173,7 @@ class Start:
     model: str
     deployment: str = ""  # set by the router: "provider/upstream-model"
     attempts: int = 1  # set by the router: upstream requests the reply took
+    dropped_tools: tuple[str, ...] = ()  # set by the router: server tools it could not run
 
 
 @dataclass(slots=True)
@@ -240,6 +246,7 @@ class Reply:
     model: str = ""
     deployment: str = ""
     attempts: int = 1
+    dropped_tools: tuple[str, ...] = ()
     text: str = ""
     reasoning: str = ""
     reasoning_signature: Signature | None = None
@@ -287,6 +294,7 @@ async def accumulate(events: AsyncIterator[Event], reply: Reply | None = None) -
                 event.deployment,
                 event.attempts,
             )
+            reply.dropped_tools = event.dropped_tools
     reply.text = "".join(text)
     reply.reasoning = "".join(reasoning)
     for index in sorted(calls):

@@ -266,6 +266,14 @@ class ResponsesConfig(_Strict):
     max_stored_mb_per_key: float = Field(256, gt=0)
 
 
+class MessagesConfig(_Strict):
+    """The Anthropic Messages frontend (``/v1/messages``)."""
+
+    # Server tools (web_search, code_execution, …) for a model whose upstream does not
+    # run them: "drop" them (named in x-lmgate-dropped-tools) or "refuse" with a 400.
+    unsupported_tools: Literal["drop", "refuse"] = "drop"
+
+
 class MetricsConfig(_Strict):
     enabled: bool = True  # GET /metrics, in the Prometheus text format
     require_admin_key: bool = False  # else open, like /health (it shows no secret)
@@ -313,6 +321,7 @@ class Config(_Strict):
     redis: RedisConfig = RedisConfig()
     limits: LimitsConfig = LimitsConfig()
     responses: ResponsesConfig = ResponsesConfig()
+    messages: MessagesConfig = MessagesConfig()
     metrics: MetricsConfig = MetricsConfig()
     otel: OtelConfig = OtelConfig()
     ui: UiConfig = UiConfig()

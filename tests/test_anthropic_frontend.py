@@ -672,3 +672,74 @@ def test_claude_code_like_request(claude: anthropic.Anthropic, upstream: FakeUps
         "tool_call_id": "toolu_01",
         "content": "def main():\n    return 1/0\n",
     }
+
+
+# ---- server tools (Cline sends web_search first) ------------------------------------
+
+WEB_SEARCH = {"type": "web_search_20250305", "name": "web_search", "max_uses": 3}
+READ_FILE = {
+    "name": "read_file",
+    "description": "read a file",
+    "input_schema": {"type": "object", "properties": {"path": {"type": "string"}}},
+}
+
+
+def test_server_tools_reach_an_anthropic_upstream_unchanged(
+    gateway: RunningGateway, upstream: FakeUpstream
+) -> None:
+    body = {
+        "model": "claude-model",
+        "max_tokens": 100,
+        "messages": [{"role": "user", "content": "what is new today?"}],
+        "tools": [WEB_SEARCH, READ_FILE],
+    }
+    reply = gateway.request("POST", "/v1/messages", body)
+    assert reply.status == 200, reply.body
+    assert "x-lmgate-dropped-tools" not in reply.headers
+    sent = upstream.last.body["tools"]
+    assert sent[0] == WEB_SEARCH  # as the client sent it, fields and all
+    assert sent[1]["name"] == "read_file" and sent[1]["input_schema"] == READ_FILE["input_schema"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_server_tools_are_dropped_and_named_for_other_upstreams(
+    gateway: RunningGateway, upstream: FakeUpstream, stream: bool
+) -> None:
+    body = {
+        "model": "chat-model",
+        "max_tokens": 100,
+        "stream": stream,
+        "messages": [{"role": "user", "content": "hi"}],
+        "tools": [
+            WEB_SEARCH,
+            {"type": "code_execution_20250522", "name": "code_execution"},
+            READ_FILE,
+        ],
+    }
+    reply = gateway.request("POST", "/v1/messages", body)
+    assert reply.status == 200, reply.body
+    assert reply.headers["x-lmgate-dropped-tools"] == "web_search, code_execution"
+    sent = upstream.last.body["tools"]
+    assert [tool["function"]["name"] for tool in sent] == ["read_file"]
+
+
+def test_server_tools_refused_when_configured(start_gateway: Any, upstream: FakeUpstream) -> None:
+    config = upstream_config(upstream)
+    config["messages"] = {"unsupported_tools": "refuse"}
+    gw = start_gateway(config)
+    client = gw.anthropic()
+    with pytest.raises(anthropic.BadRequestError) as refused:
+        client.messages.create(
+            model="chat-model",
+            max_tokens=10,
+            messages=[{"role": "user", "content": "hi"}],
+            tools=[WEB_SEARCH],  # type: ignore[list-item]
+        )
+    assert "web_search" in refused.value.message and "unsupported_tools" in refused.value.message
+    answer = client.messages.create(  # an Anthropic upstream runs them: no refusal
+        model="claude-model",
+        max_tokens=10,
+        messages=[{"role": "user", "content": "hi"}],
+        tools=[WEB_SEARCH],  # type: ignore[list-item]
+    )
+    assert answer.content

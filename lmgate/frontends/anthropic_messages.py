@@ -98,6 +98,7 @@ def parse_request(
     response_format, effort = _parse_output_config(data)
     metadata = optional_object(data, "metadata") or {}
     betas = (headers or {}).get("anthropic-beta", "")
+    tools, server_tools = _parse_tools(data.get("tools"))
     return ChatRequest(
         model=model,
         messages=_parse_messages(data.get("messages")),
@@ -109,7 +110,7 @@ def parse_request(
         top_p=optional_number(data, "top_p", 0, 1),
         top_k=optional_int(data, "top_k", 0),
         stop=stop or None,
-        tools=_parse_tools(data.get("tools")),
+        tools=tools,
         tool_choice=tool_choice,
         parallel_tool_calls=parallel,
         response_format=response_format,
@@ -120,6 +121,7 @@ def parse_request(
         extra={key: value for key, value in data.items() if key not in _KNOWN_FIELDS},
         extra_dialect="anthropic",
         betas=[beta for beta in (item.strip() for item in betas.split(",")) if beta],
+        server_tools=server_tools,
     )
 
 
@@ -259,18 +261,24 @@ def _tool_result(block: dict[str, Any], where: str) -> ToolResultPart:
     )
 
 
-def _parse_tools(raw: Any) -> list[Tool] | None:
+def _parse_tools(raw: Any) -> tuple[list[Tool] | None, list[dict[str, Any]]]:
+    """The client's tools, and its server tools (a ``type`` such as web_search_20250305:
+    the upstream runs them), kept as sent."""
     if raw is None:
-        return None
+        return None, []
     if not isinstance(raw, list):
         raise invalid("tools: expected an array", "tools")
-    tools = []
+    tools, server_tools = [], []
     for index, item in enumerate(raw):
         where = f"tools.{index}"
         if not isinstance(item, dict):
             raise invalid(f"{where}: expected an object", where)
         if item.get("type") not in (None, "custom"):
-            raise invalid(f"{where}.type: server tool {item.get('type')!r} is not supported", where)
+            if not isinstance(item.get("type"), str):
+                raise invalid(f"{where}.type: expected a string", where)
+            string(item.get("name"), f"{where}.name", allow_empty=False)
+            server_tools.append(item)
+            continue
         schema = optional_object(item, "input_schema", f"{where}.input_schema")
         if schema is None:
             raise invalid(f"{where}.input_schema: field required", where)
@@ -284,7 +292,7 @@ def _parse_tools(raw: Any) -> list[Tool] | None:
                 extra or None,
             )
         )
-    return tools
+    return tools or None, server_tools
 
 
 def _parse_tool_choice(

@@ -11,7 +11,7 @@ A frontend module declares ``PROTOCOL``, the functions of ``Frontend`` and ``ROU
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -153,15 +153,26 @@ def request_id(request: Request) -> str:
     return unique_hex()
 
 
-def ids(request_id: str, deployment: str = "", attempts: int = 0) -> dict[str, str]:
-    """``x-request-id``, and once the router ran, what served the request and how many
-    upstream requests it took."""
+def ids(
+    request_id: str, deployment: str = "", attempts: int = 0, dropped: tuple[str, ...] = ()
+) -> dict[str, str]:
+    """``x-request-id``, and once the router ran, what served the request, how many
+    upstream requests it took, and the server tools its upstream did not get."""
     headers = {"x-request-id": request_id}
     if deployment:
         headers["x-lmgate-deployment"] = deployment
     if attempts:
         headers["x-lmgate-attempts"] = str(attempts)
+    if dropped:
+        headers.update(dropped_tools_header(dropped))
     return headers
+
+
+def dropped_tools_header(names: Iterable[str]) -> dict[str, str]:
+    """``x-lmgate-dropped-tools``: the client's tools its upstream never got."""
+    # The names are the client's: printable ASCII only in a header (no line breaks).
+    value = "".join(c if " " <= c <= "~" else "?" for c in ", ".join(names))
+    return {"x-lmgate-dropped-tools": value[:1000]} if value else {}
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,7 @@ from lmgate.canonical import (
     arguments_object,
 )
 from lmgate.errors import GatewayError, from_exception
+from lmgate.frontends.base import dropped_tools_header
 from lmgate.frontends.sealing import Sealer
 from lmgate.ids import unique_hex
 
@@ -183,12 +184,7 @@ def reply_body(reply: Reply, request: ChatRequest) -> bytes:
 
 def reply_headers(request: ChatRequest) -> dict[str, str]:
     """Reply headers of this protocol: which of the client's tools were dropped."""
-    dropped = extras(request).dropped_tools
-    if not dropped:
-        return {}
-    # The names are the client's: printable ASCII only in a header (no line breaks).
-    value = "".join(c if " " <= c <= "~" else "?" for c in ", ".join(dropped))
-    return {"x-lmgate-dropped-tools": value[:1000]}
+    return dropped_tools_header(extras(request).dropped_tools)
 
 
 class StreamEncoder:

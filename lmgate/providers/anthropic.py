@@ -80,6 +80,9 @@ class AnthropicProvider(HttpProvider):
             headers["x-api-key"] = self.config.api_key
         return headers
 
+    def runs_server_tools(self, request: ChatRequest) -> bool:
+        return request.extra_dialect == "anthropic"  # they are Anthropic's tools
+
     def betas(self, request: ChatRequest) -> list[str]:
         """The provider's own beta features, then the client's (dict: ordered, no repeats)."""
         return list(dict.fromkeys((*self.config.beta, *request.betas)))
@@ -156,8 +159,10 @@ class AnthropicProvider(HttpProvider):
             if request.top_k is not None:
                 body["top_k"] = request.top_k
         body["max_tokens"] = max_tokens
+        if request.server_tools and own:  # as the client sent them: the upstream runs them
+            body["tools"] = list(request.server_tools)
         if request.tools:
-            body["tools"] = [
+            body["tools"] = body.get("tools", []) + [
                 {
                     "name": tool.name,
                     **({"description": tool.description} if tool.description else {}),

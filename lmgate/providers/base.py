@@ -120,6 +120,10 @@ class Provider(ABC):
         self.discovery_interval: float | None = None
         self.clock: Clock = SYSTEM  # for what expires (tokens); build_provider sets it
 
+    def runs_server_tools(self, request: ChatRequest) -> bool:
+        """Whether this upstream runs the request's ``server_tools`` itself."""
+        return False
+
     async def start(self) -> None:
         """Open pooled resources; called once inside the running event loop."""
 

@@ -150,6 +150,7 @@ class Router:
                 if deployment is None:
                     break
                 tried[deployment] = 0.0
+                dropped = _unrun_server_tools(request, deployment)
                 attempts += 1
                 if number:
                     self._count("retry", deployment.name)
@@ -201,7 +202,7 @@ class Router:
                 if tally is not None:
                     tally.answered(deployment)
                 try:
-                    start = Start(entry.id, deployment.name, attempts)
+                    start = Start(entry.id, deployment.name, attempts, dropped)
                     # Closed here, not whenever it is collected: a reply closed at any
                     # yield (the client left) is counted before the meter finishes.
                     async with aclosing(_metered(sent, start, first, events, tally)) as metered:
@@ -348,3 +349,20 @@ async def _metered(
         raise
     if not usage_seen:
         yield await estimate()
+
+
+def _unrun_server_tools(request: ChatRequest, deployment: Deployment) -> tuple[str, ...]:
+    """The request's server tools this deployment's upstream does not run (it never
+    gets them); a 400 when the client's frontend is set to refuse them."""
+    if not request.server_tools or deployment.provider.runs_server_tools(request):
+        return ()
+    names = tuple(str(tool.get("name") or tool.get("type")) for tool in request.server_tools)
+    if request.server_tools_policy == "refuse":
+        raise GatewayError(
+            "invalid_request",
+            f"tools: server tools ({', '.join(names)}) run only on Anthropic upstreams, and "
+            f"{deployment.name} is not one (messages.unsupported_tools is refuse)",
+            param="tools",
+            code="unsupported_tool",
+        )
+    return names

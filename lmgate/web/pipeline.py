@@ -127,6 +127,8 @@ class Pipeline:
                 chat = frontend.parse_request(body, request.headers)
             if meter is not None:
                 meter.request(chat, caller.key_id, caller.key.name if caller.key else None)
+            if chat.server_tools:
+                chat.server_tools_policy = self.config.messages.unsupported_tools
             chain = self.catalog.candidates(chat.model, self._check_media(chat), bool(chat.tools))
             chain = await self.accounts.admit(caller, chain, chat, meter)
             events = self.router.stream(chat, chain, meter)
@@ -138,7 +140,7 @@ class Pipeline:
                 answer = frontend.reply_body(reply, chat)
                 if (finish := getattr(frontend, "finish", None)) is not None:
                     await finish(chat, answer)
-                headers = ids(rid, reply.deployment, reply.attempts)
+                headers = ids(rid, reply.deployment, reply.attempts, reply.dropped_tools)
                 headers.update(frontend.reply_headers(chat))
                 if meter is not None:
                     headers.update(meter.reply_headers(reply.usage))
@@ -156,7 +158,10 @@ class Pipeline:
                 frames = stream(frontend.stream_encoder(start, chat), events)
                 if logged is not None:
                     frames = logged.tee(frames, rid, arrived, caller.key_id, body)
-                headers = {**_SSE_HEADERS, **ids(rid, start.deployment, start.attempts)}
+                headers = {
+                    **_SSE_HEADERS,
+                    **ids(rid, start.deployment, start.attempts, start.dropped_tools),
+                }
                 headers.update(frontend.reply_headers(chat))
                 if meter is not None:
                     headers.update(meter.reply_headers(None))
