@@ -146,6 +146,10 @@ class ChatRequest:
     thinking_budget: int | None = None  # None with thinking on: the model decides
     reasoning_effort: str | None = None  # "minimal" | "low" | "medium" | "high"
     user: str | None = None
+    prompt_cache_key: str | None = None  # OpenAI's: requests that share a prompt prefix
+    # The agent session the request belongs to (Claude Code's session id, Codex's, a
+    # prompt_cache_key…): its turns go to the deployment that holds its prompt cache.
+    session: str | None = None
     # Fields the frontend did not recognise, and the API dialect they belong to
     # ("openai" | "anthropic"): only an upstream of the same dialect gets them.
     extra: dict[str, Any] = field(default_factory=dict)

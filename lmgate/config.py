@@ -235,6 +235,11 @@ class CooldownConfig(_Strict):
     seconds: float = Field(30, gt=0)  # how long it stays out before one request probes it
 
 
+class AffinityConfig(_Strict):
+    max_sessions: int = Field(100_000, gt=0)  # sessions remembered (least recent out)
+    ttl: float = Field(3600, gt=0)  # seconds a session is kept after its last turn
+
+
 class RoutingConfig(_Strict):
     auto: list[str] = []
     fallbacks: dict[str, list[str]] = {}  # model id -> models tried after its deployments
@@ -247,6 +252,10 @@ class RoutingConfig(_Strict):
     # A model name the catalog does not know: a 404 ("error"), or the routing.auto
     # models ("auto"; the built-in offline default does this).
     unknown_model: Literal["auto", "error"] = "error"
+    # "session": an agent session's turns go to the deployment that served it last
+    # (its prompt cache is there), while that one is usable. "none": balance each turn.
+    affinity: Literal["session", "none"] = "session"
+    affinity_sessions: AffinityConfig = AffinityConfig()
 
 
 class ResponsesConfig(_Strict):

@@ -108,11 +108,12 @@ def test_usage_batches_and_summary(store_url: str) -> None:
         assert by_model["other"]["p50_ms"] == by_model["other"]["p95_ms"] == 200
         # Refusals (no deployment) count as requests, not in the latency percentiles.
         await store.record(
-            [record(n, model="mixed") for n in (100, 300)]
+            [record(n, model="mixed", cached_tokens=8) for n in (100, 300)]
             + [record(1, model="mixed", deployment=None, status=429) for _ in range(5)]
         )
         [mixed] = [r for r in await store.usage_summary(0, "model") if r["group"] == "mixed"]
         assert (mixed["requests"], mixed["p50_ms"], mixed["p95_ms"]) == (7, 200, 300)
+        assert (mixed["input_tokens"], mixed["cached_tokens"]) == (70, 16)  # the cache-hit ratio
         await store.record([record(n, model="odd") for n in (5, 1, 3)])
         [odd] = [row for row in await store.usage_summary(0, "model") if row["group"] == "odd"]
         assert (odd["requests"], odd["p50_ms"], odd["p95_ms"]) == (3, 3, 5)

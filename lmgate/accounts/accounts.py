@@ -17,6 +17,7 @@ from lmgate.config import Config
 from lmgate.errors import GatewayError
 from lmgate.observe import tokens
 from lmgate.observe.dependencies import describe
+from lmgate.routing.affinity import SharedAffinity
 from lmgate.routing.catalog import Catalog, ModelEntry
 from lmgate.routing.router import Router
 
@@ -50,6 +51,9 @@ class Accounts:
             listener = aioredis.Redis.from_url(config.redis.url, socket_connect_timeout=timeout)
             self.bus = CooldownBus(client, listener, config.redis.prefix, catalog)
             router.on_cooldown = self.bus.opened
+            if router.affinity is not None:  # sessions' deployments, for every process
+                backend = self.limiter.backend
+                router.affinity.shared = SharedAffinity(client, config.redis.prefix, backend)
         self.recorder: UsageRecorder | None = None
         # Where finished requests' rows go: the recorder, and the metrics when on (set
         # by the gateway). None: no request needs a meter.

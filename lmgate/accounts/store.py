@@ -243,6 +243,7 @@ class Store:
                 usage.c.error_type,
                 usage.c.input_tokens,
                 usage.c.output_tokens,
+                usage.c.cached_tokens,
                 usage.c.cost,
                 usage.c.latency_ms,
                 sa.func.row_number()
@@ -272,6 +273,7 @@ class Store:
             sa.func.sum(errors).label("errors"),
             sa.func.sum(r.input_tokens).label("input_tokens"),
             sa.func.sum(r.output_tokens).label("output_tokens"),
+            sa.func.sum(r.cached_tokens).label("cached_tokens"),  # input read from a cache
             sa.func.sum(r.cost).label("cost"),  # of the priced requests
             sa.func.sum(sa.case((sa.and_(r.cost.is_(None), spent > 0), 1), else_=0)).label(
                 "unpriced"

@@ -60,7 +60,7 @@ _KNOWN_FIELDS = frozenset(
         "model", "messages", "stream", "stream_options", "max_tokens", "max_completion_tokens",
         "temperature", "top_p", "n", "stop", "frequency_penalty", "presence_penalty", "seed",
         "response_format", "logprobs", "top_logprobs", "tools", "tool_choice",
-        "parallel_tool_calls", "user", "reasoning_effort",
+        "parallel_tool_calls", "user", "reasoning_effort", "prompt_cache_key",
     }
 )  # fmt: skip
 
@@ -115,6 +115,7 @@ def parse_request(body: bytes, headers: Mapping[str, str] | None = None) -> Chat
         tool_choice=_parse_tool_choice(data.get("tool_choice")),
         parallel_tool_calls=optional_bool(data, "parallel_tool_calls"),
         user=optional_string(data, "user"),
+        prompt_cache_key=optional_string(data, "prompt_cache_key"),
         reasoning_effort=optional_string(data, "reasoning_effort"),
         extra={key: value for key, value in data.items() if key not in _KNOWN_FIELDS},
     )

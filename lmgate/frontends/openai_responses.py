@@ -147,6 +147,7 @@ def build_request(
         thinking=False if effort == "none" else None,
         reasoning_effort=effort if effort not in (None, "none") else None,
         user=optional_string(data, "user"),
+        prompt_cache_key=optional_string(data, "prompt_cache_key"),
         reply_state=ResponsesExtras(custom, dropped, echo, sealing),
         extra_dialect=PROTOCOL,
     )

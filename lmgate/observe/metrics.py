@@ -160,6 +160,14 @@ class Metrics:
                 add(cost, (key,), series.cost)
                 add(tokens, (key, "input"), series.tokens[0])
                 add(tokens, (key, "output"), series.tokens[1])
+        cached: dict[str, list[int]] = {}  # model -> [input, cache read]
+        for (_, model, *_rest), series in self._series.items():
+            both = cached.setdefault(model or "-", [0, 0])
+            both[0] += series.tokens[0]
+            both[1] += series.tokens[2]
+        for model, (given, read) in cached.items():
+            if given:
+                self._cache_hit.labels(model).set(read / given)
         for (metric, labels), total in totals.items():
             if isinstance(total, _Histogram):
                 self._add_histogram(metric, labels, total)
@@ -273,6 +281,12 @@ class Metrics:
         )
         self._queue = gauge(
             "lmgate_usage_queue_depth", "Usage records waiting to be written.", [], "livesum"
+        )
+        self._cache_hit = gauge(
+            "lmgate_cache_hit_ratio",
+            "Input tokens read from the upstream's prompt cache, of all input tokens, since start.",
+            ["model"],
+            "liveall",
         )
         self._dependency_errors = counter(
             "lmgate_dependency_errors",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
@@ -142,3 +143,9 @@ class Provider(ABC):
     def stream(self, request: ChatRequest, target: Target) -> AsyncGenerator[Event, None]:
         """Yield ``Start`` once the upstream accepted the request, then the reply's
         events, ``Finish`` and, when known, ``Usage``. Raise ``GatewayError`` on failure."""
+
+
+def session_cache_key(session: str) -> str:
+    """A prompt_cache_key for a session: stable, and saying nothing of the session's
+    id (Claude Code's carries an account id) to the upstream."""
+    return "lmgate-" + hashlib.sha256(b"lmgate session\0" + session.encode()).hexdigest()[:32]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 from collections.abc import AsyncGenerator
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -29,7 +30,13 @@ from lmgate.canonical import (
 )
 from lmgate.errors import GatewayError
 from lmgate.providers import lenient_json, schemas
-from lmgate.providers.base import Target, apply_overrides, count, fold_system_turns
+from lmgate.providers.base import (
+    Target,
+    apply_overrides,
+    count,
+    fold_system_turns,
+    session_cache_key,
+)
 from lmgate.providers.client import Response
 from lmgate.providers.http import HttpProvider, HttpProviderConfig, stream_event, unfinished
 
@@ -55,6 +62,7 @@ _PLAIN_FIELDS = (
     "top_logprobs",
     "parallel_tool_calls",
     "user",
+    "prompt_cache_key",
 )
 
 
@@ -66,6 +74,10 @@ class OpenAICompatConfig(HttpProviderConfig):
     # whose tool-calling turns lost their reasoning. auto: when the base URL's host or
     # the upstream model name says deepseek.
     send_reasoning: Literal["auto", "always", "never"] = "auto"
+    # A prompt_cache_key made from the request's session when the client sent none, so
+    # that the upstream routes a session's turns to one cache. auto: for OpenAI's own
+    # hosts (others may refuse a field they do not know).
+    session_cache_key: Literal["auto", "always", "never"] = "auto"
     # System turns inside the conversation: where they stand, or folded into the
     # next user turn (for servers whose chat template takes one system message, first).
     system_turns: Literal["keep", "fold"] = "keep"
@@ -131,6 +143,14 @@ class OpenAICompatProvider(HttpProvider):
             messages.extend(_message_out(message, reasoning))
         return messages
 
+    @functools.cached_property
+    def _session_cache_key(self) -> bool:
+        setting = self.config.session_cache_key
+        host = urlsplit(self.config.base_url).hostname or ""
+        return setting == "always" or (
+            setting == "auto" and (host == "api.openai.com" or host.endswith(".openai.azure.com"))
+        )
+
     def build_body(self, request: ChatRequest, target: Target) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": target.model,
@@ -140,6 +160,8 @@ class OpenAICompatProvider(HttpProvider):
             value = getattr(request, name)
             if value is not None:
                 body[name] = value
+        if request.prompt_cache_key is None and request.session and self._session_cache_key:
+            body["prompt_cache_key"] = session_cache_key(request.session)
         if target.thinking:
             effort = request.reasoning_effort or effort_of(request.thinking_budget)
             if effort and request.thinking is not False:

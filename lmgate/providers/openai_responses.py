@@ -36,6 +36,7 @@ from lmgate.providers.base import (
     Target,
     apply_overrides,
     count,
+    session_cache_key,
 )
 from lmgate.providers.http import HttpProvider, HttpProviderConfig, stream_event, unfinished
 from lmgate.providers.openai_compat import effort_of, image_url
@@ -93,10 +94,12 @@ def build_body(request: ChatRequest, target: Target) -> dict[str, Any]:
     }
     if request.system:
         body["instructions"] = "\n\n".join(part.text for part in request.system)
-    for name in ("temperature", "top_p", "parallel_tool_calls", "user"):
+    for name in ("temperature", "top_p", "parallel_tool_calls", "user", "prompt_cache_key"):
         value = getattr(request, name)
         if value is not None:
             body[name] = value
+    if request.prompt_cache_key is None and request.session:
+        body["prompt_cache_key"] = session_cache_key(request.session)
     if request.max_tokens is not None:
         body["max_output_tokens"] = request.max_tokens
     if target.thinking and request.thinking is not False:

@@ -32,6 +32,7 @@ from lmgate.errors import GatewayError, Redactor
 from lmgate.media.fetch import ImageFetcher
 from lmgate.observe import tokens
 from lmgate.routing.adapt import Adapter
+from lmgate.routing.affinity import Affinity
 from lmgate.routing.catalog import Deployment, ModelEntry
 
 log = logging.getLogger("lmgate")
@@ -80,6 +81,11 @@ class Router:
         # The last few failures of each deployment (unix time, kind, message), for the
         # dashboard; kept only when something fails.
         self.recent_errors: dict[str, deque[tuple[float, str, str]]] = {}
+        # Where each agent session was served (routing.affinity: session), else None.
+        self.affinity: Affinity | None = None
+        if self.routing.affinity == "session":
+            affinity = self.routing.affinity_sessions
+            self.affinity = Affinity(affinity.max_sessions, affinity.ttl, clock)
         # Told when a deployment's circuit opens (to share it with other processes).
         self.on_cooldown: Callable[[Deployment], None] | None = None
 
@@ -146,7 +152,7 @@ class Router:
             # Deployments tried for this model, with when each may be retried (Retry-After).
             tried: dict[Deployment, float] = {}
             for number in range(self.routing.retries + 1):
-                deployment = await self._pick(entry, tried, number)
+                deployment = await self._pick(entry, tried, number, request.session)
                 if deployment is None:
                     break
                 tried[deployment] = 0.0
@@ -199,6 +205,8 @@ class Router:
                         await events.aclose()
                     raise
                 health.succeeded()
+                if request.session and self.affinity is not None:
+                    self.affinity.served(entry.id, request.session, deployment.key)
                 if tally is not None:
                     tally.answered(deployment)
                 try:
@@ -249,16 +257,26 @@ class Router:
                 self.on_cooldown(deployment)
 
     async def _pick(
-        self, entry: ModelEntry, tried: dict[Deployment, float], number: int
+        self,
+        entry: ModelEntry,
+        tried: dict[Deployment, float],
+        number: int,
+        session: str | None = None,
     ) -> Deployment | None:
         """The deployment for attempt ``number`` (from 0) at ``entry``: one not yet
-        tried that is usable now, else a tried one again after backoff and its
-        ``Retry-After`` (when within ``routing.max_retry_wait``). None when nothing is
-        left: every deployment is cooling down or asked for too long a wait."""
+        tried that is usable now (the session's own, when it has one), else a tried one
+        again after backoff and its ``Retry-After`` (when within
+        ``routing.max_retry_wait``). None when nothing is left: every deployment is
+        cooling down or asked for too long a wait."""
         now = self._clock.monotonic()
         fresh = [d for d in entry.deployments if d not in tried and d.health.usable(now)]
         if fresh:
-            pick = fresh[0] if len(fresh) == 1 else self._balance(entry, fresh)
+            pick = fresh[0] if len(fresh) == 1 else None
+            if pick is None and session and self.affinity is not None:
+                key = await self.affinity.deployment(entry.id, session)
+                pick = next((d for d in fresh if d.key == key), None)
+            if pick is None:
+                pick = self._balance(entry, fresh)
             pick.health.claim(now)
             return pick
         backoff = self._backoff(number)

@@ -129,6 +129,7 @@ class Pipeline:
                 meter.request(chat, caller.key_id, caller.key.name if caller.key else None)
             if chat.server_tools:
                 chat.server_tools_policy = self.config.messages.unsupported_tools
+            chat.session = session_of(request.headers, chat)
             chain = self.catalog.candidates(chat.model, self._check_media(chat), bool(chat.tools))
             chain = await self.accounts.admit(caller, chain, chat, meter)
             events = self.router.stream(chat, chain, meter)
@@ -241,3 +242,18 @@ async def _on_disconnect(request: Request, task: asyncio.Task[Any]) -> None:
     while (await request.receive())["type"] != "http.disconnect":
         pass
     task.cancel(_LEFT)
+
+
+# Headers agent clients send with every request of one session: Claude Code's, then
+# Codex's (and other clients' common names).
+_SESSION_HEADERS = ("x-claude-code-session-id", "session_id", "x-session-id", "conversation_id")
+
+
+def session_of(headers: Mapping[str, str], chat: ChatRequest) -> str | None:
+    """The agent session a request belongs to: a session header, else the client's
+    prompt_cache_key, else its user (Anthropic's metadata.user_id, OpenAI's user)."""
+    for name in _SESSION_HEADERS:
+        if value := headers.get(name):
+            return value[:256]
+    given = chat.prompt_cache_key or chat.user
+    return given[:256] if given else None

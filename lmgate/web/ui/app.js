@@ -234,6 +234,7 @@ pages.overview = async (root) => {
           { label: "errors", num: true, value: (g) => number(g.errors) },
           { label: "input", num: true, value: (g) => number(g.input_tokens) },
           { label: "output", num: true, value: (g) => number(g.output_tokens) },
+          { label: "cache hit", num: true, value: (g) => (g.input_tokens ? `${Math.round((100 * (g.cached_tokens || 0)) / g.input_tokens)}%` : "–") },
           { label: "cost", num: true, value: (g) => (g.unpriced ? `${usd(g.cost)} (${g.unpriced} unpriced)` : usd(g.cost)) },
           { label: "p50", num: true, value: (g) => ms(g.p50_ms) },
           { label: "p95", num: true, value: (g) => ms(g.p95_ms) },
