@@ -150,6 +150,7 @@ class ChatRequest:
     # The agent session the request belongs to (Claude Code's session id, Codex's, a
     # prompt_cache_key…): its turns go to the deployment that holds its prompt cache.
     session: str | None = None
+    key_id: str | None = None  # the API key it came with (what is kept for it is its own)
     # Fields the frontend did not recognise, and the API dialect they belong to
     # ("openai" | "anthropic"): only an upstream of the same dialect gets them.
     extra: dict[str, Any] = field(default_factory=dict)

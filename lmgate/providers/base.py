@@ -121,6 +121,11 @@ class Provider(ABC):
         self.discovery_interval: float | None = None
         self.clock: Clock = SYSTEM  # for what expires (tokens); build_provider sets it
 
+    def takes_reasoning_back(self, target: Target) -> bool:
+        """Whether the upstream wants earlier turns' reasoning sent back (and refuses a
+        tool-calling turn without it)."""
+        return False
+
     def runs_server_tools(self, request: ChatRequest) -> bool:
         """Whether this upstream runs the request's ``server_tools`` itself."""
         return False

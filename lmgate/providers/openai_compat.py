@@ -123,6 +123,9 @@ class OpenAICompatProvider(HttpProvider):
     async def send(self, body: dict[str, Any]) -> tuple[Response, float]:
         return await self.post(self.chat_url(), body)
 
+    def takes_reasoning_back(self, target: Target) -> bool:
+        return self.sends_reasoning(target)
+
     def sends_reasoning(self, target: Target) -> bool:
         if self.config.send_reasoning != "auto":
             return self.config.send_reasoning == "always"

@@ -34,6 +34,7 @@ from lmgate.observe import tokens
 from lmgate.routing.adapt import Adapter
 from lmgate.routing.affinity import Affinity
 from lmgate.routing.catalog import Deployment, ModelEntry
+from lmgate.routing.reasoning import Keeper, ReasoningMemory
 
 log = logging.getLogger("lmgate")
 _CUT = "lmgate: cut at shutdown"
@@ -86,6 +87,7 @@ class Router:
         if self.routing.affinity == "session":
             affinity = self.routing.affinity_sessions
             self.affinity = Affinity(affinity.max_sessions, affinity.ttl, clock)
+        self.reasoning = ReasoningMemory(clock=clock)  # for clients that drop it
         # Told when a deployment's circuit opens (to share it with other processes).
         self.on_cooldown: Callable[[Deployment], None] | None = None
 
@@ -172,6 +174,10 @@ class Router:
                     failure = error
                     continue
                 events: AsyncGenerator[Event, None] | None = None
+                keeper = None
+                if deployment.provider.takes_reasoning_back(deployment.target):
+                    self.reasoning.restore(request)  # for clients that dropped it
+                    keeper = self.reasoning.keeper(request)
                 try:
                     sent = await adapter.request_for(entry, deployment)
                     events = adapter.reply(deployment, sent)
@@ -213,7 +219,8 @@ class Router:
                     start = Start(entry.id, deployment.name, attempts, dropped)
                     # Closed here, not whenever it is collected: a reply closed at any
                     # yield (the client left) is counted before the meter finishes.
-                    async with aclosing(_metered(sent, start, first, events, tally)) as metered:
+                    metered_events = _metered(sent, start, first, events, tally, keeper)
+                    async with aclosing(metered_events) as metered:
                         async for event in metered:
                             yield event
                 except GatewayError as error:
@@ -322,6 +329,7 @@ async def _metered(
     first: Event,
     events: AsyncGenerator[Event, None],
     tally: Tally | None,
+    keeper: Keeper | None = None,
 ) -> AsyncGenerator[Event, None]:
     """``start``, then the reply's events, its text held for an offline count. A reply
     cut short (the client left, even before ``start`` reached it) is counted offline:
@@ -332,6 +340,8 @@ async def _metered(
 
     def note(event: Event) -> None:
         nonlocal usage_seen, held
+        if keeper is not None:
+            keeper.see(event)
         if isinstance(event, TextDelta | ReasoningDelta):
             output.append(event.text)
             held += len(event.text)
@@ -365,6 +375,8 @@ async def _metered(
         if not usage_seen and tally is not None:
             tally.cut_short(await estimate())
         raise
+    if keeper is not None:
+        keeper.done()
     if not usage_seen:
         yield await estimate()
 

@@ -129,7 +129,7 @@ class Pipeline:
                 meter.request(chat, caller.key_id, caller.key.name if caller.key else None)
             if chat.server_tools:
                 chat.server_tools_policy = self.config.messages.unsupported_tools
-            chat.session = session_of(request.headers, chat)
+            chat.session, chat.key_id = session_of(request.headers, chat), caller.key_id
             chain = self.catalog.candidates(chat.model, self._check_media(chat), bool(chat.tools))
             chain = await self.accounts.admit(caller, chain, chat, meter)
             events = self.router.stream(chat, chain, meter)
