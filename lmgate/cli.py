@@ -341,7 +341,8 @@ def _run(args: argparse.Namespace, config: Config, app: HotRoutes, sock: socket.
     settings = uvicorn.Config(
         "lmgate.web.app:app_from_env" if several else app,
         factory=several,
-        ws="none",
+        ws="websockets-sansio",  # the Responses API over WebSocket (frontends/responses_socket.py)
+        ws_max_size=int(config.server.max_body_mb * 2**20),
         workers=args.workers,
         loop="uvloop",
         http="lmgate.web.server:GuardedProtocol",  # httptools, with client timeouts and a cap

@@ -261,6 +261,9 @@ class RoutingConfig(_Strict):
 class ResponsesConfig(_Strict):
     """The Responses API frontend (``/v1/responses``)."""
 
+    # Serve it over WebSocket too (Codex's first choice); false: the upgrade gets a
+    # 426, and clients fall back to HTTP at once.
+    websocket: bool = True
     # Tools no upstream model can be given (web_search, file_search, Codex's namespace
     # groups, …): "drop" them (named in x-lmgate-dropped-tools) or "refuse" with a 400.
     unsupported_tools: Literal["drop", "refuse"] = "drop"

@@ -90,8 +90,10 @@ def test_only_the_http_layer_and_frontends_know_starlette() -> None:
 
 @pytest.mark.parametrize("frontend", FRONTENDS, ids=lambda module: module.__name__)
 def test_each_frontend_declares_its_routes(frontend: object) -> None:
-    routes = getattr(frontend, "ROUTES", None)
-    assert routes and all(isinstance(route, Route) for route in routes)
+    routes = getattr(frontend, "ROUTES", ())
+    sockets = getattr(frontend, "SOCKETS", ())  # WebSocket endpoints: (path, handler)
+    assert routes or sockets
+    assert all(isinstance(route, Route) for route in routes)
 
 
 def test_both_routers_serve_every_declared_route() -> None:
@@ -106,6 +108,8 @@ def test_both_routers_serve_every_declared_route() -> None:
                     assert prefix + route.path in served
                     if route.method == "POST" and route.handler is CHAT:
                         assert prefix + route.path in app.routes  # the fast path
+            for path, _ in getattr(frontend, "SOCKETS", ()):
+                assert {path, "/api" + path} <= served
         prefixes = {prefix for prefix, _, _ in app.targets}
         assert {"/v1beta/models/", "/api/v1beta/models/", "/v1/models/"} <= prefixes
     finally:

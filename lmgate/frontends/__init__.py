@@ -1,6 +1,12 @@
 """Client protocols: one module each, declaring its wire format and its ``ROUTES``
 (see ``base.py``). The HTTP layer mounts every module listed here."""
 
-from lmgate.frontends import anthropic_messages, gemini, openai_chat, openai_responses
+from lmgate.frontends import (
+    anthropic_messages,
+    gemini,
+    openai_chat,
+    openai_responses,
+    responses_socket,
+)
 
-FRONTENDS = (openai_chat, anthropic_messages, openai_responses, gemini)
+FRONTENDS = (openai_chat, anthropic_messages, openai_responses, responses_socket, gemini)

@@ -100,6 +100,7 @@ class Services(Protocol):
     catalog: Catalog
     conversations: Conversations
     sealer: Callable[[], Sealer]
+    sockets_opened: int
 
     async def authenticate(self, request: Request) -> Caller: ...
     async def chat(self, request: Request, frontend: Frontend) -> Answer:

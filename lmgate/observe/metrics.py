@@ -24,7 +24,7 @@ import logging
 import os
 import time
 from bisect import bisect_left
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from lmgate.accounts.store import UsageRecord
@@ -79,6 +79,7 @@ class Metrics:
         dependencies: Sequence[Dependency] = (),
     ) -> None:
         self.catalog = catalog  # replaced on a reload
+        self.sockets: Callable[[], int] | None = None  # WebSocket connections so far
         self._sources = recorder, router, limiter, fetcher
         self._dependencies = dependencies
         self.multiprocess = bool(os.environ.get(MULTIPROCESS_DIR))
@@ -288,6 +289,11 @@ class Metrics:
             ["model"],
             "liveall",
         )
+        self._sockets = counter(
+            "lmgate_responses_websockets",
+            "Connections to the Responses API over WebSocket (each serves many responses).",
+            [],
+        )
         self._dependency_errors = counter(
             "lmgate_dependency_errors",
             "Failed calls to a service lmgate depends on (store, redis).",
@@ -332,6 +338,8 @@ class Metrics:
         for limit, count in list(limiter.refused.items()):
             self._add(self._refusals, (limit,), count)
         self._add(self._guarded, (), fetcher.refused)
+        if self.sockets is not None:
+            self._add(self._sockets, (), self.sockets())
         for dependency in self._dependencies:
             self._add(self._dependency_errors, (dependency.name,), dependency.errors)
             self._dependency_up.labels(dependency.name).set(1 if dependency.up else 0)

@@ -115,6 +115,9 @@ class Gateway:
             self.request_log,
             self.tracing,
         )
+        if self.metrics is not None:
+            pipeline = self.pipeline
+            self.metrics.sockets = lambda: pipeline.sockets_opened
         self.ready = False
         self.draining = False
         self._cut: asyncio.TimerHandle | None = None

@@ -46,6 +46,18 @@ class Guard:
     def screen(self, scope: Any) -> Screened | None:
         """None: serve the request as it is (nearly always: no ``Origin``). Otherwise
         what answers it: a refusal, a preflight, or the app with CORS headers."""
+        refused, origin = self.refusal(scope)
+        if refused is not None:
+            return _refusal(refused)
+        if origin is None:
+            return None
+        if scope["method"] == "OPTIONS":
+            return functools.partial(self._preflight, origin=origin)
+        return functools.partial(_with_cors, origin=origin)
+
+    def refusal(self, scope: Any) -> tuple[str | None, bytes | None]:
+        """Why a request (or a WebSocket upgrade: browsers open those to any site
+        without asking) is refused, if it is; and its foreign but allowed ``Origin``."""
         host = origin = None
         for name, value in scope["headers"]:
             if name == b"host":
@@ -58,15 +70,13 @@ class Guard:
             and scope["path"] not in _UNGUARDED
         ):
             shown = host.decode("latin-1")
-            return _refusal(f"Host {shown!r} is not allowed (server.allowed_hosts)")
+            return f"Host {shown!r} is not allowed (server.allowed_hosts)", None
         if origin is None or (host is not None and _same_origin(origin, host)):
-            return None
+            return None, None
         if not (self._any_origin or origin.rstrip(b"/").lower() in self._origins):
             shown = origin.decode("latin-1")
-            return _refusal(f"Origin {shown!r} is not allowed (server.cors.allow_origins)")
-        if scope["method"] == "OPTIONS":
-            return functools.partial(self._preflight, origin=origin)
-        return functools.partial(_with_cors, origin=origin)
+            return f"Origin {shown!r} is not allowed (server.cors.allow_origins)", None
+        return None, origin
 
     def _host_allowed(self, scope: Any, host: bytes) -> bool:
         name = _hostname(host)

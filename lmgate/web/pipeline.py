@@ -74,6 +74,7 @@ class Pipeline:
         self.request_log = request_log
         self.tracing = tracing
         self.max_body = int(config.server.max_body_mb * 1024 * 1024)
+        self.sockets_opened = 0  # Responses API WebSocket connections (for the metrics)
 
     async def authenticate(self, request: Request) -> Caller:
         # Google's clients may send the key as ?key= (logs redact it).

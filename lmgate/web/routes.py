@@ -9,7 +9,7 @@ from types import ModuleType
 from typing import cast
 
 from starlette.requests import Request
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from lmgate.frontends.base import CHAT, Answer, Frontend, Services
 
@@ -38,6 +38,11 @@ class Mounted:
                     endpoint = functools.partial(route.handler, services)
                 by_method = table.setdefault(route.path, {})
                 by_method.setdefault(route.method, []).append((route.claims, endpoint))
+        for module in frontends:  # WebSocket endpoints (the Responses API's)
+            for path, handler in getattr(module, "SOCKETS", ()):
+                for prefix in prefixes:
+                    socket = functools.partial(handler, services)
+                    self.routes.append(WebSocketRoute(prefix + path, socket))
         for prefix in prefixes:
             for path, by_method in table.items():
                 endpoint = _dispatch(by_method)

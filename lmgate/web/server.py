@@ -13,9 +13,15 @@ from typing import Any
 
 import orjson
 from starlette.requests import Request
+from starlette.websockets import WebSocket
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from lmgate.config import ServerConfig
+from lmgate.errors import GatewayError
+from lmgate.frontends import openai_chat
+from lmgate.frontends.base import error_reply
+from lmgate.frontends.responses_socket import deny
+from lmgate.ids import unique_hex
 from lmgate.web.guard import Guard
 
 log = logging.getLogger("lmgate")
@@ -132,6 +138,13 @@ class HotRoutes:
         if scope["type"] == "lifespan":
             await self.app(scope, receive, _one_line_failure(send, self.state))
             return
+        if scope["type"] == "websocket":
+            refused, _ = self.guard.refusal(scope)
+            if refused is not None:  # a page elsewhere may not open a socket here either
+                error = GatewayError("permission", refused, code="origin_not_allowed")
+                answer = error_reply(openai_chat, error, unique_hex())
+                await deny(WebSocket(scope, receive, send), answer)
+                return
         await self._route(scope, receive, send)
 
     async def _route(self, scope: Any, receive: Any, send: Any) -> None:
@@ -247,6 +260,9 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._disarm_read()
+        if self.parser.should_upgrade() and self._should_upgrade():
+            super().on_headers_complete()  # a WebSocket: its own protocol takes over
+            return
         self._body_open = True
         super().on_headers_complete()
         self._arm_read(self.limits.body, "body")

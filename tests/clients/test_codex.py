@@ -48,3 +48,40 @@ def test_codex_writes_the_file(task: Task, model: str) -> None:
     if model == "deepseek-thinker":  # Codex sends the reasoning back; DeepSeek needs it
         turn = next(m for m in last["messages"] if m["role"] == "assistant")
         assert turn["reasoning_content"] == THOUGHT
+
+
+# The documented way: the built-in OpenAI provider at another base URL. Codex then
+# opens the Responses WebSocket first, and stays on it when it works.
+BUILT_IN = """\
+model = "{model}"
+openai_base_url = "{url}/v1"
+check_for_update_on_startup = false
+
+[analytics]
+enabled = false
+"""
+
+
+def test_codex_over_the_responses_websocket(task: Task) -> None:
+    codex_home = task.home / "codex"
+    codex_home.mkdir()
+    (codex_home / "config.toml").write_text(
+        BUILT_IN.format(model="deepseek-chat", url=task.gateway.url)
+    )
+    env = task.env(CODEX_HOME=str(codex_home), OPENAI_API_KEY=API_KEY, CODEX_API_KEY=API_KEY)
+    prompt = f"Write the file {task.target} with the text: hello from lmgate"
+    argv = [npm_bin("codex"), "exec", "--skip-git-repo-check", "-s", "workspace-write", prompt]
+    done = task.run(argv, env)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    assert FINAL in done.stdout
+    assert "websocket" not in output.lower() or "failed to connect" not in output.lower(), output
+    task.assert_done()
+    pipeline = task.gateway.app.state.gateway.pipeline
+    assert pipeline.sockets_opened >= 1  # it spoke WebSocket
+    # A second turn of the same session: the conversation goes on over the socket.
+    resume = [npm_bin("codex"), "exec", "--skip-git-repo-check", "resume", "--last", "Thanks."]
+    again = task.run(resume, env)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert FINAL in again.stdout
+    assert "failed to connect" not in (again.stdout + again.stderr).lower()

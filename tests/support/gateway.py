@@ -48,7 +48,12 @@ class RunningGateway:
         self.url = f"http://127.0.0.1:{self.port}"
         self.server = uvicorn.Server(
             uvicorn.Config(
-                self.app, loop="uvloop", http=GuardedProtocol, log_level="warning", lifespan="on"
+                self.app,
+                loop="uvloop",
+                http=GuardedProtocol,
+                ws="websockets-sansio",
+                log_level="warning",
+                lifespan="on",
             )
         )
         self.loop = uvloop.new_event_loop()
