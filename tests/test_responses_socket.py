@@ -134,3 +134,61 @@ def test_a_client_that_leaves_mid_response_cuts_the_upstream(
     wait_until(lambda: upstream.cancelled == 1)
     recorder = gw.app.state.gateway.accounts.recorder
     wait_until(lambda: recorder.written >= 1)
+
+
+# ---- remote compaction (POST /v1/responses/compact) -----------------------------------
+
+
+def test_compaction_summarises_and_a_later_request_continues_from_it(
+    gw: RunningGateway, upstream: FakeUpstream
+) -> None:
+    from tests.support.fakes.upstream import completion
+
+    conversation: list[Any] = [
+        {
+            "type": "message",
+            "role": "user",
+            "content": [{"type": "input_text", "text": "fix the bug"}],
+        },
+        {"type": "function_call", "call_id": "c1", "name": "shell", "arguments": '{"cmd":"ls"}'},
+        {"type": "function_call_output", "call_id": "c1", "output": "main.py"},
+        {
+            "type": "message",
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": "Looking."}],
+        },
+    ]
+    tools = [{"type": "function", "name": "shell", "parameters": {"type": "object"}}]
+    upstream.push(Script(json=completion("NOTES: the bug is in main.py; next, patch it.")))
+    compacted = gw.request(
+        "POST",
+        "/v1/responses/compact",
+        {
+            "model": "chat-model",
+            "input": conversation,
+            "instructions": "be a coder",
+            "tools": tools,
+        },
+    )
+    assert compacted.status == 200, compacted.body
+    asked = upstream.requests[-1].body
+    assert "carry on from your notes" in asked["messages"][-1]["content"]
+    assert asked["tool_choice"] == "none"
+    output = compacted.json()["output"]
+    assert output[0]["role"] == "user" and output[-1]["type"] == "compaction"
+    assert "main.py" not in output[-1]["encrypted_content"]  # sealed
+    assert compacted.json()["usage"]["input_tokens"] > 0
+    upstream.push(Script(json=completion("Patched.")))
+    follow = {
+        "model": "chat-model",
+        "store": False,
+        "input": [*output, {"role": "user", "content": "go on"}],
+    }
+    assert gw.request("POST", "/v1/responses", follow).status == 200
+    sent = [m["content"] for m in upstream.requests[-1].body["messages"]]
+    assert any("NOTES: the bug is in main.py" in str(content) for content in sent)
+    altered = dict(output[-1], encrypted_content=output[-1]["encrypted_content"][:-4] + "AAAA")
+    refused = gw.request(
+        "POST", "/v1/responses", {**follow, "input": [altered, *follow["input"][-1:]]}
+    )
+    assert refused.status == 400 and "cannot be opened" in refused.json()["error"]["message"]

@@ -6,7 +6,15 @@ from lmgate.frontends import (
     gemini,
     openai_chat,
     openai_responses,
+    responses_compact,
     responses_socket,
 )
 
-FRONTENDS = (openai_chat, anthropic_messages, openai_responses, responses_socket, gemini)
+FRONTENDS = (
+    openai_chat,
+    anthropic_messages,
+    openai_responses,
+    responses_compact,
+    responses_socket,
+    gemini,
+)

@@ -103,6 +103,10 @@ class Services(Protocol):
     sockets_opened: int
 
     async def authenticate(self, request: Request) -> Caller: ...
+    async def read_body(self, request: Request) -> bytes:
+        """The request's JSON body, bounded by ``server.max_body_mb``."""
+        ...
+
     async def chat(self, request: Request, frontend: Frontend) -> Answer:
         """The whole chat pipeline: auth, limits, routing, usage, the reply."""
         ...
@@ -237,3 +241,21 @@ def error_reply(shape: Frontend | ErrorShape, error: GatewayError, request_id: s
         media_type="application/json",
         headers=headers,
     )
+
+
+# The headers of a WebSocket upgrade, which a request made from it does not carry.
+_UPGRADE_HEADERS = frozenset({
+    b"upgrade", b"connection", b"sec-websocket-key", b"sec-websocket-version",
+    b"sec-websocket-extensions", b"sec-websocket-protocol", b"content-length",
+    b"content-type", b"transfer-encoding",
+})  # fmt: skip
+
+
+def json_request(scope: Any, body: bytes, receive: Any) -> Request:
+    """A POST of ``body`` (JSON) with the headers of ``scope`` (a request's or a
+    WebSocket's: its key, its session), for the chat pipeline to serve."""
+    headers = [(name, value) for name, value in scope["headers"] if name not in _UPGRADE_HEADERS]
+    headers += [(b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode())]  # fmt: skip
+    made = {**scope, "type": "http", "method": "POST", "headers": headers, "http_version": "1.1"}
+    return Request(made, receive)

@@ -214,6 +214,8 @@ def _parse_input(
             part = _reasoning(item, where, sealer)
             if part is not None:
                 assistant().append(part)
+        elif kind in ("compaction", "compaction_summary"):  # from /v1/responses/compact
+            messages.append(Message("user", [TextPart(_compacted(item, where, sealer))]))
         elif kind == "item_reference":
             raise invalid(f"{where}: item_reference needs stored responses", f"{where}.type")
         else:
@@ -294,6 +296,25 @@ def _tool_output(output: Any, where: str) -> list[TextPart | ImagePart]:
                 raise invalid(f"{at}: expected an input_text or input_image part", at)
         return parts
     raise invalid(f"{where}: expected a string or an array of parts", where)
+
+
+# How a compacted conversation's summary is put before the model (Codex's own words).
+SUMMARY_INTRO = "Another language model started this task and wrote this summary of it:\n\n"
+
+
+def _compacted(item: dict[str, Any], where: str, sealer: Callable[[], Sealer] | None) -> str:
+    """The summary a compaction item carries, sealed by lmgate's /v1/responses/compact."""
+    at = f"{where}.encrypted_content"
+    sealed = item.get("encrypted_content")
+    if not isinstance(sealed, str) or sealer is None:
+        raise invalid(f"{at}: a compaction item needs the encrypted_content lmgate made", at)
+    try:
+        kept = sealer().open(sealed)
+    except SealError as error:
+        raise invalid(f"{at}: cannot be opened: {error}", at) from None
+    if not isinstance(kept, dict) or not isinstance(kept.get("summary"), str):
+        raise invalid(f"{at}: not a compaction lmgate made", at)
+    return SUMMARY_INTRO + kept["summary"]
 
 
 def _reasoning(

@@ -32,14 +32,12 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from lmgate.errors import GatewayError
 from lmgate.frontends import openai_chat
-from lmgate.frontends.base import Services, error_reply, request_id
+from lmgate.frontends.base import Services, error_reply, json_request, request_id
 from lmgate.frontends.openai_responses import ResponsesFrontend
 from lmgate.ids import unique_hex
 
 _KEPT = 4  # responses per connection a create may continue from
 _IDLE = 3600.0  # seconds a connection may stay without a message
-_UPGRADE = frozenset({b"upgrade", b"connection", b"sec-websocket-key", b"sec-websocket-version",
-                      b"sec-websocket-extensions", b"sec-websocket-protocol"})  # fmt: skip
 
 
 async def serve(services: Services, websocket: WebSocket) -> None:
@@ -206,12 +204,7 @@ class _Connection:
     def _request(self, body: bytes) -> Request:
         """The create as the HTTP path takes it: the upgrade request's headers (its key,
         its session), with the message as a JSON body."""
-        scope = dict(self.websocket.scope)
-        headers = [(name, value) for name, value in scope["headers"] if name not in _UPGRADE]
-        headers += [(b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode())]  # fmt: skip
-        scope.update(type="http", method="POST", headers=headers, http_version="1.1")
-        return Request(scope, self._receive(body))
+        return json_request(self.websocket.scope, body, self._receive(body))
 
     def _receive(self, body: bytes | None) -> Any:
         """The body once, then (a disconnect) when the socket closes."""
