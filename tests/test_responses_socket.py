@@ -192,3 +192,21 @@ def test_compaction_summarises_and_a_later_request_continues_from_it(
         "POST", "/v1/responses", {**follow, "input": [altered, *follow["input"][-1:]]}
     )
     assert refused.status == 400 and "cannot be opened" in refused.json()["error"]["message"]
+
+
+def test_a_compaction_trigger_on_the_socket(gw: RunningGateway, upstream: FakeUpstream) -> None:
+    """What Codex sends to compact a session over the socket: a create whose input ends
+    with the trigger; its one output item is the compaction, continued from after."""
+    from tests.support.fakes.upstream import completion
+
+    upstream.push(Script(json=completion("NOTES: half done.")), Script(chunks=text_stream(["ok"])))
+    with socket(gw) as connection:
+        history: Any = [{"role": "user", "content": "do the thing"}, {"type": "compaction_trigger"}]
+        events = create(connection, input=history)
+        assert [e["type"] for e in events][-1] == "response.completed"
+        [item] = events[-1]["response"]["output"]
+        assert item["type"] == "compaction" and "half done" not in item["encrypted_content"]
+        answer = create(connection, input=[item, {"role": "user", "content": "go on"}])
+        assert text_of(answer) == "ok"
+    said = str(upstream.requests[-1].body["messages"])
+    assert "NOTES: half done." in said and "go on" in said

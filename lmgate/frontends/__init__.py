@@ -6,7 +6,7 @@ from lmgate.frontends import (
     gemini,
     openai_chat,
     openai_responses,
-    responses_compact,
+    responses_create,
     responses_socket,
 )
 
@@ -14,7 +14,7 @@ FRONTENDS = (
     openai_chat,
     anthropic_messages,
     openai_responses,
-    responses_compact,
+    responses_create,
     responses_socket,
     gemini,
 )

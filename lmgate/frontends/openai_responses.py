@@ -509,12 +509,6 @@ class ResponsesFrontend:
 # ---- routes --------------------------------------------------------------------
 
 
-async def _create(services: Services, request: Request) -> Answer:
-    refuse = services.config.responses.unsupported_tools == "refuse"
-    frontend = ResponsesFrontend(services.conversations, refuse, services.sealer)
-    return await services.chat(request, frontend)
-
-
 async def _stored(services: Services, request: Request) -> Answer:
     """GET / DELETE /v1/responses/{id}, GET …/{id}/input_items: the key's own only."""
     response_id = request.path_params["response_id"]
@@ -543,7 +537,6 @@ async def _stored(services: Services, request: Request) -> Answer:
 
 
 ROUTES = (
-    Route("POST", "/v1/responses", _create),
     Route("GET", "/v1/responses/{response_id}", _stored),
     Route("DELETE", "/v1/responses/{response_id}", _stored),
     Route("GET", "/v1/responses/{response_id}/input_items", _stored),

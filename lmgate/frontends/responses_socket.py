@@ -34,6 +34,7 @@ from lmgate.errors import GatewayError
 from lmgate.frontends import openai_chat
 from lmgate.frontends.base import Services, error_reply, json_request, request_id
 from lmgate.frontends.openai_responses import ResponsesFrontend
+from lmgate.frontends.responses_create import compaction_events, triggered
 from lmgate.ids import unique_hex
 
 _KEPT = 4  # responses per connection a create may continue from
@@ -134,7 +135,21 @@ class _Connection:
             await self._warm_up(data)
             return
         data["stream"] = True
+        if triggered(data):
+            await self._compact(data)
+            return
         await self._respond(data)
+
+    async def _compact(self, data: dict[str, Any]) -> None:
+        """A compaction asked for on the socket (the input ends with its trigger)."""
+        events = await compaction_events(self.services, self._request(orjson.dumps(data)), data)
+        if not isinstance(events, list):
+            await self._refused(cast(Response, events))
+            return
+        for event in events:
+            await self.websocket.send_text(orjson.dumps(event).decode())
+        done = events[-1]["response"]
+        self._keep(done["id"], [], done["output"])  # the compaction is the whole context now
 
     def _continue(self, data: dict[str, Any]) -> None:
         """A create that continues one of this connection's responses gets that

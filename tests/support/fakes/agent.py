@@ -64,7 +64,8 @@ class Agent:
                     },
                 )
         tool = _write_tool(body.get("tools") or [], anthropic)
-        if tool is None or _has_tool_result(body.get("messages") or [], anthropic):
+        done = _has_tool_result(body.get("messages") or [], anthropic)
+        if tool is None or done or _compacted(body):
             if tool is not None:
                 self.finals += 1
             reply: tuple[str | None, dict[str, Any] | None] = (FINAL if tool else "OK", None)
@@ -310,3 +311,8 @@ def _pieces(text: str) -> list[str]:
     """A text in a few stream deltas."""
     size = max(1, len(text) // 3)
     return [text[i : i + size] for i in range(0, len(text), size)]
+
+
+def _compacted(body: dict[str, Any]) -> bool:
+    """The conversation was compacted after the tool ran: its summary stands for it."""
+    return b"Another language model started this task" in orjson.dumps(body.get("messages"))
