@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
+from starlette.datastructures import Headers
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
@@ -245,16 +246,25 @@ async def _on_disconnect(request: Request, task: asyncio.Task[Any]) -> None:
     task.cancel(_LEFT)
 
 
-# Headers agent clients send with every request of one session: Claude Code's, then
-# Codex's (and other clients' common names).
-_SESSION_HEADERS = ("x-claude-code-session-id", "session_id", "x-session-id", "conversation_id")
+# Headers agent clients send with every request of one session, by precedence: Claude
+# Code's, then Codex's (and other clients' common names).
+_SESSION_HEADERS = {
+    b"x-claude-code-session-id": 0,
+    b"session_id": 1,
+    b"x-session-id": 2,
+    b"conversation_id": 3,
+}
 
 
-def session_of(headers: Mapping[str, str], chat: ChatRequest) -> str | None:
+def session_of(headers: Headers, chat: ChatRequest) -> str | None:
     """The agent session a request belongs to: a session header, else the client's
     prompt_cache_key, else its user (Anthropic's metadata.user_id, OpenAI's user)."""
-    for name in _SESSION_HEADERS:
-        if value := headers.get(name):
-            return value[:256]
+    found: tuple[int, bytes] | None = None
+    for name, value in headers.raw:  # one pass over the headers, not one per name
+        rank = _SESSION_HEADERS.get(name)
+        if rank is not None and value and (found is None or rank < found[0]):
+            found = (rank, value)
+    if found is not None:
+        return found[1][:256].decode("latin-1")
     given = chat.prompt_cache_key or chat.user
     return given[:256] if given else None
