@@ -51,6 +51,8 @@ def test_twenty_turns_of_a_session_stay_on_one_deployment(
     for _ in range(20):
         chat(gw, "codex-session-1")
     assert len(set(served(upstream))) == 1, collections.Counter(served(upstream))
+    metrics = gw.request("GET", "/metrics").body.decode()
+    assert 'lmgate_session_affinity_lookups_total{outcome="hit"} 19.0' in metrics
     upstream.requests.clear()
     for _ in range(20):  # no session: balanced over both
         chat(gw, None)

@@ -49,6 +49,7 @@ def test_dropped_reasoning_is_restored_for_the_same_key_only(
     second = gw.client().chat.completions.create(model="thinker", messages=follow_up, tools=[tool])
     assert second.choices[0].message.content == FINAL
     assert agent.refused == []  # the upstream got the reasoning back
+    assert "lmgate_reasoning_restored_total 1.0" in gw.request("GET", "/metrics").body.decode()
     with pytest.raises(openai.BadRequestError):  # another key's turn: nothing of the first's
         gw.client(other_key).chat.completions.create(
             model="thinker", messages=follow_up, tools=[tool]

@@ -48,10 +48,6 @@ class Dependency:
         """Up, or down long enough that the next call should find out again."""
         return self.up or self._clock.monotonic() >= self._retry_at
 
-    @property
-    def state(self) -> str:
-        return "up" if self.up else "down"
-
 
 def describe(error: BaseException) -> str:
     """An error in one line: its type when its text says nothing (timeouts)."""

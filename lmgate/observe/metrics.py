@@ -289,6 +289,16 @@ class Metrics:
             ["model"],
             "liveall",
         )
+        self._affinity = counter(
+            "lmgate_session_affinity_lookups",
+            "Sessions looked up for the deployment of their last turn (hit: it was known).",
+            ["outcome"],
+        )
+        self._restored = counter(
+            "lmgate_reasoning_restored",
+            "Turns whose reasoning a client dropped, given back from what lmgate kept.",
+            [],
+        )
         self._sockets = counter(
             "lmgate_responses_websockets",
             "Connections to the Responses API over WebSocket (each serves many responses).",
@@ -338,6 +348,10 @@ class Metrics:
         for limit, count in list(limiter.refused.items()):
             self._add(self._refusals, (limit,), count)
         self._add(self._guarded, (), fetcher.refused)
+        if router.affinity is not None:
+            self._add(self._affinity, ("hit",), router.affinity.hits)
+            self._add(self._affinity, ("miss",), router.affinity.misses)
+        self._add(self._restored, (), router.reasoning.restored)
         if self.sockets is not None:
             self._add(self._sockets, (), self.sockets())
         for dependency in self._dependencies:
