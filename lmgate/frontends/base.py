@@ -107,7 +107,7 @@ class Services(Protocol):
         """The request's JSON body, bounded by ``server.max_body_mb``."""
         ...
 
-    async def chat(self, request: Request, frontend: Frontend) -> Answer:
+    async def chat(self, request: Request, frontend: Frontend, body: bytes | None = None) -> Answer:
         """The whole chat pipeline: auth, limits, routing, usage, the reply."""
         ...
 

@@ -48,8 +48,6 @@ async def _create(services: Services, request: Request) -> Answer:
         body = await services.read_body(request)
     except GatewayError as error:
         return error_reply(frontend, error, request_id(request))
-    # Starlette's own cache of a read body: the pipeline reads it again from there.
-    request._body = body
     if b'"compaction_trigger"' in body:  # cheap: only a likely one is parsed here
         try:
             data = parse_json_object(body)
@@ -60,7 +58,7 @@ async def _create(services: Services, request: Request) -> Answer:
             if not isinstance(events, list):
                 return events  # its error
             return _events_answer(events, data, request_id(request))
-    return await services.chat(request, frontend)
+    return await services.chat(request, frontend, body)
 
 
 def triggered(data: dict[str, Any]) -> bool:

@@ -109,8 +109,9 @@ class Pipeline:
         limits = self.config.media
         return check.check(chat, limits.max_images, int(limits.max_image_mb * 2**20))
 
-    async def chat(self, request: Request, frontend: Frontend) -> Answer:
-        """One handler for every client protocol; ``frontend`` does the wire format."""
+    async def chat(self, request: Request, frontend: Frontend, body: bytes | None = None) -> Answer:
+        """One handler for every client protocol; ``frontend`` does the wire format.
+        ``body``: the request's, when the route read it already."""
         rid = request_id(request)
         meter = self.accounts.meter(rid, frontend.PROTOCOL)
         if self.tracing is not None and meter is not None:
@@ -118,10 +119,10 @@ class Pipeline:
         logged = self.request_log
         arrived = meter.at if meter is not None else time.time()  # its record's, and log's
         caller = ANONYMOUS
-        body = b""  # as read; logged with the reply when request_log is on
+        given, body = body, b""  # as read; logged with the reply when request_log is on
         try:
             caller = await self.authenticate(request)
-            body = await self.read_body(request)
+            body = given if given is not None else await self.read_body(request)
             parse_async = getattr(frontend, "parse_async", None)  # one with stored state
             if parse_async is not None:
                 chat = await parse_async(body, request.headers, caller.key_id)
