@@ -129,8 +129,11 @@ class OpenAICompatProvider(HttpProvider):
     def sends_reasoning(self, target: Target) -> bool:
         if self.config.send_reasoning != "auto":
             return self.config.send_reasoning == "always"
-        host = urlsplit(self.config.base_url).hostname or ""
-        return "deepseek" in host or "deepseek" in target.model.lower()
+        return self._deepseek_host or "deepseek" in target.model.lower()
+
+    @functools.cached_property
+    def _deepseek_host(self) -> bool:
+        return "deepseek" in (urlsplit(self.config.base_url).hostname or "")
 
     def messages_out(self, request: ChatRequest, target: Target) -> list[dict[str, Any]]:
         messages: list[dict[str, Any]] = []
