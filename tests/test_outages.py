@@ -118,15 +118,22 @@ def test_a_frozen_redis_does_not_hold_requests(
 # ---- PostgreSQL -----------------------------------------------------------------------
 
 
+@pytest.fixture
+def database(own_postgres: PostgresCluster, caplog: pytest.LogCaptureFixture) -> str:
+    """A database on a cluster of the test's own (to stop and start); the log caught."""
+    caplog.set_level(logging.INFO, logger="lmgate")
+    own_postgres.start()
+    return own_postgres.database()
+
+
 def test_postgres_down_known_keys_work_new_keys_get_503_and_no_record_is_lost(
     start_gateway: Any,
     upstream: FakeUpstream,
     own_postgres: PostgresCluster,
+    database: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="lmgate")
-    own_postgres.start()
-    url = own_postgres.database()
+    url = database
     store = {"url": url, "flush_interval": 0.05, "key_cache_seconds": 0}
     config = accounts_config(upstream, url, store=store)
     gw = start_gateway(config)
@@ -163,11 +170,10 @@ def test_the_gateway_starts_before_its_database_and_becomes_ready_when_it_comes(
     start_gateway: Any,
     upstream: FakeUpstream,
     own_postgres: PostgresCluster,
+    database: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="lmgate")
-    own_postgres.start()
-    url = own_postgres.database()
+    url = database
     own_postgres.stop()
     gw = start_gateway(accounts_config(upstream, url))
     status, body = ready(gw)

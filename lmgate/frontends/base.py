@@ -251,11 +251,19 @@ _UPGRADE_HEADERS = frozenset({
 })  # fmt: skip
 
 
-def json_request(scope: Any, body: bytes, receive: Any) -> Request:
+def json_request(scope: Any, body: bytes, then: Callable[[], Awaitable[Any]]) -> Request:
     """A POST of ``body`` (JSON) with the headers of ``scope`` (a request's or a
-    WebSocket's: its key, its session), for the chat pipeline to serve."""
+    WebSocket's: its key, its session), for the chat pipeline to serve. Its receive
+    gives the body once, then what ``then`` says (the client's disconnect)."""
     headers = [(name, value) for name, value in scope["headers"] if name not in _UPGRADE_HEADERS]
     headers += [(b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode())]  # fmt: skip
     made = {**scope, "type": "http", "method": "POST", "headers": headers, "http_version": "1.1"}
+    pending = [body]
+
+    async def receive() -> Any:
+        if pending:
+            return {"type": "http.request", "body": pending.pop(), "more_body": False}
+        return await then()
+
     return Request(made, receive)

@@ -24,6 +24,7 @@ from starlette.responses import Response
 from lmgate.errors import GatewayError, invalid
 from lmgate.frontends.base import Answer, Route, Services, error_reply, json_request, request_id
 from lmgate.frontends.openai_responses import ResponsesFrontend, input_items
+from lmgate.frontends.responses_output import sse_frame
 from lmgate.frontends.validate import parse_json_object
 from lmgate.ids import unique_hex
 
@@ -104,10 +105,7 @@ async def compaction_events(
 def _events_answer(events: list[dict[str, Any]], data: dict[str, Any], rid: str) -> Answer:
     headers = {"x-request-id": rid}
     if data.get("stream"):
-        body = b"".join(
-            b"event: " + event["type"].encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n"
-            for event in events
-        )
+        body = b"".join(sse_frame(event) for event in events)
         return Response(body, media_type="text/event-stream", headers=headers)
     return Response(orjson.dumps(events[-1]["response"]), media_type="application/json",
                     headers=headers)  # fmt: skip
@@ -162,7 +160,7 @@ async def _summarise(
     if "tools" in ask:  # the turns may call them (some upstreams want them defined)
         ask["tool_choice"] = "none"
     body = orjson.dumps(ask)
-    made = json_request(request.scope, body, _once(body, request.receive))
+    made = json_request(request.scope, body, request.receive)
     answer = await services.chat(made, frontend)
     if not isinstance(answer, Response) or answer.status_code != 200:
         return answer  # its error, in the Responses shape
@@ -195,20 +193,6 @@ def _latest_user_messages(items: list[Any]) -> list[Any]:
             break
         kept.append(item)
     return kept[::-1]
-
-
-def _once(body: bytes, then: Any) -> Any:
-    """``body``, then what the client's own connection says (its disconnect)."""
-    sent = False
-
-    async def receive() -> dict[str, Any]:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await then()
-
-    return receive
 
 
 ROUTES = (

@@ -208,7 +208,7 @@ class StreamEncoder:
         fields["type"] = kind
         fields["sequence_number"] = self.sequence
         self.sequence += 1
-        return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(fields) + b"\n\n"
+        return sse_frame(fields)
 
     def _begin(self) -> list[bytes]:
         self.body["status"] = "in_progress"
@@ -414,3 +414,8 @@ class StreamEncoder:
 
 
 stream_encoder = StreamEncoder
+
+
+def sse_frame(event: dict[str, Any]) -> bytes:
+    """A Responses stream event as an SSE frame (named by its type)."""
+    return b"event: " + event["type"].encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n"

@@ -192,7 +192,7 @@ class _Connection:
                     if b'"type":"response.completed"' in payload:
                         completed.update(orjson.loads(payload).get("response") or {})
 
-        await answer({"type": "http"}, self._receive(None), send)
+        await answer({"type": "http"}, self._closed, send)
         if completed.get("id"):
             self._keep(completed["id"], given, completed.get("output") or [])
 
@@ -219,19 +219,12 @@ class _Connection:
     def _request(self, body: bytes) -> Request:
         """The create as the HTTP path takes it: the upgrade request's headers (its key,
         its session), with the message as a JSON body."""
-        return json_request(self.websocket.scope, body, self._receive(body))
+        return json_request(self.websocket.scope, body, self._closed)
 
-    def _receive(self, body: bytes | None) -> Any:
-        """The body once, then (a disconnect) when the socket closes."""
-        pending = [body] if body is not None else []
-
-        async def receive() -> dict[str, Any]:
-            if pending:
-                return {"type": "http.request", "body": pending.pop(), "more_body": False}
-            await self.closed.wait()
-            return {"type": "http.disconnect"}
-
-        return receive
+    async def _closed(self) -> dict[str, Any]:
+        """What a response's watcher waits for: the socket closing (a disconnect)."""
+        await self.closed.wait()
+        return {"type": "http.disconnect"}
 
     def _keep(self, response_id: str, given: list[Any], output: list[Any]) -> None:
         self.kept[response_id] = [*given, *output]
