@@ -4,8 +4,11 @@ OpenAI-compatible model or as Anthropic; Codex writes the file with its shell to
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
+from lmgate.frontends.openai_responses import SUMMARY_INTRO
+from lmgate.frontends.responses_create import PROMPT
 from tests.support.fakes.agent import FINAL, THOUGHT
 from tests.support.gateway import API_KEY
 from tests.support.programs import Task, npm_bin
@@ -86,3 +89,30 @@ def test_codex_over_the_responses_websocket(task: Task) -> None:
     assert again.returncode == 0, again.stdout + again.stderr
     assert FINAL in again.stdout
     assert "failed to connect" not in (again.stdout + again.stderr).lower()
+
+
+def test_codex_compacts_its_session_through_lmgate(task: Task) -> None:
+    """A tiny auto-compaction limit makes Codex compact in the middle of the task: lmgate
+    has the model write the summary, seals it, and the turns after it (the rest of this
+    task, then a resumed one) go on from the summary alone."""
+    codex_home = task.home / "codex"
+    codex_home.mkdir()
+    settings = BUILT_IN.format(model="deepseek-chat", url=task.gateway.url)
+    (codex_home / "config.toml").write_text("model_auto_compact_token_limit = 60\n" + settings)
+    env = task.env(CODEX_HOME=str(codex_home), OPENAI_API_KEY=API_KEY, CODEX_API_KEY=API_KEY)
+    prompt = f"Write the file {task.target} with the text: hello from lmgate"
+    argv = [npm_bin("codex"), "exec", "--skip-git-repo-check", "-s", "workspace-write", prompt]
+    done = task.run(argv, env)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    assert "context compacted" in output and FINAL in done.stdout
+    assert task.target.read_text() == task.agent.content
+    texts = [orjson.dumps(body.get("messages")).decode() for body in task.bodies()]
+    summarised = next(i for i, text in enumerate(texts) if PROMPT in text)
+    after = texts[summarised + 1]  # the task goes on from the summary, not the history
+    assert SUMMARY_INTRO.strip() in after and "call_fake_1" not in after
+    resume = [npm_bin("codex"), "exec", "--skip-git-repo-check", "resume", "--last", "Thanks."]
+    again = task.run(resume, env, timeout=60)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert FINAL in again.stdout
+    assert SUMMARY_INTRO.strip() in orjson.dumps(task.bodies()[-1]["messages"]).decode()

@@ -28,8 +28,8 @@ import orjson
 from tests.support.fakes import gemini
 from tests.support.fakes.upstream import Recorded, Script, anthropic_events, chunk
 
-_PATH_KEYS = ("file_path", "filePath", "path", "filename", "file")
-_CONTENT_KEYS = ("content", "contents", "text", "data")
+_PATH_KEYS = ("file_path", "filePath", "filepath", "path", "filename", "file")
+_CONTENT_KEYS = ("content", "contents", "text", "data", "new_text")  # new_text: Cline
 THOUGHT = "The user wants a file; I will write it with the tool."
 SIGNATURE = "sig-fake-upstream-0001"
 FINAL = "Done: the file is written."
