@@ -1,7 +1,7 @@
 """Two versions of lmgate side by side, in one run: the working tree against a git
 revision (a change that should cost nothing is checked here).
 
-    python bench/ab.py [--base REV] [--rounds 3] [--seconds 4]
+    python bench/ab.py [--base REV] [--rounds 3] [--seconds 4] [--loads "chat,responses"]
 
 Both gateways run bench/bench.yaml in front of one bench/upstream.py, each pinned
 to CPU 0 in turn (one at a time: they never share the core), the load generator to
@@ -63,7 +63,9 @@ def main() -> int:
     parser.add_argument("--base", default="HEAD")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=4)
+    parser.add_argument("--loads", default=",".join(LOADS), help="which loads, comma-separated")
     args = parser.parse_args()
+    loads = {name: LOADS[name] for name in args.loads.split(",")}
     if not shutil.which("wrk"):
         print("bench needs wrk: apt-get install wrk", file=sys.stderr)
         return 2
@@ -87,7 +89,7 @@ def main() -> int:
                 try:
                     url = f"http://127.0.0.1:{port}"
                     wrk(url + "/v1/chat/completions", BODY, 16, 1)  # warm-up
-                    for load, (path, body) in LOADS.items():
+                    for load, (path, body) in loads.items():
                         rps = wrk(url + path, body, 16, args.seconds)["rps"]
                         best[name][load] = max(best[name].get(load, 0.0), rps)
                 finally:
@@ -100,7 +102,7 @@ def main() -> int:
                        check=False)  # fmt: skip
     print(f"\nrequests/s at c=16, best of {args.rounds} rounds (base: {args.base})")
     print(f"{'load':<18}{'base':>10}{'new':>10}{'new/base':>10}")
-    for load in LOADS:
+    for load in loads:
         old, new = best["base"][load], best["new"][load]
         print(f"{load:<18}{old:>10.0f}{new:>10.0f}{new / old:>10.3f}")
     return 0

@@ -6,18 +6,23 @@ Every problem is reported with the dotted path of the bad key, so a typo in a
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
-import types
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from lmgate import __version__
+from lmgate.config_problems import (
+    join,
+    key_lines,
+    located,
+    reference_problems,
+    validation_problems,
+)
 
 
 class ConfigError(Exception):
@@ -369,64 +374,10 @@ def interpolate(node: Any, path: str = "", problems: list[str] | None = None) ->
 
         return _ENV.sub(lookup, node)
     if isinstance(node, dict):
-        return {key: interpolate(value, _join(path, key), problems) for key, value in node.items()}
+        return {key: interpolate(value, join(path, key), problems) for key, value in node.items()}
     if isinstance(node, list):
-        return [
-            interpolate(value, _join(path, index), problems) for index, value in enumerate(node)
-        ]
+        return [interpolate(value, join(path, index), problems) for index, value in enumerate(node)]
     return node
-
-
-def _join(path: str, key: object) -> str:
-    return f"{path}.{key}" if path else str(key)
-
-
-def validation_problems(
-    error: ValidationError, prefix: str = "", model: type[BaseModel] | None = None
-) -> list[str]:
-    """Each error as ``dotted.path: message``; an unknown key with the nearest valid
-    name of its section (``model``: the class validated, for those names)."""
-    lines = []
-    for item in error.errors():
-        where = ".".join(str(part) for part in item["loc"])
-        where = _join(prefix, where) if where else prefix or "<root>"
-        message = item["msg"]
-        if item["type"] == "extra_forbidden" and model is not None:
-            section = _model_at(model, item["loc"][:-1])
-            if section is not None:
-                message = "unknown key" + did_you_mean(str(item["loc"][-1]), section.model_fields)
-        lines.append(f"{where}: {message}")
-    return lines
-
-
-def did_you_mean(name: str, known: Iterable[str]) -> str:
-    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    """The section class at ``loc`` (field names, list indexes, dict keys) of ``model``."""
-    current: Any = model
-    parts = list(loc)
-    while parts:
-        if not (isinstance(current, type) and issubclass(current, BaseModel)):
-            return None
-        field = current.model_fields.get(str(parts.pop(0)))
-        if field is None:
-            return None
-        current = field.annotation
-        while True:
-            origin = get_origin(current)
-            if origin in (Union, types.UnionType):
-                inner = [arg for arg in get_args(current) if arg is not type(None)]
-                current = inner[0] if len(inner) == 1 else None
-            elif origin in (list, dict):
-                current = get_args(current)[-1]
-                if parts:
-                    parts.pop(0)  # the index or key
-            else:
-                break
-    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
 
 
 # A further check of the interpolated data: its problems, as ``dotted.path: message``.
@@ -447,81 +398,13 @@ def parse_config(raw: Any, path: Path | None = None, checks: Iterable[Check] = (
         config = Config.model_validate(data)
     except ValidationError as error:
         problems += validation_problems(error, model=Config)
-    problems += _reference_problems(data)
+    problems += reference_problems(data)
     for check in checks:
         problems += check(data)
     if problems or config is None:
         raise ConfigError("\n".join(problems))
     config.path = path
     return config
-
-
-def _reference_problems(data: dict[str, Any]) -> list[str]:
-    """Names that must exist elsewhere in the file: checked on the raw data, so that
-    they are reported along with the schema's problems."""
-    providers = data.get("providers") if isinstance(data.get("providers"), dict) else {}
-    assert isinstance(providers, dict)
-    problems = []
-    for name, provider in providers.items():
-        if not isinstance(provider, dict) or "type" not in provider:
-            problems.append(f"providers.{name}.type: a provider needs a type")
-    models = data.get("models") if isinstance(data.get("models"), list) else []
-    assert isinstance(models, list)
-    seen: dict[str, int] = {}
-    supports: dict[str, Any] = {}
-    for index, model in enumerate(models):
-        if not isinstance(model, dict):
-            continue
-        where = f"models.{index}"
-        model_id = model.get("id")
-        if isinstance(model_id, str):
-            if model_id in seen:
-                problems.append(
-                    f"{where}.id: {model_id!r} is already the id of models.{seen[model_id]}"
-                )
-            seen.setdefault(model_id, index)
-            supports.setdefault(model_id, model.get("support", "text"))
-        deployments = model.get("deployments") if isinstance(model.get("deployments"), list) else []
-        assert isinstance(deployments, list)
-        named = [(f"{where}.provider", model["provider"])] if model.get("provider") else []
-        named += [
-            (f"{where}.deployments.{number}.provider", item["provider"])
-            for number, item in enumerate(deployments)
-            if isinstance(item, dict) and "provider" in item
-        ]
-        if not model.get("provider") and not deployments:
-            problems.append(f"{where}.deployments: a model needs at least one deployment")
-        for at, provider_name in named:
-            if provider_name not in providers:
-                problems.append(
-                    f"{at}: unknown provider {provider_name!r}"
-                    + did_you_mean(str(provider_name), providers)
-                )
-    for index, model in enumerate(models):
-        fallback = model.get("vision_fallback") if isinstance(model, dict) else None
-        if fallback is not None and supports.get(fallback) != "image":
-            problems.append(
-                f"models.{index}.vision_fallback: {fallback!r} is not a model with support 'image'"
-            )
-    routing = data.get("routing") if isinstance(data.get("routing"), dict) else {}
-    assert isinstance(routing, dict)
-    auto = routing.get("auto") if isinstance(routing.get("auto"), list) else []
-    for index, model_id in enumerate(auto or []):
-        if model_id not in seen:
-            problems.append(
-                f"routing.auto.{index}: unknown model {model_id!r}"
-                + did_you_mean(str(model_id), seen)
-            )
-    fallbacks = routing.get("fallbacks") if isinstance(routing.get("fallbacks"), dict) else {}
-    for model_id, chain in (fallbacks or {}).items():
-        if model_id not in seen:
-            problems.append(f"routing.fallbacks.{model_id}: unknown model {model_id!r}")
-        for index, fallback in enumerate(chain if isinstance(chain, list) else []):
-            if fallback not in seen or fallback == model_id:
-                problems.append(
-                    f"routing.fallbacks.{model_id}.{index}: {fallback!r} is not another model"
-                )
-    return problems
 
 
 def load_config(
@@ -547,20 +430,6 @@ def load_config(
         raise ConfigError(located(str(error), Path(path), lines)) from None
 
 
-def located(problems: str, file: Path, lines: dict[str, int]) -> str:
-    """Each ``dotted.path: message`` line prefixed with ``file:line:`` (the line of the
-    path's key, or of the nearest section above it that the file has)."""
-    out = []
-    for problem in problems.splitlines():
-        where = problem.partition(":")[0]
-        parts = where.split(".")
-        while parts and ".".join(parts) not in lines:
-            parts.pop()
-        line = lines.get(".".join(parts)) if parts else None
-        out.append(f"{file}:{line}: {problem}" if line else f"{file}: {problem}")
-    return "\n".join(out)
-
-
 PRESETS = Path(__file__).parent / "data" / "presets"
 
 
@@ -576,21 +445,8 @@ def _read_yaml(file: Path) -> tuple[Any, dict[str, int]]:
     except yaml.YAMLError as error:
         raise ConfigError(f"{file}: not valid YAML: {error}") from None
     lines: dict[str, int] = {}
-    _key_lines(node, "", lines)
+    key_lines(node, "", lines)
     return raw, lines
-
-
-def _key_lines(node: Any, path: str, lines: dict[str, int]) -> None:
-    if isinstance(node, yaml.MappingNode):
-        for key, value in node.value:
-            where = _join(path, key.value)
-            lines[where] = key.start_mark.line + 1
-            _key_lines(value, where, lines)
-    elif isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            where = _join(path, index)
-            lines[where] = item.start_mark.line + 1
-            _key_lines(item, where, lines)
 
 
 def default_config_dict() -> dict[str, Any]:
