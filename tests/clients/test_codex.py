@@ -4,6 +4,8 @@ OpenAI-compatible model or as Anthropic; Codex writes the file with its shell to
 
 from __future__ import annotations
 
+import subprocess
+
 import orjson
 import pytest
 
@@ -72,7 +74,10 @@ def test_codex_over_the_responses_websocket(task: Task) -> None:
     config = codex_home / "config.toml"
     settings = BUILT_IN.format(model="deepseek-chat", url=task.gateway.url)
     config.write_text(settings)
-    env = task.env(CODEX_HOME=str(codex_home), OPENAI_API_KEY=API_KEY, CODEX_API_KEY=API_KEY)
+    env = task.env(CODEX_HOME=str(codex_home))
+    login = [npm_bin("codex"), "login", "--with-api-key"]  # the README's way: the key kept
+    logged = subprocess.run(login, env=env, input=API_KEY, capture_output=True, text=True)
+    assert logged.returncode == 0, logged.stderr
     prompt = f"Write the file {task.target} with the text: hello from lmgate"
     argv = [npm_bin("codex"), "exec", "--skip-git-repo-check", "-s", "workspace-write", prompt]
     done = task.run(argv, env)
@@ -99,7 +104,7 @@ def test_codex_compacts_its_session_through_lmgate(task: Task) -> None:
     codex_home.mkdir()
     settings = BUILT_IN.format(model="deepseek-chat", url=task.gateway.url)
     (codex_home / "config.toml").write_text("model_auto_compact_token_limit = 60\n" + settings)
-    env = task.env(CODEX_HOME=str(codex_home), OPENAI_API_KEY=API_KEY, CODEX_API_KEY=API_KEY)
+    env = task.env(CODEX_HOME=str(codex_home), CODEX_API_KEY=API_KEY)
     prompt = f"Write the file {task.target} with the text: hello from lmgate"
     argv = [npm_bin("codex"), "exec", "--skip-git-repo-check", "-s", "workspace-write", prompt]
     done = task.run(argv, env)
