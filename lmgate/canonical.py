@@ -68,8 +68,12 @@ class ToolResultPart:
 # Who issued a reasoning signature: only an upstream of the same dialect takes it back
 # (Anthropic's signed thinking, Gemini's thoughtSignature, an OpenAI Responses upstream's
 # encrypted_content).
-Dialect = Literal["anthropic", "gemini", "openai-responses"]
-_MARKED: dict[str, Dialect] = {"gemini": "gemini", "openai-responses": "openai-responses"}
+Dialect = Literal["anthropic", "gemini", "openai-responses", "bedrock"]
+_MARKED: dict[str, Dialect] = {
+    "gemini": "gemini",
+    "openai-responses": "openai-responses",
+    "bedrock": "bedrock",
+}
 
 
 @dataclass(frozen=True, slots=True)

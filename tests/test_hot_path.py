@@ -121,7 +121,7 @@ def test_the_default_config_loads_only_what_it_uses() -> None:
     script = (
         "import sys; from lmgate.web.app import build_app; from lmgate.config import load_config;"
         "build_app(load_config(None));"
-        "print(' '.join(m for m in ('aiohttp', 'redis', 'prometheus_client', 'asyncpg')"
+        "print(' '.join(m for m in ('aiohttp', 'redis', 'prometheus_client', 'asyncpg', 'botocore')"
         " if m in sys.modules))"
     )
     environment = {k: v for k, v in os.environ.items() if k != "DEEPSEEK_API_KEY"}

@@ -64,8 +64,21 @@ def lookup(model: str, overrides: dict[str, Price]) -> Price | None:
     """The price of an upstream model name: the config's, else the table's; a dated
     or ``-latest`` name (``claude-sonnet-4-5-20250929``) as its undated one."""
     prices = table()[1]
-    for name in (model, _DATED.sub("", model), model.rpartition("/")[2]):
+    cloud = _cloud_name(model)
+    for name in (model, _DATED.sub("", model), model.rpartition("/")[2], cloud,
+                 _DATED.sub("", cloud)):  # fmt: skip
         found = overrides.get(name) or prices.get(name)
         if found is not None:
             return found
     return None
+
+
+# Bedrock's ``us.anthropic.claude-sonnet-4-20250514-v1:0`` (a cross-region profile, the
+# vendor, a version) and Vertex's ``claude-sonnet-4@20250514`` name the same models.
+_CLOUD_PARTS = re.compile(
+    r"^(?:(?:us|eu|apac|ap|jp|au|ca|global|us-gov)\.)?(?:anthropic\.)?|-v\d+(?::\d+)?$|@.*$"
+)
+
+
+def _cloud_name(model: str) -> str:
+    return _CLOUD_PARTS.sub("", model)

@@ -21,12 +21,23 @@ PROVIDER_TYPES: dict[str, str] = {
     "degpt": "degpt:DegptProvider",
     "echo": "echo:EchoProvider",
     "gemini": "gemini:GeminiProvider",
+    "bedrock": "bedrock:BedrockProvider",
 }
+# What each provider type needs installed beyond lmgate's own dependencies.
+_EXTRAS = {"bedrock": "bedrock"}
 
 
 def provider_class(kind: str) -> type[Provider]:
     module, name = PROVIDER_TYPES[kind].split(":")
-    cls: type[Provider] = getattr(importlib.import_module(f"lmgate.providers.{module}"), name)
+    try:
+        imported = importlib.import_module(f"lmgate.providers.{module}")
+    except ModuleNotFoundError as error:
+        if kind not in _EXTRAS or error.name is None or error.name.startswith("lmgate"):
+            raise
+        raise ConfigError(
+            f"provider type {kind} needs {error.name}: pip install 'lmgate[{_EXTRAS[kind]}]'"
+        ) from None
+    cls: type[Provider] = getattr(imported, name)
     return cls
 
 
@@ -61,7 +72,10 @@ def _problems(name: str, raw: dict[str, Any]) -> list[str]:
             f"providers.{name}.type: unknown provider type {kind!r}"
             f"{did_you_mean(str(kind), PROVIDER_TYPES)} (known: {known})"
         ]
-    cls = provider_class(kind)
+    try:
+        cls = provider_class(kind)
+    except ConfigError as error:  # its library is not installed
+        return [f"providers.{name}.type: {error}"]
     try:
         cls.config_class.model_validate(raw)
     except ValidationError as error:

@@ -52,6 +52,8 @@ class HttpProvider(Provider):
     config: HttpProviderConfig
     # Whether requests carry an Authorization header of their own (a sign-in token).
     bearer_per_request: ClassVar[bool] = False
+    # Whether each request is signed over its URL and body (``sign``).
+    signs_requests: ClassVar[bool] = False
 
     def __init__(self, name: str, config: ProviderConfig) -> None:
         super().__init__(name, config)
@@ -121,6 +123,8 @@ class HttpProvider(Provider):
         if (traced := TRACE_HEADERS.get()) is not None:
             headers.update(traced)
         data = encodable(body, "the request")  # a pass-through field too deep: 400
+        if self.signs_requests:
+            headers.update(await self.sign(url, data, headers))
         try:
             async with asyncio.timeout(min(timeouts.first_byte, deadline - time.monotonic())):
                 response = await pool.request("POST", url, headers, data)
@@ -143,6 +147,10 @@ class HttpProvider(Provider):
                 raw = b""
             raise self.status_error(response.status, raw, response.headers.get("retry-after"))
         return response, deadline
+
+    async def sign(self, url: str, data: bytes, headers: dict[str, str]) -> dict[str, str]:
+        """The headers that authenticate one request (for ``signs_requests``)."""
+        return {}
 
     async def read_body(self, response: Response, deadline: float) -> bytes:
         idle = self._read_timeout(deadline)
@@ -172,14 +180,18 @@ class HttpProvider(Provider):
         self,
         response: Response,
         deadline: float,
-        feed: Callable[[bytes], list[Event]],
+        feed: Callable[[Any], list[Event]],
         ended: Callable[[], bool],
+        decoder: Any = None,
     ) -> AsyncIterator[Event]:
         """The canonical events of an SSE reply: ``feed`` turns each SSE event's data
         into them. Every read is bounded by the idle timeout; a ``Heartbeat`` after each
         ``heartbeat`` seconds of silence. Stops when ``ended()`` turns true after an
-        event: the reply is complete."""
-        decoder = SSEDecoder(self._max_reply())
+        event: the reply is complete. Another framing's ``decoder`` (with ``feed`` and
+        ``flush``, as ``SSEDecoder``) hands ``feed`` each of its frames whole."""
+        sse = decoder is None
+        if decoder is None:
+            decoder = SSEDecoder(self._max_reply())
         heartbeat = self.config.heartbeat
         complete = False
         try:
@@ -202,14 +214,14 @@ class HttpProvider(Provider):
                     events = decoder.feed(chunk)
                 except EventTooLarge:
                     raise self.too_large_error("stream event") from None
-                for _, data in events:
-                    for event in feed(data):
+                for frame in events:
+                    for event in feed(frame[1] if sse else frame):
                         yield event
                     if ended():
                         complete = True
                         return
-            for _, data in decoder.flush():
-                for event in feed(data):
+            for frame in decoder.flush():
+                for event in feed(frame[1] if sse else frame):
                     yield event
         finally:
             if complete:

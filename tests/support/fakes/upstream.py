@@ -27,6 +27,8 @@ class Recorded:
     headers: dict[str, str]
     body: Any
     peer: tuple[str, int]  # the client's address: one port for many requests = keep-alive
+    raw: bytes = b""  # the body as it came (what a signature covers)
+    target: str = ""  # the request line's path and query, still percent-encoded
 
 
 @dataclass
@@ -173,7 +175,9 @@ class FakeUpstream:
         except orjson.JSONDecodeError:
             body = raw
         peer = request.transport.get_extra_info("peername") if request.transport else ("", 0)
-        recorded = Recorded(request.method, request.path, dict(request.headers), body, peer)
+        recorded = Recorded(
+            request.method, request.path, dict(request.headers), body, peer, raw, request.raw_path
+        )
         with self._lock:
             self.requests.append(recorded)
             script = self.scripts.popleft() if self.scripts else None
