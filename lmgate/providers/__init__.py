@@ -22,6 +22,8 @@ PROVIDER_TYPES: dict[str, str] = {
     "echo": "echo:EchoProvider",
     "gemini": "gemini:GeminiProvider",
     "bedrock": "bedrock:BedrockProvider",
+    "azure": "azure:AzureProvider",
+    "azure_responses": "azure:AzureResponsesProvider",
 }
 # What each provider type needs installed beyond lmgate's own dependencies.
 _EXTRAS = {"bedrock": "bedrock"}
