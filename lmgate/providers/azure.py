@@ -101,7 +101,7 @@ class AzureAuth(HttpProvider):
             config = self.config
             if config.entra == "client_secret":
                 self._credential = aio.ClientSecretCredential(
-                    config.tenant_id, config.client_id, config.client_secret
+                    str(config.tenant_id), str(config.client_id), str(config.client_secret)
                 )
             elif config.entra == "managed_identity":
                 self._credential = aio.ManagedIdentityCredential(client_id=config.client_id)
