@@ -24,6 +24,7 @@ PROVIDER_TYPES: dict[str, str] = {
     "bedrock": "bedrock:BedrockProvider",
     "azure": "azure:AzureProvider",
     "azure_responses": "azure:AzureResponsesProvider",
+    "vertex": "vertex:VertexProvider",
 }
 # What each provider type needs installed beyond lmgate's own dependencies.
 _EXTRAS = {"bedrock": "bedrock"}

@@ -87,8 +87,11 @@ class AnthropicProvider(HttpProvider):
         """The provider's own beta features, then the client's (dict: ordered, no repeats)."""
         return list(dict.fromkeys((*self.config.beta, *request.betas)))
 
+    def messages_url(self, request: ChatRequest, target: Target) -> str:
+        return self.config.base_url.rstrip("/") + "/v1/messages"
+
     async def stream(self, request: ChatRequest, target: Target) -> AsyncGenerator[Event, None]:
-        url = self.config.base_url.rstrip("/") + "/v1/messages"
+        url = self.messages_url(request, target)
         betas = self.betas(request)
         headers = {"anthropic-beta": ",".join(betas)} if betas else None
         response, deadline = await self.post(url, self.build_body(request, target), headers)
