@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from lmgate.clock import SYSTEM, Clock
 from lmgate.config import ConfigError
-from lmgate.config_problems import did_you_mean, validation_problems
+from lmgate.config.problems import did_you_mean, validation_problems
 from lmgate.providers.base import Provider
 
 # Each imported when a config first uses it: the echo model alone needs no HTTP client.

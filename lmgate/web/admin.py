@@ -18,7 +18,7 @@ from lmgate.accounts.accounts import Accounts, parse_since
 from lmgate.accounts.keys import presented_key
 from lmgate.accounts.store import Store, store_unavailable
 from lmgate.config import ConfigError
-from lmgate.config_problems import did_you_mean
+from lmgate.config.problems import did_you_mean
 from lmgate.errors import GatewayError, invalid
 from lmgate.frontends import openai_chat
 from lmgate.frontends.base import error_reply, request_id

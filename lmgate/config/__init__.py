@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from lmgate import __version__
-from lmgate.config_problems import (
+from lmgate.config.problems import (
     join,
     key_lines,
     located,
@@ -430,7 +430,7 @@ def load_config(
         raise ConfigError(located(str(error), Path(path), lines)) from None
 
 
-PRESETS = Path(__file__).parent / "data" / "presets"
+PRESETS = Path(__file__).parent.parent / "data" / "presets"
 
 
 def _read_yaml(file: Path) -> tuple[Any, dict[str, int]]:
