@@ -4,7 +4,9 @@ Pooled keep-alive connections as asyncio protocols, responses parsed by httptool
 (llhttp, the parser uvicorn serves the gateway's clients with), bodies buffered with
 backpressure. aiohttp did the same with a third of a non-stream request's CPU (py-spy,
 in front of bench/upstream.py); this does what the providers need and no more: no
-redirects, no cookies, no proxies, no content codings (it asks for ``identity``).
+redirects, no cookies, no content codings (it asks for ``identity``). Through an HTTP
+proxy (``HTTPS_PROXY``/``HTTP_PROXY``/``NO_PROXY``, or a provider's ``proxy``), https
+upstreams are reached by a CONNECT tunnel and http ones by absolute-form requests.
 """
 
 from __future__ import annotations
@@ -16,6 +18,10 @@ import time
 from base64 import b64encode
 from typing import Any
 from urllib.parse import unquote, urlsplit
+from urllib.request import (  # type: ignore[attr-defined]  # typeshed lacks the second
+    getproxies_environment,
+    proxy_bypass_environment,
+)
 
 import httptools
 
@@ -26,6 +32,7 @@ _BUFFER_LIMIT = 128 * 1024
 # or hostile one is cut off here rather than holding the event loop or memory.
 _MAX_HEADERS = 256
 _MAX_HEAD_BYTES = 64 * 1024
+DIRECT = "direct"  # a provider's ``proxy`` that ignores the environment's
 
 
 class ClientError(Exception):
@@ -41,25 +48,62 @@ def basic_credentials(url: str) -> str | None:
     return b64encode(pair.encode()).decode()
 
 
-class _Target:
-    """What a URL tells a connection: where to connect, the request line's target, and
-    the Host (with the Basic credentials of a ``user:password@`` URL)."""
+class Proxy:
+    """An HTTP proxy: where it is, what it is shown as (no credentials), and its
+    ``Proxy-Authorization`` (Basic, from a ``user:password@`` URL)."""
 
-    __slots__ = ("host", "host_line", "key", "line", "port", "tls")
+    __slots__ = ("authorization", "host", "port", "shown")
 
     def __init__(self, url: str) -> None:
+        parts = urlsplit(url if "://" in url else f"http://{url}")
+        if parts.scheme != "http" or not parts.hostname:
+            raise ValueError(f"a proxy must be an http:// URL with a host, not {parts.scheme}://")
+        self.host = parts.hostname
+        self.port = parts.port or 80
+        self.shown = f"http://{self.host}:{self.port}"
+        credentials = basic_credentials(url)
+        self.authorization = f"Basic {credentials}" if credentials else None
+
+
+def proxy_for(url: str, configured: str | None) -> Proxy | None:
+    """The proxy a request to ``url`` goes through: the configured one (``direct``:
+    none), else the environment's for its scheme unless ``NO_PROXY`` names its host."""
+    if configured is not None:
+        return None if configured == DIRECT else Proxy(configured)
+    parts = urlsplit(url)
+    proxies = getproxies_environment()
+    chosen = proxies.get(parts.scheme)
+    if not chosen or proxy_bypass_environment(parts.hostname or "", proxies):
+        return None
+    return Proxy(chosen)
+
+
+class _Target:
+    """What a URL tells a connection: where to connect (the upstream, or its proxy),
+    the request line's target, and the Host (with the Basic credentials of a
+    ``user:password@`` URL, and the proxy's)."""
+
+    __slots__ = ("host", "host_line", "key", "line", "port", "proxy", "tls")
+
+    def __init__(self, url: str, proxy: Proxy | None = None) -> None:
         parts = urlsplit(url)
         self.tls = parts.scheme == "https"
         self.host = parts.hostname or ""
         self.port = parts.port or (443 if self.tls else 80)
         self.key = (self.tls, self.host, self.port)
+        self.proxy = proxy
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         default = self.port == (443 if self.tls else 80)
         host = f"[{self.host}]" if ":" in self.host else self.host
+        authority = host if default else f"{host}:{self.port}"
         self.line = f" {path} HTTP/1.1\r\n"
-        self.host_line = f"Host: {host if default else f'{host}:{self.port}'}\r\n"
+        self.host_line = f"Host: {authority}\r\n"
         if (credentials := basic_credentials(url)) is not None:
             self.host_line += f"Authorization: Basic {credentials}\r\n"
+        if proxy is not None and not self.tls:  # absolute-form, to the proxy itself
+            self.line = f" http://{authority}{path} HTTP/1.1\r\n"
+            if proxy.authorization:
+                self.host_line += f"Proxy-Authorization: {proxy.authorization}\r\n"
 
 
 class Response:
@@ -340,13 +384,43 @@ class _Connection(asyncio.Protocol):
         response._end()
 
 
+class _Tunnel(asyncio.Protocol):
+    """A proxy's answer to CONNECT: its status, once its head has come."""
+
+    def __init__(self) -> None:
+        self.answer: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._head = b""
+
+    def data_received(self, data: bytes) -> None:
+        self._head += data
+        if self.answer.done():
+            return
+        if b"\r\n\r\n" in self._head:
+            status = self._head.split(b" ", 2)[1] if self._head.startswith(b"HTTP/") else b""
+            self.answer.set_result(int(status) if status.isdigit() else 0)
+        elif len(self._head) > _MAX_HEAD_BYTES:
+            self.answer.set_exception(ClientError("the proxy sent a head too large"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.answer.done():
+            self.answer.set_exception(ClientError("the proxy closed the connection"))
+
+
 class Pool:
     """Kept-alive connections to upstreams, at most ``limit`` of them in use at once
     (a request past that waits for one); an idle one is reused for ``keepalive``
     seconds at most."""
 
-    def __init__(self, limit: int, connect_timeout: float, keepalive: float = 60.0) -> None:
+    def __init__(
+        self,
+        limit: int,
+        connect_timeout: float,
+        keepalive: float = 60.0,
+        proxy: str | None = None,
+    ) -> None:
+        """``proxy``: an http:// proxy URL, ``direct``, or None for the environment's."""
         self.loop = asyncio.get_running_loop()
+        self.proxy = proxy
         self.limit = limit
         self.connect_timeout = connect_timeout
         self.keepalive = keepalive
@@ -369,7 +443,11 @@ class Pool:
         one: the upstream closed it for idleness as the request went out."""
         target = self._targets.get(url)
         if target is None:
-            target = self._targets[url] = _Target(url)
+            try:
+                proxy = proxy_for(url, self.proxy)
+            except ValueError as error:  # the environment's: config checks the provider's
+                raise ClientError(f"HTTPS_PROXY/HTTP_PROXY: {error}") from None
+            target = self._targets[url] = _Target(url, proxy)
         lines = [method, target.line, target.host_line]
         for name, value in headers.items():
             if "\n" in value or "\r" in value:
@@ -442,19 +520,53 @@ class Pool:
             if self._tls is None:
                 self._tls = ssl.create_default_context()
             tls = self._tls
+        proxy = target.proxy
         try:
             async with asyncio.timeout(self.connect_timeout):
-                _, connection = await self.loop.create_connection(
-                    lambda: _Connection(self, target.key),
-                    target.host,
-                    target.port,
-                    ssl=tls,
-                    server_hostname=target.host if tls else None,
-                )
+                if proxy is None:
+                    _, connection = await self.loop.create_connection(
+                        lambda: _Connection(self, target.key),
+                        target.host,
+                        target.port,
+                        ssl=tls,
+                        server_hostname=target.host if tls else None,
+                    )
+                elif tls is None:  # plain HTTP: absolute-form requests to the proxy
+                    _, connection = await self.loop.create_connection(
+                        lambda: _Connection(self, target.key), proxy.host, proxy.port
+                    )
+                else:
+                    connection = await self._tunnel(target, proxy, tls)
         except TimeoutError:
             raise ClientError(f"no connection within {self.connect_timeout:g}s") from None
         except (OSError, ssl.SSLError) as error:
-            raise ClientError(str(error) or type(error).__name__) from None
+            where = f" (through the proxy {proxy.shown})" if proxy is not None else ""
+            raise ClientError((str(error) or type(error).__name__) + where) from None
+        return connection
+
+    async def _tunnel(self, target: _Target, proxy: Proxy, tls: ssl.SSLContext) -> _Connection:
+        """A CONNECT tunnel through ``proxy``, then TLS with the upstream inside it."""
+        transport, tunnel = await self.loop.create_connection(_Tunnel, proxy.host, proxy.port)
+        try:
+            authority = f"{target.host}:{target.port}"
+            head = f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n"
+            if proxy.authorization:
+                head += f"Proxy-Authorization: {proxy.authorization}\r\n"
+            transport.write((head + "\r\n").encode("latin-1"))
+            status = await tunnel.answer
+            if status != 200:
+                raise ClientError(
+                    f"the proxy {proxy.shown} refused the tunnel to {authority} (HTTP {status})"
+                )
+            connection = _Connection(self, target.key)
+            secured = await self.loop.start_tls(
+                transport, connection, tls, server_hostname=target.host
+            )
+        except BaseException:
+            transport.close()
+            raise
+        assert secured is not None
+        connection.connection_made(secured)
         return connection
 
     def _put(self, connection: _Connection) -> None:

@@ -12,14 +12,21 @@ from typing import Any, ClassVar
 from urllib.parse import unquote, urlsplit
 
 import orjson
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from lmgate.canonical import Event, Heartbeat
 from lmgate.config import ConfigError
 from lmgate.errors import GatewayError, encodable, redact
 from lmgate.providers import lenient_json
 from lmgate.providers.base import Provider, ProviderConfig, Timeouts
-from lmgate.providers.client import ClientError, Pool, Response, basic_credentials
+from lmgate.providers.client import (
+    DIRECT,
+    ClientError,
+    Pool,
+    Proxy,
+    Response,
+    basic_credentials,
+)
 from lmgate.providers.sse import EventTooLarge, SSEDecoder
 
 _MAX_ERROR_BODY = 64 * 1024
@@ -46,6 +53,16 @@ class HttpProviderConfig(ProviderConfig):
     # The largest reply body (not streamed) and the largest single stream event taken
     # from the upstream; past it the reply is a 502, never unbounded memory.
     max_reply_mb: float = Field(64.0, gt=0)
+    # An http:// proxy for this upstream (user:password@ allowed), or "direct"; unset:
+    # HTTPS_PROXY / HTTP_PROXY / NO_PROXY from the environment.
+    proxy: str | None = None
+
+    @field_validator("proxy")
+    @classmethod
+    def _proxy(cls, value: str | None) -> str | None:
+        if value is not None and value != DIRECT:
+            Proxy(value)  # raises for what is not an http:// proxy URL
+        return value
 
 
 class HttpProvider(Provider):
@@ -60,7 +77,15 @@ class HttpProvider(Provider):
         self._pool: Pool | None = None
         self._check_base_url()
         password = urlsplit(self.config.base_url).password
-        in_url = (password, unquote(password or ""), basic_credentials(self.config.base_url))
+        in_url: tuple[str | None, ...] = (
+            password,
+            unquote(password or ""),
+            basic_credentials(self.config.base_url),
+        )
+        if self.config.proxy and self.config.proxy != DIRECT:
+            proxy = self.config.proxy
+            secret = urlsplit(proxy if "://" in proxy else f"http://{proxy}").password
+            in_url += (secret, unquote(secret or ""), basic_credentials(proxy))
         self._secrets = tuple(
             value
             for value in (self.config.api_key, *in_url, *self.config.headers.values())
@@ -86,7 +111,9 @@ class HttpProvider(Provider):
                 )
 
     async def start(self) -> None:
-        self._pool = Pool(self.config.max_connections, self.config.timeouts.connect)
+        self._pool = Pool(
+            self.config.max_connections, self.config.timeouts.connect, proxy=self.config.proxy
+        )
 
     async def close(self) -> None:
         if self._pool is not None:

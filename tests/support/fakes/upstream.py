@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import socket
+import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -100,7 +101,7 @@ def completion(
 
 
 class FakeUpstream:
-    def __init__(self, host: str = "127.0.0.1") -> None:
+    def __init__(self, host: str = "127.0.0.1", tls: ssl.SSLContext | None = None) -> None:
         self.requests: list[Recorded] = []
         self.scripts: collections.deque[Script] = collections.deque()
         self.cancelled = 0  # streams the client abandoned before their end
@@ -113,7 +114,8 @@ class FakeUpstream:
         self._socket = socket.socket()
         self._socket.bind((host, 0))
         self.port = self._socket.getsockname()[1]
-        self.url = f"http://{host}:{self.port}"
+        self.url = f"{'https' if tls else 'http'}://{host}:{self.port}"
+        self._tls = tls
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._started = threading.Event()
         self._runner: web.AppRunner | None = None
@@ -163,7 +165,7 @@ class FakeUpstream:
             shutdown_timeout=1,
         )
         self._loop.run_until_complete(self._runner.setup())
-        site = web.SockSite(self._runner, self._socket)
+        site = web.SockSite(self._runner, self._socket, ssl_context=self._tls)
         self._loop.run_until_complete(site.start())
         self._started.set()
         self._loop.run_forever()
