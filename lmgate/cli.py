@@ -13,6 +13,7 @@ import signal
 import socket
 import sys
 import tempfile
+import time
 from typing import TYPE_CHECKING, Any
 
 from lmgate import __version__
@@ -45,6 +46,11 @@ def main(argv: list[str] | None = None) -> int:
 
     check = commands.add_parser("check", help="validate a config file and exit")
     _config_argument(check)
+    check.add_argument(
+        "--connect",
+        action="store_true",
+        help="also ask each provider for a one-token reply (its credentials, URL and proxy)",
+    )
     models = commands.add_parser("models", help="print the model catalog as a table")
     _config_argument(models)
 
@@ -96,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["LMGATE_LOG_LEVEL"], os.environ["LMGATE_LOG_FORMAT"] = args.log_level, form
     if args.command == "check":
         print(f"config ok: {len(config.providers)} providers, {len(config.models)} models")
+        if args.connect:
+            return asyncio.run(_probe(app.state.gateway.catalog))
         return 0
     try:
         if args.command == "models":
@@ -110,6 +118,35 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     return _serve(args, config, app)
+
+
+async def _probe(catalog: Catalog) -> int:
+    """One line per provider: a one-token reply from its first model, or why not."""
+    from lmgate.canonical import ChatRequest, Message, TextPart
+    from lmgate.errors import GatewayError, redact
+
+    first: dict[str, Any] = {}
+    for entry in catalog.entries:
+        for deployment in entry.deployments:
+            first.setdefault(deployment.provider.name, deployment)
+    failed = 0
+    for name, deployment in first.items():
+        provider, target = deployment.provider, deployment.target
+        request = ChatRequest(target.model, [Message("user", [TextPart("Hi")])], max_tokens=1)
+        started = time.monotonic()
+        try:
+            await provider.start()
+            async with asyncio.timeout(60):
+                async for _ in provider.stream(request, target):
+                    pass
+            print(f"{name}: ok ({target.model}, {time.monotonic() - started:.2f} s)")
+        except (GatewayError, TimeoutError) as error:
+            failed += 1
+            reason = str(error) or "no answer within 60 s"
+            print(f"{name}: failed ({target.model}): {redact(reason, provider.secrets())}")
+        finally:
+            await provider.close()
+    return 1 if failed else 0
 
 
 def _positive(text: str) -> int:

@@ -402,3 +402,29 @@ def test_tool_turns_without_tools_become_text_and_empty_results_are_not_blank(
     gw.client().chat.completions.create(model="nova", messages=history, tools=[TOOL])
     result = upstream.last.body["messages"][2]["content"][0]["toolResult"]
     assert result == {"toolUseId": "t1", "content": [{"text": "(no output)"}]}
+
+
+def test_check_connect_asks_each_provider_for_one_token(
+    upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """``lmgate check --connect``: a line per provider, signed and all; a refusal is a
+    failure with its reason (no secret in it) and a non-zero exit."""
+    from tests.support.cli import run_cli
+
+    upstream.route = bedrock.checking(
+        lambda r: Script(status=401, json={"error": {"message": "Incorrect API key"}})
+        if r.path.startswith("/v1/") else converse(r)
+    )  # fmt: skip
+    raw = config(upstream)
+    raw["store"] = {"url": "none"}
+    raw["models"] = [*raw["models"][1:], {"id": "c", "provider": "compat", "model": "up-model"}]
+    path = tmp_path / "lmgate.yaml"
+    path.write_bytes(orjson.dumps(raw))
+    done = run_cli("check", "--config", str(path), "--connect")
+    assert done.returncode == 1, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[1].startswith("aws: ok (amazon.nova-pro-v1:0, ")
+    assert lines[2].startswith("compat: failed (up-model): upstream compat refused the gateway")
+    assert "sk-up" not in done.stdout and SECRET_KEY not in done.stdout
+    sent = next(r for r in upstream.requests if r.path.startswith("/model/"))
+    assert sent.body["inferenceConfig"] == {"maxTokens": 1}
