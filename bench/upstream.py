@@ -1,4 +1,7 @@
 """A deliberately minimal OpenAI-compatible upstream for benchmarks (not for tests).
+It also answers as Bedrock's Converse (``/model/…``) and as Gemini on Vertex
+(``:generateContent``), with the same twenty words, for bench/clouds.py; Azure's paths
+get the OpenAI replies.
 
 Raw asyncio on uvloop, canned replies: it must never be the bottleneck.
 Usage: python bench/upstream.py PORT
@@ -9,9 +12,13 @@ from __future__ import annotations
 import asyncio
 import re
 import sys
+from pathlib import Path
 
 import orjson
 import uvloop
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.support.fakes.bedrock import event  # the event-stream framing
 
 CHUNKS = 20
 
@@ -89,6 +96,50 @@ _PACED_EVENTS = [
 _LENGTH = re.compile(rb"(?i)\r\ncontent-length:\s*(\d+)")
 
 
+def _reply(content_type: bytes, body: bytes) -> bytes:
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n"
+    return head % (content_type, len(body)) + body
+
+
+def _chunked(content_type: bytes, pieces: list[bytes]) -> bytes:
+    return (
+        b"HTTP/1.1 200 OK\r\nContent-Type: %s\r\nTransfer-Encoding: chunked\r\n\r\n" % content_type
+        + b"".join(b"%x\r\n%s\r\n" % (len(piece), piece) for piece in pieces)
+        + b"0\r\n\r\n"
+    )
+
+
+_CONVERSE_USAGE = {"inputTokens": 12, "outputTokens": CHUNKS, "totalTokens": 12 + CHUNKS}
+CONVERSE_REPLY = _reply(b"application/json", orjson.dumps({
+    "output": {"message": {"role": "assistant", "content": [{"text": "word " * CHUNKS}]}},
+    "stopReason": "end_turn", "usage": _CONVERSE_USAGE, "metrics": {"latencyMs": 1},
+}))  # fmt: skip
+CONVERSE_STREAM_REPLY = _chunked(b"application/vnd.amazon.eventstream", [
+    event("messageStart", {"role": "assistant"}),
+    *[event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": "word "}})
+      for _ in range(CHUNKS)],
+    event("contentBlockStop", {"contentBlockIndex": 0}),
+    event("messageStop", {"stopReason": "end_turn"}),
+    event("metadata", {"usage": _CONVERSE_USAGE, "metrics": {"latencyMs": 1}}),
+])  # fmt: skip
+_GEMINI_USAGE = {"promptTokenCount": 12, "candidatesTokenCount": CHUNKS,
+                 "totalTokenCount": 12 + CHUNKS}  # fmt: skip
+
+
+def _gemini(text: str, finish: bool) -> dict[str, object]:
+    candidate: dict[str, object] = {"content": {"role": "model", "parts": [{"text": text}]}}
+    if finish:
+        candidate["finishReason"] = "STOP"
+    return {"candidates": [candidate], "usageMetadata": _GEMINI_USAGE}
+
+
+GEMINI_REPLY = _reply(b"application/json", orjson.dumps(_gemini("word " * CHUNKS, True)))
+GEMINI_STREAM_REPLY = _chunked(b"text/event-stream", [
+    b"data: " + orjson.dumps(_gemini("word ", number == CHUNKS - 1)) + b"\r\n\r\n"
+    for number in range(CHUNKS)
+])  # fmt: skip
+
+
 class Upstream(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport: asyncio.Transport = transport  # type: ignore[assignment]
@@ -104,9 +155,16 @@ class Upstream(asyncio.Protocol):
             size = int(match.group(1)) if match else 0
             if len(self.buffer) < end + 4 + size:
                 return
+            line = self.buffer[: self.buffer.find(b"\r\n")]
             body = self.buffer[end + 4 : end + 4 + size]
             self.buffer = self.buffer[end + 4 + size :]
-            if b'"bench-think"' in body:
+            if b" /model/" in line:  # Bedrock's Converse
+                stream = b"/converse-stream " in line
+                self.transport.write(CONVERSE_STREAM_REPLY if stream else CONVERSE_REPLY)
+            elif b"GenerateContent" in line or b"generateContent" in line:  # Vertex's Gemini
+                stream = b":streamGenerateContent" in line
+                self.transport.write(GEMINI_STREAM_REPLY if stream else GEMINI_REPLY)
+            elif b'"bench-think"' in body:
                 self.transport.write(THINK_REPLY)
             elif b'"bench-paced"' in body:
                 self.transport.write(_PACED_HEAD)

@@ -273,7 +273,8 @@ def test_readme_config_examples_are_valid(tmp_path: Path) -> None:
     blocks = [block.split("```", 1)[0] for block in readme.split("```yaml\n")[1:]]
     examples = [block for block in blocks if "providers:" in block]
     assert len(examples) >= 2  # the configuration reference and the routing example
-    env = {"LMGATE_KEY": "k", "DEEPSEEK_API_KEY": "sk-x", "DS_KEY_A": "a", "DS_KEY_B": "b"}
+    env = {"LMGATE_KEY": "k", "DEEPSEEK_API_KEY": "sk-x", "DS_KEY_A": "a", "DS_KEY_B": "b",
+           "AZURE_OPENAI_API_KEY": "az"}  # fmt: skip
     for number, example in enumerate(examples):
         path = tmp_path / f"readme{number}.yaml"
         path.write_text(example)

@@ -37,7 +37,7 @@ class AzureAuthConfig(HttpProviderConfig):
 
     @model_validator(mode="after")
     def _credentials(self) -> AzureAuthConfig:
-        if self.api_key is None and self.entra is None:
+        if not self.api_key and self.entra is None:
             raise ValueError("give api_key, or entra (managed_identity, client_secret, default)")
         if self.entra is not None and importlib.util.find_spec("azure.identity") is None:
             raise ValueError("entra needs azure-identity: pip install 'lmgate[azure]'")

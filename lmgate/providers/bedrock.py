@@ -91,6 +91,9 @@ class BedrockConfig(HttpProviderConfig):
     # (default: AWS_BEARER_TOKEN_BEDROCK).
     inline_image_urls: bool = True  # Converse takes image bytes, not URLs
     default_max_tokens: int | None = None  # sent when a request gives none
+    # anthropic_beta for Claude models. Clients' own betas are not passed on: Bedrock
+    # refuses the ones it does not know (Claude Code sends several).
+    beta: list[str] = []
 
     @model_validator(mode="after")
     def _locate(self) -> BedrockConfig:
@@ -221,8 +224,8 @@ class BedrockProvider(HttpProvider):
             inference["stopSequences"] = request.stop[:4]
         if inference:
             body["inferenceConfig"] = inference
-        if request.betas and claude:
-            additional["anthropic_beta"] = list(request.betas)
+        if self.config.beta and claude:
+            additional["anthropic_beta"] = list(self.config.beta)
         if additional:
             body["additionalModelRequestFields"] = additional
         if request.tools:

@@ -122,6 +122,11 @@ class _VertexClaude(_Bearer, AnthropicProvider):
     def auth_headers(self) -> dict[str, str]:
         return {}  # anthropic_version goes in the body on Vertex
 
+    def betas(self, request: ChatRequest) -> list[str]:
+        # The provider's own only: Vertex refuses betas it does not offer, and clients
+        # (Claude Code) send Anthropic's.
+        return list(self.config.beta)
+
     def messages_url(self, request: ChatRequest, target: Target) -> str:
         method = "streamRawPredict" if request.stream else "rawPredict"
         return f"{self.config.base_url}/anthropic/models/{target.model}:{method}"

@@ -50,6 +50,22 @@ def client_config(upstream: FakeUpstream) -> dict[str, Any]:
                 "api_key": ANTHROPIC_UPSTREAM_KEY,
                 "timeouts": _TIMEOUTS,
             },
+            "aws": {
+                "type": "bedrock",
+                "base_url": upstream.url,
+                "region": "us-east-1",
+                "access_key_id": "AKIDEXAMPLELMGATE0001",
+                "secret_access_key": UPSTREAM_KEY,
+                "timeouts": _TIMEOUTS,
+            },
+            "gcp": {
+                "type": "vertex",
+                "base_url": upstream.url,
+                "project": "lmgate-test",
+                "location": "us-east5",
+                "access_token": UPSTREAM_KEY,
+                "timeouts": _TIMEOUTS,
+            },
             "google": {
                 "type": "gemini",
                 "base_url": upstream.url + "/v1beta",
@@ -66,6 +82,9 @@ def client_config(upstream: FakeUpstream) -> dict[str, Any]:
              "reasoning": "think_tags"},
             {"id": "big-model", "provider": "claude", "model": "claude-up", "support": "image"},
             {"id": "gem-model", "provider": "google", "model": "gemini-up"},
+            {"id": "claude-bedrock", "provider": "aws",
+             "model": "us.anthropic.claude-sonnet-4-20250514-v1:0"},
+            {"id": "claude-vertex", "provider": "gcp", "model": "claude-sonnet-4@20250514"},
         ],
         "routing": {"retries": 0, "auto": ["deepseek-chat"]},
     }  # fmt: skip
@@ -78,6 +97,8 @@ STYLES = {
     "qwen-think": "think_tags",
     "big-model": "anthropic",
     "gem-model": None,
+    "claude-bedrock": None,
+    "claude-vertex": "anthropic",  # Vertex's Claude speaks Anthropic's own body: signed thinking
 }
 
 

@@ -35,13 +35,15 @@ def run_claude(task: Task, model: str) -> list[dict]:
 
 
 @pytest.mark.parametrize(
-    "model", ["deepseek-chat", "deepseek-thinker", "qwen-think", "big-model", "gem-model"]
-)
+    "model",
+    ["deepseek-chat", "deepseek-thinker", "qwen-think", "big-model", "gem-model",
+     "claude-bedrock", "claude-vertex"],
+)  # fmt: skip
 def test_claude_code_writes_the_file(task: Task, model: str) -> None:
     events = run_claude(task, model)
     task.assert_done()
     assert events[-1]["result"].endswith("Done: the file is written.")
-    bodies = [b for b in task.bodies() if b.get("tools")]
+    bodies = [b for b in task.bodies() if b.get("tools") or "toolConfig" in b]
     first, last = bodies[0], bodies[-1]
     if model == "big-model":
         # Anthropic upstream: the client's own fields and beta header arrive as they came.
@@ -59,6 +61,25 @@ def test_claude_code_writes_the_file(task: Task, model: str) -> None:
             "thinking": THOUGHT,
             "signature": SIGNATURE,
         }
+        return
+    if model == "claude-bedrock":
+        # Bedrock's Converse: its tools, no Anthropic-only field, no client beta.
+        names = [
+            tool["toolSpec"]["name"] for tool in first["toolConfig"]["tools"] if "toolSpec" in tool
+        ]
+        assert "Write" in names
+        assert "anthropic_beta" not in first.get("additionalModelRequestFields", {})
+        assert first["system"][0]["text"]
+        return
+    if model == "claude-vertex":
+        # Vertex's rawPredict: Anthropic's body without its model, Vertex's version.
+        assert first["anthropic_version"] == "vertex-2023-10-16" and "model" not in first
+        request = next(r for r in task.upstream.requests if r.body is first)
+        assert (
+            request.path.endswith(":streamRawPredict") and "anthropic-beta" not in request.headers
+        )
+        turn = next(m for m in last["messages"] if m["role"] == "assistant")
+        assert turn["content"][0]["type"] == "thinking"
         return
     if model == "gem-model":
         # Gemini upstream: Claude Code's schemas in Gemini's subset (the fake refused

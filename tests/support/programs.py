@@ -79,7 +79,16 @@ class Task:
         assert self.target.read_text() == self.agent.content
         assert self.agent.calls >= 1 and self.agent.finals >= 1
         assert self.agent.refused == []
-        last = [body for body in self.bodies() if body.get("tools")][-1]
+        last = [body for body in self.bodies() if body.get("tools") or "toolConfig" in body][-1]
+        if "toolConfig" in last:  # Bedrock's Converse: results by the call's id
+            results = [
+                block["toolResult"]["toolUseId"]
+                for message in last["messages"]
+                for block in message["content"]
+                if "toolResult" in block
+            ]
+            assert results and set(results) == {"toolu_fake_1"}, results
+            return
         if "contents" in last:  # a Gemini upstream: results go back by the call's name
             responses = [
                 part["functionResponse"]["name"]

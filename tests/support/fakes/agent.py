@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from tests.support.fakes import gemini
+from tests.support.fakes import bedrock, gemini
 from tests.support.fakes.upstream import Recorded, Script, anthropic_events, chunk
 
 _PATH_KEYS = ("file_path", "filePath", "filepath", "path", "filename", "file")
@@ -48,7 +48,9 @@ class Agent:
         body = request.body if isinstance(request.body, dict) else {}
         if "Content" in request.path:  # models/…:generateContent, :streamGenerateContent
             return self._gemini(body, request.path)
-        anthropic = request.path.endswith("/messages")
+        if request.path.startswith("/model/"):  # Bedrock's Converse
+            return self._converse(body, request.path)
+        anthropic = request.path.endswith(("/messages", "RawPredict"))  # Vertex: rawPredict
         if self.reasoning == "deepseek" and not anthropic:
             missing = _missing_reasoning(body.get("messages") or [])
             if missing:
@@ -107,6 +109,52 @@ class Agent:
         if ":streamGenerateContent" not in path:
             return Script(json=gemini.response(parts, usage=usage))
         return gemini.stream(gemini.response([], finish=None), gemini.response(parts, usage=usage))
+
+    def _converse(self, body: dict[str, Any], path: str) -> Script:
+        """As a model on Bedrock's Converse API."""
+        declarations = [
+            {"name": spec["name"], "input_schema": spec["inputSchema"]["json"]}
+            for tool in (body.get("toolConfig") or {}).get("tools") or []
+            if (spec := tool.get("toolSpec"))
+        ]
+        tool = _write_tool(declarations, anthropic=True)
+        answered = any(
+            "toolResult" in block
+            for message in body.get("messages") or []
+            for block in message["content"]
+        )
+        usage = {"inputTokens": 40, "outputTokens": 12, "totalTokens": 52}
+        if tool is None or answered:
+            if tool is not None:
+                self.finals += 1
+            block: dict[str, Any] = {"text": FINAL if tool else "OK"}
+            stop = "end_turn"
+        else:
+            self.calls += 1
+            arguments = orjson.loads(tool[1](self.path, self.content))
+            block = {"toolUse": {"toolUseId": "toolu_fake_1", "name": tool[0], "input": arguments}}
+            stop = "tool_use"
+        if not path.endswith("/converse-stream"):
+            return bedrock.reply([block], stop=stop, usage=usage)
+        frames = [bedrock.event("messageStart", {"role": "assistant"})]
+        if "text" in block:
+            delta = {"contentBlockIndex": 0, "delta": {"text": block["text"]}}
+            frames.append(bedrock.event("contentBlockDelta", delta))
+        else:
+            use = block["toolUse"]
+            start = {"toolUseId": use["toolUseId"], "name": use["name"]}
+            frames.append(bedrock.event("contentBlockStart",
+                                        {"contentBlockIndex": 0, "start": {"toolUse": start}}))  # fmt: skip
+            delta = {"toolUse": {"input": orjson.dumps(use["input"]).decode()}}
+            frames.append(
+                bedrock.event("contentBlockDelta", {"contentBlockIndex": 0, "delta": delta})
+            )
+        frames += [
+            bedrock.event("contentBlockStop", {"contentBlockIndex": 0}),
+            bedrock.event("messageStop", {"stopReason": stop}),
+            bedrock.event("metadata", {"usage": usage}),
+        ]
+        return bedrock.stream(*frames)
 
 
 def _write_tool(tools: list[Any], anthropic: bool) -> tuple[str, Any] | None:
