@@ -15,13 +15,12 @@ import base64
 import os
 from collections.abc import AsyncGenerator
 from typing import Any, ClassVar
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import orjson
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials, ReadOnlyCredentials
-from botocore.eventstream import EventStreamBuffer, ParserError
 from botocore.session import Session
 from pydantic import model_validator
 
@@ -47,6 +46,7 @@ from lmgate.canonical import (
 )
 from lmgate.errors import ErrorKind, GatewayError
 from lmgate.providers.base import Target, apply_overrides, count, fold_system_turns
+from lmgate.providers.eventstream import EventStreamDecoder
 from lmgate.providers.http import HttpProvider, HttpProviderConfig, stream_event, unfinished
 
 _FINISH: dict[str, FinishReason] = {
@@ -122,6 +122,7 @@ class BedrockProvider(HttpProvider):
         self._credentials: Credentials | None = None
         self._frozen: ReadOnlyCredentials | None = None
         self._resolving: asyncio.Lock | None = None
+        self._hosts: dict[str, str] = {}  # by URL
         if self.config.access_key_id and self.config.secret_access_key:
             self._credentials = Credentials(
                 self.config.access_key_id,
@@ -141,7 +142,15 @@ class BedrockProvider(HttpProvider):
         if self.config.api_key:
             return {"Authorization": f"Bearer {self.config.api_key}"}
         credentials = await self._current_credentials()
-        request = AWSRequest("POST", url, data=data, headers={"Content-Type": "application/json"})
+        # The Host the pool sends, given: botocore would parse the URL for it twice.
+        host = self._hosts.get(url)
+        if host is None:
+            parts = urlsplit(url)
+            default = parts.port is None or parts.port == (443 if parts.scheme == "https" else 80)
+            name = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname
+            host = self._hosts[url] = f"{name}" if default else f"{name}:{parts.port}"
+        fields = {"Content-Type": "application/json", "Host": host}
+        request = AWSRequest("POST", url, data=data, headers=fields)
         SigV4Auth(credentials, "bedrock", self.config.region).add_auth(request)
         return {name: str(value) for name, value in request.headers.items()}
 
@@ -284,34 +293,6 @@ def _reply_events(data: dict[str, Any], target: Target) -> list[Event]:
     events.append(Finish(_FINISH.get(data.get("stopReason") or "end_turn", "stop")))
     events.append(_usage(data.get("usage") or {}))
     return events
-
-
-class EventStreamDecoder:
-    """AWS event-stream frames (``application/vnd.amazon.eventstream``), checked by
-    botocore (lengths and CRCs), as ``(event type, payload)``; an exception frame's
-    type is marked ``!``."""
-
-    def __init__(self) -> None:
-        self._buffer = EventStreamBuffer()
-
-    def feed(self, chunk: bytes) -> list[tuple[str, bytes]]:
-        self._buffer.add_data(chunk)
-        out = []
-        try:
-            for message in self._buffer:
-                headers = message.headers
-                if headers.get(":message-type") == "exception":
-                    out.append(("!" + str(headers.get(":exception-type")), message.payload))
-                elif headers.get(":message-type") == "error":
-                    out.append(("!" + str(headers.get(":error-code")), message.payload))
-                else:
-                    out.append((str(headers.get(":event-type")), message.payload))
-        except ParserError as error:  # a CRC or length that does not hold
-            raise GatewayError("upstream", f"a broken event-stream frame: {error}") from None
-        return out
-
-    def flush(self) -> list[tuple[str, bytes]]:
-        return []
 
 
 class _StreamParser:
