@@ -180,7 +180,7 @@ class BedrockProvider(HttpProvider):
         url = f"{self.config.base_url.rstrip('/')}/model/{quote(target.model, safe='')}/{action}"
         response, deadline = await self.post(url, self.build_body(request, target))
         try:
-            if not request.stream:
+            if not request.stream or response.content_type == "application/json":
                 for event in self.parse_reply(await self.read_body(response, deadline), target):
                     yield event
                 return
