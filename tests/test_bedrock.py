@@ -428,3 +428,52 @@ def test_check_connect_asks_each_provider_for_one_token(
     assert "sk-up" not in done.stdout and SECRET_KEY not in done.stdout
     sent = next(r for r in upstream.requests if r.path.startswith("/model/"))
     assert sent.body["inferenceConfig"] == {"maxTokens": 1}
+
+
+def test_claude_by_invoke_model_with_anthropics_own_body(
+    start_gateway: Any, upstream: FakeUpstream
+) -> None:
+    """``anthropic_api: invoke``: Anthropic's body (an Anthropic client's own fields as
+    sent), streamed back as Anthropic's events inside ``chunk`` frames."""
+    import base64
+
+    from tests.support.fakes.upstream import anthropic_message
+
+    def chunk(data: dict[str, Any]) -> bytes:
+        return event("chunk", {"bytes": base64.b64encode(orjson.dumps(data)).decode()})
+
+    def invoke(recorded: Recorded) -> Script:
+        if "/converse" in recorded.path:
+            return converse(recorded)
+        if recorded.path.endswith("/invoke"):
+            return Script(json=anthropic_message([{"type": "text", "text": "Whole."}]))
+        start = {**anthropic_message([]), "stop_reason": None}
+        return bedrock.stream(
+            chunk({"type": "message_start", "message": start}),
+            chunk({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+            chunk({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Streamed."}}),
+            chunk({"type": "content_block_stop", "index": 0}),
+            chunk({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 3}}),
+            chunk({"type": "message_stop"}),
+        )  # fmt: skip
+
+    upstream.route = bedrock.checking(invoke)
+    gw = start_gateway(config(upstream, anthropic_api="invoke", beta=["context-1m-2025-08-07"]))
+    client = gw.anthropic()
+    hello: Any = [{"role": "user", "content": "Hi"}]
+    whole = client.messages.create(
+        model="claude", max_tokens=50, messages=hello, metadata={"user_id": "u-1"}
+    )
+    assert whole.content[0].text == "Whole."  # type: ignore[union-attr]
+    sent = upstream.last
+    assert sent.target == "/model/us.anthropic.claude-sonnet-4-20250514-v1%3A0/invoke"
+    assert sent.body["anthropic_version"] == "bedrock-2023-05-31"
+    assert sent.body["anthropic_beta"] == ["context-1m-2025-08-07"]
+    assert "model" not in sent.body and "stream" not in sent.body
+    assert sent.body["metadata"] == {"user_id": "u-1"}  # Anthropic's own field, as sent
+    with client.messages.stream(model="claude", max_tokens=50, messages=hello) as stream:
+        assert stream.get_final_message().content[0].text == "Streamed."  # type: ignore[union-attr]
+    assert upstream.last.path.endswith("/invoke-with-response-stream")
+    # Other families stay on Converse.
+    gw.client().chat.completions.create(model="nova", messages=[{"role": "user", "content": "Hi"}])
+    assert upstream.last.path.endswith("/converse")

@@ -101,7 +101,7 @@ class AnthropicProvider(HttpProvider):
                     yield event
                 return
             yield Start(target.model)
-            parser = _StreamParser(self.name)
+            parser = MessagesStreamParser(self.name)
             async for event in self.stream_events(
                 response, deadline, parser.feed, lambda: parser.stopped
             ):
@@ -213,7 +213,7 @@ class AnthropicProvider(HttpProvider):
         return events
 
 
-class _StreamParser:
+class MessagesStreamParser:
     """Anthropic stream events to canonical events; usage is folded and emitted last."""
 
     __slots__ = ("_finished", "_provider", "_tools", "_usage", "stopped")

@@ -14,7 +14,7 @@ import asyncio
 import base64
 import os
 from collections.abc import AsyncGenerator
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 from urllib.parse import quote, urlsplit
 
 import orjson
@@ -45,6 +45,7 @@ from lmgate.canonical import (
     arguments_object,
 )
 from lmgate.errors import ErrorKind, GatewayError
+from lmgate.providers.anthropic import AnthropicConfig, AnthropicProvider, MessagesStreamParser
 from lmgate.providers.base import Target, apply_overrides, count, fold_system_turns
 from lmgate.providers.eventstream import EventStreamDecoder
 from lmgate.providers.http import HttpProvider, HttpProviderConfig, stream_event, unfinished
@@ -74,6 +75,7 @@ _IMAGE_FORMATS = {
 }
 _EFFORT_BUDGET = {"minimal": 1024, "low": 2048, "medium": 8192, "high": 24576}
 _CACHE_POINT = {"cachePoint": {"type": "default"}}
+_INVOKE_VERSION = "bedrock-2023-05-31"  # InvokeModel's anthropic_version
 _EMPTY = "(no output)"
 # Credentials are refreshed (in a thread: it may call a metadata service) this long
 # before they expire.
@@ -94,6 +96,9 @@ class BedrockConfig(HttpProviderConfig):
     # anthropic_beta for Claude models. Clients' own betas are not passed on: Bedrock
     # refuses the ones it does not know (Claude Code sends several).
     beta: list[str] = []
+    # Claude models by Converse, or by InvokeModel with Anthropic's own body (for what
+    # Converse does not carry: an Anthropic client's own fields reach the model as sent).
+    anthropic_api: Literal["converse", "invoke"] = "converse"
 
     @model_validator(mode="after")
     def _locate(self) -> BedrockConfig:
@@ -123,6 +128,14 @@ class BedrockProvider(HttpProvider):
         self._frozen: ReadOnlyCredentials | None = None
         self._resolving: asyncio.Lock | None = None
         self._hosts: dict[str, str] = {}  # by URL
+        self._messages: AnthropicProvider | None = None  # Anthropic's body, for invoke
+        if self.config.anthropic_api == "invoke":
+            own = AnthropicConfig(
+                type="anthropic",
+                base_url=self.config.base_url,
+                default_max_tokens=self.config.default_max_tokens or 4096,
+            )
+            self._messages = AnthropicProvider(name, own)
         if self.config.access_key_id and self.config.secret_access_key:
             self._credentials = Credentials(
                 self.config.access_key_id,
@@ -176,6 +189,10 @@ class BedrockProvider(HttpProvider):
         return self._frozen
 
     async def stream(self, request: ChatRequest, target: Target) -> AsyncGenerator[Event, None]:
+        if self._messages is not None and _is_claude(target.model):
+            async for event in self._invoke(self._messages, request, target):
+                yield event
+            return
         action = "converse-stream" if request.stream else "converse"
         url = f"{self.config.base_url.rstrip('/')}/model/{quote(target.model, safe='')}/{action}"
         response, deadline = await self.post(url, self.build_body(request, target))
@@ -196,8 +213,50 @@ class BedrockProvider(HttpProvider):
         finally:
             response.discard()
 
+    async def _invoke(
+        self, messages: AnthropicProvider, request: ChatRequest, target: Target
+    ) -> AsyncGenerator[Event, None]:
+        """InvokeModel with Anthropic's own body; streams carry Anthropic's events, each
+        base64 in a ``chunk`` frame."""
+        action = "invoke-with-response-stream" if request.stream else "invoke"
+        url = f"{self.config.base_url.rstrip('/')}/model/{quote(target.model, safe='')}/{action}"
+        body = messages.build_body(request, target)
+        del body["model"], body["stream"]  # the URL says both
+        body["anthropic_version"] = _INVOKE_VERSION
+        if self.config.beta:
+            body["anthropic_beta"] = list(self.config.beta)
+        response, deadline = await self.post(url, body)
+        try:
+            if not request.stream or response.content_type == "application/json":
+                for event in messages.parse_reply(await self.read_body(response, deadline), target):
+                    yield event
+                return
+            yield Start(target.model)
+            parser = MessagesStreamParser(self.name)
+
+            def feed(frame: tuple[str, bytes]) -> list[Event]:
+                kind, payload = frame
+                if kind.startswith("!"):
+                    return _StreamParser(self.name).feed(frame)  # raises its error
+                try:
+                    inner = base64.b64decode(orjson.loads(payload)["bytes"])
+                except (orjson.JSONDecodeError, LookupError, TypeError, ValueError):
+                    raise GatewayError(
+                        "upstream", f"upstream {self.name} sent a chunk that is not an event"
+                    ) from None
+                return parser.feed(inner)
+
+            async for event in self.stream_events(
+                response, deadline, feed, lambda: parser.stopped, EventStreamDecoder()
+            ):
+                yield event
+            for event in parser.end():
+                yield event
+        finally:
+            response.discard()
+
     def build_body(self, request: ChatRequest, target: Target) -> dict[str, Any]:
-        claude = "anthropic." in target.model or "claude" in target.model
+        claude = _is_claude(target.model)
         messages: list[dict[str, Any]] = []
         for message in fold_system_turns(request.messages):
             blocks = _blocks(message, bool(request.tools))
@@ -349,6 +408,10 @@ class _StreamParser:
         if not self._finished:
             raise unfinished(self._provider)
         return [_usage(self._usage)]
+
+
+def _is_claude(model: str) -> bool:
+    return "anthropic." in model or "claude" in model
 
 
 def _usage(data: dict[str, Any]) -> Usage:
