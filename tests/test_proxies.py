@@ -40,7 +40,7 @@ def tls_upstream(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fa
 
 def config(url: str, **provider: Any) -> dict[str, Any]:
     return {
-        "server": {"api_keys": [API_KEY]},
+        "server": {"api_keys": [API_KEY], "admin_key": "admin-key-0123456789"},
         "providers": {"up": {"type": "openai", "base_url": url + "/v1", "api_key": "sk-up",
                              "timeouts": {"connect": 3, "first_byte": 5}, **provider}},
         "models": [{"id": "m", "provider": "up", "model": "up-model"}],
@@ -61,7 +61,8 @@ def test_https_through_a_providers_proxy_by_connect(
     assert proxy.passed[0].authorization is not None
     assert "Proxy-Authorization" not in tls_upstream.last.headers  # only the proxy saw it
     assert tls_upstream.last.headers["Authorization"] == "Bearer sk-up"
-    config_shown = gw.request("GET", "/admin/config", api_key=None)
+    config_shown = gw.request("GET", "/admin/config", api_key="admin-key-0123456789")
+    assert config_shown.status == 200 and b"127.0.0.1:%d" % proxy.port in config_shown.body
     assert b"proxy-pass" not in config_shown.body
 
 

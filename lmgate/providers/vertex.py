@@ -65,6 +65,8 @@ class _Token:
     async def get(self, provider: str) -> str:
         if self._config.access_token:
             return self._config.access_token
+        if self.value is not None and not self._expiring():
+            return self.value
         async with self._renewing:  # one renewal for every request that waits on it
             if self.value is None or self._expiring():
                 try:
