@@ -62,8 +62,18 @@ def main(argv: list[str] | None = None) -> int:
     create.add_argument("--models", help="comma-separated model ids it may use (default: all)")
     create.add_argument("--rpm", type=_positive, help="requests per minute")
     create.add_argument("--tpm", type=_positive, help="tokens per minute")
-    create.add_argument("--budget-tokens", type=_positive, help="total tokens, ever")
-    create.add_argument("--budget-usd", type=_money, help="total cost in USD, ever")
+    create.add_argument("--budget-tokens", type=_positive, help="tokens a budget period")
+    create.add_argument("--budget-usd", type=_money, help="cost in USD a budget period")
+    create.add_argument(
+        "--budget-period",
+        choices=["total", "daily", "weekly", "monthly"],
+        default="total",
+        help="when the budgets reset, on UTC calendar boundaries (default: total, never)",
+    )
+    create.add_argument(
+        "--budget-reset-day", type=int, choices=range(1, 29), metavar="1-28",
+        help="monthly: the day of the month the budgets reset (default 1)",
+    )  # fmt: skip
     create.add_argument("--expires", help="ISO date or datetime (UTC unless given)")
     listing = key_commands.add_parser("list", help="list keys (never their secrets)")
     _config_argument(listing)
@@ -220,25 +230,31 @@ async def _accounts_command(args: argparse.Namespace, config: Config) -> int:
                 [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
             )
             secret, key = await store.create_key(
-                args.name, models, args.rpm, args.tpm, args.budget_tokens, expires, args.budget_usd
-            )
+                args.name, models, args.rpm, args.tpm, args.budget_tokens, expires,
+                args.budget_usd, args.budget_period, args.budget_reset_day,
+            )  # fmt: skip
             print(f"created key {key.id} ({key.name}); it is shown only once:\n{secret}")
         elif args.keys_command == "list":
             keys = await store.list_keys()
+            now = time.time()
             if args.json:
-                print(orjson.dumps([{**k.public(), "state": key_state(k)} for k in keys]).decode())
+                shown = [{**k.shown(now), "state": key_state(k, now)} for k in keys]
+                print(orjson.dumps(shown).decode())
                 return 0
             rows: list[tuple[str, ...]] = [
                 ("ID", "NAME", "PREFIX", "MODELS", "RPM", "TPM", "BUDGET", "USED", "BUDGET USD",
                  "USED USD", "STATE")
             ]  # fmt: skip
             for key in keys:
+                used_tokens, used_usd = key.current(now)
+                period = "" if key.budget_period == "total" else f"/{key.budget_period}"
                 rows.append(
                     (key.id, key.name, key.prefix + "…", ",".join(key.models or ["*"]),
-                     str(key.rpm or "-"), str(key.tpm or "-"), str(key.budget_tokens or "-"),
-                     str(key.used_tokens),
-                     f"{key.budget_usd:g}" if key.budget_usd is not None else "-",
-                     f"{key.used_usd:.4f}", key_state(key))
+                     str(key.rpm or "-"), str(key.tpm or "-"),
+                     f"{key.budget_tokens}{period}" if key.budget_tokens else "-",
+                     str(used_tokens),
+                     f"{key.budget_usd:g}{period}" if key.budget_usd is not None else "-",
+                     f"{used_usd:.4f}", key_state(key, now))
                 )  # fmt: skip
             _print_table(rows)
         elif not await store.revoke_key(args.key_id):

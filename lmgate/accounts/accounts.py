@@ -30,7 +30,7 @@ class Accounts:
     ) -> None:
         self._lines = config.logging.request_lines
         url = config.store.resolved_url(config.path)
-        self.store = Store(url, config.store.timeout) if url else None
+        self.store = Store(url, config.store.timeout, clock) if url else None
         self.keys = KeyRing(config.server.api_keys, self.store, config.store.key_cache_seconds)
         self.limiter: LocalLimiter = LocalLimiter(clock)
         self.bus: CooldownBus | None = None

@@ -127,8 +127,12 @@ class KeyRing:
         processes' usage included): count them at once."""
         for key, _ in self._cache.values():
             if key is not None and (now := spent.get(key.id)) is not None:
-                key.used_tokens = max(key.used_tokens, now.total_tokens)
-                key.used_usd = max(key.used_usd, now.total_cost)
+                if now.period_start > key.period_start:  # a new period's totals
+                    key.period_start = now.period_start
+                    key.used_tokens, key.used_usd = now.total_tokens, now.total_cost
+                elif now.period_start == key.period_start:
+                    key.used_tokens = max(key.used_tokens, now.total_tokens)
+                    key.used_usd = max(key.used_usd, now.total_cost)
 
     def changed(self) -> None:
         """A key was created or revoked here: look again on the next request."""

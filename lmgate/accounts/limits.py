@@ -19,6 +19,7 @@ output cap produce beyond the default they were held at.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import math
 import time
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from lmgate.accounts.periods import bounds
 from lmgate.accounts.store import KeyInfo, Spent
 from lmgate.clock import SYSTEM, Clock
 from lmgate.errors import GatewayError
@@ -51,11 +53,12 @@ def _limited(key: KeyInfo, what: str, retry_after: float | None) -> GatewayError
     )
 
 
-def over_budget(key: KeyInfo) -> str | None:
-    """The budget ``key`` has used up, as this process knows its totals."""
-    if key.budget_tokens is not None and key.used_tokens >= key.budget_tokens:
+def over_budget(key: KeyInfo, now: float) -> str | None:
+    """The budget ``key`` has used up in its period, as this process knows its totals."""
+    tokens, usd = key.current(now)
+    if key.budget_tokens is not None and tokens >= key.budget_tokens:
         return "budget_tokens"
-    if key.budget_usd is not None and key.used_usd >= key.budget_usd:
+    if key.budget_usd is not None and usd >= key.budget_usd:
         return "budget_usd"
     return None
 
@@ -66,14 +69,33 @@ def key_state(key: KeyInfo, now: float | None = None) -> str:
         return "revoked"
     if key.expires_at is not None and key.expires_at <= (now or time.time()):
         return "expired"
-    return "exhausted" if over_budget(key) is not None else "active"
+    return "exhausted" if over_budget(key, now or time.time()) is not None else "active"
 
 
-def _budget_exhausted(key: KeyInfo, budget: str) -> GatewayError:
+def _budget_exhausted(key: KeyInfo, budget: str, now: float) -> GatewayError:
     what = f"{key.budget_tokens} tokens" if budget == "budget_tokens" else f"${key.budget_usd:g}"
+    if key.budget_period == "total":
+        return GatewayError(
+            "rate_limit",
+            f"API key {key.name!r} has used its budget of {what}",
+            code="budget_exhausted",
+        )
+    end = bounds(key.budget_period, key.budget_reset_day, now)[1] or now
+    resets = datetime.datetime.fromtimestamp(end, datetime.UTC).strftime("%Y-%m-%dT%H:%MZ")
     return GatewayError(
-        "rate_limit", f"API key {key.name!r} has used its budget of {what}", code="budget_exhausted"
+        "rate_limit",
+        f"API key {key.name!r} has used its {key.budget_period} budget of {what}; "
+        f"it resets at {resets}",
+        code="budget_exhausted",
+        retry_after=math.ceil(end - now),
     )
+
+
+def totals_member(key: KeyInfo, now: float) -> str:
+    """The key's running totals' name in Redis: its period's (a new one starts at 0)."""
+    if key.budget_period == "total":
+        return key.id
+    return f"{key.id}@{int(bounds(key.budget_period, key.budget_reset_day, now)[0])}"
 
 
 class Hold:
@@ -107,18 +129,21 @@ class LocalLimiter:
 
     async def admit(self, key: KeyInfo) -> None:
         """Raise the 429 of the first limit ``key`` is over."""
-        if (budget := over_budget(key)) is not None:
-            raise self.refuse(budget, _budget_exhausted(key, budget))
+        now = self._clock.time()
+        if (budget := over_budget(key, now)) is not None:
+            raise self.refuse(budget, _budget_exhausted(key, budget, now))
         await self._admit(key)
 
     async def reserve(self, key: KeyInfo, tokens: int, usd: float) -> Hold:
         """Hold a request's estimate of ``key``'s budget; the 429 of a budget that what
         is spent and held already reaches."""
         held = self._held.get(key.id) or [0, 0.0]
-        if key.budget_tokens is not None and key.used_tokens + held[0] >= key.budget_tokens:
-            raise self.refuse("budget_tokens", _budget_exhausted(key, "budget_tokens"))
-        if key.budget_usd is not None and key.used_usd + held[1] >= key.budget_usd:
-            raise self.refuse("budget_usd", _budget_exhausted(key, "budget_usd"))
+        now = self._clock.time()
+        used_tokens, used_usd = key.current(now)
+        if key.budget_tokens is not None and used_tokens + held[0] >= key.budget_tokens:
+            raise self.refuse("budget_tokens", _budget_exhausted(key, "budget_tokens", now))
+        if key.budget_usd is not None and used_usd + held[1] >= key.budget_usd:
+            raise self.refuse("budget_usd", _budget_exhausted(key, "budget_usd", now))
         self.hold(key.id, tokens, usd)
         return Hold(self, key.id, tokens, usd)
 
@@ -210,9 +235,9 @@ for _, holder in ipairs(redis.call('SMEMBERS', KEYS[3])) do
     held_usd = held_usd + tonumber(redis.call('HGET', name, 'u:' .. ARGV[1]) or '0')
   end
 end
-local used_tokens = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[1]) or '0')
+local used_tokens = tonumber(redis.call('ZSCORE', KEYS[1], ARGV[11]) or '0')
 used_tokens = math.max(used_tokens, tonumber(ARGV[9]))
-local used_usd = tonumber(redis.call('ZSCORE', KEYS[2], ARGV[1]) or '0')
+local used_usd = tonumber(redis.call('ZSCORE', KEYS[2], ARGV[11]) or '0')
 used_usd = math.max(used_usd, tonumber(ARGV[10]))
 if ARGV[2] ~= '' and used_tokens + held_tokens >= tonumber(ARGV[2]) then
   return 'budget_tokens'
@@ -295,7 +320,7 @@ class RedisLimiter(LocalLimiter):
         self.backend.answered()
         verdict = verdict.decode()
         if verdict in ("budget_tokens", "budget_usd"):
-            raise self.refuse(verdict, _budget_exhausted(key, verdict))
+            raise self.refuse(verdict, _budget_exhausted(key, verdict, self._clock.time()))
         if verdict == "rpm":
             what = f"limit of {key.rpm} requests per minute"
             raise self.refuse("rpm", _limited(key, what, int(wait_ms) / 1000))
@@ -318,7 +343,7 @@ class RedisLimiter(LocalLimiter):
                 key.tpm or "",
                 unique_hex(),
                 key.budget_tokens if key.budget_tokens is not None else "",
-                key.id,
+                totals_member(key, now_ms / 1000),
                 key.budget_usd if key.budget_usd is not None else "",
             ],
         )
@@ -335,11 +360,13 @@ class RedisLimiter(LocalLimiter):
         self.backend.answered()
         verdict = verdict.decode()
         if verdict in ("budget_tokens", "budget_usd"):
-            raise self.refuse(verdict, _budget_exhausted(key, verdict))
+            raise self.refuse(verdict, _budget_exhausted(key, verdict, self._clock.time()))
         LocalLimiter.hold(self, key.id, tokens, usd)  # in Redis already
         return Hold(self, key.id, tokens, usd)
 
     async def _call_reserve(self, key: KeyInfo, tokens: int, usd: float) -> Any:
+        now = self._clock.time()
+        used_tokens, used_usd = key.current(now)
         return await self._reserve(
             keys=[self._totals, self._costs, f"{self.prefix}holders", self._holds],
             args=[
@@ -351,8 +378,9 @@ class RedisLimiter(LocalLimiter):
                 self.prefix,
                 _HELD_TTL_MS,
                 self._holder,
-                key.used_tokens,
-                key.used_usd,
+                used_tokens,
+                used_usd,
+                totals_member(key, now),
             ],
         )
 
@@ -395,10 +423,11 @@ class RedisLimiter(LocalLimiter):
                     name = self._tpm_key(key_id, self._clock.time())
                     pipe.incrby(name, now.tokens)
                     pipe.expire(name, 120)
-                    # Totals only grow; batches' totals may arrive out of order (GT).
-                    pipe.zadd(self._totals, {key_id: now.total_tokens}, gt=True)
+                    # Totals only grow in a period; batches may arrive out of order (GT).
+                    member = f"{key_id}@{int(now.period_start)}" if now.period_start else key_id
+                    pipe.zadd(self._totals, {member: now.total_tokens}, gt=True)
                     if now.cost:
-                        pipe.zadd(self._costs, {key_id: now.total_cost}, gt=True)
+                        pipe.zadd(self._costs, {member: now.total_cost}, gt=True)
                 await pipe.execute()
         except self._errors as error:
             self.backend.failed(error, "token counts")

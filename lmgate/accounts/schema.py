@@ -121,18 +121,19 @@ def _request_log_table_v4(metadata: sa.MetaData) -> sa.Table:
     )
 
 
+def _add_columns(connection: Connection, table: str, columns: list[sa.Column[Any]]) -> None:
+    for column in columns:
+        kind = column.type.compile(connection.dialect)
+        default = f" DEFAULT {column.server_default.arg}" if column.server_default else ""  # type: ignore[attr-defined]
+        null = "" if column.nullable else " NOT NULL"
+        connection.exec_driver_sql(
+            f"ALTER TABLE {table} ADD COLUMN {column.name} {kind}{null}{default}"
+        )
+
+
 def _migration_4(connection: Connection) -> None:
-    for table, columns in (
-        ("lmgate_usage", _usage_columns_v4()),
-        ("lmgate_keys", _key_columns_v4()),
-    ):
-        for column in columns:
-            kind = column.type.compile(connection.dialect)
-            default = f" DEFAULT {column.server_default.arg}" if column.server_default else ""  # type: ignore[attr-defined]
-            null = "" if column.nullable else " NOT NULL"
-            connection.exec_driver_sql(
-                f"ALTER TABLE {table} ADD COLUMN {column.name} {kind}{null}{default}"
-            )
+    _add_columns(connection, "lmgate_usage", _usage_columns_v4())
+    _add_columns(connection, "lmgate_keys", _key_columns_v4())
     _request_log_table_v4(sa.MetaData()).create(connection)
 
 
@@ -162,6 +163,22 @@ def _migration_5(connection: Connection) -> None:
     connection.exec_driver_sql("DROP TABLE lmgate_request_log")
 
 
+# Added by migration 6: budgets that reset (total, daily, weekly, monthly). The running
+# totals (used_tokens, used_usd) are those of the period that began at period_start.
+def _key_columns_v6() -> list[sa.Column[Any]]:
+    return [
+        sa.Column(
+            "budget_period", sa.String(16), nullable=False, server_default=sa.text("'total'")
+        ),
+        sa.Column("budget_reset_day", sa.Integer),
+        sa.Column("period_start", sa.Float, nullable=False, server_default="0"),
+    ]
+
+
+def _migration_6(connection: Connection) -> None:
+    _add_columns(connection, "lmgate_keys", _key_columns_v6())
+
+
 # The live schema, used by queries: the result of every migration.
 metadata = sa.MetaData()
 schema_version = sa.Table(
@@ -171,7 +188,7 @@ keys, usage = _tables_v1(metadata)
 usage.indexes = {index for index in usage.indexes if index.name != "lmgate_usage_key_at"}
 for _column in _usage_columns_v4():
     usage.append_column(_column)
-for _column in _key_columns_v4():
+for _column in [*_key_columns_v4(), *_key_columns_v6()]:
     keys.append_column(_column)
 responses = _responses_table(metadata)
 request_log = _request_log_table(metadata)
@@ -183,6 +200,7 @@ MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (3, _migration_3),
     (4, _migration_4),
     (5, _migration_5),
+    (6, _migration_6),
 ]
 
 

@@ -25,7 +25,9 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import PoolResetState
 
+from lmgate.accounts.periods import bounds
 from lmgate.accounts.schema import keys, migrate, responses, usage
+from lmgate.clock import SYSTEM, Clock
 from lmgate.errors import GatewayError
 from lmgate.observe.dependencies import Dependency
 
@@ -73,9 +75,28 @@ class KeyInfo:
     revoked_at: float | None = None
     budget_usd: float | None = None
     used_usd: float = 0.0
+    budget_period: str = "total"  # total | daily | weekly | monthly (UTC calendar)
+    budget_reset_day: int | None = None  # monthly: the day of the month it resets
+    period_start: float = 0.0  # the period the running totals (used_*) belong to
 
     def public(self) -> dict[str, Any]:
         return asdict(self)
+
+    def current(self, now: float) -> tuple[int, float]:
+        """Tokens and money spent in the period under way at ``now``: totals that
+        belong to an earlier period count as nothing (the budget has reset)."""
+        if self.budget_period == "total":
+            return self.used_tokens, self.used_usd
+        start, _ = bounds(self.budget_period, self.budget_reset_day, now)
+        return (self.used_tokens, self.used_usd) if self.period_start >= start else (0, 0.0)
+
+    def shown(self, now: float) -> dict[str, Any]:
+        """As the admin API shows it: this period's spend, and when it resets."""
+        view = self.public()
+        view["used_tokens"], view["used_usd"] = self.current(now)
+        view["budget_resets_at"] = bounds(self.budget_period, self.budget_reset_day, now)[1]
+        del view["period_start"]
+        return view
 
 
 def hash_key(key: str) -> str:
@@ -107,8 +128,9 @@ def store_unavailable() -> GatewayError:
 
 
 class Store:
-    def __init__(self, url: str, timeout: float = 3.0) -> None:
+    def __init__(self, url: str, timeout: float = 3.0, clock: Clock = SYSTEM) -> None:
         self.url = url
+        self.clock = clock  # where budget periods begin
         self.timeout = timeout  # for a call on a request's path, and to connect
         self.health = Dependency("store")
         options: dict[str, Any] = {}
@@ -188,22 +210,47 @@ class Store:
             # Measured on SQLite: half the CPU per row of multi-row INSERTs of 4096
             # parameters (equal in instructions; those cost in memory traffic).
             await connection.exec_driver_sql(_insert_usage(connection.dialect.paramstyle), rows)
-            for key_id, (tokens, cost) in used.items():
-                if tokens or cost:
-                    totals = (
-                        await connection.execute(
-                            keys.update()
-                            .where(keys.c.id == key_id)
-                            .values(
-                                used_tokens=keys.c.used_tokens + tokens,
-                                used_usd=keys.c.used_usd + cost,
-                            )
-                            .returning(keys.c.used_tokens, keys.c.used_usd)
+            spending = [key_id for key_id, (tokens, cost) in used.items() if tokens or cost]
+            periods = await self._periods(connection, spending)
+            for key_id in spending:
+                if key_id not in periods:  # a key this store does not know: no total
+                    continue
+                tokens, cost = used[key_id]
+                start = periods[key_id]
+                # A total of an earlier period starts again from this batch's spend.
+                fresh = keys.c.period_start < start
+                totals = (
+                    await connection.execute(
+                        keys.update()
+                        .where(keys.c.id == key_id)
+                        .values(
+                            used_tokens=sa.case((fresh, tokens), else_=keys.c.used_tokens + tokens),
+                            used_usd=sa.case((fresh, cost), else_=keys.c.used_usd + cost),
+                            period_start=sa.func.max(keys.c.period_start, start)
+                            if connection.dialect.name == "sqlite"
+                            else sa.func.greatest(keys.c.period_start, start),
                         )
-                    ).first()
-                    if totals is not None:  # a key this store does not know: no total
-                        spent[key_id] = Spent(tokens, totals[0], cost, float(totals[1]))
+                        .returning(keys.c.used_tokens, keys.c.used_usd, keys.c.period_start)
+                    )
+                ).first()
+                if totals is not None:
+                    spent[key_id] = Spent(
+                        tokens, totals[0], cost, float(totals[1]), float(totals[2])
+                    )
         return spent
+
+    async def _periods(self, connection: Any, key_ids: list[str]) -> dict[str, float]:
+        """Where each key's current budget period began (now, by the store's clock)."""
+        if not key_ids:
+            return {}
+        now = self.clock.time()
+        query = sa.select(keys.c.id, keys.c.budget_period, keys.c.budget_reset_day).where(
+            keys.c.id.in_(key_ids)
+        )
+        return {
+            row.id: bounds(row.budget_period, row.budget_reset_day, now)[0]
+            for row in await connection.execute(query)
+        }
 
     async def reachable(self) -> bool:
         """Whether the database answers at all (a refused record is not an outage)."""
@@ -339,6 +386,8 @@ class Store:
         budget_tokens: int | None = None,
         expires_at: float | None = None,
         budget_usd: float | None = None,
+        budget_period: str = "total",
+        budget_reset_day: int | None = None,
     ) -> tuple[str, KeyInfo]:
         """A new key: (the secret, shown once, and what is stored about it)."""
         secret = KEY_PREFIX + secrets.token_urlsafe(32)
@@ -352,6 +401,9 @@ class Store:
             budget_tokens=budget_tokens,
             expires_at=expires_at,
             budget_usd=budget_usd,
+            budget_period=budget_period,
+            budget_reset_day=budget_reset_day,
+            period_start=bounds(budget_period, budget_reset_day, self.clock.time())[0],
         )
         row = info.public()
         row["models"] = orjson.dumps(models).decode() if models is not None else None
@@ -431,12 +483,14 @@ KEY_ID, INPUT_TOKENS, OUTPUT_TOKENS, COST = map(
 
 
 class Spent(NamedTuple):
-    """What one key spent in a batch, and its running totals after it."""
+    """What one key spent in a batch, and its running totals after it (those of the
+    period that began at ``period_start``)."""
 
     tokens: int
     total_tokens: int
     cost: float = 0.0
     total_cost: float = 0.0
+    period_start: float = 0.0
 
 
 def spent_by_key(rows: list[tuple[Any, ...]]) -> dict[str, tuple[int, float]]:

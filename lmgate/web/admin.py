@@ -16,6 +16,7 @@ from starlette.routing import BaseRoute, Route
 from lmgate.accounts import reports
 from lmgate.accounts.accounts import Accounts, parse_since
 from lmgate.accounts.keys import presented_key
+from lmgate.accounts.periods import PERIODS
 from lmgate.accounts.store import Store, store_unavailable
 from lmgate.config import ConfigError
 from lmgate.config.problems import did_you_mean
@@ -26,7 +27,8 @@ from lmgate.frontends.validate import INT64, require_json
 from lmgate.routing.catalog import Catalog
 from lmgate.routing.router import Router
 
-_KEY_FIELDS = {"name", "models", "rpm", "tpm", "budget_tokens", "budget_usd", "expires"}
+_KEY_FIELDS = {"name", "models", "rpm", "tpm", "budget_tokens", "budget_usd", "expires",
+               "budget_period", "budget_reset_day"}  # fmt: skip
 _MAX_BODY = 64 * 1024  # a key's settings are a few hundred bytes
 _MAX_NAME = 200
 
@@ -123,13 +125,14 @@ class Admin:
         return 200, await self.control.config_shown()
 
     async def list_keys(self, request: Request, store: Store) -> tuple[int, Any]:
-        return 200, {"data": [key.public() for key in await store.list_keys()]}
+        now = store.clock.time()
+        return 200, {"data": [key.shown(now) for key in await store.list_keys()]}
 
     async def get_key(self, request: Request, store: Store) -> tuple[int, Any]:
         key = await store.get_key(request.path_params["key_id"])
         if key is None:
             raise GatewayError("not_found", f"no key {request.path_params['key_id']!r}")
-        return 200, key.public()
+        return 200, key.shown(store.clock.time())
 
     async def revoke_key(self, request: Request, store: Store) -> tuple[int, Any]:
         key_id = request.path_params["key_id"]
@@ -145,10 +148,12 @@ class Admin:
             settings.get("models"),
             expires_at=settings.get("expires_at"),
             budget_usd=settings.get("budget_usd"),
+            budget_period=settings.get("budget_period") or "total",
+            budget_reset_day=settings.get("budget_reset_day"),
             **{field: settings.get(field) for field in ("rpm", "tpm", "budget_tokens")},
         )
         self.accounts.keys.changed()
-        return 201, {"key": secret, **key.public()}
+        return 201, {"key": secret, **key.shown(store.clock.time())}
 
     async def update_key(self, request: Request, store: Store) -> tuple[int, Any]:
         """Change a key's name, models, limits, budgets or expiry; a field set to null
@@ -159,7 +164,7 @@ class Admin:
         if key is None:
             raise GatewayError("not_found", f"no key {key_id!r}")
         self.accounts.keys.changed()
-        return 200, key.public()
+        return 200, key.shown(store.clock.time())
 
     async def rotate_key(self, request: Request, store: Store) -> tuple[int, Any]:
         """A new secret for the key, shown once; the old one stops working (here at once,
@@ -170,7 +175,7 @@ class Admin:
             raise GatewayError("not_found", f"no active key {key_id!r}")
         self.accounts.keys.changed()
         secret, key = rotated
-        return 200, {"key": secret, **key.public()}
+        return 200, {"key": secret, **key.shown(store.clock.time())}
 
     def _key_settings(self, body: dict[str, Any], partial: bool) -> dict[str, Any]:
         """A key's settings from a request body, checked: store column -> value."""
@@ -199,6 +204,16 @@ class Admin:
             ):
                 raise invalid("budget_usd: expected a positive amount in USD", "budget_usd")
             settings["budget_usd"] = None if budget_usd is None else float(budget_usd)
+        if "budget_period" in body:
+            period = body["budget_period"]
+            if period not in PERIODS:
+                raise invalid(f"budget_period: expected one of {list(PERIODS)}", "budget_period")
+            settings["budget_period"] = period
+        if "budget_reset_day" in body:
+            day = body["budget_reset_day"]
+            if day is not None and (isinstance(day, bool) or day not in range(1, 29)):
+                raise invalid("budget_reset_day: a day of the month, 1 to 28", "budget_reset_day")
+            settings["budget_reset_day"] = day
         if "expires" in body:
             expires = body["expires"]
             settings["expires_at"] = parse_expiry(expires) if expires is not None else None

@@ -1,0 +1,45 @@
+"""Budget periods: a budget counts what was spent since its period began, on UTC
+calendar boundaries, so spend "resets" at the boundary without any job running: a
+running total that belongs to an earlier period simply counts as nothing.
+
+``total`` never resets; ``daily`` starts at 00:00 UTC; ``weekly`` on Monday 00:00 UTC;
+``monthly`` on day ``reset_day`` (1 to 28, default 1) of the month, 00:00 UTC.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Literal
+
+Period = Literal["total", "daily", "weekly", "monthly"]
+PERIODS: tuple[Period, ...] = ("total", "daily", "weekly", "monthly")
+_UTC = datetime.UTC
+
+
+def bounds(period: str, reset_day: int | None, now: float) -> tuple[float, float | None]:
+    """The current period's start and end (epoch seconds; no end for ``total``)."""
+    if period == "total":
+        return 0.0, None
+    today = datetime.datetime.fromtimestamp(now, _UTC).replace(
+        hour=0, minute=0, second=0, microsecond=0
+    )
+    if period == "daily":
+        start = today
+        end = start + datetime.timedelta(days=1)
+    elif period == "weekly":
+        start = today - datetime.timedelta(days=today.weekday())
+        end = start + datetime.timedelta(weeks=1)
+    elif period == "monthly":
+        day = reset_day or 1
+        start = today.replace(day=day)
+        if start > today:  # this month's reset day is still ahead
+            start = _add_months(start, -1)
+        end = _add_months(start, 1)
+    else:
+        raise ValueError(f"unknown budget period {period!r}")
+    return start.timestamp(), end.timestamp()
+
+
+def _add_months(moment: datetime.datetime, months: int) -> datetime.datetime:
+    index = moment.year * 12 + moment.month - 1 + months
+    return moment.replace(year=index // 12, month=index % 12 + 1)  # reset days are <= 28
