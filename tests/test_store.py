@@ -125,7 +125,9 @@ def test_usage_batches_and_summary(store_url: str) -> None:
         from lmgate.accounts.store import record_row
 
         one_more = [record_row(record(400, key_id=key.id)), record_row(record(401))]
-        assert await store.record_rows(one_more) == {key.id: (15, 1515, 0.0, 0.0, 0.0)}  # batch's, total
+        assert await store.record_rows(one_more) == {
+            key.id: (15, 1515, 0.0, 0.0, 0.0)
+        }  # batch's, total
         await store.close()
 
     run(scenario())

@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.support.accounts import records
+from tests.support.accounts import HI, accounts_config, admin, records, wait_for_records
 from tests.support.fakes.upstream import FakeUpstream, Script, completion, text_stream
 from tests.support.gateway import API_KEY, RunningGateway, upstream_config
 
@@ -78,3 +78,25 @@ def test_no_record_lost(
         row = rows[f"req-{number}"]
         expected = CASES[case][3:]
         assert (row["status"], row["error_type"]) == expected, (case, row)
+
+
+def test_usage_by_session_adds_up_to_the_total(
+    start_gateway: Any, upstream: FakeUpstream, sqlite_url: str
+) -> None:
+    """Each record carries its agent session (Claude Code's header, Codex's session_id,
+    else the request's user); usage by session sums to the total."""
+    gw = start_gateway(accounts_config(upstream, sqlite_url))
+    ask = {"model": "echo", "messages": HI}
+    for headers in ({"X-Claude-Code-Session-Id": "cc-1"}, {"X-Claude-Code-Session-Id": "cc-1"},
+                    {"session_id": "codex-7"}, {}):  # fmt: skip
+        assert gw.request("POST", "/v1/chat/completions", ask, headers).status == 200
+    gw.request("POST", "/v1/chat/completions", {**ask, "user": "dev@example.com"})
+    rows = wait_for_records(sqlite_url, 5)
+    assert [row["session"] for row in rows] == ["cc-1", "cc-1", "codex-7", None, "dev@example.com"]
+    status, by_session = admin(gw, "GET", "/admin/usage?by=session&since=1h")
+    assert status == 200, by_session
+    groups = {row["group"]: row["requests"] for row in by_session["data"]}
+    assert groups == {"cc-1": 2, "codex-7": 1, "-": 1, "dev@example.com": 1}
+    status, by_model = admin(gw, "GET", "/admin/usage?by=model&since=1h")
+    total = sum(row["input_tokens"] for row in by_model["data"])
+    assert sum(row["input_tokens"] for row in by_session["data"]) == total

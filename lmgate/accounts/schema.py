@@ -179,6 +179,15 @@ def _migration_6(connection: Connection) -> None:
     _add_columns(connection, "lmgate_keys", _key_columns_v6())
 
 
+# Added by migration 7: the agent session of each record, for usage by session.
+def _usage_columns_v7() -> list[sa.Column[Any]]:
+    return [sa.Column("session", sa.String(256))]
+
+
+def _migration_7(connection: Connection) -> None:
+    _add_columns(connection, "lmgate_usage", _usage_columns_v7())
+
+
 # The live schema, used by queries: the result of every migration.
 metadata = sa.MetaData()
 schema_version = sa.Table(
@@ -186,7 +195,7 @@ schema_version = sa.Table(
 )
 keys, usage = _tables_v1(metadata)
 usage.indexes = {index for index in usage.indexes if index.name != "lmgate_usage_key_at"}
-for _column in _usage_columns_v4():
+for _column in [*_usage_columns_v4(), *_usage_columns_v7()]:
     usage.append_column(_column)
 for _column in [*_key_columns_v4(), *_key_columns_v6()]:
     keys.append_column(_column)
@@ -201,6 +210,7 @@ MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (4, _migration_4),
     (5, _migration_5),
     (6, _migration_6),
+    (7, _migration_7),
 ]
 
 

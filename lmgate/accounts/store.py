@@ -58,6 +58,7 @@ class UsageRecord:
     upstream_ms: float | None = None
     overhead_ms: float | None = None
     error_message: str | None = None
+    session: str | None = None  # the agent session (its header, prompt_cache_key, user)
 
 
 @dataclass(slots=True)
@@ -278,7 +279,8 @@ class Store:
         refused one spent nothing to price."""
         # By model: the one that answered, else (a request that failed first) the one asked for.
         model = sa.func.coalesce(usage.c.model, usage.c.requested_model)
-        column = {"model": model, "key": usage.c.key_id, "provider": usage.c.provider}[by]
+        column = {"model": model, "key": usage.c.key_id, "provider": usage.c.provider,
+                  "session": usage.c.session}[by]  # fmt: skip
         group = sa.func.coalesce(column, "-")
         # Latency percentiles are of the requests an upstream served: a refusal (no
         # deployment) takes a millisecond and would only pull them down.

@@ -82,6 +82,7 @@ class Meter:
         "_recorder",
         "_request_id",
         "_requested",
+        "_session",
         "_started",
         "_stream",
         "_ttft_ms",
@@ -108,6 +109,7 @@ class Meter:
         self._protocol = protocol
         self._stream = False
         self._requested: str | None = None
+        self._session: str | None = None
         self._key_id: str | None = None
         self._model: str | None = None
         self._deployment: str | None = None
@@ -129,7 +131,7 @@ class Meter:
 
     def request(self, chat: ChatRequest, key_id: str | None, key_name: str | None = None) -> None:
         self._requested, self._stream, self._key_id = chat.model, chat.stream, key_id
-        self._key_name = key_name
+        self._key_name, self._session = key_name, chat.session
 
     def see(self, event: Event) -> None:
         if isinstance(event, Start):
@@ -247,6 +249,7 @@ class Meter:
             self._upstream_ms,
             self.overhead_ms(),
             message[:_MESSAGE] if message is not None else None,
+            self._session,
         )
         if self.hold is not None:  # what spent_by_key will count once the row is written
             self.hold.settle(input_tokens + output_tokens, cost or 0.0)

@@ -237,8 +237,8 @@ class Admin:
 
     async def usage(self, request: Request, store: Store) -> tuple[int, Any]:
         by = request.query_params.get("by", "model")
-        if by not in ("model", "key", "provider"):
-            raise invalid("by: expected model, key or provider", "by")
+        if by not in ("model", "key", "provider", "session"):
+            raise invalid("by: expected model, key, provider or session", "by")
         since = _since(request)
         return 200, {"by": by, "since": since, "data": await store.usage_summary(since, by)}
 

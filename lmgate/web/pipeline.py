@@ -128,11 +128,11 @@ class Pipeline:
                 chat = await parse_async(body, request.headers, caller.key_id)
             else:
                 chat = frontend.parse_request(body, request.headers)
+            chat.session, chat.key_id = session_of(request.headers, chat), caller.key_id
             if meter is not None:
                 meter.request(chat, caller.key_id, caller.key.name if caller.key else None)
             if chat.server_tools:
                 chat.server_tools_policy = self.config.messages.unsupported_tools
-            chat.session, chat.key_id = session_of(request.headers, chat), caller.key_id
             chain = self.catalog.candidates(chat.model, self._check_media(chat), bool(chat.tools))
             chain = await self.accounts.admit(caller, chain, chat, meter)
             events = self.router.stream(chat, chain, meter)
