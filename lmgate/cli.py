@@ -85,7 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     usage = commands.add_parser("usage", help="requests, tokens, errors and latency")
     _config_argument(usage)
     usage.add_argument("--since", default="24h", help="e.g. 30m, 1h, 7d (default: 24h)")
-    usage.add_argument("--by", default="model", choices=["model", "key", "provider", "session"])
+    usage.add_argument(
+        "--by", default="model", choices=["model", "key", "provider", "session", "user", "team"]
+    )
     usage.add_argument("--json", action="store_true", help="print JSON, not a table")
 
     args = parser.parse_args(argv)

@@ -8,7 +8,8 @@ import logging
 import time
 
 from lmgate.accounts.keys import Caller, KeyRing
-from lmgate.accounts.limits import CooldownBus, LocalLimiter, RedisLimiter
+from lmgate.accounts.limits import CooldownBus, Hold, LocalLimiter, RedisLimiter
+from lmgate.accounts.people import Account, Holder
 from lmgate.accounts.store import Spent, Store
 from lmgate.accounts.usage import Meter, RowSink, UsageRecorder
 from lmgate.canonical import ChatRequest
@@ -139,27 +140,44 @@ class Accounts:
         key = caller.key
         if key is None:
             return chain
-        if key.models is not None:
-            allowed = [entry for entry in chain if entry.id in key.models]
-            if not allowed:
-                raise self.limiter.refuse(
-                    "models",
-                    GatewayError(
-                        "permission",
-                        f"API key {key.name!r} may not use model {chain[0].id}",
-                        param="model",
-                        code="model_not_allowed",
-                    ),
-                )
-            chain = allowed
-        await self.limiter.admit(key)
-        if key.budget_tokens is not None or key.budget_usd is not None:
-            tokens, usd = await _estimate(chat, chain)
-            hold = await self.limiter.reserve(key, tokens, usd)
+        # The key's limits, then its user's and their team's: every one must pass.
+        holders: list[Holder] = [key]
+        if key.user_id is not None or key.team_id is not None:
+            holders += await self.keys.owners(key)
             if meter is not None:
-                meter.hold = hold
+                meter.owners(key.user_id, _team_of(holders))
+        for holder in holders:
+            if holder.models is not None:
+                allowed = [entry for entry in chain if entry.id in holder.models]
+                if not allowed:
+                    raise self.limiter.refuse(
+                        "models",
+                        GatewayError(
+                            "permission",
+                            f"{holder.label} may not use model {chain[0].id}",
+                            param="model",
+                            code="model_not_allowed",
+                        ),
+                    )
+                chain = allowed
+        for holder in holders:
+            await self.limiter.admit(holder)
+        budgeted = [h for h in holders if h.budget_tokens is not None or h.budget_usd is not None]
+        if budgeted:
+            tokens, usd = await _estimate(chat, chain)
+            holds: list[Hold] = []
+            try:
+                for holder in budgeted:
+                    holds.append(await self.limiter.reserve(holder, tokens, usd))
+            except GatewayError:
+                for hold in holds:  # the tightest refused: give back what others held
+                    hold.settle(0, 0.0)
+                raise
+            held: Hold | Holds = holds[0] if len(holds) == 1 else Holds(holds)
+            if meter is not None:
+                meter.hold = held
             else:
-                hold.settle(0, 0.0)
+                held.settle(0, 0.0)
         return chain
 
     def meter(self, request_id: str, protocol: str) -> Meter | None:
@@ -170,6 +188,23 @@ class Accounts:
         self.keys.spent(spent)
         self.limiter.written(spent)
         await self.limiter.add_tokens(spent)
+
+
+def _team_of(holders: list[Holder]) -> str | None:
+    return next((h.id for h in holders if isinstance(h, Account) and h.kind == "team"), None)
+
+
+class Holds:
+    """A request's holds of its key's, user's and team's budgets, settled together."""
+
+    __slots__ = ("_holds",)
+
+    def __init__(self, holds: list[Hold]) -> None:
+        self._holds = holds
+
+    def settle(self, tokens: int, usd: float) -> None:
+        for hold in self._holds:
+            hold.settle(tokens, usd)
 
 
 # The output a request is held at when it sets no cap (max_tokens) and its model has none.

@@ -10,6 +10,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from lmgate.accounts.people import Account, Kind, People
 from lmgate.accounts.store import KEY_PREFIX, KeyInfo, Spent, Store, hash_key
 from lmgate.errors import GatewayError
 
@@ -44,6 +45,9 @@ class KeyRing:
         self._store = store
         self._ttl = cache_seconds
         self._cache: dict[str, tuple[KeyInfo | None, float]] = {}  # hash -> (key, until)
+        # The users and teams of keys, cached alike: id -> (account, until).
+        self._owners: dict[str, tuple[Account | None, float]] = {}
+        self._people = People(store) if store is not None else None
         self._managed_exist = False
         self._known = False  # whether _managed_exist was ever read from the store
         self._checked_at = 0.0
@@ -122,10 +126,42 @@ class KeyRing:
         self._cache[digest] = (key, time.monotonic() + self._ttl)
         return key
 
+    async def owners(self, key: KeyInfo) -> list[Account]:
+        """The key's user and team (its own team, else its user's): their limits and
+        budgets apply to the key's requests too."""
+        found: list[Account] = []
+        user = await self._owner("user", key.user_id) if key.user_id else None
+        if user is not None:
+            found.append(user)
+        team_id = key.team_id or (user.team_id if user is not None else None)
+        team = await self._owner("team", team_id) if team_id else None
+        if team is not None:
+            found.append(team)
+        return found
+
+    async def _owner(self, kind: Kind, account_id: str) -> Account | None:
+        cached = self._owners.get(account_id)
+        if cached is not None and cached[1] > time.monotonic():
+            return cached[0]
+        people = self._people
+        assert people is not None  # keys with owners live in the store
+        try:
+            account = await people.store.bounded(lambda: people.get(kind, account_id))
+        except GatewayError:
+            if cached is not None:
+                return cached[0]  # as it was when the store last answered
+            raise
+        if len(self._owners) > 100_000:
+            self._owners.clear()
+        self._owners[account_id] = (account, time.monotonic() + self._ttl)
+        return account
+
     def spent(self, spent: dict[str, Spent]) -> None:
-        """Keys' running totals, as this process just wrote them to the store (other
-        processes' usage included): count them at once."""
-        for key, _ in self._cache.values():
+        """Keys', users' and teams' running totals, as this process just wrote them to
+        the store (other processes' usage included): count them at once."""
+        holders: list[KeyInfo | Account | None] = [key for key, _ in self._cache.values()]
+        holders += [account for account, _ in self._owners.values()]
+        for key in holders:
             if key is not None and (now := spent.get(key.id)) is not None:
                 if now.period_start > key.period_start:  # a new period's totals
                     key.period_start = now.period_start
@@ -137,6 +173,7 @@ class KeyRing:
     def changed(self) -> None:
         """A key was created or revoked here: look again on the next request."""
         self._cache.clear()
+        self._owners.clear()
         self._checked_at = 0.0
         self._managed_exist = False
         self._known = False

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from lmgate.accounts.people import Holder
 from lmgate.accounts.periods import bounds
 from lmgate.accounts.store import KeyInfo, Spent
 from lmgate.clock import SYSTEM, Clock
@@ -44,16 +45,16 @@ log = logging.getLogger("lmgate")
 WINDOW = 60.0
 
 
-def _limited(key: KeyInfo, what: str, retry_after: float | None) -> GatewayError:
+def _limited(key: Holder, what: str, retry_after: float | None) -> GatewayError:
     return GatewayError(
         "rate_limit",
-        f"API key {key.name!r} is over its {what}",
+        f"{key.label} is over its {what}",
         code="key_limit_exceeded",
         retry_after=math.ceil(retry_after) if retry_after is not None else None,
     )
 
 
-def over_budget(key: KeyInfo, now: float) -> str | None:
+def over_budget(key: Holder, now: float) -> str | None:
     """The budget ``key`` has used up in its period, as this process knows its totals."""
     tokens, usd = key.current(now)
     if key.budget_tokens is not None and tokens >= key.budget_tokens:
@@ -72,26 +73,25 @@ def key_state(key: KeyInfo, now: float | None = None) -> str:
     return "exhausted" if over_budget(key, now or time.time()) is not None else "active"
 
 
-def _budget_exhausted(key: KeyInfo, budget: str, now: float) -> GatewayError:
+def _budget_exhausted(key: Holder, budget: str, now: float) -> GatewayError:
     what = f"{key.budget_tokens} tokens" if budget == "budget_tokens" else f"${key.budget_usd:g}"
     if key.budget_period == "total":
         return GatewayError(
             "rate_limit",
-            f"API key {key.name!r} has used its budget of {what}",
+            f"{key.label} has used its budget of {what}",
             code="budget_exhausted",
         )
     end = bounds(key.budget_period, key.budget_reset_day, now)[1] or now
     resets = datetime.datetime.fromtimestamp(end, datetime.UTC).strftime("%Y-%m-%dT%H:%MZ")
     return GatewayError(
         "rate_limit",
-        f"API key {key.name!r} has used its {key.budget_period} budget of {what}; "
-        f"it resets at {resets}",
+        f"{key.label} has used its {key.budget_period} budget of {what}; it resets at {resets}",
         code="budget_exhausted",
         retry_after=math.ceil(end - now),
     )
 
 
-def totals_member(key: KeyInfo, now: float) -> str:
+def totals_member(key: Holder, now: float) -> str:
     """The key's running totals' name in Redis: its period's (a new one starts at 0)."""
     if key.budget_period == "total":
         return key.id
@@ -127,14 +127,14 @@ class LocalLimiter:
         self._minute_tokens: dict[str, tuple[int, int]] = {}  # key -> (minute, tokens)
         self.refused: dict[str, int] = {}  # requests refused, by limit (for the metrics)
 
-    async def admit(self, key: KeyInfo) -> None:
+    async def admit(self, key: Holder) -> None:
         """Raise the 429 of the first limit ``key`` is over."""
         now = self._clock.time()
         if (budget := over_budget(key, now)) is not None:
             raise self.refuse(budget, _budget_exhausted(key, budget, now))
         await self._admit(key)
 
-    async def reserve(self, key: KeyInfo, tokens: int, usd: float) -> Hold:
+    async def reserve(self, key: Holder, tokens: int, usd: float) -> Hold:
         """Hold a request's estimate of ``key``'s budget; the 429 of a budget that what
         is spent and held already reaches."""
         held = self._held.get(key.id) or [0, 0.0]
@@ -166,7 +166,7 @@ class LocalLimiter:
         self.refused[limit] = self.refused.get(limit, 0) + 1
         return error
 
-    async def _admit(self, key: KeyInfo) -> None:
+    async def _admit(self, key: Holder) -> None:
         now = self._clock.time()
         if key.tpm is not None:
             minute, used = self._minute_tokens.get(key.id, (0, 0))
@@ -306,7 +306,7 @@ class RedisLimiter(LocalLimiter):
                 ),
             )
 
-    async def _admit(self, key: KeyInfo) -> None:
+    async def _admit(self, key: Holder) -> None:
         if (key.rpm, key.tpm, key.budget_tokens, key.budget_usd) == (None, None, None, None):
             return
         if not self.backend.worth_trying():
@@ -328,7 +328,7 @@ class RedisLimiter(LocalLimiter):
             what = f"limit of {key.tpm} tokens per minute"
             raise self.refuse("tpm", _limited(key, what, int(wait_ms) / 1000))
 
-    async def _call_admit(self, key: KeyInfo) -> Any:
+    async def _call_admit(self, key: Holder) -> Any:
         now_ms = int(self._clock.time() * 1000)
         return await self._script(
             keys=[
@@ -348,7 +348,7 @@ class RedisLimiter(LocalLimiter):
             ],
         )
 
-    async def reserve(self, key: KeyInfo, tokens: int, usd: float) -> Hold:
+    async def reserve(self, key: Holder, tokens: int, usd: float) -> Hold:
         if not self.backend.worth_trying():
             self._unshared(None)
             return await super().reserve(key, tokens, usd)
@@ -364,7 +364,7 @@ class RedisLimiter(LocalLimiter):
         LocalLimiter.hold(self, key.id, tokens, usd)  # in Redis already
         return Hold(self, key.id, tokens, usd)
 
-    async def _call_reserve(self, key: KeyInfo, tokens: int, usd: float) -> Any:
+    async def _call_reserve(self, key: Holder, tokens: int, usd: float) -> Any:
         now = self._clock.time()
         used_tokens, used_usd = key.current(now)
         return await self._reserve(

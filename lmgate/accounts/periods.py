@@ -9,7 +9,8 @@ running total that belongs to an earlier period simply counts as nothing.
 from __future__ import annotations
 
 import datetime
-from typing import Literal
+from dataclasses import asdict
+from typing import Any, Literal
 
 Period = Literal["total", "daily", "weekly", "monthly"]
 PERIODS: tuple[Period, ...] = ("total", "daily", "weekly", "monthly")
@@ -38,6 +39,33 @@ def bounds(period: str, reset_day: int | None, now: float) -> tuple[float, float
     else:
         raise ValueError(f"unknown budget period {period!r}")
     return start.timestamp(), end.timestamp()
+
+
+class Budgeted:
+    """What holds limits and budgets (a key, a user, a team): its spend this period."""
+
+    __slots__ = ()
+    used_tokens: int
+    used_usd: float
+    budget_period: str
+    budget_reset_day: int | None
+    period_start: float  # the period the running totals (used_*) belong to
+
+    def current(self, now: float) -> tuple[int, float]:
+        """Tokens and money spent in the period under way at ``now``: totals that
+        belong to an earlier period count as nothing (the budget has reset)."""
+        if self.budget_period == "total":
+            return self.used_tokens, self.used_usd
+        start, _ = bounds(self.budget_period, self.budget_reset_day, now)
+        return (self.used_tokens, self.used_usd) if self.period_start >= start else (0, 0.0)
+
+    def shown(self, now: float) -> dict[str, Any]:
+        """As the admin API shows it: this period's spend, and when it resets."""
+        view = asdict(self)  # type: ignore[call-overload]
+        view["used_tokens"], view["used_usd"] = self.current(now)
+        view["budget_resets_at"] = bounds(self.budget_period, self.budget_reset_day, now)[1]
+        del view["period_start"]
+        return view
 
 
 def _add_months(moment: datetime.datetime, months: int) -> datetime.datetime:

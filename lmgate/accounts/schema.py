@@ -188,6 +188,57 @@ def _migration_7(connection: Connection) -> None:
     _add_columns(connection, "lmgate_usage", _usage_columns_v7())
 
 
+# Added by migration 8: people and teams, with limits and budgets as keys have them;
+# keys and records name theirs.
+def _account_table(metadata: sa.MetaData, name: str, *columns: Any) -> sa.Table:
+    return sa.Table(
+        name,
+        metadata,
+        sa.Column("id", sa.String(16), primary_key=True),
+        sa.Column("name", sa.String(200), nullable=False),
+        *columns,
+        sa.Column("models", sa.Text),  # JSON list of allowed model ids; null: every model
+        sa.Column("rpm", sa.Integer),
+        sa.Column("tpm", sa.Integer),
+        sa.Column("budget_tokens", sa.BigInteger),
+        sa.Column("budget_usd", sa.Float),
+        sa.Column(
+            "budget_period", sa.String(16), nullable=False, server_default=sa.text("'total'")
+        ),
+        sa.Column("budget_reset_day", sa.Integer),
+        sa.Column("used_tokens", sa.BigInteger, nullable=False, server_default="0"),
+        sa.Column("used_usd", sa.Float, nullable=False, server_default="0"),
+        sa.Column("period_start", sa.Float, nullable=False, server_default="0"),
+        sa.Column("created_at", sa.Float, nullable=False),
+    )
+
+
+def _teams_table(metadata: sa.MetaData) -> sa.Table:
+    return _account_table(metadata, "lmgate_teams", sa.UniqueConstraint("name"))
+
+
+def _users_table(metadata: sa.MetaData) -> sa.Table:
+    return _account_table(
+        metadata,
+        "lmgate_users",
+        sa.Column("email", sa.String(320), nullable=False, unique=True),
+        sa.Column("team_id", sa.String(16)),
+        sa.Column("role", sa.String(16), nullable=False, server_default=sa.text("'member'")),
+    )
+
+
+def _owner_columns_v8() -> list[sa.Column[Any]]:
+    return [sa.Column("user_id", sa.String(16)), sa.Column("team_id", sa.String(16))]
+
+
+def _migration_8(connection: Connection) -> None:
+    snapshot = sa.MetaData()
+    _teams_table(snapshot).create(connection)
+    _users_table(snapshot).create(connection)
+    _add_columns(connection, "lmgate_keys", _owner_columns_v8())
+    _add_columns(connection, "lmgate_usage", _owner_columns_v8())
+
+
 # The live schema, used by queries: the result of every migration.
 metadata = sa.MetaData()
 schema_version = sa.Table(
@@ -195,10 +246,12 @@ schema_version = sa.Table(
 )
 keys, usage = _tables_v1(metadata)
 usage.indexes = {index for index in usage.indexes if index.name != "lmgate_usage_key_at"}
-for _column in [*_usage_columns_v4(), *_usage_columns_v7()]:
+for _column in [*_usage_columns_v4(), *_usage_columns_v7(), *_owner_columns_v8()]:
     usage.append_column(_column)
-for _column in [*_key_columns_v4(), *_key_columns_v6()]:
+for _column in [*_key_columns_v4(), *_key_columns_v6(), *_owner_columns_v8()]:
     keys.append_column(_column)
+teams = _teams_table(metadata)
+users = _users_table(metadata)
 responses = _responses_table(metadata)
 request_log = _request_log_table(metadata)
 
@@ -211,6 +264,7 @@ MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (5, _migration_5),
     (6, _migration_6),
     (7, _migration_7),
+    (8, _migration_8),
 ]
 
 

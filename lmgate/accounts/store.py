@@ -25,8 +25,8 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import PoolResetState
 
-from lmgate.accounts.periods import bounds
-from lmgate.accounts.schema import keys, migrate, responses, usage
+from lmgate.accounts.periods import Budgeted, bounds
+from lmgate.accounts.schema import keys, migrate, responses, teams, usage, users
 from lmgate.clock import SYSTEM, Clock
 from lmgate.errors import GatewayError
 from lmgate.observe.dependencies import Dependency
@@ -59,10 +59,12 @@ class UsageRecord:
     overhead_ms: float | None = None
     error_message: str | None = None
     session: str | None = None  # the agent session (its header, prompt_cache_key, user)
+    user_id: str | None = None  # whose key it came with
+    team_id: str | None = None  # and their team
 
 
 @dataclass(slots=True)
-class KeyInfo:
+class KeyInfo(Budgeted):
     id: str
     name: str
     prefix: str
@@ -79,25 +81,15 @@ class KeyInfo:
     budget_period: str = "total"  # total | daily | weekly | monthly (UTC calendar)
     budget_reset_day: int | None = None  # monthly: the day of the month it resets
     period_start: float = 0.0  # the period the running totals (used_*) belong to
+    user_id: str | None = None  # whose key it is: their limits and budgets apply too
+    team_id: str | None = None  # its team (else its user's): the team's apply too
+
+    @property
+    def label(self) -> str:
+        return f"API key {self.name!r}"
 
     def public(self) -> dict[str, Any]:
         return asdict(self)
-
-    def current(self, now: float) -> tuple[int, float]:
-        """Tokens and money spent in the period under way at ``now``: totals that
-        belong to an earlier period count as nothing (the budget has reset)."""
-        if self.budget_period == "total":
-            return self.used_tokens, self.used_usd
-        start, _ = bounds(self.budget_period, self.budget_reset_day, now)
-        return (self.used_tokens, self.used_usd) if self.period_start >= start else (0, 0.0)
-
-    def shown(self, now: float) -> dict[str, Any]:
-        """As the admin API shows it: this period's spend, and when it resets."""
-        view = self.public()
-        view["used_tokens"], view["used_usd"] = self.current(now)
-        view["budget_resets_at"] = bounds(self.budget_period, self.budget_reset_day, now)[1]
-        del view["period_start"]
-        return view
 
 
 def hash_key(key: str) -> str:
@@ -213,25 +205,27 @@ class Store:
             await connection.exec_driver_sql(_insert_usage(connection.dialect.paramstyle), rows)
             spending = [key_id for key_id, (tokens, cost) in used.items() if tokens or cost]
             periods = await self._periods(connection, spending)
+            greatest = sa.func.max if connection.dialect.name == "sqlite" else sa.func.greatest
             for key_id in spending:
-                if key_id not in periods:  # a key this store does not know: no total
+                if key_id not in periods:  # one this store does not know: no total
                     continue
                 tokens, cost = used[key_id]
                 start = periods[key_id]
+                table = _table_of(key_id)
                 # A total of an earlier period starts again from this batch's spend.
-                fresh = keys.c.period_start < start
+                fresh = table.c.period_start < start
                 totals = (
                     await connection.execute(
-                        keys.update()
-                        .where(keys.c.id == key_id)
+                        table.update()
+                        .where(table.c.id == key_id)
                         .values(
-                            used_tokens=sa.case((fresh, tokens), else_=keys.c.used_tokens + tokens),
-                            used_usd=sa.case((fresh, cost), else_=keys.c.used_usd + cost),
-                            period_start=sa.func.max(keys.c.period_start, start)
-                            if connection.dialect.name == "sqlite"
-                            else sa.func.greatest(keys.c.period_start, start),
+                            used_tokens=sa.case(
+                                (fresh, tokens), else_=table.c.used_tokens + tokens
+                            ),
+                            used_usd=sa.case((fresh, cost), else_=table.c.used_usd + cost),
+                            period_start=greatest(table.c.period_start, start),
                         )
-                        .returning(keys.c.used_tokens, keys.c.used_usd, keys.c.period_start)
+                        .returning(table.c.used_tokens, table.c.used_usd, table.c.period_start)
                     )
                 ).first()
                 if totals is not None:
@@ -240,18 +234,19 @@ class Store:
                     )
         return spent
 
-    async def _periods(self, connection: Any, key_ids: list[str]) -> dict[str, float]:
-        """Where each key's current budget period began (now, by the store's clock)."""
-        if not key_ids:
-            return {}
+    async def _periods(self, connection: Any, holder_ids: list[str]) -> dict[str, float]:
+        """Where each key's, user's or team's current budget period began (now, by the
+        store's clock)."""
         now = self.clock.time()
-        query = sa.select(keys.c.id, keys.c.budget_period, keys.c.budget_reset_day).where(
-            keys.c.id.in_(key_ids)
-        )
-        return {
-            row.id: bounds(row.budget_period, row.budget_reset_day, now)[0]
-            for row in await connection.execute(query)
-        }
+        starts: dict[str, float] = {}
+        for table in (keys, users, teams):
+            ids = [holder for holder in holder_ids if _table_of(holder) is table]
+            if not ids:
+                continue
+            query = sa.select(table.c.id, table.c.budget_period, table.c.budget_reset_day)
+            for row in await connection.execute(query.where(table.c.id.in_(ids))):
+                starts[row.id] = bounds(row.budget_period, row.budget_reset_day, now)[0]
+        return starts
 
     async def reachable(self) -> bool:
         """Whether the database answers at all (a refused record is not an outage)."""
@@ -280,7 +275,8 @@ class Store:
         # By model: the one that answered, else (a request that failed first) the one asked for.
         model = sa.func.coalesce(usage.c.model, usage.c.requested_model)
         column = {"model": model, "key": usage.c.key_id, "provider": usage.c.provider,
-                  "session": usage.c.session}[by]  # fmt: skip
+                  "session": usage.c.session, "user": usage.c.user_id,
+                  "team": usage.c.team_id}[by]  # fmt: skip
         group = sa.func.coalesce(column, "-")
         # Latency percentiles are of the requests an upstream served: a refusal (no
         # deployment) takes a millisecond and would only pull them down.
@@ -390,6 +386,8 @@ class Store:
         budget_usd: float | None = None,
         budget_period: str = "total",
         budget_reset_day: int | None = None,
+        user_id: str | None = None,
+        team_id: str | None = None,
     ) -> tuple[str, KeyInfo]:
         """A new key: (the secret, shown once, and what is stored about it)."""
         secret = KEY_PREFIX + secrets.token_urlsafe(32)
@@ -406,6 +404,8 @@ class Store:
             budget_period=budget_period,
             budget_reset_day=budget_reset_day,
             period_start=bounds(budget_period, budget_reset_day, self.clock.time())[0],
+            user_id=user_id,
+            team_id=team_id,
         )
         row = info.public()
         row["models"] = orjson.dumps(models).decode() if models is not None else None
@@ -479,8 +479,9 @@ _USAGE_FIELDS = tuple(f.name for f in fields(UsageRecord))
 # A record as a plain tuple: what the driver takes, and what the garbage collector
 # stops tracking (records wait in a queue; thousands of tracked objects cost GC time).
 record_row = attrgetter(*_USAGE_FIELDS)
-KEY_ID, INPUT_TOKENS, OUTPUT_TOKENS, COST = map(
-    _USAGE_FIELDS.index, ("key_id", "input_tokens", "output_tokens", "cost")
+KEY_ID, INPUT_TOKENS, OUTPUT_TOKENS, COST, USER_ID, TEAM_ID = map(
+    _USAGE_FIELDS.index,
+    ("key_id", "input_tokens", "output_tokens", "cost", "user_id", "team_id"),
 )
 
 
@@ -496,18 +497,25 @@ class Spent(NamedTuple):
 
 
 def spent_by_key(rows: list[tuple[Any, ...]]) -> dict[str, tuple[int, float]]:
-    """(tokens, cost) per managed key (``server.api_keys`` keys, ``config:…``, have
-    no limits)."""
+    """(tokens, cost) per managed key, and per user and team of theirs
+    (``server.api_keys`` keys, ``config:…``, have no limits)."""
     used: dict[str, tuple[int, float]] = {}
     for row in rows:
         key_id = row[KEY_ID]
-        if key_id is not None and not key_id.startswith("config:"):
-            tokens, cost = used.get(key_id, (0, 0.0))
-            used[key_id] = (
-                tokens + row[INPUT_TOKENS] + row[OUTPUT_TOKENS],
-                cost + (row[COST] or 0.0),
-            )
+        if key_id is None or key_id.startswith("config:"):
+            continue
+        spent = row[INPUT_TOKENS] + row[OUTPUT_TOKENS]
+        cost = row[COST] or 0.0
+        for holder in (key_id, row[USER_ID], row[TEAM_ID]):
+            if holder is not None:
+                tokens, money = used.get(holder, (0, 0.0))
+                used[holder] = (tokens + spent, money + cost)
     return used
+
+
+def _table_of(holder_id: str) -> sa.Table:
+    """Users' ids start ``u-``, teams' ``t-``; keys' are plain hex."""
+    return {"u-": users, "t-": teams}.get(holder_id[:2], keys)
 
 
 @functools.cache

@@ -30,7 +30,6 @@ from lmgate.errors import GatewayError
 from lmgate.observe import logs
 
 if TYPE_CHECKING:
-    from lmgate.accounts.limits import Hold
     from lmgate.observe.pricing import Price
     from lmgate.observe.tracing import RequestSpan
     from lmgate.routing.catalog import Deployment
@@ -59,6 +58,12 @@ def _clamp(count: int) -> int:
     return min(max(count, 0), _COUNT)
 
 
+class Settles(Protocol):
+    """A request's hold of budgets: settled with what it spent."""
+
+    def settle(self, tokens: int, usd: float) -> None: ...
+
+
 class RowSink(Protocol):
     """Takes a finished request's usage row (``UsageRecorder``, or the metrics too)."""
 
@@ -85,11 +90,13 @@ class Meter:
         "_session",
         "_started",
         "_stream",
+        "_team_id",
         "_ttft_ms",
         "_upstream_began",
         "_upstream_last",
         "_upstream_ms",
         "_usage",
+        "_user_id",
         "at",
         "done",
         "hold",
@@ -110,6 +117,8 @@ class Meter:
         self._stream = False
         self._requested: str | None = None
         self._session: str | None = None
+        self._user_id: str | None = None
+        self._team_id: str | None = None
         self._key_id: str | None = None
         self._model: str | None = None
         self._deployment: str | None = None
@@ -127,11 +136,16 @@ class Meter:
         # watching each event would cost a generator layer per request.
         self.reply: Reply | None = None
         self.span: RequestSpan | None = None  # with otel.enabled
-        self.hold: Hold | None = None  # of its key's budget: settled at the end
+        # Of its key's (user's, team's) budgets: settled at the end.
+        self.hold: Settles | None = None
 
     def request(self, chat: ChatRequest, key_id: str | None, key_name: str | None = None) -> None:
         self._requested, self._stream, self._key_id = chat.model, chat.stream, key_id
         self._key_name, self._session = key_name, chat.session
+
+    def owners(self, user_id: str | None, team_id: str | None) -> None:
+        """Whose key it came with: the record is theirs too (usage by user and team)."""
+        self._user_id, self._team_id = user_id, team_id
 
     def see(self, event: Event) -> None:
         if isinstance(event, Start):
@@ -250,6 +264,8 @@ class Meter:
             self.overhead_ms(),
             message[:_MESSAGE] if message is not None else None,
             self._session,
+            self._user_id,
+            self._team_id,
         )
         if self.hold is not None:  # what spent_by_key will count once the row is written
             self.hold.settle(input_tokens + output_tokens, cost or 0.0)

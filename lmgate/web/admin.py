@@ -16,6 +16,7 @@ from starlette.routing import BaseRoute, Route
 from lmgate.accounts import reports
 from lmgate.accounts.accounts import Accounts, parse_since
 from lmgate.accounts.keys import presented_key
+from lmgate.accounts.people import People
 from lmgate.accounts.periods import PERIODS
 from lmgate.accounts.store import Store, store_unavailable
 from lmgate.config import ConfigError
@@ -26,9 +27,11 @@ from lmgate.frontends.base import error_reply, request_id
 from lmgate.frontends.validate import INT64, require_json
 from lmgate.routing.catalog import Catalog
 from lmgate.routing.router import Router
+from lmgate.web.admin_people import PeopleAdmin
 
-_KEY_FIELDS = {"name", "models", "rpm", "tpm", "budget_tokens", "budget_usd", "expires",
-               "budget_period", "budget_reset_day"}  # fmt: skip
+LIMIT_FIELDS = {"models", "rpm", "tpm", "budget_tokens", "budget_usd", "budget_period",
+                "budget_reset_day"}  # fmt: skip
+_KEY_FIELDS = {"name", "expires", "user_id", "team_id", *LIMIT_FIELDS}
 _MAX_BODY = 64 * 1024  # a key's settings are a few hundred bytes
 _MAX_NAME = 200
 
@@ -75,7 +78,17 @@ class Admin:
             Route("/admin/usage", self._handler(self.usage), methods=["GET"]),
             Route("/admin/reload", self._handler(self.reload, store=False), methods=["POST"]),
             Route("/admin/config", self._handler(self.config, store=False), methods=["GET"]),
+            *PeopleAdmin(self).routes(),
         ]
+
+    # For the users' and teams' routes (admin_people).
+    limit_fields = LIMIT_FIELDS
+
+    def handler(self, action: Any) -> Any:
+        return self._handler(action)
+
+    async def json_object(self, request: Request) -> dict[str, Any]:
+        return await _json_object(request)
 
     def _handler(self, action: Any, store: bool = True) -> Any:
         async def handle(request: Request) -> Response:
@@ -143,9 +156,12 @@ class Admin:
 
     async def create_key(self, request: Request, store: Store) -> tuple[int, Any]:
         settings = self._key_settings(await _json_object(request), partial=False)
+        await self._owners_exist(store, settings)
         secret, key = await store.create_key(
             settings.pop("name"),
             settings.get("models"),
+            user_id=settings.get("user_id"),
+            team_id=settings.get("team_id"),
             expires_at=settings.get("expires_at"),
             budget_usd=settings.get("budget_usd"),
             budget_period=settings.get("budget_period") or "total",
@@ -159,6 +175,7 @@ class Admin:
         """Change a key's name, models, limits, budgets or expiry; a field set to null
         removes that limit (models: every model)."""
         settings = self._key_settings(await _json_object(request), partial=True)
+        await self._owners_exist(store, settings)
         key_id = request.path_params["key_id"]
         key = await store.update_key(key_id, settings) if settings else await store.get_key(key_id)
         if key is None:
@@ -190,6 +207,27 @@ class Admin:
             if not isinstance(name, str) or not name.strip() or len(name) > _MAX_NAME:
                 raise invalid(f"name: a non-empty string of at most {_MAX_NAME} characters", "name")
             settings["name"] = name.strip()
+        settings.update(self.limit_settings(body))
+        for field in ("user_id", "team_id"):
+            if body.get(field) is not None and not isinstance(body[field], str):
+                raise invalid(f"{field}: expected the id of a {field[:-3]}", field)
+            if field in body:
+                settings[field] = body[field]
+        if "expires" in body:
+            expires = body["expires"]
+            settings["expires_at"] = parse_expiry(expires) if expires is not None else None
+        return settings
+
+    async def _owners_exist(self, store: Store, settings: dict[str, Any]) -> None:
+        people = People(store)
+        for field, kind in (("user_id", "user"), ("team_id", "team")):
+            wanted = settings.get(field)
+            if wanted is not None and await people.get(kind, wanted) is None:  # type: ignore[arg-type]
+                raise invalid(f"{field}: no {kind} {wanted!r}", field)
+
+    def limit_settings(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The limits and budgets a key, a user or a team holds, checked."""
+        settings: dict[str, Any] = {}
         if "models" in body:
             settings["models"] = self._models(body["models"])
         for field in ("rpm", "tpm", "budget_tokens"):
@@ -214,9 +252,6 @@ class Admin:
             if day is not None and (isinstance(day, bool) or day not in range(1, 29)):
                 raise invalid("budget_reset_day: a day of the month, 1 to 28", "budget_reset_day")
             settings["budget_reset_day"] = day
-        if "expires" in body:
-            expires = body["expires"]
-            settings["expires_at"] = parse_expiry(expires) if expires is not None else None
         return settings
 
     def _models(self, models: Any) -> list[str] | None:
@@ -237,8 +272,8 @@ class Admin:
 
     async def usage(self, request: Request, store: Store) -> tuple[int, Any]:
         by = request.query_params.get("by", "model")
-        if by not in ("model", "key", "provider", "session"):
-            raise invalid("by: expected model, key, provider or session", "by")
+        if by not in ("model", "key", "provider", "session", "user", "team"):
+            raise invalid("by: expected model, key, provider, session, user or team", "by")
         since = _since(request)
         return 200, {"by": by, "since": since, "data": await store.usage_summary(since, by)}
 

@@ -195,7 +195,7 @@ const pages = {};
 pages.overview = async (root) => {
   const range = h("select", { id: "range", "data-testid": "range" },
     ["15m", "1h", "6h", "24h", "7d"].map((r) => h("option", { value: r, selected: r === (state.range || "1h") }, r)));
-  const by = h("select", { id: "by" }, ["model", "key", "provider", "session"].map((b) => h("option", { value: b, selected: b === (state.by || "model") }, `by ${b}`)));
+  const by = h("select", { id: "by" }, ["model", "key", "provider", "session", "user", "team"].map((b) => h("option", { value: b, selected: b === (state.by || "model") }, `by ${b}`)));
   const body = h("div", {});
   root.append(h("h1", {}, "Overview"), h("div", { class: "toolbar" }, h("label", {}, "Time range", range), h("label", {}, "Breakdown", by)), body);
   const draw = async () => {

@@ -1,0 +1,121 @@
+"""Users and teams: each holds limits and budgets as a key does, and a request must
+pass its key's, its user's and its team's (the tightest refuses, and the 429 names
+it); models allowed are the intersection; usage by user and by team adds up to the
+total. On SQLite alone, and on PostgreSQL with Redis."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.support.accounts import HI, accounts_config, admin, wait_for_records
+from tests.support.fakes.upstream import FakeUpstream
+from tests.support.gateway import RunningGateway, wait_until
+
+ASK = {"model": "echo", "messages": HI}
+
+
+def made(gw: RunningGateway, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    status, created = admin(gw, "POST", path, body)
+    assert status == 201, created
+    return created  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres+redis"])
+def test_a_team_budget_shared_by_two_users_keys_refuses_at_the_teams_cap(
+    start_gateway: Any, upstream: FakeUpstream, backend: str, request: pytest.FixtureRequest
+) -> None:
+    if backend == "sqlite":
+        store_url, extra = str(request.getfixturevalue("sqlite_url")), {}
+    else:
+        store_url = str(request.getfixturevalue("postgres_url"))
+        extra = {"redis": {"url": request.getfixturevalue("redis_url")}}
+    gw: RunningGateway = start_gateway(accounts_config(upstream, store_url, **extra))
+    probe = made(gw, "/admin/keys", {"name": "probe"})["key"]
+    per_request = gw.request("POST", "/v1/chat/completions", ASK, api_key=probe).json()[
+        "usage"]["total_tokens"]  # fmt: skip
+    team = made(gw, "/admin/teams", {"name": "web", "budget_tokens": per_request * 5 // 2,
+                                     "budget_period": "monthly"})  # fmt: skip
+    assert team["id"].startswith("t-") and team["budget_resets_at"] is not None
+    ada = made(gw, "/admin/users", {"email": "Ada@Example.com", "team_id": team["id"]})
+    bob = made(gw, "/admin/users", {"email": "bob@example.com", "team_id": team["id"],
+                                    "role": "viewer"})  # fmt: skip
+    assert (ada["email"], ada["role"], bob["role"]) == ("ada@example.com", "member", "viewer")
+    keys = [made(gw, "/admin/keys", {"name": f"{u['email']} laptop", "user_id": u["id"]})["key"]
+            for u in (ada, bob)]  # fmt: skip
+    statuses = []
+    for turn in range(4):
+        answer = gw.request("POST", "/v1/chat/completions", ASK, api_key=keys[turn % 2])
+        statuses.append(answer.status)
+        if answer.status == 429:
+            assert "team 'web' has used its monthly budget" in answer.json()["error"]["message"]
+        else:
+            wait_for_records(store_url, turn + 2)  # the probe's, then each of these
+    assert statuses == [200, 200, 200, 429]
+    wait_until(lambda: admin(gw, "GET", f"/admin/teams/{team['id']}")[1]["used_tokens"]
+               == 3 * per_request)  # fmt: skip
+    _status, shown = admin(gw, "GET", f"/admin/users/{ada['id']}")
+    assert shown["used_tokens"] == 2 * per_request  # hers: turns 0 and 2
+    # Usage by user and by team adds up to the total.
+    wait_for_records(store_url, 5)
+    _, by_user = admin(gw, "GET", "/admin/usage?by=user&since=1h")
+    users = {row["group"]: row["requests"] for row in by_user["data"]}
+    assert users == {ada["id"]: 2, bob["id"]: 2, "-": 1}  # bob's refusal is recorded too
+    _, by_team = admin(gw, "GET", "/admin/usage?by=team&since=1h")
+    assert {row["group"]: row["requests"] for row in by_team["data"]} == {team["id"]: 4, "-": 1}
+
+
+def test_the_tightest_limit_and_the_models_all_three_allow(
+    start_gateway: Any, upstream: FakeUpstream, sqlite_url: str
+) -> None:
+    gw: RunningGateway = start_gateway(accounts_config(upstream, sqlite_url))
+    team = made(gw, "/admin/teams", {"name": "research", "models": ["echo", "chat-model"]})
+    user = made(gw, "/admin/users", {"email": "cy@example.com", "team_id": team["id"], "rpm": 2})
+    key = made(gw, "/admin/keys", {"name": "cy", "user_id": user["id"],
+                                   "models": ["echo", "claude-model"], "rpm": 100})["key"]  # fmt: skip
+    refused = gw.request(
+        "POST", "/v1/chat/completions", {**ASK, "model": "chat-model"}, api_key=key
+    )
+    assert (
+        refused.status == 403 and "API key 'cy' may not use" in refused.json()["error"]["message"]
+    )
+    claude = gw.request(
+        "POST", "/v1/chat/completions", {**ASK, "model": "claude-model"}, api_key=key
+    )
+    assert claude.status == 403 and "team 'research'" in claude.json()["error"]["message"]
+    statuses = [
+        gw.request("POST", "/v1/chat/completions", ASK, api_key=key).status for _ in range(3)
+    ]
+    assert statuses == [200, 200, 429]  # the user's rpm, not the key's
+    answer = gw.request("POST", "/v1/chat/completions", ASK, api_key=key)
+    assert (
+        "user 'cy@example.com' is over its limit of 2 requests" in answer.json()["error"]["message"]
+    )
+
+
+def test_users_and_teams_are_managed_and_checked(
+    start_gateway: Any, upstream: FakeUpstream, sqlite_url: str
+) -> None:
+    gw: RunningGateway = start_gateway(accounts_config(upstream, sqlite_url))
+    team = made(gw, "/admin/teams", {"name": "ops"})
+    assert admin(gw, "POST", "/admin/teams", {"name": "ops"})[0] == 400  # taken
+    assert (
+        admin(gw, "POST", "/admin/users", {"email": "not-an-email"})[1]["error"]["param"] == "email"
+    )
+    assert admin(gw, "POST", "/admin/users", {"email": "a@b.c", "role": "owner"})[0] == 400
+    assert admin(gw, "POST", "/admin/users", {"email": "a@b.c", "team_id": "t-none"})[0] == 400
+    assert admin(gw, "POST", "/admin/keys", {"name": "k", "user_id": "u-none"})[0] == 400
+    user = made(gw, "/admin/users", {"email": "dee@example.com", "team_id": team["id"]})
+    status, patched = admin(gw, "PATCH", f"/admin/users/{user['id']}",
+                            {"budget_usd": 150, "budget_period": "monthly", "role": "admin"})  # fmt: skip
+    assert status == 200 and (patched["budget_usd"], patched["role"]) == (150, "admin")
+    key = made(gw, "/admin/keys", {"name": "dee", "user_id": user["id"]})
+    # A team with users is not removed; a removed user's keys stop working.
+    status, refused = admin(gw, "DELETE", f"/admin/teams/{team['id']}")
+    assert status == 409 and refused["error"]["code"] == "team_not_empty"
+    assert gw.request("POST", "/v1/chat/completions", ASK, api_key=key["key"]).status == 200
+    assert admin(gw, "DELETE", f"/admin/users/{user['id']}")[0] == 200
+    assert gw.request("POST", "/v1/chat/completions", ASK, api_key=key["key"]).status == 401
+    assert admin(gw, "DELETE", f"/admin/teams/{team['id']}")[0] == 200
+    assert admin(gw, "GET", "/admin/teams")[1]["data"] == []
