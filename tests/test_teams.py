@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
 
 from tests.support.accounts import HI, accounts_config, admin, wait_for_records
@@ -119,3 +120,32 @@ def test_users_and_teams_are_managed_and_checked(
     assert gw.request("POST", "/v1/chat/completions", ASK, api_key=key["key"]).status == 401
     assert admin(gw, "DELETE", f"/admin/teams/{team['id']}")[0] == 200
     assert admin(gw, "GET", "/admin/teams")[1]["data"] == []
+
+
+def test_every_admin_change_is_in_the_audit_log_without_secrets(
+    start_gateway: Any, upstream: FakeUpstream, sqlite_url: str
+) -> None:
+    gw: RunningGateway = start_gateway(accounts_config(upstream, sqlite_url))
+    team = made(gw, "/admin/teams", {"name": "audit-team"})
+    user = made(gw, "/admin/users", {"email": "eve@example.com", "team_id": team["id"]})
+    key = made(gw, "/admin/keys", {"name": "eve", "user_id": user["id"]})
+    admin(gw, "PATCH", f"/admin/keys/{key['id']}", {"rpm": 30})
+    status, rotated = admin(gw, "POST", f"/admin/keys/{key['id']}/rotate")
+    admin(gw, "DELETE", f"/admin/keys/{key['id']}")
+    admin(gw, "PATCH", f"/admin/teams/{team['id']}", {"budget_usd": 500})
+    status, log = admin(gw, "GET", "/admin/audit?limit=10")
+    assert status == 200
+    entries = log["data"]
+    assert [e["action"] for e in entries] == [
+        "team.update", "key.revoke", "key.rotate", "key.update", "key.create", "user.create",
+        "team.create"]  # fmt: skip
+    assert {e["actor"] for e in entries} == {"admin key"}
+    update = entries[3]
+    assert (update["target"], update["before"]["rpm"], update["after"]["rpm"]) == (
+        key["id"], None, 30)  # fmt: skip
+    assert entries[0]["after"]["budget_usd"] == 500 and entries[0]["before"]["budget_usd"] is None
+    text = orjson.dumps(log).decode()
+    assert key["key"] not in text and rotated["key"] not in text  # secrets never
+    status, older = admin(gw, "GET", f"/admin/audit?limit=2&before={entries[4]['id']}")
+    assert [e["action"] for e in older["data"]] == ["user.create", "team.create"]
+    assert admin(gw, "GET", "/admin/audit?limit=0")[0] == 400

@@ -239,6 +239,26 @@ def _migration_8(connection: Connection) -> None:
     _add_columns(connection, "lmgate_usage", _owner_columns_v8())
 
 
+# Added by migration 9: who changed what through the admin API, and when.
+def _audit_table(metadata: sa.MetaData) -> sa.Table:
+    return sa.Table(
+        "lmgate_audit",
+        metadata,
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+        sa.Column("at", sa.Float, nullable=False),
+        sa.Column("actor", sa.String(320), nullable=False),  # "admin key", or a user's email
+        sa.Column("action", sa.String(64), nullable=False),  # key.create, team.update, …
+        sa.Column("target", sa.String(64)),  # the id changed
+        sa.Column("before", sa.Text),  # JSON, never a secret
+        sa.Column("after", sa.Text),
+        sa.Index("lmgate_audit_at", "at"),
+    )
+
+
+def _migration_9(connection: Connection) -> None:
+    _audit_table(sa.MetaData()).create(connection)
+
+
 # The live schema, used by queries: the result of every migration.
 metadata = sa.MetaData()
 schema_version = sa.Table(
@@ -252,6 +272,7 @@ for _column in [*_key_columns_v4(), *_key_columns_v6(), *_owner_columns_v8()]:
     keys.append_column(_column)
 teams = _teams_table(metadata)
 users = _users_table(metadata)
+audit = _audit_table(metadata)
 responses = _responses_table(metadata)
 request_log = _request_log_table(metadata)
 
@@ -265,6 +286,7 @@ MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (6, _migration_6),
     (7, _migration_7),
     (8, _migration_8),
+    (9, _migration_9),
 ]
 
 

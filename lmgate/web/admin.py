@@ -4,6 +4,7 @@ only (no client key reaches it). Errors use the OpenAI error shape."""
 from __future__ import annotations
 
 import hmac
+import logging
 import time
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -13,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from lmgate.accounts import reports
+from lmgate.accounts import audit, reports
 from lmgate.accounts.accounts import Accounts, parse_since
 from lmgate.accounts.keys import presented_key
 from lmgate.accounts.people import People
@@ -31,6 +32,7 @@ from lmgate.web.admin_people import PeopleAdmin
 
 LIMIT_FIELDS = {"models", "rpm", "tpm", "budget_tokens", "budget_usd", "budget_period",
                 "budget_reset_day"}  # fmt: skip
+log = logging.getLogger("lmgate")
 _KEY_FIELDS = {"name", "expires", "user_id", "team_id", *LIMIT_FIELDS}
 _MAX_BODY = 64 * 1024  # a key's settings are a few hundred bytes
 _MAX_NAME = 200
@@ -78,6 +80,7 @@ class Admin:
             Route("/admin/usage", self._handler(self.usage), methods=["GET"]),
             Route("/admin/reload", self._handler(self.reload, store=False), methods=["POST"]),
             Route("/admin/config", self._handler(self.config, store=False), methods=["GET"]),
+            Route("/admin/audit", self._handler(self.audit_log), methods=["GET"]),
             *PeopleAdmin(self).routes(),
         ]
 
@@ -125,13 +128,39 @@ class Admin:
     async def reload(self, request: Request, store: None) -> tuple[int, Any]:
         assert self.control is not None
         try:
-            return 200, await self.control.reload_everywhere()
+            result = await self.control.reload_everywhere()
         except ConfigError as error:
             raise GatewayError(
                 "invalid_request",
                 f"the config file was not loaded (the running config stays): {error}",
                 code="invalid_config",
             ) from None
+        if self.accounts.store is not None:
+            try:
+                await audit.record(self.accounts.store, "admin key", "config.reload", None,
+                                   None, result)  # fmt: skip
+            except Exception as error:  # the reload happened: its entry is what is lost
+                log.warning("could not write the audit entry of a reload: %s", error)
+        return 200, result
+
+    async def audit(
+        self, store: Store, action: str, target: str | None, before: Any, after: Any
+    ) -> None:
+        """An entry in the audit log: the admin key made this change (the actor is the
+        one credential that reaches the admin API)."""
+        shown = [item.public() if hasattr(item, "public") else item for item in (before, after)]
+        await audit.record(store, "admin key", action, target, *shown)
+
+    async def audit_log(self, request: Request, store: Store) -> tuple[int, Any]:
+        params = request.query_params
+        limit = params.get("limit", "50")
+        if not limit.isdigit() or not 1 <= int(limit) <= 500:
+            raise invalid("limit: expected 1 to 500", "limit")
+        before = params.get("before")
+        if before is not None and not before.isdigit():
+            raise invalid("before: expected an entry's id", "before")
+        found = await audit.entries(store, int(limit), int(before) if before else None)
+        return 200, {"data": found}
 
     async def config(self, request: Request, store: None) -> tuple[int, Any]:
         assert self.control is not None
@@ -149,9 +178,12 @@ class Admin:
 
     async def revoke_key(self, request: Request, store: Store) -> tuple[int, Any]:
         key_id = request.path_params["key_id"]
+        before = await store.get_key(key_id)
         if not await store.revoke_key(key_id):
             raise GatewayError("not_found", f"no active key {key_id!r}")
         self.accounts.keys.changed()
+        after = await store.get_key(key_id)
+        await self.audit(store, "key.revoke", key_id, before, after)
         return 200, {"id": key_id, "revoked": True}
 
     async def create_key(self, request: Request, store: Store) -> tuple[int, Any]:
@@ -169,6 +201,7 @@ class Admin:
             **{field: settings.get(field) for field in ("rpm", "tpm", "budget_tokens")},
         )
         self.accounts.keys.changed()
+        await self.audit(store, "key.create", key.id, None, key)
         return 201, {"key": secret, **key.shown(store.clock.time())}
 
     async def update_key(self, request: Request, store: Store) -> tuple[int, Any]:
@@ -177,21 +210,26 @@ class Admin:
         settings = self._key_settings(await _json_object(request), partial=True)
         await self._owners_exist(store, settings)
         key_id = request.path_params["key_id"]
-        key = await store.update_key(key_id, settings) if settings else await store.get_key(key_id)
+        before = await store.get_key(key_id)
+        key = await store.update_key(key_id, settings) if settings else before
         if key is None:
             raise GatewayError("not_found", f"no key {key_id!r}")
         self.accounts.keys.changed()
+        if settings:
+            await self.audit(store, "key.update", key_id, before, key)
         return 200, key.shown(store.clock.time())
 
     async def rotate_key(self, request: Request, store: Store) -> tuple[int, Any]:
         """A new secret for the key, shown once; the old one stops working (here at once,
         in other processes within ``store.key_cache_seconds``)."""
         key_id = request.path_params["key_id"]
+        before = await store.get_key(key_id)
         rotated = await store.rotate_key(key_id)
         if rotated is None:
             raise GatewayError("not_found", f"no active key {key_id!r}")
         self.accounts.keys.changed()
         secret, key = rotated
+        await self.audit(store, "key.rotate", key_id, before, key)
         return 200, {"key": secret, **key.shown(store.clock.time())}
 
     def _key_settings(self, body: dict[str, Any], partial: bool) -> dict[str, Any]:

@@ -64,6 +64,7 @@ class PeopleAdmin:
             if kind == "team" and any(t.name == settings["name"] for t in await people.list(kind)):
                 raise invalid(f"name: a team named {settings['name']!r} exists", "name")
             account = await people.create(kind, settings)
+            await self.admin.audit(store, f"{kind}.create", account.id, None, account)
             return 201, account.shown(store.clock.time())
 
         return action
@@ -72,10 +73,14 @@ class PeopleAdmin:
         async def action(request: Request, store: Store) -> tuple[int, Any]:
             body = await self.admin.json_object(request)
             settings = await self._settings(kind, body, store, partial=True)
-            account = await People(store).update(kind, request.path_params["id"], settings)
+            account_id = request.path_params["id"]
+            before = await People(store).get(kind, account_id)
+            account = await People(store).update(kind, account_id, settings)
             if account is None:
-                raise GatewayError("not_found", f"no {kind} {request.path_params['id']!r}")
+                raise GatewayError("not_found", f"no {kind} {account_id!r}")
             self.admin.accounts.keys.changed()  # its limits apply at once
+            if settings:
+                await self.admin.audit(store, f"{kind}.update", account_id, before, account)
             return 200, account.shown(store.clock.time())
 
         return action
@@ -83,12 +88,14 @@ class PeopleAdmin:
     def _deleter(self, kind: Kind) -> Any:
         async def action(request: Request, store: Store) -> tuple[int, Any]:
             account_id = request.path_params["id"]
+            before = await People(store).get(kind, account_id)
             problem = await People(store).delete(kind, account_id)
             if problem == "not found":
                 raise GatewayError("not_found", f"no {kind} {account_id!r}")
             if problem is not None:
                 raise GatewayError("invalid_request", problem, status=409, code="team_not_empty")
             self.admin.accounts.keys.changed()  # a removed user's keys stop at once
+            await self.admin.audit(store, f"{kind}.delete", account_id, before, None)
             return 200, {"id": account_id, "deleted": True}
 
         return action
