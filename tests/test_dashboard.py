@@ -340,3 +340,37 @@ def test_a_reused_request_id_keeps_each_request_s_own_bodies(
     assert "the first" not in records[1]["log"]["request"]
     listed = gw.request("GET", "/admin/requests", api_key=ADMIN).json()["data"]
     assert [row["logged"] for row in listed if row["request_id"] == "same-id"] == [True, True]
+
+
+def test_the_teams_page_shows_budgets_spend_and_changes(
+    page: Any, gw: RunningGateway, upstream: FakeUpstream
+) -> None:
+    import orjson
+
+    def post(path: str, body: dict[str, Any]) -> Any:
+        answer = gw.request("POST", path, body, api_key=ADMIN)
+        assert answer.status == 201, answer.body
+        return orjson.loads(answer.body)
+
+    team = post(
+        "/admin/teams", {"name": "platform", "budget_usd": 2000, "budget_period": "monthly"}
+    )
+    user = post("/admin/users", {"email": "grace@example.com", "team_id": team["id"],
+                                 "budget_tokens": 5000000, "rpm": 60})  # fmt: skip
+    key = post("/admin/keys", {"name": "grace laptop", "user_id": user["id"]})
+    chat = {"model": "echo", "messages": [{"role": "user", "content": "hi"}]}
+    assert gw.request("POST", "/v1/chat/completions", chat, api_key=key["key"]).status == 200
+    sign_in(page, gw)
+    page.click("#nav a[data-page=teams]")
+    teams = page.locator("[data-testid=teams]")
+    teams.get_by_text("platform").wait_for()
+    assert "monthly" in teams.inner_text() and "$2000.00" in teams.inner_text()
+    users = page.locator("[data-testid=users]").inner_text()
+    assert "grace@example.com" in users and "platform" in users and "60 rpm" in users
+    changes = page.locator("[data-testid=audit]")
+    assert "team.create" in changes.inner_text() and "key.create" in changes.inner_text()
+    changes.get_by_text("user.create").click()
+    drawer = page.locator("[data-testid=drawer]")
+    drawer.get_by_text("grace@example.com").first.wait_for()
+    assert key["key"] not in page.content()  # no secret on the page
+    shoot(page, "teams")

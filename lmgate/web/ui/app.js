@@ -356,6 +356,44 @@ pages.keys = async (root) => {
   await draw();
 };
 
+pages.teams = async (root) => {
+  const [teams, users, log] = await Promise.all([api("/admin/teams"), api("/admin/users"), api("/admin/audit?limit=50")]);
+  const teamName = Object.fromEntries(teams.data.map((t) => [t.id, t.name]));
+  const budget = (a) => {
+    const period = a.budget_period === "total" ? "" : ` ${a.budget_period}`;
+    const parts = [];
+    if (a.budget_usd !== null) parts.push(`${usd(a.used_usd)} / ${usd(a.budget_usd)}${period}`);
+    if (a.budget_tokens !== null) parts.push(`${number(a.used_tokens)} / ${number(a.budget_tokens)} tokens${period}`);
+    return parts.length ? parts.join(" · ") : h("span", { class: "muted" }, `${usd(a.used_usd)} spent, no budget`);
+  };
+  const resets = (a) => (a.budget_resets_at ? when(a.budget_resets_at) : h("span", { class: "muted" }, "never"));
+  const limits = (a) => [a.rpm ? `${number(a.rpm)} rpm` : null, a.tpm ? `${number(a.tpm)} tpm` : null,
+    a.models ? a.models.join(", ") : null].filter(Boolean).join(" · ") || h("span", { class: "muted" }, "none");
+  root.append(h("h1", {}, "Teams and people"),
+    h("div", { class: "card" }, h("h2", {}, "Teams"), h("div", { "data-testid": "teams" }, table([
+      { label: "team", value: (t) => t.name },
+      { label: "used / budget", value: budget },
+      { label: "resets", value: resets },
+      { label: "limits", value: limits },
+    ], teams.data))),
+    h("div", { class: "card" }, h("h2", {}, "People"), h("div", { "data-testid": "users" }, table([
+      { label: "email", value: (u) => u.email },
+      { label: "team", value: (u) => (u.team_id ? teamName[u.team_id] || u.team_id : h("span", { class: "muted" }, "none")) },
+      { label: "role", value: (u) => u.role },
+      { label: "used / budget", value: budget },
+      { label: "resets", value: resets },
+      { label: "limits", value: limits },
+    ], users.data))),
+    h("div", { class: "card" }, h("h2", {}, "Changes"), h("div", { "data-testid": "audit" }, table([
+      { label: "when", value: (e) => when(e.at) },
+      { label: "who", value: (e) => e.actor },
+      { label: "what", value: (e) => e.action },
+      { label: "target", value: (e) => e.target || "" },
+    ], log.data, (e) => openDrawer(`${e.action} ${e.target || ""}`,
+      h("h3", {}, "Before"), h("pre", {}, JSON.stringify(e.before, null, 2)),
+      h("h3", {}, "After"), h("pre", {}, JSON.stringify(e.after, null, 2)))))));
+};
+
 pages.requests = async (root) => {
   const input = (name, label, type = "text") => h("label", {}, label, h("input", { name, type, "data-testid": `filter-${name}` }));
   const status = h("select", { name: "status", "data-testid": "filter-status" },
