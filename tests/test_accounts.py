@@ -153,7 +153,10 @@ def test_admin_api_is_for_the_admin_key_only(gw: RunningGateway, start_gateway: 
     assert admin(gw, "GET", "/admin/keys", key=client_key)[0] == 403
     assert admin(gw, "GET", "/admin/keys", key="")[0] == 401
     status, error = admin(gw, "GET", "/admin/usage?by=colour")
-    assert status == 400 and "by: expected model, key, provider, session, user or team" in error["error"]["message"]
+    assert (
+        status == 400
+        and "by: expected model, key, provider, session, user or team" in error["error"]["message"]
+    )
     assert admin(gw, "GET", "/admin/usage?since=yesterday")[0] == 400
     assert admin(gw, "GET", "/admin/keys/nope")[0] == 404
 
