@@ -149,3 +149,28 @@ def test_every_admin_change_is_in_the_audit_log_without_secrets(
     status, older = admin(gw, "GET", f"/admin/audit?limit=2&before={entries[4]['id']}")
     assert [e["action"] for e in older["data"]] == ["user.create", "team.create"]
     assert admin(gw, "GET", "/admin/audit?limit=0")[0] == 400
+
+
+def test_a_rotated_key_keeps_its_old_secret_for_the_grace_period(
+    start_gateway: Any, upstream: FakeUpstream, sqlite_url: str
+) -> None:
+    from tests.support.clock import FakeClock
+
+    clock = FakeClock()
+    config = accounts_config(upstream, sqlite_url)
+    config["store"]["key_cache_seconds"] = 0
+    gw: RunningGateway = start_gateway(config, clock)
+    key = made(gw, "/admin/keys", {"name": "agent"})
+    status, rotated = admin(gw, "POST", f"/admin/keys/{key['id']}/rotate", {"grace_seconds": 3600})
+    assert status == 200 and rotated["previous_until"] == pytest.approx(clock.time() + 3600)
+    for secret in (key["key"], rotated["key"]):  # both, during the grace period
+        assert gw.request("POST", "/v1/chat/completions", ASK, api_key=secret).status == 200
+    clock.advance(3601)
+    assert gw.request("POST", "/v1/chat/completions", ASK, api_key=key["key"]).status == 401
+    assert gw.request("POST", "/v1/chat/completions", ASK, api_key=rotated["key"]).status == 200
+    # Without a grace period the old secret stops at once; a bad one is refused.
+    status, again = admin(gw, "POST", f"/admin/keys/{key['id']}/rotate")
+    assert status == 200 and again["previous_until"] is None
+    assert gw.request("POST", "/v1/chat/completions", ASK, api_key=rotated["key"]).status == 401
+    status, bad = admin(gw, "POST", f"/admin/keys/{key['id']}/rotate", {"grace_seconds": -5})
+    assert status == 400 and "grace_seconds" in bad["error"]["message"]

@@ -259,6 +259,18 @@ def _migration_9(connection: Connection) -> None:
     _audit_table(sa.MetaData()).create(connection)
 
 
+# Added by migration 10: a rotated key's old secret, working until its grace ends.
+def _key_columns_v10() -> list[sa.Column[Any]]:
+    return [sa.Column("previous_hash", sa.String(64)), sa.Column("previous_until", sa.Float)]
+
+
+def _migration_10(connection: Connection) -> None:
+    _add_columns(connection, "lmgate_keys", _key_columns_v10())
+    connection.exec_driver_sql(
+        "CREATE INDEX lmgate_keys_previous_hash ON lmgate_keys (previous_hash)"
+    )
+
+
 # The live schema, used by queries: the result of every migration.
 metadata = sa.MetaData()
 schema_version = sa.Table(
@@ -268,7 +280,7 @@ keys, usage = _tables_v1(metadata)
 usage.indexes = {index for index in usage.indexes if index.name != "lmgate_usage_key_at"}
 for _column in [*_usage_columns_v4(), *_usage_columns_v7(), *_owner_columns_v8()]:
     usage.append_column(_column)
-for _column in [*_key_columns_v4(), *_key_columns_v6(), *_owner_columns_v8()]:
+for _column in [*_key_columns_v4(), *_key_columns_v6(), *_owner_columns_v8(), *_key_columns_v10()]:
     keys.append_column(_column)
 teams = _teams_table(metadata)
 users = _users_table(metadata)
@@ -287,6 +299,7 @@ MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (7, _migration_7),
     (8, _migration_8),
     (9, _migration_9),
+    (10, _migration_10),
 ]
 
 

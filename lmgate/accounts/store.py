@@ -83,6 +83,7 @@ class KeyInfo(Budgeted):
     period_start: float = 0.0  # the period the running totals (used_*) belong to
     user_id: str | None = None  # whose key it is: their limits and budgets apply too
     team_id: str | None = None  # its team (else its user's): the team's apply too
+    previous_until: float | None = None  # rotated: the old secret works until then
 
     @property
     def label(self) -> str:
@@ -414,7 +415,11 @@ class Store:
         return secret, info
 
     async def find_key(self, secret: str) -> KeyInfo | None:
-        return await self._one(keys.c.hash == hash_key(secret))
+        """The key with this secret, or whose previous secret it is (rotated, in its
+        grace period)."""
+        digest = hash_key(secret)
+        previous = (keys.c.previous_hash == digest) & (keys.c.previous_until > self.clock.time())
+        return await self._one((keys.c.hash == digest) | previous)
 
     async def get_key(self, key_id: str) -> KeyInfo | None:
         return await self._one(keys.c.id == key_id)
@@ -445,15 +450,21 @@ class Store:
                 return None
         return await self.get_key(key_id)
 
-    async def rotate_key(self, key_id: str) -> tuple[str, KeyInfo] | None:
+    async def rotate_key(self, key_id: str, grace: float = 0) -> tuple[str, KeyInfo] | None:
         """A new secret for a key that is not revoked (its settings, totals and records
-        stay); the old secret stops working. None when there is no such key."""
+        stay); the old secret keeps working ``grace`` seconds more, then stops. None
+        when there is no such key."""
         secret = KEY_PREFIX + secrets.token_urlsafe(32)
+        old = {"previous_hash": keys.c.hash, "previous_until": self.clock.time() + grace}
         async with self.engine.begin() as connection:
             result = await connection.execute(
                 keys.update()
                 .where(keys.c.id == key_id, keys.c.revoked_at.is_(None))
-                .values(hash=hash_key(secret), prefix=secret[:10])
+                .values(
+                    hash=hash_key(secret),
+                    prefix=secret[:10],
+                    **(old if grace > 0 else {"previous_hash": None, "previous_until": None}),
+                )
             )
             if not result.rowcount:
                 return None

@@ -34,7 +34,8 @@ LIMIT_FIELDS = {"models", "rpm", "tpm", "budget_tokens", "budget_usd", "budget_p
                 "budget_reset_day"}  # fmt: skip
 log = logging.getLogger("lmgate")
 _KEY_FIELDS = {"name", "expires", "user_id", "team_id", *LIMIT_FIELDS}
-_MAX_BODY = 64 * 1024  # a key's settings are a few hundred bytes
+_MAX_BODY = 64 * 1024
+_WEEK = 7 * 86400  # a key's settings are a few hundred bytes
 _MAX_NAME = 200
 
 
@@ -220,11 +221,17 @@ class Admin:
         return 200, key.shown(store.clock.time())
 
     async def rotate_key(self, request: Request, store: Store) -> tuple[int, Any]:
-        """A new secret for the key, shown once; the old one stops working (here at once,
+        """A new secret for the key, shown once; the old one stops working after
+        ``grace_seconds`` (default 0: here at once,
         in other processes within ``store.key_cache_seconds``)."""
         key_id = request.path_params["key_id"]
+        sent = request.headers.get("content-length", "0") != "0"  # a body is optional
+        body = await _json_object(request) if sent else {}
+        grace = body.get("grace_seconds", 0)
+        if isinstance(grace, bool) or not isinstance(grace, int | float) or not 0 <= grace <= _WEEK:
+            raise invalid("grace_seconds: seconds the old secret keeps working, 0 to 604800")
         before = await store.get_key(key_id)
-        rotated = await store.rotate_key(key_id)
+        rotated = await store.rotate_key(key_id, float(grace))
         if rotated is None:
             raise GatewayError("not_found", f"no active key {key_id!r}")
         self.accounts.keys.changed()
