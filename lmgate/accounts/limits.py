@@ -1,4 +1,5 @@
-"""Per-key limits (requests per minute, tokens per minute, token budget, models)
+"""Limits (requests per minute, tokens per minute, budgets, models) of a key, and
+of its user and team, which hold them alike ("the key" below is any of the three),
 and the state several gateway processes share through Redis.
 
 Requests per minute is a sliding 60-second window, so "rpm 10" means at most 10
@@ -13,7 +14,9 @@ plus what its requests in flight hold stays under the budget, and it holds its
 estimate (prompt tokens and output cap, priced) until its record is written, the
 estimate replaced by what it spent once it ends. So the key spends past its budget
 by at most one admitted request's estimate, plus whatever requests without an
-output cap produce beyond the default they were held at.
+output cap produce beyond the default they were held at. A budget with a period
+counts the running total of the current period only (``periods``): in Redis, each
+period's total has a name of its own.
 """
 
 from __future__ import annotations

@@ -18,9 +18,6 @@ from lmgate.accounts.store import KeyInfo, Store
 
 Kind = Literal["user", "team"]
 ROLES = ("admin", "viewer", "member")
-# Settings both hold (besides name), as stored.
-LIMIT_FIELDS = ("models", "rpm", "tpm", "budget_tokens", "budget_usd", "budget_period",
-                "budget_reset_day")  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -56,11 +53,6 @@ Holder = KeyInfo | Account
 
 def table_of(kind: Kind) -> sa.Table:
     return users if kind == "user" else teams
-
-
-def kind_of(holder_id: str) -> Kind | None:
-    """Users' and teams' ids say which they are (keys' are plain hex)."""
-    return {"u-": "user", "t-": "team"}.get(holder_id[:2])  # type: ignore[return-value]
 
 
 class People:
