@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from lmgate.accounts.periods import bounds
-from tests.support.accounts import HI, accounts_config, admin, stored_key
+from tests.support.accounts import HI, accounts_config, admin, backend, stored_key
 from tests.support.clock import FakeClock
 from tests.support.fakes.upstream import FakeUpstream
 from tests.support.gateway import RunningGateway, wait_until
@@ -40,15 +40,11 @@ def test_period_bounds_on_utc_calendar_boundaries(
     assert bounds("total", None, at(now)) == (0.0, None)
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgres+redis"])
+@pytest.mark.parametrize("kind", ["sqlite", "postgres+redis"])
 def test_a_monthly_budget_resets_at_the_month_boundary(
-    start_gateway: Any, upstream: FakeUpstream, backend: str, request: pytest.FixtureRequest
+    start_gateway: Any, upstream: FakeUpstream, kind: str, request: pytest.FixtureRequest
 ) -> None:
-    if backend == "sqlite":
-        store_url, extra = str(request.getfixturevalue("sqlite_url")), {}
-    else:
-        store_url = str(request.getfixturevalue("postgres_url"))
-        extra = {"redis": {"url": request.getfixturevalue("redis_url")}}
+    store_url, extra = backend(request, kind)
     clock = FakeClock(at("2026-12-31T23:58:00"))
     gw: RunningGateway = start_gateway(accounts_config(upstream, store_url, **extra), clock)
     ask = {"model": "echo", "messages": HI}

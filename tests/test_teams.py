@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.support.accounts import HI, accounts_config, admin, wait_for_records
+from tests.support.accounts import HI, accounts_config, admin, backend, wait_for_records
 from tests.support.fakes.upstream import FakeUpstream
 from tests.support.gateway import RunningGateway, wait_until
 
@@ -23,15 +23,11 @@ def made(gw: RunningGateway, path: str, body: dict[str, Any]) -> dict[str, Any]:
     return created  # type: ignore[no-any-return]
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgres+redis"])
+@pytest.mark.parametrize("kind", ["sqlite", "postgres+redis"])
 def test_a_team_budget_shared_by_two_users_keys_refuses_at_the_teams_cap(
-    start_gateway: Any, upstream: FakeUpstream, backend: str, request: pytest.FixtureRequest
+    start_gateway: Any, upstream: FakeUpstream, kind: str, request: pytest.FixtureRequest
 ) -> None:
-    if backend == "sqlite":
-        store_url, extra = str(request.getfixturevalue("sqlite_url")), {}
-    else:
-        store_url = str(request.getfixturevalue("postgres_url"))
-        extra = {"redis": {"url": request.getfixturevalue("redis_url")}}
+    store_url, extra = backend(request, kind)
     gw: RunningGateway = start_gateway(accounts_config(upstream, store_url, **extra))
     probe = made(gw, "/admin/keys", {"name": "probe"})["key"]
     per_request = gw.request("POST", "/v1/chat/completions", ASK, api_key=probe).json()[

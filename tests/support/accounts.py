@@ -66,3 +66,12 @@ def records(store_url: str, request_id: str | None = None) -> list[dict[str, Any
             await store.close()
 
     return asyncio.run(read())
+
+
+def backend(request: Any, kind: str) -> tuple[str, dict[str, Any]]:
+    """A store URL and the config's extra sections for ``sqlite`` or ``postgres+redis``
+    (the test's fixtures, started on demand)."""
+    if kind == "sqlite":
+        return str(request.getfixturevalue("sqlite_url")), {}
+    redis = {"url": request.getfixturevalue("redis_url")}
+    return str(request.getfixturevalue("postgres_url")), {"redis": redis}
