@@ -47,7 +47,9 @@ LOADS = {
 
 def start(source: Path, env: dict[str, str], store: str) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
-    command = [sys.executable, "-m", "lmgate", "serve", "--config", str(HERE / "bench.yaml"),
+    # Each version with its own bench.yaml: an older one may not know a newer's providers.
+    config = source / "bench" / "bench.yaml"
+    command = [sys.executable, "-m", "lmgate", "serve", "--config", str(config),
                "--port", str(port), "--log-level", "warning"]  # fmt: skip
     process = subprocess.Popen(
         pinned(0, command),
