@@ -59,28 +59,33 @@ def main(argv: list[str] | None = None) -> int:
     create = key_commands.add_parser("create", help="create a key; it is printed once")
     _config_argument(create)
     create.add_argument("--name", required=True)
-    create.add_argument("--models", help="comma-separated model ids it may use (default: all)")
-    create.add_argument("--rpm", type=_positive, help="requests per minute")
-    create.add_argument("--tpm", type=_positive, help="tokens per minute")
-    create.add_argument("--budget-tokens", type=_positive, help="tokens a budget period")
-    create.add_argument("--budget-usd", type=_money, help="cost in USD a budget period")
-    create.add_argument(
-        "--budget-period",
-        choices=["total", "daily", "weekly", "monthly"],
-        default="total",
-        help="when the budgets reset, on UTC calendar boundaries (default: total, never)",
-    )
-    create.add_argument(
-        "--budget-reset-day", type=int, choices=range(1, 29), metavar="1-28",
-        help="monthly: the day of the month the budgets reset (default 1)",
-    )  # fmt: skip
+    _limit_arguments(create)
     create.add_argument("--expires", help="ISO date or datetime (UTC unless given)")
+    create.add_argument("--user", help="whose key it is: a user's email or id")
+    create.add_argument("--team", help="its team (default: its user's): a name or id")
     listing = key_commands.add_parser("list", help="list keys (never their secrets)")
     _config_argument(listing)
     listing.add_argument("--json", action="store_true", help="print JSON, not a table")
     revoke = key_commands.add_parser("revoke", help="revoke a key by id")
     _config_argument(revoke)
     revoke.add_argument("key_id")
+
+    for kind in ("team", "user"):
+        group = commands.add_parser(f"{kind}s", help=f"manage {kind}s and their budgets")
+        actions = group.add_subparsers(dest="people_command", required=True)
+        made = actions.add_parser("create", help=f"create a {kind}")
+        _config_argument(made)
+        if kind == "team":
+            made.add_argument("--name", required=True)
+        else:
+            made.add_argument("--email", required=True)
+            made.add_argument("--name", help="default: the email")
+            made.add_argument("--team", help="a team's name or id")
+            made.add_argument("--role", choices=["admin", "viewer", "member"], default="member")
+        _limit_arguments(made)
+        shown = actions.add_parser("list", help=f"list {kind}s, with this period's spend")
+        _config_argument(shown)
+        shown.add_argument("--json", action="store_true", help="print JSON, not a table")
 
     usage = commands.add_parser("usage", help="requests, tokens, errors and latency")
     _config_argument(usage)
@@ -122,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             _print_models(app.state.gateway.catalog)
             sys.stdout.flush()  # here, where a closed pipe can still be caught
             return 0
-        if args.command in ("keys", "usage"):
+        if args.command in ("keys", "usage", "teams", "users"):
             code = asyncio.run(_accounts_command(args, config))
             sys.stdout.flush()
             return code
@@ -161,6 +166,81 @@ async def _probe(catalog: Catalog) -> int:
     return 1 if failed else 0
 
 
+def _limit_arguments(parser: argparse.ArgumentParser) -> None:
+    """The limits and budgets a key, a user or a team holds."""
+    parser.add_argument("--models", help="comma-separated model ids it may use (default: all)")
+    parser.add_argument("--rpm", type=_positive, help="requests per minute")
+    parser.add_argument("--tpm", type=_positive, help="tokens per minute")
+    parser.add_argument("--budget-tokens", type=_positive, help="tokens a budget period")
+    parser.add_argument("--budget-usd", type=_money, help="cost in USD a budget period")
+    parser.add_argument(
+        "--budget-period", choices=["total", "daily", "weekly", "monthly"], default="total",
+        help="when the budgets reset, on UTC calendar boundaries (default: total, never)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--budget-reset-day", type=int, choices=range(1, 29), metavar="1-28",
+        help="monthly: the day of the month the budgets reset (default 1)",
+    )  # fmt: skip
+
+
+def _limits(args: argparse.Namespace) -> dict[str, Any]:
+    models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
+    names = ("rpm", "tpm", "budget_tokens", "budget_usd", "budget_period", "budget_reset_day")
+    return {"models": models, **{name: getattr(args, name) for name in names}}
+
+
+async def _people_command(args: argparse.Namespace, store: Any) -> int:
+    import orjson
+
+    from lmgate.accounts.people import People
+
+    people = People(store)
+    kind = "team" if args.command == "teams" else "user"
+    if args.people_command == "create":
+        settings = _limits(args)
+        settings["name"] = args.name or getattr(args, "email", None)
+        if kind == "user":
+            settings["email"], settings["role"] = args.email.strip().lower(), args.role
+            if args.team:
+                team = await _find(people, "team", args.team)
+                if team is None:
+                    print(f"lmgate: no team {args.team!r}", file=sys.stderr)
+                    return 1
+                settings["team_id"] = team.id
+        if await _find(people, kind, settings["email" if kind == "user" else "name"]):
+            print(f"lmgate: that {kind} exists already", file=sys.stderr)
+            return 1
+        account = await people.create(kind, settings)  # type: ignore[arg-type]
+        print(f"created {kind} {account.id} ({account.name})")
+        return 0
+    accounts = await people.list(kind)  # type: ignore[arg-type]
+    now = time.time()
+    if args.json:
+        print(orjson.dumps([a.shown(now) for a in accounts]).decode())
+        return 0
+    rows: list[tuple[str, ...]] = [("ID", "NAME", "TEAM", "ROLE", "BUDGET USD", "USED USD",
+                                    "BUDGET", "USED", "RESETS")]  # fmt: skip
+    for a in accounts:
+        used_tokens, used_usd = a.current(now)
+        resets = a.shown(now)["budget_resets_at"]
+        rows.append(
+            (a.id, a.name, a.team_id or "-", a.role or "-",
+             f"{a.budget_usd:g}" if a.budget_usd is not None else "-", f"{used_usd:.4f}",
+             str(a.budget_tokens or "-"), str(used_tokens),
+             time.strftime("%Y-%m-%d %H:%MZ", time.gmtime(resets)) if resets else "never")
+        )  # fmt: skip
+    _print_table(rows)
+    return 0
+
+
+async def _find(people: Any, kind: str, given: str) -> Any:
+    """A user by email or id, a team by name or id."""
+    for account in await people.list(kind):
+        if given in (account.id, account.name, account.email):
+            return account
+    return None
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value <= 0:
@@ -196,6 +276,8 @@ async def _accounts_command(args: argparse.Namespace, config: Config) -> int:
     store = Store(url)
     try:
         await store.migrate()
+        if args.command in ("teams", "users"):
+            return await _people_command(args, store)
         if args.command == "usage":
             try:
                 since = parse_since(args.since)
@@ -203,14 +285,20 @@ async def _accounts_command(args: argparse.Namespace, config: Config) -> int:
                 print(f"lmgate: --since {error}", file=sys.stderr)
                 return 2
             summary = await store.usage_summary(since, args.by)
-            if args.by == "key":
-                names = {key.id: key.name for key in await store.list_keys()}
+            named = args.by in ("key", "user", "team")
+            if named:
+                if args.by == "key":
+                    names = {key.id: key.name for key in await store.list_keys()}
+                else:
+                    from lmgate.accounts.people import People
+
+                    listed = await People(store).list(args.by)
+                    names = {account.id: account.name for account in listed}
                 for row in summary:
                     row["name"] = names.get(row["group"], "-")
             if args.json:
                 print(orjson.dumps(summary).decode())
                 return 0
-            named = args.by == "key"
             header = (
                 args.by.upper(), *(["NAME"] if named else []), "REQUESTS", "ERRORS", "INPUT",
                 "OUTPUT", "COST USD", "P50 MS", "P95 MS",
@@ -228,12 +316,20 @@ async def _accounts_command(args: argparse.Namespace, config: Config) -> int:
             except GatewayError as error:
                 print(f"lmgate: --{error.message}", file=sys.stderr)
                 return 2
-            models = (
-                [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
-            )
+            owners: dict[str, str | None] = {"user_id": None, "team_id": None}
+            from lmgate.accounts.people import People
+
+            for kind, given in (("user", args.user), ("team", args.team)):
+                if given:
+                    found = await _find(People(store), kind, given)
+                    if found is None:
+                        print(f"lmgate: no {kind} {given!r}", file=sys.stderr)
+                        return 1
+                    owners[f"{kind}_id"] = found.id
+            limits = _limits(args)
             secret, key = await store.create_key(
-                args.name, models, args.rpm, args.tpm, args.budget_tokens, expires,
-                args.budget_usd, args.budget_period, args.budget_reset_day,
+                args.name, limits["models"], args.rpm, args.tpm, args.budget_tokens, expires,
+                args.budget_usd, args.budget_period, args.budget_reset_day, **owners,
             )  # fmt: skip
             print(f"created key {key.id} ({key.name}); it is shown only once:\n{secret}")
         elif args.keys_command == "list":

@@ -170,3 +170,34 @@ def test_a_rotated_key_keeps_its_old_secret_for_the_grace_period(
     assert gw.request("POST", "/v1/chat/completions", ASK, api_key=rotated["key"]).status == 401
     status, bad = admin(gw, "POST", f"/admin/keys/{key['id']}/rotate", {"grace_seconds": -5})
     assert status == 400 and "grace_seconds" in bad["error"]["message"]
+
+
+def test_the_cli_manages_teams_people_and_their_keys(tmp_path: Any) -> None:
+    from tests.support.cli import run_cli
+
+    path = tmp_path / "lmgate.yaml"
+    path.write_text(f"store: {{url: 'sqlite:///{tmp_path}/p.db'}}\n")
+    config = ("--config", str(path))
+    team = run_cli("teams", "create", *config, "--name", "web", "--budget-usd", "2000",
+                   "--budget-period", "monthly")  # fmt: skip
+    assert team.returncode == 0 and "created team t-" in team.stdout, team.stderr
+    user = run_cli("users", "create", *config, "--email", "Ada@Example.com", "--team", "web",
+                   "--budget-usd", "200", "--budget-period", "monthly")  # fmt: skip
+    assert user.returncode == 0 and "created user u-" in user.stdout, user.stderr
+    again = run_cli("users", "create", *config, "--email", "ada@example.com")
+    assert again.returncode == 1 and "exists" in again.stderr
+    lost = run_cli("users", "create", *config, "--email", "x@example.com", "--team", "nope")
+    assert lost.returncode == 1 and "no team 'nope'" in lost.stderr
+    key = run_cli("keys", "create", *config, "--name", "ada laptop", "--user", "ada@example.com")
+    assert key.returncode == 0, key.stderr
+    users = orjson.loads(run_cli("users", "list", *config, "--json").stdout)
+    (ada,) = users
+    assert (ada["email"], ada["budget_usd"], ada["budget_period"]) == (
+        "ada@example.com",
+        200,
+        "monthly",
+    )
+    keys = orjson.loads(run_cli("keys", "list", *config, "--json").stdout)
+    assert keys[0]["user_id"] == ada["id"]
+    table = run_cli("teams", "list", *config).stdout
+    assert "web" in table and "2000" in table
