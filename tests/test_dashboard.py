@@ -373,4 +373,19 @@ def test_the_teams_page_shows_budgets_spend_and_changes(
     drawer = page.locator("[data-testid=drawer]")
     drawer.get_by_text("grace@example.com").first.wait_for()
     assert key["key"] not in page.content()  # no secret on the page
+    page.keyboard.press("Escape")
+    # Made from the page: a team, then a person in it.
+    page.fill("[data-testid=team-name]", "design")
+    page.fill("[data-testid=team-budget_usd]", "300")
+    page.select_option("[data-testid=team-budget_period]", "weekly")
+    page.click("[data-testid=create-team] button")
+    page.locator("[data-testid=teams]").get_by_text("design").wait_for()
+    page.fill("[data-testid=user-email]", "lin@example.com")
+    page.select_option("[data-testid=user-team_id]", label="design")
+    page.select_option("[data-testid=user-role]", "viewer")
+    page.click("[data-testid=create-user] button")
+    page.locator("[data-testid=users]").get_by_text("lin@example.com").wait_for()
+    people = gw.request("GET", "/admin/users", api_key=ADMIN).json()["data"]
+    lin = next(u for u in people if u["email"] == "lin@example.com")
+    assert lin["role"] == "viewer" and lin["team_id"].startswith("t-")
     shoot(page, "teams")

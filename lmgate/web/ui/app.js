@@ -356,6 +356,32 @@ pages.keys = async (root) => {
   await draw();
 };
 
+// A form that creates a team or a person: its fields, then POST; the page redraws.
+function creator(kind, fields, teams) {
+  const input = (name, label, type = "text") => h("label", {}, label, h("input", { name, type, "data-testid": `${kind}-${name}`, step: type === "number" ? "any" : null, min: type === "number" ? "0" : null }));
+  const select = (name, label, options) => h("label", {}, label, h("select", { name, "data-testid": `${kind}-${name}` }, options.map(([value, text]) => h("option", { value }, text))));
+  const problem = h("p", { class: "error", role: "alert", "data-testid": `${kind}-error` });
+  const form = h("form", { class: "inline", "data-testid": `create-${kind}` },
+    ...fields.map((f) => f === "team_id" ? select("team_id", "Team", [["", "none"], ...teams.map((t) => [t.id, t.name])])
+      : f === "role" ? select("role", "Role", [["member", "member"], ["viewer", "viewer"], ["admin", "admin"]])
+      : f === "budget_period" ? select("budget_period", "Budget period", [["total", "total"], ["monthly", "monthly"], ["weekly", "weekly"], ["daily", "daily"]])
+      : input(f, { name: "Name", email: "Email", budget_usd: "Budget (USD)" }[f], f === "budget_usd" ? "number" : "text")),
+    h("button", { type: "submit" }, kind === "team" ? "Create team" : "Add person"));
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const values = Object.fromEntries(new FormData(form).entries());
+    const body = {};
+    for (const [name, value] of Object.entries(values)) if (value !== "") body[name] = name === "budget_usd" ? parseFloat(value) : value;
+    try {
+      await api(`/admin/${kind}s`, { method: "POST", body: JSON.stringify(body) });
+      render();
+    } catch (error) {
+      problem.textContent = error.message;
+    }
+  });
+  return h("div", {}, form, problem);
+}
+
 pages.teams = async (root) => {
   const [teams, users, log] = await Promise.all([api("/admin/teams"), api("/admin/users"), api("/admin/audit?limit=50")]);
   const teamName = Object.fromEntries(teams.data.map((t) => [t.id, t.name]));
@@ -370,6 +396,8 @@ pages.teams = async (root) => {
   const limits = (a) => [a.rpm ? `${number(a.rpm)} rpm` : null, a.tpm ? `${number(a.tpm)} tpm` : null,
     a.models ? a.models.join(", ") : null].filter(Boolean).join(" · ") || h("span", { class: "muted" }, "none");
   root.append(h("h1", {}, "Teams and people"),
+    h("div", { class: "card" }, h("h2", {}, "New team"), creator("team", ["name", "budget_usd", "budget_period"], teams.data)),
+    h("div", { class: "card" }, h("h2", {}, "New person"), creator("user", ["email", "team_id", "role", "budget_usd", "budget_period"], teams.data)),
     h("div", { class: "card" }, h("h2", {}, "Teams"), h("div", { "data-testid": "teams" }, table([
       { label: "team", value: (t) => t.name },
       { label: "used / budget", value: budget },
