@@ -201,3 +201,36 @@ def test_the_cli_manages_teams_people_and_their_keys(tmp_path: Any) -> None:
     assert keys[0]["user_id"] == ada["id"]
     table = run_cli("teams", "list", *config).stdout
     assert "web" in table and "2000" in table
+
+
+async def test_holds_are_given_back_when_a_budget_refuses_or_the_client_leaves() -> None:
+    """A request holds its estimate on its key's, user's and team's budgets in turn. If
+    the team refuses, or the request is cancelled while the team's hold is being taken
+    (its client left), the key's hold is given back: else it would count for good."""
+    import asyncio
+
+    from lmgate.accounts.limits import LocalLimiter, reserve_all
+    from lmgate.accounts.people import Account
+    from lmgate.accounts.store import KeyInfo
+    from lmgate.errors import GatewayError
+
+    class Slow(LocalLimiter):
+        async def reserve(self, key: Any, tokens: int, usd: float) -> Any:
+            if key.id.startswith("t-slow"):
+                await asyncio.sleep(3600)  # cancelled in there
+            return await super().reserve(key, tokens, usd)
+
+    limiter = Slow()
+    key = KeyInfo(id="k1", name="k", prefix="lmg-", budget_tokens=100)
+    full = Account("team", "t-full", "full", budget_tokens=100, used_tokens=100)
+    slow = Account("team", "t-slow", "slow", budget_tokens=100)
+    with pytest.raises(GatewayError, match="team 'full' has used its budget"):
+        await reserve_all(limiter, [key, full], 100, 0.0)
+    task = asyncio.create_task(reserve_all(limiter, [key, slow], 100, 0.0))
+    await asyncio.sleep(0)  # the key's hold is taken; the team's is under way
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    # Nothing of either request is held: the key's whole budget is there to reserve.
+    hold = await reserve_all(limiter, [key], 100, 0.0)
+    hold.settle(0, 0.0)

@@ -8,7 +8,7 @@ import logging
 import time
 
 from lmgate.accounts.keys import Caller, KeyRing
-from lmgate.accounts.limits import CooldownBus, Hold, LocalLimiter, RedisLimiter
+from lmgate.accounts.limits import CooldownBus, LocalLimiter, RedisLimiter, reserve_all
 from lmgate.accounts.people import Account, Holder
 from lmgate.accounts.store import Spent, Store
 from lmgate.accounts.usage import Meter, RowSink, UsageRecorder
@@ -165,15 +165,7 @@ class Accounts:
         budgeted = [h for h in holders if h.budget_tokens is not None or h.budget_usd is not None]
         if budgeted:
             tokens, usd = await _estimate(chat, chain)
-            holds: list[Hold] = []
-            try:
-                for holder in budgeted:
-                    holds.append(await self.limiter.reserve(holder, tokens, usd))
-            except GatewayError:
-                for hold in holds:  # the tightest refused: give back what others held
-                    hold.settle(0, 0.0)
-                raise
-            held: Hold | Holds = holds[0] if len(holds) == 1 else Holds(holds)
+            held = await reserve_all(self.limiter, budgeted, tokens, usd)
             if meter is not None:
                 meter.hold = held
             else:
@@ -192,19 +184,6 @@ class Accounts:
 
 def _team_of(holders: list[Holder]) -> str | None:
     return next((h.id for h in holders if isinstance(h, Account) and h.kind == "team"), None)
-
-
-class Holds:
-    """A request's holds of its key's, user's and team's budgets, settled together."""
-
-    __slots__ = ("_holds",)
-
-    def __init__(self, holds: list[Hold]) -> None:
-        self._holds = holds
-
-    def settle(self, tokens: int, usd: float) -> None:
-        for hold in self._holds:
-            hold.settle(tokens, usd)
 
 
 # The output a request is held at when it sets no cap (max_tokens) and its model has none.

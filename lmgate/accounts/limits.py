@@ -118,6 +118,36 @@ class Hold:
             self._limiter.hold(self.key_id, tokens - self.tokens, usd - self.usd)
 
 
+class Holds:
+    """A request's holds of its key's, user's and team's budgets, settled together."""
+
+    __slots__ = ("_holds",)
+
+    def __init__(self, holds: list[Hold]) -> None:
+        self._holds = holds
+
+    def settle(self, tokens: int, usd: float) -> None:
+        for hold in self._holds:
+            hold.settle(tokens, usd)
+
+
+async def reserve_all(
+    limiter: LocalLimiter, holders: list[Holder], tokens: int, usd: float
+) -> Hold | Holds:
+    """Hold the estimate on every budget the request counts against. When one refuses,
+    or the request goes away between two (its client left), what the others took is
+    given back: a hold nobody settles would count against the budget for good."""
+    holds: list[Hold] = []
+    try:
+        for holder in holders:
+            holds.append(await limiter.reserve(holder, tokens, usd))
+    except BaseException:
+        for hold in holds:
+            hold.settle(0, 0.0)
+        raise
+    return holds[0] if len(holds) == 1 else Holds(holds)
+
+
 class LocalLimiter:
     """Counters in this process: right for one gateway process."""
 

@@ -45,6 +45,7 @@ from lmgate.canonical import (
     arguments_object,
 )
 from lmgate.errors import ErrorKind, GatewayError
+from lmgate.media.check import decode_data_url
 from lmgate.providers.anthropic import AnthropicConfig, AnthropicProvider, MessagesStreamParser
 from lmgate.providers.base import Target, apply_overrides, count, fold_system_turns
 from lmgate.providers.eventstream import EventStreamDecoder
@@ -448,10 +449,8 @@ def _texts(parts: list[TextPart]) -> list[dict[str, Any]]:
 
 def _image(part: ImagePart) -> dict[str, Any]:
     data, media_type = part.data, part.media_type
-    if data is None and part.url and part.url.startswith("data:") and ";base64," in part.url:
-        header, encoded = part.url[5:].split(";base64,", 1)
-        media_type = header
-        data = base64.b64decode(encoded)
+    if data is None and part.url and part.url.startswith("data:"):
+        media_type, data = decode_data_url(part.url, part.where or "image")
     if data is None:
         raise GatewayError(
             "invalid_request", f"{part.where or 'image'}: Bedrock takes image bytes, not a URL"

@@ -28,7 +28,7 @@ from lmgate.frontends.base import error_reply, request_id
 from lmgate.frontends.validate import INT64, require_json
 from lmgate.routing.catalog import Catalog
 from lmgate.routing.router import Router
-from lmgate.web.admin_people import PeopleAdmin
+from lmgate.web.admin_people import PeopleAdmin, checked_name
 
 LIMIT_FIELDS = {"models", "rpm", "tpm", "budget_tokens", "budget_usd", "budget_period",
                 "budget_reset_day"}  # fmt: skip
@@ -36,7 +36,6 @@ log = logging.getLogger("lmgate")
 _KEY_FIELDS = {"name", "expires", "user_id", "team_id", *LIMIT_FIELDS}
 _MAX_BODY = 64 * 1024
 _WEEK = 7 * 86400  # a key's settings are a few hundred bytes
-_MAX_NAME = 200
 
 
 class Control(Protocol):
@@ -248,10 +247,7 @@ class Admin:
             )
         settings: dict[str, Any] = {}
         if "name" in body or not partial:
-            name = body.get("name")
-            if not isinstance(name, str) or not name.strip() or len(name) > _MAX_NAME:
-                raise invalid(f"name: a non-empty string of at most {_MAX_NAME} characters", "name")
-            settings["name"] = name.strip()
+            settings["name"] = checked_name(body.get("name"))
         settings.update(self.limit_settings(body))
         for field in ("user_id", "team_id"):
             if body.get(field) is not None and not isinstance(body[field], str):

@@ -127,13 +127,17 @@ class PeopleAdmin:
                     raise invalid(f"team_id: no team {team_id!r}", "team_id")
                 settings["team_id"] = team_id
         if "name" in body or (not partial and kind == "team"):
-            name = body.get("name")
-            if not isinstance(name, str) or not name.strip() or len(name) > _MAX_NAME:
-                raise invalid(f"name: a non-empty string of at most {_MAX_NAME} characters", "name")
-            settings["name"] = name.strip()
+            settings["name"] = checked_name(body.get("name"))
         elif not partial:  # a user's name defaults to their email
             settings["name"] = settings["email"]
         return settings
+
+
+def checked_name(name: Any) -> str:
+    """A key's, user's or team's name: non-empty, of a sane length."""
+    if not isinstance(name, str) or not name.strip() or len(name) > _MAX_NAME:
+        raise invalid(f"name: a non-empty string of at most {_MAX_NAME} characters", "name")
+    return name.strip()
 
 
 async def _email_taken(people: People, email: str) -> bool:
