@@ -1,4 +1,5 @@
-"""Command line: ``lmgate serve | check | models | keys | usage``."""
+"""Command line: ``lmgate serve | check | models | keys | teams | users | usage``, and a
+developer's ``lmgate login | key``."""
 
 from __future__ import annotations
 
@@ -95,7 +96,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     usage.add_argument("--json", action="store_true", help="print JSON, not a table")
 
+    login = commands.add_parser("login", help="sign in to a gateway; keep a personal key")
+    login.add_argument("--gateway", required=True, help="the gateway's address, http(s)://…")
+    login.add_argument("--name", help="the key's name (default: this machine's name)")
+    login.add_argument("--print", action="store_true", help="also print the key")
+    key = commands.add_parser("key", help="print the personal key kept for a gateway")
+    key.add_argument("--gateway", required=True)
+
     args = parser.parse_args(argv)
+    if args.command in ("login", "key"):  # the developer's side: no config here
+        return _personal(args)
     logging.basicConfig(
         level=getattr(logging, getattr(args, "log_level", "info").upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -135,6 +145,24 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     return _serve(args, config, app)
+
+
+def _personal(args: argparse.Namespace) -> int:
+    from lmgate.accounts.login import LoginError, login, personal_key
+
+    try:
+        if args.command == "key":
+            print(personal_key(args.gateway))
+        else:
+            minted = login(args.gateway, args.name)
+            if args.print:
+                print(minted["key"])
+    except LoginError as error:
+        print(f"lmgate: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
 
 
 async def _probe(catalog: Catalog) -> int:

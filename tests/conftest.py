@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -79,9 +80,12 @@ def start_gateway() -> Iterator[Any]:
     started: list[RunningGateway] = []
 
     def start(
-        config: dict[str, Any], clock: Clock = SYSTEM, path: Path | None = None
+        config: dict[str, Any],
+        clock: Clock = SYSTEM,
+        path: Path | None = None,
+        sock: socket.socket | None = None,
     ) -> RunningGateway:
-        gateway = RunningGateway(config, clock, path)
+        gateway = RunningGateway(config, clock, path, sock)
         started.append(gateway)
         return gateway
 

@@ -79,6 +79,13 @@ class People:
             row = (await connection.execute(table.select().where(table.c.id == account_id))).first()
         return _account(kind, row._mapping) if row is not None else None
 
+    async def find(self, kind: Kind, column: str, value: str) -> Account | None:
+        """The user with an email, or the team with a name (``column``)."""
+        table = table_of(kind)
+        async with self.store.engine.connect() as connection:
+            row = (await connection.execute(table.select().where(table.c[column] == value))).first()
+        return _account(kind, row._mapping) if row is not None else None
+
     async def list(self, kind: Kind) -> list[Account]:
         table = table_of(kind)
         async with self.store.engine.connect() as connection:

@@ -271,6 +271,26 @@ def _migration_10(connection: Connection) -> None:
     )
 
 
+# Added by migration 11: dashboard sessions (signed in with OpenID Connect) and sign-ins
+# under way; each by the SHA-256 of its secret (a stolen database opens none).
+def _sessions_table(metadata: sa.MetaData) -> sa.Table:
+    return sa.Table(
+        "lmgate_sessions",
+        metadata,
+        sa.Column("id_hash", sa.String(64), primary_key=True),
+        sa.Column("kind", sa.String(16), nullable=False),  # session | login
+        sa.Column("user_id", sa.String(16)),  # a session's user
+        sa.Column("data", sa.Text),  # JSON: a login's nonce, PKCE verifier, page to return to
+        sa.Column("created_at", sa.Float, nullable=False),
+        sa.Column("expires_at", sa.Float, nullable=False),
+        sa.Index("lmgate_sessions_expires_at", "expires_at"),
+    )
+
+
+def _migration_11(connection: Connection) -> None:
+    _sessions_table(sa.MetaData()).create(connection)
+
+
 # The live schema, used by queries: the result of every migration.
 metadata = sa.MetaData()
 schema_version = sa.Table(
@@ -285,6 +305,7 @@ for _column in [*_key_columns_v4(), *_key_columns_v6(), *_owner_columns_v8(), *_
 teams = _teams_table(metadata)
 users = _users_table(metadata)
 audit = _audit_table(metadata)
+sessions = _sessions_table(metadata)
 responses = _responses_table(metadata)
 request_log = _request_log_table(metadata)
 
@@ -300,6 +321,7 @@ MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (8, _migration_8),
     (9, _migration_9),
     (10, _migration_10),
+    (11, _migration_11),
 ]
 
 

@@ -268,7 +268,9 @@ class Store:
             result = await connection.execute(query)
             return [dict(row._mapping) for row in result]
 
-    async def usage_summary(self, since: float, by: str) -> list[dict[str, Any]]:
+    async def usage_summary(
+        self, since: float, by: str, user_id: str | None = None
+    ) -> list[dict[str, Any]]:
         """Requests, tokens, cost, errors and latency percentiles per model, key or
         provider, computed by the database (a time range may hold millions of records).
         ``unpriced``: served requests whose deployment had no price (not in ``cost``); a
@@ -297,7 +299,7 @@ class Store:
                 .label("rank"),
                 sa.func.count().over(partition_by=(group, served)).label("n"),
             )
-            .where(usage.c.at >= since)
+            .where(usage.c.at >= since, *([usage.c.user_id == user_id] if user_id else []))
             .subquery()
         )
         r = ranked.c

@@ -324,7 +324,35 @@ class LoggingConfig(_Strict):
 
 
 class UiConfig(_Strict):
-    enabled: bool = True  # the dashboard at /ui, signed in with server.admin_key
+    enabled: bool = True  # the dashboard at /ui, signed in with server.admin_key or oidc
+
+
+class OidcConfig(_Strict):
+    """Sign-in with the company's OpenID provider: the dashboard (authorization code
+    with PKCE) and ``lmgate login`` (the device grant, through the gateway)."""
+
+    issuer: str  # discovery: {issuer}/.well-known/openid-configuration
+    client_id: str
+    client_secret: str | None = None  # none: a public client
+    scopes: list[str] = ["openid", "email", "profile"]
+    # The gateway's address as the provider redirects browsers to it (the callback is
+    # {public_url}/auth/callback); unset: the address the browser used.
+    public_url: str | None = None
+    auto_create: bool = True  # a first sign-in creates the user; else only pre-created ones
+    role_claim: str | None = None  # a claim (a string or a list) that decides the role
+    roles: dict[str, Literal["admin", "viewer", "member"]] = {}  # claim value -> role
+    default_role: Literal["admin", "viewer", "member"] = "member"
+    team_claim: str | None = None  # a claim naming the user's team (its name or id)
+    session_hours: float = Field(12, gt=0, le=24 * 90)
+    key_days: float | None = Field(90, gt=0)  # a personal key's lifetime (lmgate login)
+    timeout: float = Field(10, gt=0)  # each request to the provider
+
+    @field_validator("issuer", "public_url")
+    @classmethod
+    def _an_address(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("https://", "http://")):
+            raise ValueError("expected an https:// address")
+        return url
 
 
 class Config(_Strict):
@@ -342,6 +370,7 @@ class Config(_Strict):
     metrics: MetricsConfig = MetricsConfig()
     otel: OtelConfig = OtelConfig()
     ui: UiConfig = UiConfig()
+    oidc: OidcConfig | None = None
     logging: LoggingConfig = LoggingConfig()
     request_log: RequestLogConfig = RequestLogConfig()
     prices: dict[str, PriceConfig] = {}  # by upstream model name: over the shipped table

@@ -1,5 +1,13 @@
-"""The admin HTTP API under ``/admin/``: API keys and usage, for ``server.admin_key``
-only (no client key reaches it). Errors use the OpenAI error shape."""
+"""The admin HTTP API under ``/admin/``: keys, people, usage and the running config,
+for ``server.admin_key`` (no client key reaches it) and for users signed in to the
+dashboard (``oidc``), each route open to the roles it names:
+
+- admin: everything;
+- viewer: reads everything, changes nothing;
+- member: their own keys (list, create within their team, revoke, rotate) and their
+  own usage.
+
+Errors use the OpenAI error shape."""
 
 from __future__ import annotations
 
@@ -7,7 +15,7 @@ import hmac
 import logging
 import time
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 from starlette.requests import Request
@@ -19,6 +27,7 @@ from lmgate.accounts.accounts import Accounts, parse_since
 from lmgate.accounts.keys import presented_key
 from lmgate.accounts.people import People
 from lmgate.accounts.periods import PERIODS
+from lmgate.accounts.sessions import ADMIN_KEY, Actor
 from lmgate.accounts.store import Store, store_unavailable
 from lmgate.config import ConfigError
 from lmgate.config.problems import did_you_mean
@@ -30,12 +39,21 @@ from lmgate.routing.catalog import Catalog
 from lmgate.routing.router import Router
 from lmgate.web.admin_people import PeopleAdmin, checked_name
 
+if TYPE_CHECKING:
+    from lmgate.web.signin import SignIn
+
 LIMIT_FIELDS = {"models", "rpm", "tpm", "budget_tokens", "budget_usd", "budget_period",
                 "budget_reset_day"}  # fmt: skip
 log = logging.getLogger("lmgate")
 _KEY_FIELDS = {"name", "expires", "user_id", "team_id", *LIMIT_FIELDS}
 _MAX_BODY = 64 * 1024
 _WEEK = 7 * 86400  # a key's settings are a few hundred bytes
+# Who may use a route, by role.
+ADMINS = frozenset({"admin"})
+READERS = frozenset({"admin", "viewer"})
+EVERYONE = frozenset({"admin", "viewer", "member"})  # a member's answer is their own
+OWNERS = frozenset({"admin", "member"})  # a member's change is to their own keys
+_READS = frozenset({"GET", "HEAD"})
 
 
 class Control(Protocol):
@@ -54,49 +72,60 @@ class Admin:
         catalog: Catalog,
         router: Router,
         control: Control | None = None,
+        signin: SignIn | None = None,
     ) -> None:
         self._key = admin_key.encode() if admin_key else None
+        self.signin = signin if signin is not None and signin.config is not None else None
         self.accounts = accounts
         self.catalog = catalog
         self.router = router
         self.control = control
 
     def routes(self) -> list[BaseRoute]:
+        def route(
+            path: str, method: str, action: Any, roles: frozenset[str], store: bool = True
+        ) -> Route:
+            return Route(path, self._handler(action, roles, store), methods=[method])
+
+        key = "/admin/keys/{key_id}"
         return [
-            Route("/admin/usage/series", self._handler(self.usage_series), methods=["GET"]),
-            Route("/admin/requests", self._handler(self.requests), methods=["GET"]),
-            Route(
-                "/admin/requests/{request_id:path}", self._handler(self.request), methods=["GET"]
-            ),
-            Route(
-                "/admin/deployments", self._handler(self.deployments, store=False), methods=["GET"]
-            ),
-            Route("/admin/keys", self._handler(self.list_keys), methods=["GET"]),
-            Route("/admin/keys", self._handler(self.create_key), methods=["POST"]),
-            Route("/admin/keys/{key_id}", self._handler(self.get_key), methods=["GET"]),
-            Route("/admin/keys/{key_id}", self._handler(self.revoke_key), methods=["DELETE"]),
-            Route("/admin/keys/{key_id}", self._handler(self.update_key), methods=["PATCH"]),
-            Route("/admin/keys/{key_id}/rotate", self._handler(self.rotate_key), methods=["POST"]),
-            Route("/admin/usage", self._handler(self.usage), methods=["GET"]),
-            Route("/admin/reload", self._handler(self.reload, store=False), methods=["POST"]),
-            Route("/admin/config", self._handler(self.config, store=False), methods=["GET"]),
-            Route("/admin/audit", self._handler(self.audit_log), methods=["GET"]),
+            route("/admin/usage/series", "GET", self.usage_series, READERS),
+            route("/admin/requests", "GET", self.requests, READERS),
+            route("/admin/requests/{request_id:path}", "GET", self.request, READERS),
+            route("/admin/deployments", "GET", self.deployments, EVERYONE, store=False),
+            route("/admin/keys", "GET", self.list_keys, EVERYONE),
+            route("/admin/keys", "POST", self.create_key, OWNERS),
+            route(key, "GET", self.get_key, EVERYONE),
+            route(key, "DELETE", self.revoke_key, OWNERS),
+            route(key, "PATCH", self.update_key, ADMINS),  # a member would lift their limits
+            route(key + "/rotate", "POST", self.rotate_key, OWNERS),
+            route("/admin/usage", "GET", self.usage, EVERYONE),
+            route("/admin/reload", "POST", self.reload, ADMINS, store=False),
+            route("/admin/config", "GET", self.config, READERS, store=False),
+            route("/admin/audit", "GET", self.audit_log, READERS),
             *PeopleAdmin(self).routes(),
         ]
 
     # For the users' and teams' routes (admin_people).
     limit_fields = LIMIT_FIELDS
 
-    def handler(self, action: Any) -> Any:
-        return self._handler(action)
+    def handler(self, action: Any, roles: frozenset[str]) -> Any:
+        return self._handler(action, roles)
 
     async def json_object(self, request: Request) -> dict[str, Any]:
-        return await _json_object(request)
+        return await json_object(request)
 
-    def _handler(self, action: Any, store: bool = True) -> Any:
+    def _handler(self, action: Any, roles: frozenset[str], store: bool = True) -> Any:
         async def handle(request: Request) -> Response:
             try:
-                self._authenticate(request)
+                actor = await self._authenticate(request)
+                if actor.role not in roles:
+                    raise GatewayError(
+                        "permission",
+                        f"{request.method} {request.url.path} is not open to a {actor.role}",
+                        code="role_not_allowed",
+                    )
+                request.scope["lmgate.actor"] = actor
                 status, payload = await action(request, self._store() if store else None)
             except GatewayError as error:
                 return error_reply(openai_chat, error, request_id(request))
@@ -109,14 +138,27 @@ class Admin:
 
         return handle
 
-    def _authenticate(self, request: Request) -> None:
-        if self._key is None:
-            raise GatewayError("not_found", "the admin API is off: set server.admin_key")
+    async def _authenticate(self, request: Request) -> Actor:
+        """The admin key, or a signed-in user's session (whose changes must come from
+        the dashboard's own page: a cookie rides along with any page's request)."""
+        if self._key is None and self.signin is None:
+            raise GatewayError("not_found", "the admin API is off: set server.admin_key or oidc")
         given = presented_key(request.headers)
-        if not given:
-            raise GatewayError("authentication", "missing admin key", code="missing_api_key")
-        if not hmac.compare_digest(given.encode(), self._key):
-            raise GatewayError("permission", "this key is not the admin key", code="not_admin")
+        if given:
+            if self._key is None or not hmac.compare_digest(given.encode(), self._key):
+                raise GatewayError("permission", "this key is not the admin key", code="not_admin")
+            return ADMIN_KEY
+        actor = await self.signin.actor(request) if self.signin is not None else None
+        if actor is None:
+            raise GatewayError(
+                "authentication", "send the admin key, or sign in", code="missing_api_key"
+            )
+        if request.method not in _READS and not _from_own_page(request):
+            raise GatewayError(
+                "permission", "a signed-in change must come from the dashboard's own page",
+                code="origin_not_allowed",
+            )  # fmt: skip
+        return actor
 
     def _store(self) -> Store:
         if self.accounts.store is None:
@@ -137,19 +179,25 @@ class Admin:
             ) from None
         if self.accounts.store is not None:
             try:
-                await audit.record(self.accounts.store, "admin key", "config.reload", None,
-                                   None, result)  # fmt: skip
+                await audit.record(self.accounts.store, actor_of(request).name,
+                                   "config.reload", None, None, result)  # fmt: skip
             except Exception as error:  # the reload happened: its entry is what is lost
                 log.warning("could not write the audit entry of a reload: %s", error)
         return 200, result
 
     async def audit(
-        self, store: Store, action: str, target: str | None, before: Any, after: Any
+        self,
+        request: Request,
+        store: Store,
+        action: str,
+        target: str | None,
+        before: Any,
+        after: Any,
     ) -> None:
-        """An entry in the audit log: the admin key made this change (the actor is the
-        one credential that reaches the admin API)."""
+        """An entry in the audit log: who made this change (the admin key, or the
+        signed-in user), and what it was."""
         shown = [item.public() if hasattr(item, "public") else item for item in (before, after)]
-        await audit.record(store, "admin key", action, target, *shown)
+        await audit.record(store, actor_of(request).name, action, target, *shown)
 
     async def audit_log(self, request: Request, store: Store) -> tuple[int, Any]:
         params = request.query_params
@@ -167,27 +215,45 @@ class Admin:
         return 200, await self.control.config_shown()
 
     async def list_keys(self, request: Request, store: Store) -> tuple[int, Any]:
-        now = store.clock.time()
-        return 200, {"data": [key.shown(now) for key in await store.list_keys()]}
+        now, own = store.clock.time(), _own_user(request)
+        found = await store.list_keys()
+        return 200, {"data": [k.shown(now) for k in found if own is None or k.user_id == own]}
+
+    async def _visible_key(self, request: Request, store: Store) -> Any:
+        """The key of the path, if the actor may see it (a member: their own only)."""
+        key_id = request.path_params["key_id"]
+        key = await store.get_key(key_id)
+        own = _own_user(request)
+        if own is not None and key is not None and key.user_id != own:
+            key = None  # as if absent: a member learns nothing of others' keys
+        return key
 
     async def get_key(self, request: Request, store: Store) -> tuple[int, Any]:
-        key = await store.get_key(request.path_params["key_id"])
+        key = await self._visible_key(request, store)
         if key is None:
             raise GatewayError("not_found", f"no key {request.path_params['key_id']!r}")
         return 200, key.shown(store.clock.time())
 
     async def revoke_key(self, request: Request, store: Store) -> tuple[int, Any]:
         key_id = request.path_params["key_id"]
-        before = await store.get_key(key_id)
-        if not await store.revoke_key(key_id):
+        before = await self._visible_key(request, store)
+        if before is None or not await store.revoke_key(key_id):
             raise GatewayError("not_found", f"no active key {key_id!r}")
         self.accounts.keys.changed()
         after = await store.get_key(key_id)
-        await self.audit(store, "key.revoke", key_id, before, after)
+        await self.audit(request, store, "key.revoke", key_id, before, after)
         return 200, {"id": key_id, "revoked": True}
 
     async def create_key(self, request: Request, store: Store) -> tuple[int, Any]:
-        settings = self._key_settings(await _json_object(request), partial=False)
+        settings = self._key_settings(await json_object(request), partial=False)
+        user = actor_of(request).user
+        if _own_user(request) is not None and user is not None:
+            # A member's key is theirs, in their team: its limits come on top of theirs.
+            for field, own in (("user_id", user.id), ("team_id", user.team_id)):
+                if settings.get(field) not in (None, own):
+                    raise GatewayError("permission", f"{field}: a member makes keys for "
+                                       "themselves, in their own team", param=field)  # fmt: skip
+                settings[field] = own
         await self._owners_exist(store, settings)
         secret, key = await store.create_key(
             settings.pop("name"),
@@ -201,13 +267,13 @@ class Admin:
             **{field: settings.get(field) for field in ("rpm", "tpm", "budget_tokens")},
         )
         self.accounts.keys.changed()
-        await self.audit(store, "key.create", key.id, None, key)
+        await self.audit(request, store, "key.create", key.id, None, key)
         return 201, {"key": secret, **key.shown(store.clock.time())}
 
     async def update_key(self, request: Request, store: Store) -> tuple[int, Any]:
         """Change a key's name, models, limits, budgets or expiry; a field set to null
         removes that limit (models: every model)."""
-        settings = self._key_settings(await _json_object(request), partial=True)
+        settings = self._key_settings(await json_object(request), partial=True)
         await self._owners_exist(store, settings)
         key_id = request.path_params["key_id"]
         before = await store.get_key(key_id)
@@ -216,7 +282,7 @@ class Admin:
             raise GatewayError("not_found", f"no key {key_id!r}")
         self.accounts.keys.changed()
         if settings:
-            await self.audit(store, "key.update", key_id, before, key)
+            await self.audit(request, store, "key.update", key_id, before, key)
         return 200, key.shown(store.clock.time())
 
     async def rotate_key(self, request: Request, store: Store) -> tuple[int, Any]:
@@ -225,17 +291,17 @@ class Admin:
         in other processes within ``store.key_cache_seconds``)."""
         key_id = request.path_params["key_id"]
         sent = request.headers.get("content-length", "0") != "0"  # a body is optional
-        body = await _json_object(request) if sent else {}
+        body = await json_object(request) if sent else {}
         grace = body.get("grace_seconds", 0)
         if isinstance(grace, bool) or not isinstance(grace, int | float) or not 0 <= grace <= _WEEK:
             raise invalid("grace_seconds: seconds the old secret keeps working, 0 to 604800")
-        before = await store.get_key(key_id)
-        rotated = await store.rotate_key(key_id, float(grace))
+        before = await self._visible_key(request, store)
+        rotated = await store.rotate_key(key_id, float(grace)) if before is not None else None
         if rotated is None:
             raise GatewayError("not_found", f"no active key {key_id!r}")
         self.accounts.keys.changed()
         secret, key = rotated
-        await self.audit(store, "key.rotate", key_id, before, key)
+        await self.audit(request, store, "key.rotate", key_id, before, key)
         return 200, {"key": secret, **key.shown(store.clock.time())}
 
     def _key_settings(self, body: dict[str, Any], partial: bool) -> dict[str, Any]:
@@ -315,8 +381,9 @@ class Admin:
         by = request.query_params.get("by", "model")
         if by not in ("model", "key", "provider", "session", "user", "team"):
             raise invalid("by: expected model, key, provider, session, user or team", "by")
-        since = _since(request)
-        return 200, {"by": by, "since": since, "data": await store.usage_summary(since, by)}
+        since, own = _since(request), _own_user(request)
+        found = await store.usage_summary(since, by, user_id=own)
+        return 200, {"by": by, "since": since, "data": found}
 
     async def usage_series(self, request: Request, store: Store) -> tuple[int, Any]:
         return 200, await reports.series(store, _since(request))
@@ -400,7 +467,28 @@ def _is_status(text: str) -> bool:
     return text.isdigit() and 100 <= int(text) <= 599
 
 
-async def _json_object(request: Request) -> dict[str, Any]:
+def actor_of(request: Request) -> Actor:
+    actor: Actor = request.scope["lmgate.actor"]
+    return actor
+
+
+def _own_user(request: Request) -> str | None:
+    """A member's user id (what they may see is theirs); None for admins and viewers."""
+    actor = actor_of(request)
+    if actor.role != "member":
+        return None
+    return actor.user.id if actor.user is not None else "-"
+
+
+def _from_own_page(request: Request) -> bool:
+    """The request comes from the gateway's own page: browsers send ``Origin`` with
+    every change, naming the page's origin (Guard already refused foreign ones not
+    allowed by CORS; a signed-in change takes the gateway's own only)."""
+    origin, host = request.headers.get("origin"), request.headers.get("host")
+    return origin is not None and host is not None and origin.partition("://")[2] == host
+
+
+async def json_object(request: Request) -> dict[str, Any]:
     try:
         body = orjson.loads(await _body(request))
     except orjson.JSONDecodeError:

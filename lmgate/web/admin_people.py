@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from lmgate.accounts.people import ROLES, Kind, People
+from lmgate.accounts.sessions import Sessions
 from lmgate.accounts.store import Store
 from lmgate.errors import GatewayError, invalid
 
@@ -25,16 +26,18 @@ class PeopleAdmin:
         self.admin = admin
 
     def routes(self) -> list[Route]:
+        from lmgate.web.admin import ADMINS, READERS
+
         handler = self.admin.handler
         routes = []
         for kind in ("team", "user"):
             base = f"/admin/{kind}s"
             routes += [
-                Route(base, handler(self._lister(kind)), methods=["GET"]),
-                Route(base, handler(self._creator(kind)), methods=["POST"]),
-                Route(base + "/{id}", handler(self._getter(kind)), methods=["GET"]),
-                Route(base + "/{id}", handler(self._updater(kind)), methods=["PATCH"]),
-                Route(base + "/{id}", handler(self._deleter(kind)), methods=["DELETE"]),
+                Route(base, handler(self._lister(kind), READERS), methods=["GET"]),
+                Route(base, handler(self._creator(kind), ADMINS), methods=["POST"]),
+                Route(base + "/{id}", handler(self._getter(kind), READERS), methods=["GET"]),
+                Route(base + "/{id}", handler(self._updater(kind), ADMINS), methods=["PATCH"]),
+                Route(base + "/{id}", handler(self._deleter(kind), ADMINS), methods=["DELETE"]),
             ]
         return routes
 
@@ -61,10 +64,10 @@ class PeopleAdmin:
             people = People(store)
             if kind == "user" and await _email_taken(people, settings["email"]):
                 raise invalid(f"email: a user with {settings['email']!r} exists", "email")
-            if kind == "team" and any(t.name == settings["name"] for t in await people.list(kind)):
+            if kind == "team" and await people.find("team", "name", settings["name"]):
                 raise invalid(f"name: a team named {settings['name']!r} exists", "name")
             account = await people.create(kind, settings)
-            await self.admin.audit(store, f"{kind}.create", account.id, None, account)
+            await self.admin.audit(request, store, f"{kind}.create", account.id, None, account)
             return 201, account.shown(store.clock.time())
 
         return action
@@ -80,7 +83,10 @@ class PeopleAdmin:
                 raise GatewayError("not_found", f"no {kind} {account_id!r}")
             self.admin.accounts.keys.changed()  # its limits apply at once
             if settings:
-                await self.admin.audit(store, f"{kind}.update", account_id, before, account)
+                action = f"{kind}.update"
+                await self.admin.audit(request, store, action, account_id, before, account)
+            if kind == "user" and settings.get("role") not in (None, before and before.role):
+                await Sessions(store).close_all(account_id)  # sign in again, in the new role
             return 200, account.shown(store.clock.time())
 
         return action
@@ -95,7 +101,9 @@ class PeopleAdmin:
             if problem is not None:
                 raise GatewayError("invalid_request", problem, status=409, code="team_not_empty")
             self.admin.accounts.keys.changed()  # a removed user's keys stop at once
-            await self.admin.audit(store, f"{kind}.delete", account_id, before, None)
+            if kind == "user":
+                await Sessions(store).close_all(account_id)
+            await self.admin.audit(request, store, f"{kind}.delete", account_id, before, None)
             return 200, {"id": account_id, "deleted": True}
 
         return action
@@ -141,4 +149,4 @@ def checked_name(name: Any) -> str:
 
 
 async def _email_taken(people: People, email: str) -> bool:
-    return any(user.email == email for user in await people.list("user"))
+    return await people.find("user", "email", email) is not None

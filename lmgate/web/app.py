@@ -76,6 +76,7 @@ def _own_routes(gateway: Gateway) -> list[BaseRoute]:
         Route("/health", health, methods=["GET"]),
         Route("/ready", ready, methods=["GET"]),
         *gateway.admin.routes(),
+        *gateway.signin.routes(),
     ]
     if gateway.config.ui.enabled:
         from lmgate.web import ui

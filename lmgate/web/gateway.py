@@ -34,6 +34,7 @@ from lmgate.routing.router import Router
 from lmgate.web.admin import Admin
 from lmgate.web.pipeline import Pipeline
 from lmgate.web.reload import applicable, redacted
+from lmgate.web.signin import SignIn
 
 if TYPE_CHECKING:
     from lmgate.observe.tracing import Tracing
@@ -72,8 +73,16 @@ class Gateway:
         self.redactor = Redactor(self._secrets)
         self.router = Router(config.routing, self.fetcher, redactor=self.redactor, clock=clock)
         self.accounts = Accounts(config, self.catalog, self.router, clock)
+        if config.oidc is not None and self.accounts.store is None:
+            raise ConfigError("oidc needs a store for its users and sessions (store.url is none)")
+        self.signin = SignIn(config.oidc, self.accounts)
         self.admin = Admin(
-            config.server.admin_key, self.accounts, self.catalog, self.router, control=self
+            config.server.admin_key,
+            self.accounts,
+            self.catalog,
+            self.router,
+            control=self,
+            signin=self.signin,
         )
         self.metrics: Metrics | None = None
         if config.metrics.enabled:
@@ -141,6 +150,8 @@ class Gateway:
         keys = [*server.api_keys, *([server.admin_key] if server.admin_key else [])]
         if self.config.responses.secret:
             keys.append(self.config.responses.secret)
+        if self.config.oidc is not None and self.config.oidc.client_secret:
+            keys.append(self.config.oidc.client_secret)
         return [*keys, *(s for provider in self.providers.values() for s in provider.secrets())]
 
     async def startup(self) -> None:
@@ -187,6 +198,7 @@ class Gateway:
         for provider in self.providers.values():
             await provider.close()
         await self.fetcher.close()
+        await self.signin.close()
         await self.conversations.stop()
         if self.request_log is not None:
             await self.request_log.stop()

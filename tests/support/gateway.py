@@ -34,16 +34,22 @@ class RunningGateway:
     """The real app, served by uvicorn on a loopback port in a background thread."""
 
     def __init__(
-        self, config: dict[str, Any], clock: Clock = SYSTEM, path: Path | None = None
+        self,
+        config: dict[str, Any],
+        clock: Clock = SYSTEM,
+        path: Path | None = None,
+        sock: socket.socket | None = None,
     ) -> None:
-        """``path``: write the config there and load it from the file (it may be reloaded)."""
+        """``path``: write the config there and load it from the file (it may be reloaded).
+        ``sock``: a socket bound already (its port had to be known before the config)."""
         self.clients: list[openai.OpenAI | anthropic.Anthropic] = []
         if path is not None:
             path.write_bytes(orjson.dumps(config))
         loaded = load_config(path) if path is not None else parse_config(config)
         self.app = build_app(loaded, clock)
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
+        if sock is None:
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self.server = uvicorn.Server(

@@ -3,7 +3,10 @@
 // names, error messages and logged bodies come from clients and upstreams.
 "use strict";
 
-const state = { key: sessionStorage.getItem("lmgate-admin-key"), timer: null };
+// Signed in with the admin key (kept in this tab), or by a session cookie (state.me:
+// who, and their role: admin, viewer, or member, who sees their own keys only).
+const state = { key: sessionStorage.getItem("lmgate-admin-key"), me: null, timer: null };
+const role = () => (state.key ? "admin" : state.me && state.me.signed_in ? state.me.role : null);
 const $ = (selector) => document.querySelector(selector);
 
 function h(tag, attrs, ...children) {
@@ -26,12 +29,13 @@ class ApiError extends Error {
 async function api(path, options = {}) {
   const response = await fetch(path, {
     ...options,
-    headers: { "Authorization": `Bearer ${state.key}`, "Content-Type": "application/json" },
+    headers: { ...(state.key ? { "Authorization": `Bearer ${state.key}` } : {}), "Content-Type": "application/json" },
   });
   const body = await response.json().catch(() => ({}));
   if (!response.ok) {
     const message = (body.error && body.error.message) || `HTTP ${response.status}`;
-    if (response.status === 401 || response.status === 403) signOut(message);
+    // A wrong admin key, or a session that ended; a role's 403 is only this action's.
+    if (response.status === 401 || (response.status === 403 && state.key)) signOut(message);
     throw new ApiError(response.status, message);
   }
   return body;
@@ -279,10 +283,23 @@ pages.keys = async (root) => {
     field("budget_tokens", "Budget (tokens)", "number"), field("budget_usd", "Budget (USD)", "number"),
     field("expires", "Expires (YYYY-MM-DD)"), h("button", { type: "submit" }, "Create key"));
   const list = h("div", {});
-  root.append(h("h1", {}, "API keys"), h("div", { class: "card" }, h("h2", {}, "New key"), form, created), h("div", { class: "card" }, list));
+  const mine = role() === "member";
+  const ownUsage = h("div", { "data-testid": "own-usage" });
+  root.append(h("h1", {}, mine ? "Your keys" : "API keys"),
+    role() !== "viewer" ? h("div", { class: "card" }, h("h2", {}, "New key"), form, created) : null,
+    h("div", { class: "card" }, list), mine ? h("div", { class: "card" }, h("h2", {}, "Your usage (30 days)"), ownUsage) : null);
   const draw = async () => {
     const [keys, usage] = await Promise.all([api("/admin/keys"), api("/admin/usage?by=key&since=30d")]);
     const used = Object.fromEntries(usage.data.map((g) => [g.group, g]));
+    if (mine) {
+      const byModel = await api("/admin/usage?by=model&since=30d");
+      ownUsage.replaceChildren(table([
+        { label: "model", value: (g) => g.group },
+        { label: "requests", num: true, value: (g) => number(g.requests) },
+        { label: "tokens in / out", num: true, value: (g) => `${number(g.input_tokens)} / ${number(g.output_tokens)}` },
+        { label: "cost", num: true, value: (g) => usd(g.cost) },
+      ], byModel.data));
+    }
     list.replaceChildren(h("div", { "data-testid": "keys" }, table([
       { label: "name", value: (k) => k.name },
       { label: "key", value: (k) => h("span", { title: k.id }, `${k.prefix}…`) },
@@ -294,8 +311,8 @@ pages.keys = async (root) => {
       { label: "requests (30 d)", num: true, value: (k) => number((used[k.id] || {}).requests || 0) },
       { label: "expires", value: (k) => (k.expires_at ? when(k.expires_at) : "never") },
       { label: "state", value: (k) => { const [name, cls] = keyState(k); return h("span", { class: cls }, name); } },
-      { label: "", value: (k) => (k.revoked_at ? null : h("span", { class: "toolbar" },
-        h("button", { class: "secondary", type: "button", onclick: () => edit(k) }, "Edit"),
+      { label: "", value: (k) => (k.revoked_at || role() === "viewer" ? null : h("span", { class: "toolbar" },
+        role() === "admin" ? h("button", { class: "secondary", type: "button", onclick: () => edit(k) }, "Edit") : null,
         h("button", { class: "secondary", type: "button", onclick: () => rotate(k).catch(showError) }, "Rotate"),
         h("button", { class: "danger", type: "button", "data-testid": `revoke-${k.id}`,
           onclick: async () => { if (confirm(`Revoke key ${k.name}?`)) { await api(`/admin/keys/${encodeURIComponent(k.id)}`, { method: "DELETE" }); await draw(); } } }, "Revoke"))) },
@@ -396,8 +413,10 @@ pages.teams = async (root) => {
   const limits = (a) => [a.rpm ? `${number(a.rpm)} rpm` : null, a.tpm ? `${number(a.tpm)} tpm` : null,
     a.models ? a.models.join(", ") : null].filter(Boolean).join(" · ") || h("span", { class: "muted" }, "none");
   root.append(h("h1", {}, "Teams and people"),
-    h("div", { class: "card" }, h("h2", {}, "New team"), creator("team", ["name", "budget_usd", "budget_period"], teams.data)),
-    h("div", { class: "card" }, h("h2", {}, "New person"), creator("user", ["email", "team_id", "role", "budget_usd", "budget_period"], teams.data)),
+    role() === "admin" ? [
+      h("div", { class: "card" }, h("h2", {}, "New team"), creator("team", ["name", "budget_usd", "budget_period"], teams.data)),
+      h("div", { class: "card" }, h("h2", {}, "New person"), creator("user", ["email", "team_id", "role", "budget_usd", "budget_period"], teams.data)),
+    ] : null,
     h("div", { class: "card" }, h("h2", {}, "Teams"), h("div", { "data-testid": "teams" }, table([
       { label: "team", value: (t) => t.name },
       { label: "used / budget", value: budget },
@@ -501,30 +520,42 @@ function showError(error) {
   $("#page").prepend(h("p", { class: "error", role: "alert" }, error.message));
 }
 
-function signOut(message) {
+async function signOut(message) {
   sessionStorage.removeItem("lmgate-admin-key");
   state.key = null;
-  render();
+  if (state.me && state.me.signed_in) {
+    state.me = { signed_in: false, oidc: true };
+    await fetch("/auth/logout", { method: "POST" }).catch(() => null);
+  }
+  await render();
   if (message) $("#sign-in-error").textContent = message;
 }
 
+// Pages by role: a member has their own keys (and usage) only.
+const allowed = (page) => role() !== "member" || page === "keys";
+
 async function render() {
   clearInterval(state.timer);
-  const signedIn = Boolean(state.key);
+  const signedIn = Boolean(role());
   $("#sign-in").hidden = signedIn;
+  $("#sso").hidden = !(state.me && state.me.oidc);
   $("#nav").hidden = !signedIn;
+  $("#whoami").textContent = state.key ? "admin key" : signedIn ? `${state.me.email} (${state.me.role})` : "";
   const root = $("#page");
   root.replaceChildren();
   if (!signedIn) return;
   const name = (location.hash.replace("#/", "") || "overview");
-  const page = pages[name] ? name : "overview";
-  for (const link of document.querySelectorAll("#nav a")) link.classList.toggle("active", link.dataset.page === page);
+  const page = pages[name] && allowed(name) ? name : role() === "member" ? "keys" : "overview";
+  for (const link of document.querySelectorAll("#nav a")) {
+    link.classList.toggle("active", link.dataset.page === page);
+    link.hidden = !allowed(link.dataset.page);
+  }
   closeDrawer();
   try {
     await loadNames();
     await pages[page](root);
   } catch (error) {
-    if (state.key) showError(error);
+    if (role()) showError(error);
   }
 }
 
@@ -545,4 +576,6 @@ $("#sign-in").addEventListener("submit", async (event) => {
 });
 $("#sign-out").addEventListener("click", () => signOut());
 window.addEventListener("hashchange", render);
-render();
+// Who is signed in by a session cookie, and whether this gateway offers sign-in.
+fetch("/auth/me").then((r) => r.json()).catch(() => ({ signed_in: false, oidc: false }))
+  .then((me) => { state.me = me; render(); });
