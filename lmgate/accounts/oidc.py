@@ -13,13 +13,13 @@ import hashlib
 import hmac
 import logging
 import secrets
-import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode
 
 import orjson
 
+from lmgate.clock import SYSTEM, Clock
 from lmgate.config import OidcConfig
 
 log = logging.getLogger("lmgate")
@@ -67,8 +67,9 @@ def pkce_pair() -> tuple[str, str]:
 
 
 class OpenIdProvider:
-    def __init__(self, config: OidcConfig) -> None:
+    def __init__(self, config: OidcConfig, clock: Clock = SYSTEM) -> None:
         self.config = config
+        self.clock = clock
         self._metadata: dict[str, Any] | None = None
         self._metadata_at = 0.0
         self._keys: Any = None  # a PyJWT PyJWKSet
@@ -181,7 +182,10 @@ class OpenIdProvider:
     # ---- the provider's documents ---------------------------------------------------
 
     async def metadata(self) -> dict[str, Any]:
-        if self._metadata is not None and time.monotonic() - self._metadata_at < _METADATA_SECONDS:
+        if (
+            self._metadata is not None
+            and self.clock.monotonic() - self._metadata_at < _METADATA_SECONDS
+        ):
             return self._metadata
         issuer = self.config.issuer
         url = issuer.rstrip("/") + "/.well-known/openid-configuration"
@@ -193,7 +197,7 @@ class OpenIdProvider:
         for field in ("authorization_endpoint", "token_endpoint", "jwks_uri"):
             if not isinstance(body.get(field), str):
                 raise OidcError(f"discovery at {url} has no {field}")
-        self._metadata, self._metadata_at = body, time.monotonic()
+        self._metadata, self._metadata_at = body, self.clock.monotonic()
         return body
 
     async def _signing_key(self, kid: Any, algorithm: str) -> Any:
@@ -202,7 +206,7 @@ class OpenIdProvider:
         import jwt
 
         key = self._find(kid)
-        if key is None and time.monotonic() - self._keys_at >= _KEYS_REFRESH_SECONDS:
+        if key is None and self.clock.monotonic() - self._keys_at >= _KEYS_REFRESH_SECONDS:
             metadata = await self.metadata()
             status, body = await self._get(metadata["jwks_uri"])
             if status != 200 or not isinstance(body, dict):
@@ -212,7 +216,7 @@ class OpenIdProvider:
                 self._algorithms = {k.get("kid"): k.get("alg") for k in body["keys"]}
             except jwt.PyJWTError as error:
                 raise OidcError(f"the provider's keys are unusable: {error}") from None
-            self._keys_at = time.monotonic()
+            self._keys_at = self.clock.monotonic()
             key = self._find(kid)
         if key is None:
             raise OidcError(f"the ID token is signed with an unknown key {kid!r}")
@@ -250,6 +254,8 @@ class OpenIdProvider:
             code = body.get("error")
             if code in ("authorization_pending", "slow_down", "access_denied", "expired_token"):
                 raise Pending(code)
+        if status >= 500:
+            raise ProviderDown(f"the provider's token endpoint failed ({status})")
         if status != 200 or not isinstance(body, dict):
             raise OidcError(f"the provider's token endpoint refused: {_reason(body)}")
         return body

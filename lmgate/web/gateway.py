@@ -75,7 +75,7 @@ class Gateway:
         self.accounts = Accounts(config, self.catalog, self.router, clock)
         if config.oidc is not None and self.accounts.store is None:
             raise ConfigError("oidc needs a store for its users and sessions (store.url is none)")
-        self.signin = SignIn(config.oidc, self.accounts)
+        self.signin = SignIn(config.oidc, self.accounts, clock)
         self.admin = Admin(
             config.server.admin_key,
             self.accounts,

@@ -37,6 +37,7 @@ from lmgate.accounts.oidc import (
 from lmgate.accounts.people import Account, People
 from lmgate.accounts.sessions import LOGIN_SECONDS, Actor, Sessions
 from lmgate.accounts.store import Store, store_unavailable
+from lmgate.clock import SYSTEM, Clock
 from lmgate.config import OidcConfig
 from lmgate.errors import GatewayError, invalid
 from lmgate.frontends import openai_chat
@@ -60,10 +61,12 @@ class Refused(Exception):
 
 
 class SignIn:
-    def __init__(self, config: OidcConfig | None, accounts: Accounts) -> None:
+    def __init__(
+        self, config: OidcConfig | None, accounts: Accounts, clock: Clock = SYSTEM
+    ) -> None:
         self.config = config
         self.accounts = accounts
-        self.provider = OpenIdProvider(config) if config is not None else None
+        self.provider = OpenIdProvider(config, clock) if config is not None else None
 
     async def close(self) -> None:
         if self.provider is not None:
