@@ -2,18 +2,32 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
 import orjson
 import pytest
+from playwright import sync_api as playwright_api
 
+from tests.clients.conftest import client_config
 from tests.support.fakes.agent import SIGNATURE, THOUGHT
-from tests.support.gateway import API_KEY
+from tests.support.fakes.upstream import FakeUpstream
+from tests.support.gateway import API_KEY, RunningGateway, wait_until
+from tests.support.oidc import CHROMIUM, IdentityProvider, approve_device, quiet_fonts
 from tests.support.programs import Task, npm_bin
 
 
-def run_claude(task: Task, model: str) -> list[dict]:
+def run_claude(task: Task, model: str, **auth: str) -> list[dict]:
+    """``auth``: how Claude Code gets its key (default: the gateway's key in
+    ANTHROPIC_AUTH_TOKEN)."""
     env = task.env(
         ANTHROPIC_BASE_URL=task.gateway.url,
-        ANTHROPIC_AUTH_TOKEN=API_KEY,
+        **(auth or {"ANTHROPIC_AUTH_TOKEN": API_KEY}),
         ANTHROPIC_MODEL=model,
         ANTHROPIC_SMALL_FAST_MODEL=model,
         DISABLE_TELEMETRY="1",
@@ -107,3 +121,58 @@ def test_claude_code_writes_the_file(task: Task, model: str) -> None:
         assert first["reasoning_effort"] == "high"  # output_config.effort
         turn = next(m for m in last["messages"] if m["role"] == "assistant")
         assert turn["reasoning_content"] == THOUGHT
+
+
+def test_claude_code_gets_its_key_from_lmgate_key_after_lmgate_login(
+    task: Task, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """A developer's setup: ``lmgate login`` once (the device grant, approved in the
+    browser), then Claude Code's ``apiKeyHelper`` runs ``lmgate key`` for the key."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    provider = IdentityProvider(f"http://127.0.0.1:{sock.getsockname()[1]}/auth/callback")
+    config = client_config(upstream)
+    admin_key = config["server"]["admin_key"] = "claude-code-test-admin"
+    config["store"] = {"url": f"sqlite:///{tmp_path / 'lmgate.db'}", "flush_interval": 0.05}
+    config["oidc"] = provider.config()
+    gateway = RunningGateway(config, sock=sock)
+    try:
+        task.gateway = gateway
+        env = task.env()  # the developer's home: the key is kept under it
+        login = subprocess.Popen(
+            [sys.executable, "-m", "lmgate", "login", "--gateway", gateway.url],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+        )  # fmt: skip
+        assert login.stderr is not None
+        page_url = login.stderr.readline().removeprefix("To sign in, open ").strip()
+        with playwright_api.sync_playwright() as driver:
+            browser = driver.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+            context = browser.new_context()
+            quiet_fonts(context)
+            approve_device(context.new_page(), page_url, "bob")
+            browser.close()
+        assert login.wait(60) == 0, login.stderr.read()
+        login.stderr.close()
+        settings = task.home / ".claude" / "settings.json"
+        settings.parent.mkdir(parents=True, exist_ok=True)
+        # The command the README gives (pip installs it beside this Python).
+        lmgate = shutil.which("lmgate", path=os.path.dirname(sys.executable))
+        assert lmgate, "lmgate is not installed: pip install -e . (scripts/test.sh does)"
+        helper = f"{lmgate} key --gateway {gateway.url}"
+        settings.write_text(json.dumps({"apiKeyHelper": helper}))
+
+        run_claude(task, "deepseek-chat", ANTHROPIC_API_KEY="")
+        task.assert_done()
+
+        # Every request was bob's: his personal key, his usage (once the records are in).
+        def by_user() -> list[dict]:
+            found = gateway.request("GET", "/admin/usage?by=user", api_key=admin_key).json()
+            return found["data"]  # type: ignore[no-any-return]
+
+        wait_until(lambda: sum(row["requests"] for row in by_user()) >= task.agent.calls + 1)
+        users = gateway.request("GET", "/admin/users", api_key=admin_key).json()["data"]
+        bob = next(u for u in users if u["email"] == "bob@example.com")
+        assert [row["group"] for row in by_user()] == [bob["id"]]
+    finally:
+        gateway.stop()
+        provider.stop()
