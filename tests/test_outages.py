@@ -17,7 +17,7 @@ import pytest
 
 from tests.support.accounts import HI, accounts_config, new_key, records, wait_for_records
 from tests.support.fakes.upstream import FakeUpstream
-from tests.support.gateway import RunningGateway, wait_until
+from tests.support.gateway import RunningGateway, refusing_url, wait_until
 from tests.support.servers import PostgresCluster, RedisServer
 
 ASK = {"model": "echo", "messages": HI}
@@ -197,3 +197,27 @@ def test_ready_names_each_dependency(
     assert status == 200
     assert body == {"status": "ready", "dependencies": {"store": "up", "redis": "up"}}
     assert orjson.loads(gw.request("GET", "/health", api_key=None).body) == {"status": "ok"}
+
+
+def test_sign_in_with_the_database_down_is_a_503_never_a_500(
+    start_gateway: Any, upstream: FakeUpstream, own_postgres: PostgresCluster, database: str
+) -> None:
+    """The sign-in's state and sessions live in the store: down, every sign-in route
+    answers 503 with Retry-After (a page for the browser, JSON for the API)."""
+    config = accounts_config(upstream, database)
+    config["oidc"] = {"issuer": refusing_url(""), "client_id": "lmgate"}
+    gw = start_gateway(config)
+    own_postgres.stop()
+    session = {"Cookie": "lmgate_session=some-session-secret"}
+    me = gw.request("GET", "/auth/me", headers=session, api_key=None)
+    assert me.status == 503 and me.headers["retry-after"] == "5", me
+    assert me.json()["error"]["code"] == "store_unavailable"
+    callback = gw.request("GET", "/auth/callback?state=s&code=c", api_key=None,
+                          headers={"Cookie": "lmgate_login=s"})  # fmt: skip
+    assert callback.status == 503 and callback.headers["content-type"].startswith("text/html")
+    assert callback.headers["retry-after"] == "5"
+    keys = gw.request("GET", "/admin/keys", headers=session, api_key=None)
+    assert keys.status == 503 and keys.json()["error"]["code"] == "store_unavailable"
+    own_postgres.start()
+    wait_until(lambda: ready(gw)[0] == 200)
+    assert gw.request("GET", "/auth/me", headers=session, api_key=None).json()["signed_in"] is False

@@ -20,6 +20,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from lmgate.accounts import sessions
 from tests.support.accounts import accounts_config, admin
 from tests.support.clock import FakeClock
 from tests.support.fakes.oidc import CLIENT_ID, CLIENT_SECRET, FakeProvider
@@ -75,6 +76,10 @@ def signed_in(web: httpx.Client, gw: RunningGateway) -> bool:
     return bool(web.get(gw.url + "/auth/me").json()["signed_in"])
 
 
+def metrics(gw: RunningGateway) -> str:
+    return gw.request("GET", "/metrics").body.decode()
+
+
 def _expired(claims: dict[str, Any], fake: FakeProvider) -> str:
     return fake.sign({**claims, "iat": claims["iat"] - 7200, "exp": claims["iat"] - 3600})
 
@@ -118,6 +123,7 @@ def test_an_id_token_that_fails_a_check_opens_no_session(
     assert not signed_in(web, gw)
     assert admin(gw, "GET", "/admin/users")[1]["data"] == []  # nobody was made
     assert any("sign-in refused" in r.message and reason in r.message for r in caplog.records)
+    assert 'lmgate_sign_ins_total{outcome="refused"} 1.0' in metrics(gw)
 
 
 def test_an_honest_sign_in_survives_key_rotation_without_a_jwks_fetch_per_unknown_key(
@@ -192,3 +198,20 @@ def test_a_provider_that_is_down_gets_a_503_page_with_retry_after(
     assert "cannot be reached" in answer.text and "<script" not in answer.text
     device = httpx.post(gw.url + "/auth/device", timeout=20)
     assert device.status_code == 503 and device.json()["error"]["code"] == "oidc_unavailable"
+    assert 'lmgate_sign_ins_total{outcome="provider_down"} 1.0' in metrics(gw)
+
+
+def test_sign_ins_under_way_are_bounded(
+    start_gateway: Any, upstream: FakeUpstream, provider: Any, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """Anyone may start a sign-in, and each is kept until it returns or expires: a
+    flood of them is refused (503) rather than grow the store without bound."""
+    monkeypatch.setattr(sessions, "MAX_LOGINS", 3)
+    _, fake = provider
+    gw = gateway(start_gateway, upstream, fake, tmp_path)
+    for _ in range(3):
+        assert browser().get(gw.url + "/auth/login").status_code == 302
+    flooded = browser().get(gw.url + "/auth/login")
+    assert flooded.status_code == 503 and flooded.headers["retry-after"] == "60"
+    assert "too many sign-ins under way" in flooded.text

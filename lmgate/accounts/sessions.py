@@ -18,8 +18,12 @@ import sqlalchemy as sa
 from lmgate.accounts.people import Account
 from lmgate.accounts.schema import sessions
 from lmgate.accounts.store import Store
+from lmgate.errors import GatewayError
 
 LOGIN_SECONDS = 600  # from leaving for the provider to coming back
+# Sign-ins under way at once: each is a row until it returns or expires, and anyone
+# may start one (a flood must not grow the table without bound).
+MAX_LOGINS = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +86,10 @@ class Sessions:
                "created_at": now, "expires_at": now + LOGIN_SECONDS}  # fmt: skip
         async with self.store.engine.begin() as connection:
             await connection.execute(sessions.delete().where(sessions.c.expires_at <= now))
+            under_way = sa.select(sa.func.count()).where(sessions.c.kind == "login")
+            if (await connection.execute(under_way)).scalar_one() >= MAX_LOGINS:
+                raise GatewayError("overloaded", "too many sign-ins under way: try again in a "
+                                   "minute", retry_after=60)  # fmt: skip
             await connection.execute(sessions.insert().values(**row))
 
     async def finish_login(self, state: str) -> dict[str, Any] | None:

@@ -80,6 +80,7 @@ class Metrics:
     ) -> None:
         self.catalog = catalog  # replaced on a reload
         self.sockets: Callable[[], int] | None = None  # WebSocket connections so far
+        self.sign_ins: dict[str, int] | None = None  # by outcome (oidc), counted so far
         self._sources = recorder, router, limiter, fetcher
         self._dependencies = dependencies
         self.multiprocess = bool(os.environ.get(MULTIPROCESS_DIR))
@@ -304,6 +305,12 @@ class Metrics:
             "Connections to the Responses API over WebSocket (each serves many responses).",
             [],
         )
+        self._sign_ins = counter(
+            "lmgate_sign_ins",
+            "Sign-ins with the OpenID provider (dashboard and lmgate login), by outcome: "
+            "ok, refused, provider_down.",
+            ["outcome"],
+        )
         self._dependency_errors = counter(
             "lmgate_dependency_errors",
             "Failed calls to a service lmgate depends on (store, redis).",
@@ -354,6 +361,8 @@ class Metrics:
         self._add(self._restored, (), router.reasoning.restored)
         if self.sockets is not None:
             self._add(self._sockets, (), self.sockets())
+        for outcome, count in list((self.sign_ins or {}).items()):
+            self._add(self._sign_ins, (outcome,), count)
         for dependency in self._dependencies:
             self._add(self._dependency_errors, (dependency.name,), dependency.errors)
             self._dependency_up.labels(dependency.name).set(1 if dependency.up else 0)

@@ -127,6 +127,7 @@ class Gateway:
         if self.metrics is not None:
             pipeline = self.pipeline
             self.metrics.sockets = lambda: pipeline.sockets_opened
+            self.metrics.sign_ins = self.signin.outcomes
         self.ready = False
         self.draining = False
         self._cut: asyncio.TimerHandle | None = None

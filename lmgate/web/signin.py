@@ -13,6 +13,7 @@ role and team claims, when configured, update the user at every sign-in."""
 
 from __future__ import annotations
 
+import collections
 import hmac
 import html
 import logging
@@ -67,22 +68,45 @@ class SignIn:
         self.config = config
         self.accounts = accounts
         self.provider = OpenIdProvider(config, clock) if config is not None else None
+        self.outcomes: collections.Counter[str] = collections.Counter()  # for the metrics
 
     async def close(self) -> None:
         if self.provider is not None:
             await self.provider.close()
 
     def routes(self) -> list[BaseRoute]:
-        routes: list[BaseRoute] = [Route("/auth/me", self.me, methods=["GET"])]
+        guarded = self._guarded
+        routes: list[BaseRoute] = [Route("/auth/me", guarded(self.me), methods=["GET"])]
         if self.config is not None:
             routes += [
-                Route("/auth/login", self.login, methods=["GET"]),
-                Route("/auth/callback", self.callback, methods=["GET"]),
-                Route("/auth/logout", self.logout, methods=["POST"]),
-                Route("/auth/device", self.device, methods=["POST"]),
-                Route("/auth/device/token", self.device_token, methods=["POST"]),
+                Route("/auth/login", guarded(self.login, page=True), methods=["GET"]),
+                Route("/auth/callback", guarded(self.callback, page=True), methods=["GET"]),
+                Route("/auth/logout", guarded(self.logout), methods=["POST"]),
+                Route("/auth/device", guarded(self.device), methods=["POST"]),
+                Route("/auth/device/token", guarded(self.device_token), methods=["POST"]),
             ]
         return routes
+
+    def _guarded(self, handler: Any, page: bool = False) -> Any:
+        """``handler``, with the store's outage answered 503 (a page for a browser's
+        sign-in); any other failure is a bug, raised."""
+
+        async def handle(request: Request) -> Response:
+            try:
+                answer: Response = await handler(request)
+            except Exception:
+                store = self.accounts.store
+                if store is None or await store.reachable():
+                    raise
+                error = store_unavailable()
+                if not page:
+                    return error_reply(openai_chat, error, request_id(request))
+                log.warning("request %s: sign-in unavailable: %s", request_id(request),
+                            error.message)  # fmt: skip
+                return _page(503, "Sign-in is unavailable", error.message, error.retry_after)
+            return answer
+
+        return handle
 
     async def actor(self, request: Request) -> Actor | None:
         """The signed-in user of a request's session cookie, if it has a live one."""
@@ -112,10 +136,12 @@ class SignIn:
                 {"nonce": nonce, "verifier": verifier, "redirect_uri": callback,
                  "next": _local_path(request.query_params.get("next"))},
             )  # fmt: skip
-        except OidcError as error:
+        except OidcError as error:  # discovery failed: down, or a wrong issuer
+            log.warning("request %s: sign-in cannot start: %s", request_id(request), error)
+            self.outcomes["provider_down"] += 1
             return _page(503, "The identity provider cannot be reached", str(error))
         except GatewayError as error:
-            return _page(error.status, "Sign-in is unavailable", error.message)
+            return _page(error.status, "Sign-in is unavailable", error.message, error.retry_after)
         answer = RedirectResponse(url, 302)
         answer.set_cookie(LOGIN_COOKIE, state, max_age=LOGIN_SECONDS, path="/auth",
                           httponly=True, samesite="lax", secure=self._https(request))  # fmt: skip
@@ -147,11 +173,13 @@ class SignIn:
             await self._audit(user.email or user.id, "session.sign_in", user.id, after=opened)
         except (Refused, OidcError) as error:
             log.warning("request %s: sign-in refused: %s", request_id(request), error)
-            status = 503 if isinstance(error, ProviderDown) else 403
-            return _page(status, "Sign-in failed", str(error))
+            down = isinstance(error, ProviderDown)
+            self.outcomes["provider_down" if down else "refused"] += 1
+            return _page(503 if down else 403, "Sign-in failed", str(error))
         except GatewayError as error:
-            return _page(error.status, "Sign-in is unavailable", error.message)
+            return _page(error.status, "Sign-in is unavailable", error.message, error.retry_after)
         log.info("%s signed in (%s)", user.email, user.role)
+        self.outcomes["ok"] += 1
         answer = RedirectResponse(kept["next"], 303)
         answer.set_cookie(SESSION_COOKIE, secret, max_age=int(seconds), path="/",
                           httponly=True, samesite="lax", secure=self._https(request))  # fmt: skip
@@ -220,9 +248,12 @@ class SignIn:
             user = await self._user(identity)
             secret, key = await self._personal_key(user, name)
         except (OidcError, Refused) as error:
+            down = isinstance(error, ProviderDown)
+            self.outcomes["provider_down" if down else "refused"] += 1
             return self._api_error(request, _provider_error(error))
         except GatewayError as error:
             return self._api_error(request, error)
+        self.outcomes["ok"] += 1
         store = self._store()
         log.info("%s signed in with lmgate login: key %s (%s)", user.email, key.id, name)
         shown = {"key": secret, "user": user.email, **key.shown(store.clock.time())}
@@ -331,7 +362,7 @@ def _local_path(page: str | None) -> str:
     return page
 
 
-def _page(status: int, title: str, detail: str) -> Response:
+def _page(status: int, title: str, detail: str, retry_after: float | None = None) -> Response:
     body = (
         f"<!doctype html><meta charset=utf-8><title>{html.escape(title)}</title>"
         f"<h1>{html.escape(title)}</h1><p>{html.escape(detail)}</p>"
@@ -339,5 +370,5 @@ def _page(status: int, title: str, detail: str) -> Response:
     )
     headers = dict(_PAGE_HEADERS)
     if status == 503:
-        headers["retry-after"] = "5"
+        headers["retry-after"] = str(round(retry_after or 5))
     return Response(body.encode(), status, headers, "text/html; charset=utf-8")
