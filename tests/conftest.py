@@ -140,3 +140,19 @@ def serve() -> Iterator[Any]:
             process.wait(10)
         if process.stdout:
             process.stdout.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """The system's Chromium, headless, driven by Playwright (its sync API holds this
+    thread's event loop while it is open: asyncio.run fails in a test that uses it)."""
+    from playwright import sync_api as playwright_api
+
+    from tests.support.oidc import CHROMIUM
+
+    if not os.path.exists(CHROMIUM):
+        pytest.fail("Chromium is not installed (apt-get install chromium; scripts/test.sh does)")
+    with playwright_api.sync_playwright() as driver:
+        launched = driver.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield launched
+        launched.close()

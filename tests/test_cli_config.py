@@ -274,7 +274,7 @@ def test_readme_config_examples_are_valid(tmp_path: Path) -> None:
     examples = [block for block in blocks if "providers:" in block]
     assert len(examples) >= 2  # the configuration reference and the routing example
     env = {"LMGATE_KEY": "k", "DEEPSEEK_API_KEY": "sk-x", "DS_KEY_A": "a", "DS_KEY_B": "b",
-           "AZURE_OPENAI_API_KEY": "az"}  # fmt: skip
+           "AZURE_OPENAI_API_KEY": "az", "LMGATE_OIDC_SECRET": "s"}  # fmt: skip
     for number, example in enumerate(examples):
         path = tmp_path / f"readme{number}.yaml"
         path.write_text(example)

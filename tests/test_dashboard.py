@@ -7,7 +7,6 @@ go to $LMGATE_SCREENSHOTS when it is set."""
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,18 +20,7 @@ from tests.support.fakes.upstream import FakeUpstream, Script, completion, text_
 from tests.support.gateway import API_KEY, RunningGateway, upstream_config, wait_until
 
 ADMIN = "dashboard-admin-key"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SECRET_IN_BODY = "sk-upstream-secret-0123456789"  # the fake upstream's key: must be blanked
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not os.path.exists(CHROMIUM):
-        pytest.fail("Chromium is not installed (apt-get install chromium; scripts/test.sh does)")
-    with playwright_api.sync_playwright() as driver:
-        launched = driver.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        yield launched
-        launched.close()
 
 
 @pytest.fixture

@@ -18,29 +18,17 @@ from typing import Any
 import openai
 import orjson
 import pytest
-from playwright import sync_api as playwright_api
 
 from tests.support.accounts import ADMIN, HI, accounts_config, admin
 from tests.support.clock import FakeClock
 from tests.support.fakes.upstream import FakeUpstream
 from tests.support.gateway import RunningGateway, wait_until
 from tests.support.oidc import (
-    CHROMIUM,
     IdentityProvider,
     approve_device,
     quiet_fonts,
     sign_in_on_provider,
 )
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not os.path.exists(CHROMIUM):
-        pytest.fail("Chromium is not installed (apt-get install chromium; scripts/test.sh does)")
-    with playwright_api.sync_playwright() as driver:
-        launched = driver.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        yield launched
-        launched.close()
 
 
 class Site:
