@@ -285,9 +285,9 @@ pages.keys = async (root) => {
   const list = h("div", {});
   const mine = role() === "member";
   const ownUsage = h("div", { "data-testid": "own-usage" });
-  root.append(h("h1", {}, mine ? "Your keys" : "API keys"),
+  root.append(h("div", {}, h("h1", {}, mine ? "Your keys" : "API keys"),
     role() !== "viewer" ? h("div", { class: "card" }, h("h2", {}, "New key"), form, created) : null,
-    h("div", { class: "card" }, list), mine ? h("div", { class: "card" }, h("h2", {}, "Your usage (30 days)"), ownUsage) : null);
+    h("div", { class: "card" }, list), mine ? h("div", { class: "card" }, h("h2", {}, "Your usage (30 days)"), ownUsage) : null));
   const draw = async () => {
     const [keys, usage] = await Promise.all([api("/admin/keys"), api("/admin/usage?by=key&since=30d")]);
     const used = Object.fromEntries(usage.data.map((g) => [g.group, g]));
@@ -413,10 +413,10 @@ pages.teams = async (root) => {
   const limits = (a) => [a.rpm ? `${number(a.rpm)} rpm` : null, a.tpm ? `${number(a.tpm)} tpm` : null,
     a.models ? a.models.join(", ") : null].filter(Boolean).join(" · ") || h("span", { class: "muted" }, "none");
   root.append(h("h1", {}, "Teams and people"),
-    role() === "admin" ? [
+    ...(role() === "admin" ? [
       h("div", { class: "card" }, h("h2", {}, "New team"), creator("team", ["name", "budget_usd", "budget_period"], teams.data)),
       h("div", { class: "card" }, h("h2", {}, "New person"), creator("user", ["email", "team_id", "role", "budget_usd", "budget_period"], teams.data)),
-    ] : null,
+    ] : []),
     h("div", { class: "card" }, h("h2", {}, "Teams"), h("div", { "data-testid": "teams" }, table([
       { label: "team", value: (t) => t.name },
       { label: "used / budget", value: budget },
