@@ -125,6 +125,17 @@ class Tool:
 
 
 @dataclass(slots=True)
+class EmbedInput:
+    """An embeddings request's inputs: texts, or token arrays (OpenAI's), one vector
+    back for each, in order."""
+
+    items: list[str | list[int]]
+    dimensions: int | None = None  # a shorter vector, where the model can give one
+    task_type: str | None = None  # Gemini's taskType (RETRIEVAL_QUERY, …)
+    title: str | None = None  # Gemini's title, for RETRIEVAL_DOCUMENT
+
+
+@dataclass(slots=True)
 class ChatRequest:
     model: str
     messages: list[Message]
@@ -169,6 +180,9 @@ class ChatRequest:
     # Elsewhere they are dropped (named to the client), or refused ("refuse").
     server_tools: list[dict[str, Any]] = field(default_factory=list)
     server_tools_policy: str = "drop"
+    # Set for an embeddings request (then ``messages`` is empty): the same way through
+    # auth, limits, routing, retries and usage as a chat, its reply ``Embeddings``.
+    embed: EmbedInput | None = None
 
 
 # ---- events --------------------------------------------------------------------
@@ -233,8 +247,23 @@ class Heartbeat:
     """The upstream is alive but silent; frontends send a keep-alive."""
 
 
+@dataclass(slots=True)
+class Embeddings:
+    """An embeddings reply: one vector per input, in the inputs' order."""
+
+    vectors: list[list[float]]
+
+
 Event = (
-    Start | TextDelta | ReasoningDelta | ToolCallStart | ToolCallDelta | Finish | Usage | Heartbeat
+    Start
+    | TextDelta
+    | ReasoningDelta
+    | ToolCallStart
+    | ToolCallDelta
+    | Finish
+    | Usage
+    | Heartbeat
+    | Embeddings
 )
 
 
@@ -263,6 +292,7 @@ class Reply:
     finish: Finish | None = None
     usage: Usage | None = None
     logprobs: list[dict[str, Any]] | None = None
+    vectors: list[list[float]] | None = None  # an embeddings reply's
 
 
 # ---- folding a stream into one reply: the single non-streaming path ----------------
@@ -297,6 +327,8 @@ async def accumulate(events: AsyncIterator[Event], reply: Reply | None = None) -
             reply.finish = event
         elif isinstance(event, Usage):
             reply.usage = event
+        elif isinstance(event, Embeddings):
+            reply.vectors = event.vectors
         elif isinstance(event, Start):
             reply.model, reply.deployment, reply.attempts = (
                 event.model,

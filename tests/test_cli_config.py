@@ -50,7 +50,15 @@ def test_default_serves_the_reference_curls_offline(serve: Any) -> None:
     status, body = served.request("GET", "/api/v1/models")
     assert status == 200
     models = orjson.loads(body)
-    assert [m["id"] for m in models["data"]] == ["echo"]
+    assert [m["id"] for m in models["data"]] == ["echo", "echo-embed"]
+    assert models["data"][1]["kind"] == "embedding" and "kind" not in models["data"][0]
+    # Embeddings offline too: the same text, the same unit vector.
+    texts = {"model": "echo-embed", "input": ["a cat sat", "a cat sat", "stock prices"]}
+    status, body = served.request("POST", "/api/v1/embeddings", texts)
+    assert status == 200, body
+    vectors = [item["embedding"] for item in orjson.loads(body)["data"]]
+    assert len(vectors) == 3 and len(vectors[0]) == 256 and vectors[0] == vectors[1]
+    assert abs(sum(x * x for x in vectors[0]) - 1) < 1e-9 and vectors[2] != vectors[0]
     ask = {"model": "auto", "messages": [{"role": "user", "content": "你是什么模型?"}]}
     status, body = served.request(
         "POST",
@@ -217,10 +225,11 @@ def test_env_interpolation_with_defaults(monkeypatch: pytest.MonkeyPatch) -> Non
 
 def test_default_catalog_adds_deepseek_when_key_is_set(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("DEEPSEEK_API_KEY", raising=False)
-    assert [m["id"] for m in default_config_dict()["models"]] == ["echo"]
+    assert [m["id"] for m in default_config_dict()["models"]] == ["echo", "echo-embed"]
     monkeypatch.setenv("DEEPSEEK_API_KEY", "sk-abc")
     config = parse_config(default_config_dict())
-    assert [m.id for m in config.models] == ["deepseek-chat", "deepseek-reasoner", "echo"]
+    ids = [m.id for m in config.models]
+    assert ids == ["deepseek-chat", "deepseek-reasoner", "echo", "echo-embed"]
     assert config.providers["deepseek"]["api_key"] == "sk-abc"
     assert config.routing.auto[0] == "deepseek-chat"
 

@@ -177,6 +177,11 @@ class DeploymentConfig(_Strict):
 
 class ModelConfig(_Strict):
     id: str = Field(min_length=1)
+    # What the model does: chat (every chat API), or embedding (/v1/embeddings and
+    # Gemini's embedContent); a request of the other kind is a 400 naming it.
+    kind: Literal["chat", "embedding"] = "chat"
+    dimensions: int | None = Field(None, gt=0)  # an embedding model's vector length
+    max_input_tokens: int | None = Field(None, gt=0)  # per input, for an embedding model
     name: str | None = None
     owned_by: str = "lmgate"
     description: str = ""
@@ -491,7 +496,16 @@ def default_config_dict() -> dict[str, Any]:
                 "support": "image",
                 "tip": "Echo (offline)",
                 "provider": "echo",
-            }
+            },
+            {
+                "id": "echo-embed",
+                "name": "Echo embeddings (offline)",
+                "owned_by": "lmgate",
+                "description": "Deterministic text embeddings (hashed words); needs no network",
+                "kind": "embedding",
+                "dimensions": 256,
+                "provider": "echo",
+            },
         ],
         # Any model name reaches echo: the reference documents' examples run as written.
         "routing": {"auto": ["echo"], "unknown_model": "auto"},

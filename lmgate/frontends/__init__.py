@@ -5,6 +5,7 @@ from lmgate.frontends import (
     anthropic_messages,
     gemini,
     openai_chat,
+    openai_embeddings,
     openai_responses,
     responses_create,
     responses_socket,
@@ -12,6 +13,7 @@ from lmgate.frontends import (
 
 FRONTENDS = (
     openai_chat,
+    openai_embeddings,
     anthropic_messages,
     openai_responses,
     responses_create,

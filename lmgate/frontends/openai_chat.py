@@ -453,6 +453,8 @@ def model_object(entry: ModelEntry) -> dict[str, Any]:
         "description": entry.description,
         "support": entry.support,
         "tip": entry.tip,
+        # The reference catalog's shape for chat models; an embedding model says so.
+        **({"kind": entry.kind, "dimensions": entry.dimensions} if entry.kind != "chat" else {}),
     }
 
 

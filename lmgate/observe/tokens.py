@@ -136,6 +136,10 @@ async def count_text_async(text: str) -> int:
 
 def _prompt(request: ChatRequest) -> tuple[str, int]:
     """The prompt's countable text, and its tokens of framing and images."""
+    if request.embed is not None:  # inputs to embed: no framing, token arrays as given
+        items = request.embed.items
+        texts = [item for item in items if isinstance(item, str)]
+        return "\n".join(texts), sum(len(item) for item in items if isinstance(item, list))
     pieces: list[str] = [part.text for part in request.system]
     images = 0
     for message in request.messages:

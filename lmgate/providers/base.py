@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from lmgate.canonical import ChatRequest, Event, Message, Part
 from lmgate.clock import SYSTEM, Clock
+from lmgate.errors import GatewayError
 
 
 class Timeouts(BaseModel):
@@ -113,6 +114,8 @@ class Provider(ABC):
     # Whether every reply's usage is counted by lmgate's tokenizer (which then loads
     # at start); upstreams that report usage need it only now and then.
     counts_tokens: ClassVar[bool] = False
+    # Inputs one embeddings request upstream may carry; more are sent in batches.
+    embed_batch: ClassVar[int] = 2048
 
     def __init__(self, name: str, config: ProviderConfig) -> None:
         self.name = name
@@ -143,6 +146,18 @@ class Provider(ABC):
     async def discover(self) -> Discovery:
         """The upstream's own model list (when ``discovery_interval`` is set)."""
         raise NotImplementedError
+
+    async def embed(
+        self, items: list[str | list[int]], request: ChatRequest, target: Target
+    ) -> tuple[list[list[float]], int | None]:
+        """The vectors of ``items`` (at most ``embed_batch``; ``request.embed`` says
+        the rest), in order, and the input tokens the upstream counted (None: it did
+        not say). Raise ``GatewayError`` on failure, as ``stream`` does."""
+        raise GatewayError(
+            "invalid_request",
+            f"provider {self.name} ({self.config.type}) does not serve embeddings",
+            code="embeddings_not_supported",
+        )
 
     @abstractmethod
     def stream(self, request: ChatRequest, target: Target) -> AsyncGenerator[Event, None]:

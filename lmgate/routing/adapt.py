@@ -14,7 +14,18 @@ from collections.abc import AsyncGenerator
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from lmgate.canonical import ChatRequest, Event, Finish, ReasoningDelta, TextDelta
+from lmgate.canonical import (
+    ChatRequest,
+    Embeddings,
+    Event,
+    Finish,
+    ReasoningDelta,
+    Start,
+    TextDelta,
+    Usage,
+)
+from lmgate.errors import GatewayError
+from lmgate.observe import tokens
 
 if TYPE_CHECKING:
     from lmgate.media.fetch import ImageFetcher
@@ -47,8 +58,38 @@ class Adapter:
 
     @staticmethod
     def reply(deployment: Deployment, sent: ChatRequest) -> AsyncGenerator[Event, None]:
+        if sent.embed is not None:
+            return embeddings(deployment, sent)
         events = deployment.provider.stream(sent, deployment.target)
         return split_think_tags(events) if deployment.think_tags else events
+
+
+async def embeddings(deployment: Deployment, request: ChatRequest) -> AsyncGenerator[Event, None]:
+    """An embeddings request as events: the provider's vectors, in batches of what
+    its upstream takes at once, put back in order; then the input tokens (the
+    upstream's count, else lmgate's)."""
+    assert request.embed is not None
+    provider, target, items = deployment.provider, deployment.target, request.embed.items
+    vectors: list[list[float]] = []
+    counted: int | None = 0
+    for start in range(0, len(items), provider.embed_batch):
+        batch = items[start : start + provider.embed_batch]
+        found, tokens_used = await provider.embed(batch, request, target)
+        if len(found) != len(batch):
+            raise GatewayError(
+                "upstream",
+                f"upstream {deployment.name} sent {len(found)} vectors for {len(batch)} inputs",
+                retryable=True,
+            )
+        vectors += found
+        counted = None if counted is None or tokens_used is None else counted + tokens_used
+    yield Start(target.model)
+    yield Embeddings(vectors)
+    yield Finish("stop")
+    if counted is None:
+        yield Usage(await tokens.count_request_async(request), 0, estimated=True)
+    else:
+        yield Usage(counted, 0)
 
 
 class ThinkSplitter:

@@ -53,6 +53,9 @@ class ModelEntry:
     balance: str = "weighted"  # | "least_in_flight"
     publish_aliases: bool = False
     listed_for: str | None = None  # a published alias's entry: the id it stands for
+    kind: str = "chat"  # | "embedding"
+    dimensions: int | None = None  # an embedding model's vector length
+    max_input_tokens: int | None = None
 
 
 class Catalog:
@@ -205,6 +208,9 @@ class Catalog:
                     publish_aliases=model.publish_aliases,
                     tools=model.tools,
                     balance=model.balance,
+                    kind=model.kind,
+                    dimensions=model.dimensions,
+                    max_input_tokens=model.max_input_tokens,
                 )
             )
         routing = config.routing
@@ -237,19 +243,30 @@ class Catalog:
         return self.candidates(requested, images)[0]
 
     def candidates(
-        self, requested: str, images: bool = False, tools: bool = False
+        self, requested: str, images: bool = False, tools: bool = False, kind: str = "chat"
     ) -> list[ModelEntry]:
         """The models to try, in order, for a request naming ``requested`` (an id, alias
         or display name, or ``auto``): the model itself, then its
         ``routing.fallbacks``; for ``auto``, every ``routing.auto`` model that can take
         the request. A model that cannot take the request's images is replaced by its
         ``vision_fallback``, and one without tools is passed over; asked for by name,
-        such a model is an error."""
+        such a model is an error. ``kind``: what the request asks (chat, or embedding);
+        a model of the other kind is an error, and is never a fallback."""
+        if kind != "chat":
+            return self._of_kind(requested, kind)
         if (requested == "auto" and requested not in self._by_id) or (
             self._unknown_to_auto and self._lookup(requested) is None
         ):
             return self._auto_candidates(images, tools)
         entry = self._find(requested)
+        if entry.kind != "chat":
+            raise GatewayError(
+                "invalid_request",
+                f"model {entry.id} is an {entry.kind} model: it serves /v1/embeddings, not "
+                "chat; choose a chat model",
+                param="model",
+                code="wrong_model_kind",
+            )
         primary = self._capable(entry, images, tools)
         if primary is None:
             what = "tools" if tools and not entry.tools else "images"
@@ -269,6 +286,30 @@ class Catalog:
             if fallback is not None and fallback not in chain:
                 chain.append(fallback)
         return chain
+
+    def _of_kind(self, requested: str, kind: str) -> list[ModelEntry]:
+        """An embedding request's models: the one named and its fallbacks of that kind
+        (``auto``, or an unknown name under ``routing.unknown_model: auto``: every
+        model of that kind, in the config's order)."""
+        of_kind = [entry for entry in self.entries if entry.kind == kind]
+        if (requested == "auto" and requested not in self._by_id) or (
+            self._unknown_to_auto and self._lookup(requested) is None
+        ):
+            if not of_kind:
+                raise GatewayError("not_found", f"there is no {kind} model in the catalog",
+                                   param="model", code="model_not_found")  # fmt: skip
+            return of_kind
+        entry = self._find(requested)
+        if entry.kind != kind:
+            raise GatewayError(
+                "invalid_request",
+                f"model {entry.id} is a {entry.kind} model, not an {kind} model (a model "
+                f"serves embeddings with kind: {kind})",
+                param="model",
+                code="wrong_model_kind",
+            )
+        fallbacks = (self._by_id[m] for m in self._fallbacks.get(entry.id, ()))
+        return [entry, *(f for f in fallbacks if f.kind == kind and f is not entry)]
 
     def _auto_candidates(self, images: bool, tools: bool) -> list[ModelEntry]:
         chain: list[ModelEntry] = []
@@ -293,6 +334,8 @@ class Catalog:
         )
 
     def _capable(self, entry: ModelEntry, images: bool, tools: bool) -> ModelEntry | None:
+        if entry.kind != "chat":
+            return None
         if images and entry.support != "image":
             if not entry.vision_fallback:
                 return None

@@ -40,7 +40,7 @@ from lmgate.frontends.sealing import Sealer
 from lmgate.frontends.validate import require_json
 from lmgate.media import check
 from lmgate.observe import tokens
-from lmgate.routing.catalog import Catalog
+from lmgate.routing.catalog import Catalog, ModelEntry
 from lmgate.routing.router import Router
 from lmgate.web.server import EventStream
 
@@ -133,7 +133,13 @@ class Pipeline:
                 meter.request(chat, caller.key_id, caller.key.name if caller.key else None)
             if chat.server_tools:
                 chat.server_tools_policy = self.config.messages.unsupported_tools
-            chain = self.catalog.candidates(chat.model, self._check_media(chat), bool(chat.tools))
+            if chat.embed is None:
+                chain = self.catalog.candidates(
+                    chat.model, self._check_media(chat), bool(chat.tools)
+                )
+            else:
+                chain = self.catalog.candidates(chat.model, kind="embedding")
+                await _check_inputs(chat, chain[0])
             chain = await self.accounts.admit(caller, chain, chat, meter)
             events = self.router.stream(chat, chain, meter)
             if not chat.stream:
@@ -209,6 +215,27 @@ class Pipeline:
         except ClientDisconnect:
             return Response(status_code=CLIENT_LEFT)
         return json_reply(orjson.dumps({field: counted}), rid)
+
+
+async def _check_inputs(chat: ChatRequest, entry: ModelEntry) -> None:
+    """An embeddings request within what its model takes: each input's tokens, and the
+    vector's length."""
+    assert chat.embed is not None
+    wanted, most = chat.embed.dimensions, entry.dimensions
+    if wanted is not None and most is not None and wanted > most:
+        raise GatewayError("invalid_request", f"dimensions: model {entry.id} gives at most "
+                           f"{most}", param="dimensions")  # fmt: skip
+    limit = entry.max_input_tokens
+    if limit is None:
+        return
+    for index, item in enumerate(chat.embed.items):
+        size = len(item) if isinstance(item, list) else await tokens.count_text_async(item)
+        if size > limit:
+            raise GatewayError(
+                "invalid_request",
+                f"input[{index}] has {size} tokens; model {entry.id} takes at most {limit}",
+                param="input",
+            )
 
 
 T = TypeVar("T")
