@@ -38,6 +38,7 @@ from lmgate.canonical import (
     arguments_object,
 )
 from lmgate.errors import MAX_DEPTH, GatewayError, encodable, invalid
+from lmgate.frontends import gemini_embed
 from lmgate.frontends.base import (
     Answer,
     ErrorShape,
@@ -60,7 +61,7 @@ from lmgate.ids import unique_hex
 from lmgate.routing.catalog import Catalog, ModelEntry
 
 PROTOCOL = "gemini"
-ACTIONS = ("generateContent", "streamGenerateContent", "countTokens")
+ACTIONS = ("generateContent", "streamGenerateContent", "countTokens", *gemini_embed.ACTIONS)
 _FINISH = {
     "stop": "STOP",
     "stop_sequence": "STOP",
@@ -90,8 +91,8 @@ def split_target(target: str) -> tuple[str, str]:
     if not model or action not in ACTIONS:
         raise GatewayError(
             "not_found",
-            f"no method {action or target!r}: expected models/MODEL:"
-            "generateContent, :streamGenerateContent or :countTokens",
+            f"no method {action or target!r}: expected models/MODEL:generateContent, "
+            ":streamGenerateContent, :countTokens, :embedContent or :batchEmbedContents",
         )
     return model.removeprefix("models/"), action
 
@@ -531,11 +532,15 @@ ERRORS = ErrorShape(lambda error: error.status, error_body)
 
 
 async def _model_action(services: Services, request: Request) -> Answer:
-    """POST models/{model}:generateContent, :streamGenerateContent, :countTokens."""
+    """POST models/{model}:generateContent, :streamGenerateContent, :countTokens,
+    :embedContent, :batchEmbedContents."""
     try:
         model, action = split_target(request.path_params["target"])
     except GatewayError as error:
         return error_reply(ERRORS, error, request_id(request))
+    if action in gemini_embed.ACTIONS:
+        embed = gemini_embed.EmbedCall(model, action == "batchEmbedContents")
+        return await services.chat(request, embed)
     sse = request.query_params.get("alt") == "sse"
     call = GeminiCall(model, action == "streamGenerateContent", sse)
     if action == "countTokens":

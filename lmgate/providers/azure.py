@@ -146,6 +146,14 @@ class AzureProvider(AzureAuth, OpenAICompatProvider):
         url = f"{base}/openai/deployments/{deployment}/chat/completions?api-version={version}"
         return await self.post(url, body)
 
+    def embeddings_url(self, model: str) -> str:
+        base = self.config.base_url.rstrip("/")
+        if self.config.api == "v1":
+            return f"{base}/openai/v1/embeddings"
+        deployment = quote(model, safe="")
+        version = quote(self.config.api_version, safe="")
+        return f"{base}/openai/deployments/{deployment}/embeddings?api-version={version}"
+
 
 class AzureResponsesConfig(AzureAuthConfig, OpenAIResponsesConfig):
     pass

@@ -114,8 +114,6 @@ class Provider(ABC):
     # Whether every reply's usage is counted by lmgate's tokenizer (which then loads
     # at start); upstreams that report usage need it only now and then.
     counts_tokens: ClassVar[bool] = False
-    # Inputs one embeddings request upstream may carry; more are sent in batches.
-    embed_batch: ClassVar[int] = 2048
 
     def __init__(self, name: str, config: ProviderConfig) -> None:
         self.name = name
@@ -146,6 +144,10 @@ class Provider(ABC):
     async def discover(self) -> Discovery:
         """The upstream's own model list (when ``discovery_interval`` is set)."""
         raise NotImplementedError
+
+    def embed_batch(self, target: Target) -> int:
+        """Inputs one embeddings request upstream may carry; more go in batches."""
+        return 2048  # OpenAI's limit
 
     async def embed(
         self, items: list[str | list[int]], request: ChatRequest, target: Target

@@ -46,6 +46,7 @@ from lmgate.canonical import (
 )
 from lmgate.errors import ErrorKind, GatewayError
 from lmgate.media.check import decode_data_url
+from lmgate.providers import embeddings
 from lmgate.providers.anthropic import AnthropicConfig, AnthropicProvider, MessagesStreamParser
 from lmgate.providers.base import Target, apply_overrides, count, fold_system_turns
 from lmgate.providers.eventstream import EventStreamDecoder
@@ -213,6 +214,29 @@ class BedrockProvider(HttpProvider):
                 yield event
         finally:
             response.discard()
+
+    def embed_batch(self, target: Target) -> int:
+        # Cohere takes 96 texts a request; Titan one (sent side by side, 16 at a time).
+        return 96 if embeddings.bedrock_family(target.model) == "cohere" else 16
+
+    async def embed(
+        self, items: list[str | list[int]], request: ChatRequest, target: Target
+    ) -> tuple[list[list[float]], int | None]:
+        url = f"{self.config.base_url.rstrip('/')}/model/{quote(target.model, safe='')}/invoke"
+        if embeddings.bedrock_family(target.model) == "cohere":
+            body = embeddings.cohere_body(items, request, self.name)
+            return embeddings.cohere_vectors(await self.post_json(url, body), self.name)
+        texts = embeddings.texts_only(items, self.name)
+        replies = await asyncio.gather(
+            *(self.post_json(url, embeddings.titan_body(text, request)) for text in texts)
+        )
+        vectors: list[list[float]] = []
+        used: int | None = 0
+        for reply in replies:
+            found, tokens_used = embeddings.titan_vector(reply, self.name)
+            vectors += found
+            used = None if used is None or tokens_used is None else used + tokens_used
+        return vectors, used
 
     async def _invoke(
         self, messages: AnthropicProvider, request: ChatRequest, target: Target

@@ -38,7 +38,7 @@ from lmgate.canonical import (
 )
 from lmgate.errors import GatewayError
 from lmgate.ids import unique_hex
-from lmgate.providers import schemas
+from lmgate.providers import embeddings, schemas
 from lmgate.providers.base import (
     Target,
     apply_overrides,
@@ -106,6 +106,17 @@ class GeminiProvider(HttpProvider):
                 yield event
         finally:
             response.discard()
+
+    def embed_batch(self, target: Target) -> int:
+        return 100  # batchEmbedContents' limit
+
+    async def embed(
+        self, items: list[str | list[int]], request: ChatRequest, target: Target
+    ) -> tuple[list[list[float]], int | None]:
+        model = f"models/{target.model}"
+        url = f"{self.config.base_url.rstrip('/')}/{model}:batchEmbedContents"
+        data = await self.post_json(url, embeddings.gemini_body(items, request, model, self.name))
+        return embeddings.gemini_vectors(data, self.name)
 
     def build_body(self, request: ChatRequest, target: Target) -> dict[str, Any]:
         names: dict[str, str] = {}  # tool call id -> function name

@@ -175,6 +175,22 @@ class HttpProvider(Provider):
             raise self.status_error(response.status, raw, response.headers.get("retry-after"))
         return response, deadline
 
+    async def post_json(
+        self, url: str, body: dict[str, Any], headers: dict[str, str] | None = None
+    ) -> Any:
+        """POST JSON, and the whole JSON reply (a reply that is not JSON: retryable)."""
+        response, deadline = await self.post(url, body, headers)
+        try:
+            raw = await self.read_body(response, deadline)
+        finally:
+            response.discard()
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise GatewayError(
+                "upstream", f"upstream {self.name} sent a reply that is not JSON", retryable=True
+            ) from None
+
     async def sign(self, url: str, data: bytes, headers: dict[str, str]) -> dict[str, str]:
         """The headers that authenticate one request (for ``signs_requests``)."""
         return {}

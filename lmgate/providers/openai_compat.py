@@ -29,7 +29,7 @@ from lmgate.canonical import (
     Usage,
 )
 from lmgate.errors import GatewayError
-from lmgate.providers import lenient_json, schemas
+from lmgate.providers import embeddings, lenient_json, schemas
 from lmgate.providers.base import (
     Target,
     apply_overrides,
@@ -122,6 +122,16 @@ class OpenAICompatProvider(HttpProvider):
 
     async def send(self, body: dict[str, Any]) -> tuple[Response, float]:
         return await self.post(self.chat_url(), body)
+
+    def embeddings_url(self, model: str) -> str:
+        return self.config.base_url.rstrip("/") + "/embeddings"
+
+    async def embed(
+        self, items: list[str | list[int]], request: ChatRequest, target: Target
+    ) -> tuple[list[list[float]], int | None]:
+        body = embeddings.openai_body(items, request, target)
+        data = await self.post_json(self.embeddings_url(target.model), body)
+        return embeddings.openai_vectors(data, self.name)
 
     def takes_reasoning_back(self, target: Target) -> bool:
         return self.sends_reasoning(target)

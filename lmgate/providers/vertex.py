@@ -21,6 +21,7 @@ from pydantic import model_validator
 
 from lmgate.canonical import ChatRequest, Event
 from lmgate.errors import GatewayError
+from lmgate.providers import embeddings
 from lmgate.providers.anthropic import AnthropicConfig, AnthropicProvider
 from lmgate.providers.base import Provider, Target
 from lmgate.providers.gemini import GeminiConfig, GeminiProvider
@@ -117,7 +118,16 @@ class _Bearer(HttpProvider):
 
 
 class _VertexGemini(_Bearer, GeminiProvider):
-    pass
+    def embed_batch(self, target: Target) -> int:
+        # predict takes 250 instances of text-embedding models, one of gemini-embedding.
+        return 1 if target.model.startswith("gemini-embedding") else 250
+
+    async def embed(
+        self, items: list[str | list[int]], request: ChatRequest, target: Target
+    ) -> tuple[list[list[float]], int | None]:
+        url = f"{self.config.base_url}/models/{target.model}:predict"
+        data = await self.post_json(url, embeddings.vertex_body(items, request, self.name))
+        return embeddings.vertex_vectors(data, self.name)
 
 
 class _VertexClaude(_Bearer, AnthropicProvider):
@@ -178,3 +188,11 @@ class VertexProvider(Provider):
 
     def stream(self, request: ChatRequest, target: Target) -> AsyncGenerator[Event, None]:
         return self._publisher(target).stream(request, target)
+
+    def embed_batch(self, target: Target) -> int:
+        return self._publisher(target).embed_batch(target)
+
+    async def embed(
+        self, items: list[str | list[int]], request: ChatRequest, target: Target
+    ) -> tuple[list[list[float]], int | None]:
+        return await self._publisher(target).embed(items, request, target)

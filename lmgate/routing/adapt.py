@@ -72,8 +72,9 @@ async def embeddings(deployment: Deployment, request: ChatRequest) -> AsyncGener
     provider, target, items = deployment.provider, deployment.target, request.embed.items
     vectors: list[list[float]] = []
     counted: int | None = 0
-    for start in range(0, len(items), provider.embed_batch):
-        batch = items[start : start + provider.embed_batch]
+    size = provider.embed_batch(target)
+    for start in range(0, len(items), size):
+        batch = items[start : start + size]
         found, tokens_used = await provider.embed(batch, request, target)
         if len(found) != len(batch):
             raise GatewayError(
