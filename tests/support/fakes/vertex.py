@@ -103,6 +103,14 @@ class FakeVertex:
         publisher, _, rest = recorded.path.removeprefix(prefix).partition("/models/")
         model, _, method = rest.partition(":")
         body: dict[str, Any] = recorded.body if isinstance(recorded.body, dict) else {}
+        if publisher == "google" and method == "predict":  # text-embedding models
+            instances = body.get("instances")
+            most = 1 if model.startswith("gemini-embedding") else 250
+            if not isinstance(instances, list) or not 0 < len(instances) <= most:
+                return error(400, "INVALID_ARGUMENT", f"instances: 1 to {most} are allowed")
+            if not all(isinstance(i, dict) and isinstance(i.get("content"), str) for i in instances):
+                return error(400, "INVALID_ARGUMENT", "instances[].content is required")
+            return None
         if publisher == "google" and method in ("generateContent", "streamGenerateContent"):
             return (
                 None
