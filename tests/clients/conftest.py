@@ -85,6 +85,7 @@ def client_config(upstream: FakeUpstream) -> dict[str, Any]:
             {"id": "claude-bedrock", "provider": "aws",
              "model": "us.anthropic.claude-sonnet-4-20250514-v1:0"},
             {"id": "claude-vertex", "provider": "gcp", "model": "claude-sonnet-4@20250514"},
+            {"id": "embed-small", "kind": "embedding", "provider": "compat", "model": "up-embed"},
         ],
         "routing": {"retries": 0, "auto": ["deepseek-chat"]},
     }  # fmt: skip

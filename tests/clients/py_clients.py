@@ -3,6 +3,7 @@ process of their own (their environment, their warnings). Prints the final text 
 
 usage: python py_clients.py CLIENT MODE MODEL BASE_URL API_KEY FILE
 CLIENT: agents | agents-responses | langchain-openai | langchain-responses |
+        langchain-retrieval (MODEL URL KEY) |
         langchain-anthropic | litellm-openai | litellm-anthropic
 MODE: invoke | stream
 """
@@ -140,7 +141,25 @@ def litellm_loop(mode: str, model: str, url: str, key: str, prompt: str, kind: s
     raise AssertionError("no final answer")
 
 
+def langchain_retrieval(model: str, url: str, key: str) -> str:
+    """LangChain's retrieval over lmgate's embeddings: OpenAIEmbeddings (which sends
+    token arrays, as it does to OpenAI) into an in-memory vector store, then a search."""
+    from langchain_core.vectorstores import InMemoryVectorStore
+    from langchain_openai import OpenAIEmbeddings
+
+    embeddings = OpenAIEmbeddings(model=model, base_url=url + "/v1", api_key=key, max_retries=0)
+    store = InMemoryVectorStore.from_texts(
+        ["the cat sat on the mat", "stock markets fell sharply today",
+         "rain is expected over the weekend"],
+        embeddings,
+    )  # fmt: skip
+    return store.similarity_search("where is the cat sat", k=1)[0].page_content
+
+
 def main() -> None:
+    if sys.argv[1] == "langchain-retrieval":
+        print(json.dumps({"text": langchain_retrieval(*sys.argv[2:5])}))
+        return
     client, mode, model, url, key, file = sys.argv[1:7]
     prompt = f"Write the file {file} with the text: hello from lmgate"
     family, _, kind = client.partition("-")

@@ -19,7 +19,9 @@ the text, ``"anthropic"`` sends signed thinking blocks.
 
 from __future__ import annotations
 
+import math
 import shlex
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +48,8 @@ class Agent:
 
     def __call__(self, request: Recorded) -> Script:
         body = request.body if isinstance(request.body, dict) else {}
+        if request.path.endswith("/embeddings"):
+            return _embeddings(body)
         if "Content" in request.path:  # models/…:generateContent, :streamGenerateContent
             return self._gemini(body, request.path)
         if request.path.startswith("/model/"):  # Bedrock's Converse
@@ -364,3 +368,25 @@ def _pieces(text: str) -> list[str]:
 def _compacted(body: dict[str, Any]) -> bool:
     """The conversation was compacted after the tool ran: its summary stands for it."""
     return b"Another language model started this task" in orjson.dumps(body.get("messages"))
+
+
+def _embeddings(body: dict[str, Any]) -> Script:
+    """OpenAI's /embeddings: a bag of words (or of token ids) per input, normalised, so
+    that a retrieval over them finds the text that shares words with the question."""
+    inputs = body.get("input")
+    if not isinstance(inputs, list) or body.get("encoding_format") != "float":
+        return Script(
+            status=400, json={"error": {"message": "input: a list, encoding_format: float"}}
+        )
+    vectors = []
+    for item in inputs:
+        words = item.lower().split() if isinstance(item, str) else [str(t) for t in item]
+        vector = [0.0] * 64
+        for word in words:
+            vector[zlib.crc32(word.encode()) % 64] += 1.0
+        norm = math.sqrt(sum(v * v for v in vector)) or 1.0
+        vectors.append([v / norm for v in vector])
+    data = [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)]
+    used = sum(len(item) if isinstance(item, list) else len(item.split()) for item in inputs)
+    return Script(json={"object": "list", "data": data, "model": body.get("model"),
+                        "usage": {"prompt_tokens": used, "total_tokens": used}})  # fmt: skip

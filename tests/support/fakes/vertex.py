@@ -108,7 +108,9 @@ class FakeVertex:
             most = 1 if model.startswith("gemini-embedding") else 250
             if not isinstance(instances, list) or not 0 < len(instances) <= most:
                 return error(400, "INVALID_ARGUMENT", f"instances: 1 to {most} are allowed")
-            if not all(isinstance(i, dict) and isinstance(i.get("content"), str) for i in instances):
+            if not all(
+                isinstance(i, dict) and isinstance(i.get("content"), str) for i in instances
+            ):
                 return error(400, "INVALID_ARGUMENT", "instances[].content is required")
             return None
         if publisher == "google" and method in ("generateContent", "streamGenerateContent"):
