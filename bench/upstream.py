@@ -140,6 +140,17 @@ GEMINI_STREAM_REPLY = _chunked(b"text/event-stream", [
 ])  # fmt: skip
 
 
+# Embeddings (bench/embeddings.py): EMBED_INPUTS vectors of EMBED_SIZE, what
+# text-embedding-3-small returns, for a request of that many inputs.
+EMBED_INPUTS, EMBED_SIZE = 8, 1536
+EMBED_REPLY = _reply(b"application/json", orjson.dumps({
+    "object": "list", "model": "bench-embed",
+    "data": [{"object": "embedding", "index": i, "embedding": [0.0123456789] * EMBED_SIZE}
+             for i in range(EMBED_INPUTS)],
+    "usage": {"prompt_tokens": 8 * EMBED_INPUTS, "total_tokens": 8 * EMBED_INPUTS},
+}))  # fmt: skip
+
+
 class Upstream(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport: asyncio.Transport = transport  # type: ignore[assignment]
@@ -158,7 +169,9 @@ class Upstream(asyncio.Protocol):
             line = self.buffer[: self.buffer.find(b"\r\n")]
             body = self.buffer[end + 4 : end + 4 + size]
             self.buffer = self.buffer[end + 4 + size :]
-            if b" /model/" in line:  # Bedrock's Converse
+            if b"/embeddings " in line:
+                self.transport.write(EMBED_REPLY)
+            elif b" /model/" in line:  # Bedrock's Converse
                 stream = b"/converse-stream " in line
                 self.transport.write(CONVERSE_STREAM_REPLY if stream else CONVERSE_REPLY)
             elif b"GenerateContent" in line or b"generateContent" in line:  # Vertex's Gemini

@@ -234,6 +234,11 @@ def test_a_failing_deployment_falls_back_and_usage_and_cost_are_recorded(
     by_model = admin(gw, "GET", "/admin/usage?by=model")[1]["data"]
     assert [(row["group"], row["requests"]) for row in by_model] == [("small", 1)]
     assert by_model[0]["cost"] == pytest.approx(14 * 0.02 / 1e6)
+    # Budgets hold for embeddings: a key of 30 tokens spends 14 a request, no output.
+    capped = admin(gw, "POST", "/admin/keys", {"name": "capped", "budget_tokens": 30})[1]
+    statuses = [gw.request("POST", "/v1/embeddings", {"model": "small", "input": ["a", "b"]},
+                           api_key=capped["key"]).status for _ in range(4)]  # fmt: skip
+    assert statuses == [200, 200, 200, 429]
     # The key's model list holds: its key may not embed with another model.
     with pytest.raises(openai.APIStatusError) as refused:
         gw.client(made["key"]).embeddings.create(model="chat", input="x")

@@ -192,10 +192,13 @@ DEFAULT_OUTPUT_HOLD = 4096
 
 async def _estimate(chat: ChatRequest, chain: list[ModelEntry]) -> tuple[int, float]:
     """The most a request may spend: its prompt, and its output cap (the request's, else
-    the model's, else ``DEFAULT_OUTPUT_HOLD``), at the dearest of its deployments."""
+    the model's, else ``DEFAULT_OUTPUT_HOLD``; none for embeddings), at the dearest of its
+    deployments."""
     prompt = await tokens.count_request_async(chat)
     caps = [entry.max_output_tokens for entry in chain if entry.max_output_tokens]
     output = chat.max_tokens or (max(caps) if caps else DEFAULT_OUTPUT_HOLD)
+    if chat.embed is not None:
+        output = 0  # embeddings produce no tokens
     prices = [d.price for entry in chain for d in entry.deployments if d.price is not None]
     usd = max((price.cost(prompt, output, 0, 0) for price in prices), default=0.0)
     return prompt + output, usd
