@@ -24,7 +24,7 @@ from tests.support.fakes import azure, bedrock
 from tests.support.fakes.bedrock import ACCESS_KEY, REGION, SECRET_KEY
 from tests.support.fakes.upstream import FakeUpstream, Recorded, Script
 from tests.support.fakes.vertex import LOCATION, PROJECT, FakeVertex
-from tests.support.gateway import API_KEY, RunningGateway
+from tests.support.gateway import API_KEY, RunningGateway, wait_until
 
 UPSTREAM_KEY = "sk-embed-upstream"
 PRICE = {"input": 0.02, "output": 0}  # USD per million tokens: text-embedding-3-small's
@@ -234,6 +234,11 @@ def test_a_failing_deployment_falls_back_and_usage_and_cost_are_recorded(
     by_model = admin(gw, "GET", "/admin/usage?by=model")[1]["data"]
     assert [(row["group"], row["requests"]) for row in by_model] == [("small", 1)]
     assert by_model[0]["cost"] == pytest.approx(14 * 0.02 / 1e6)
+    served = ('lmgate_requests_total{deployment="compat/text-embedding-3-small",model="small",'
+              'protocol="embeddings",provider="compat",status="2xx"} 1.0')  # fmt: skip
+    wait_until(lambda: served in gw.request("GET", "/metrics").body.decode())
+    page = gw.request("GET", "/metrics").body.decode()
+    assert 'lmgate_upstream_errors_total{deployment="compat/down-embed",kind="overloaded"} 1.0' in page
     # Budgets hold for embeddings: a key of 30 tokens spends 14 a request, no output.
     capped = admin(gw, "POST", "/admin/keys", {"name": "capped", "budget_tokens": 30})[1]
     statuses = [gw.request("POST", "/v1/embeddings", {"model": "small", "input": ["a", "b"]},
