@@ -238,7 +238,9 @@ def test_a_failing_deployment_falls_back_and_usage_and_cost_are_recorded(
               'protocol="embeddings",provider="compat",status="2xx"} 1.0')  # fmt: skip
     wait_until(lambda: served in gw.request("GET", "/metrics").body.decode())
     page = gw.request("GET", "/metrics").body.decode()
-    assert 'lmgate_upstream_errors_total{deployment="compat/down-embed",kind="overloaded"} 1.0' in page
+    assert (
+        'lmgate_upstream_errors_total{deployment="compat/down-embed",kind="overloaded"} 1.0' in page
+    )
     # Budgets hold for embeddings: a key of 30 tokens spends 14 a request, no output.
     capped = admin(gw, "POST", "/admin/keys", {"name": "capped", "budget_tokens": 30})[1]
     statuses = [gw.request("POST", "/v1/embeddings", {"model": "small", "input": ["a", "b"]},
