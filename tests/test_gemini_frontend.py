@@ -185,8 +185,10 @@ def test_errors_reach_the_sdk_in_googles_shape(
     )
     assert bad.status == 400 and bad.json()["error"]["status"] == "INVALID_ARGUMENT"
     assert "contents[0].role" in bad.json()["error"]["message"]
-    unknown = gateway.request("POST", "/v1beta/models/echo:embedContent", {"contents": []})
+    unknown = gateway.request("POST", "/v1beta/models/echo:generateAnswer", {"contents": []})
     assert unknown.status == 404 and unknown.json()["error"]["status"] == "NOT_FOUND"
+    wrong = gateway.request("POST", "/v1beta/models/echo:embedContent", {"contents": []})
+    assert wrong.status == 400 and wrong.json()["error"]["status"] == "INVALID_ARGUMENT"
 
 
 def test_the_wire_forms_and_a_key_in_the_query(
