@@ -91,6 +91,27 @@ def test_the_tightest_limit_and_the_models_all_three_allow(
     )
 
 
+@pytest.mark.parametrize("kind", ["sqlite", "postgres+redis"])
+def test_a_request_a_later_holder_refuses_spends_no_earlier_holders_rpm(
+    start_gateway: Any, upstream: FakeUpstream, kind: str, request: pytest.FixtureRequest
+) -> None:
+    """The key admits a request, its user refuses it: the key's rpm window does not
+    keep it (the refused request would otherwise count against the key's minute)."""
+    store_url, extra = backend(request, kind)
+    gw: RunningGateway = start_gateway(accounts_config(upstream, store_url, **extra))
+    user = made(gw, "/admin/users", {"email": "dee@example.com", "rpm": 1})
+    key = made(gw, "/admin/keys", {"name": "dee", "user_id": user["id"], "rpm": 2})
+    statuses = [gw.request("POST", "/v1/chat/completions", ASK, api_key=key["key"]).status
+                for _ in range(4)]  # fmt: skip
+    assert statuses == [200, 429, 429, 429]  # the user's limit of 1
+    assert admin(gw, "PATCH", f"/admin/users/{user['id']}", {"rpm": None})[0] == 200
+    wait_until(lambda: gw.request("POST", "/v1/chat/completions", ASK,
+                                  api_key=key["key"]).status == 200)  # fmt: skip
+    # The key's 2 a minute: the first request and this one; the three refused are not in.
+    refused = gw.request("POST", "/v1/chat/completions", ASK, api_key=key["key"])
+    assert refused.status == 429 and "API key 'dee'" in refused.json()["error"]["message"]
+
+
 def test_users_and_teams_are_managed_and_checked(
     start_gateway: Any, upstream: FakeUpstream, sqlite_url: str
 ) -> None:

@@ -160,16 +160,24 @@ class Accounts:
                         ),
                     )
                 chain = allowed
-        for holder in holders:
-            await self.limiter.admit(holder)
-        budgeted = [h for h in holders if h.budget_tokens is not None or h.budget_usd is not None]
-        if budgeted:
-            tokens, usd = await _estimate(chat, chain)
-            held = await reserve_all(self.limiter, budgeted, tokens, usd)
-            if meter is not None:
-                meter.hold = held
-            else:
-                held.settle(0, 0.0)
+        admitted: list[tuple[Holder, str | None]] = []
+        try:
+            for holder in holders:
+                admitted.append((holder, await self.limiter.admit(holder)))
+            budgeted = [
+                h for h in holders if h.budget_tokens is not None or h.budget_usd is not None
+            ]
+            if budgeted:
+                tokens, usd = await _estimate(chat, chain)
+                held = await reserve_all(self.limiter, budgeted, tokens, usd)
+                if meter is not None:
+                    meter.hold = held
+                else:
+                    held.settle(0, 0.0)
+        except GatewayError:
+            for holder, entry in admitted:  # refused by a later limit: spends no one's rpm
+                await self.limiter.unadmit(holder, entry)
+            raise
         return chain
 
     def meter(self, request_id: str, protocol: str) -> Meter | None:

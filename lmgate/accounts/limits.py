@@ -160,12 +160,22 @@ class LocalLimiter:
         self._minute_tokens: dict[str, tuple[int, int]] = {}  # key -> (minute, tokens)
         self.refused: dict[str, int] = {}  # requests refused, by limit (for the metrics)
 
-    async def admit(self, key: Holder) -> None:
-        """Raise the 429 of the first limit ``key`` is over."""
+    async def admit(self, key: Holder) -> str | None:
+        """Raise the 429 of the first limit ``key`` is over; else count the request in
+        its rpm window, and return what ``unadmit`` takes to take it out again."""
         now = self._clock.time()
         if (budget := over_budget(key, now)) is not None:
             raise self.refuse(budget, _budget_exhausted(key, budget, now))
-        await self._admit(key)
+        return await self._admit(key)
+
+    async def unadmit(self, key: Holder, entry: str | None) -> None:
+        """Take an admitted request out of ``key``'s rpm window: another holder (its
+        user, its team) refused it, and a refused request spends no one's rpm."""
+        if entry is None:
+            return
+        times = self._requests.get(key.id)
+        if times is not None and float(entry) in times:
+            times.remove(float(entry))
 
     async def reserve(self, key: Holder, tokens: int, usd: float) -> Hold:
         """Hold a request's estimate of ``key``'s budget; the 429 of a budget that what
@@ -199,7 +209,7 @@ class LocalLimiter:
         self.refused[limit] = self.refused.get(limit, 0) + 1
         return error
 
-    async def _admit(self, key: Holder) -> None:
+    async def _admit(self, key: Holder) -> str | None:
         now = self._clock.time()
         if key.tpm is not None:
             minute, used = self._minute_tokens.get(key.id, (0, 0))
@@ -214,6 +224,8 @@ class LocalLimiter:
                 what = f"limit of {key.rpm} requests per minute"
                 raise self.refuse("rpm", _limited(key, what, times[0] + WINDOW - now))
             times.append(now)
+            return repr(now)
+        return None
 
     async def add_tokens(self, spent: dict[str, Spent]) -> None:
         """What each key spent in a batch just written, with its new running totals."""
@@ -339,14 +351,15 @@ class RedisLimiter(LocalLimiter):
                 ),
             )
 
-    async def _admit(self, key: Holder) -> None:
+    async def _admit(self, key: Holder) -> str | None:
         if (key.rpm, key.tpm, key.budget_tokens, key.budget_usd) == (None, None, None, None):
-            return
+            return None
         if not self.backend.worth_trying():
             self._unshared(None)
             return await super()._admit(key)
+        entry = unique_hex()  # its member in the key's rpm window
         try:
-            verdict, wait_ms = await self._call_admit(key)
+            verdict, wait_ms = await self._call_admit(key, entry)
         except self._errors as error:
             self._unshared(error)
             return await super()._admit(key)
@@ -360,8 +373,18 @@ class RedisLimiter(LocalLimiter):
         if verdict == "tpm":
             what = f"limit of {key.tpm} tokens per minute"
             raise self.refuse("tpm", _limited(key, what, int(wait_ms) / 1000))
+        return "redis:" + entry if key.rpm is not None else None
 
-    async def _call_admit(self, key: Holder) -> Any:
+    async def unadmit(self, key: Holder, entry: str | None) -> None:
+        if entry is None or not entry.startswith("redis:"):
+            return await super().unadmit(key, entry)  # admitted here while Redis was down
+        try:
+            await self.redis.zrem(f"{self.prefix}rpm:{key.id}", entry.removeprefix("redis:"))
+        except self._errors as error:  # the entry leaves the window within the minute
+            self._unshared(error)
+        return None
+
+    async def _call_admit(self, key: Holder, entry: str) -> Any:
         now_ms = int(self._clock.time() * 1000)
         return await self._script(
             keys=[
@@ -374,7 +397,7 @@ class RedisLimiter(LocalLimiter):
                 now_ms,
                 key.rpm or "",
                 key.tpm or "",
-                unique_hex(),
+                entry,
                 key.budget_tokens if key.budget_tokens is not None else "",
                 totals_member(key, now_ms / 1000),
                 key.budget_usd if key.budget_usd is not None else "",
