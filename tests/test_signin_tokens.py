@@ -147,6 +147,18 @@ def test_an_honest_sign_in_survives_key_rotation_without_a_jwks_fetch_per_unknow
     assert fake.jwks_fetches == 2
 
 
+@pytest.mark.parametrize("document", [{"keys": "x"}, {"keys": [1, {"kty": "RSA"}]}, [1]])
+def test_a_provider_whose_keys_are_broken_signs_nobody_in(
+    start_gateway: Any, upstream: FakeUpstream, provider: Any, tmp_path: Path, document: Any
+) -> None:
+    _, fake = provider
+    fake.broken_jwks = document
+    gw = gateway(start_gateway, upstream, fake, tmp_path)
+    answer, web = sign_in(gw)
+    assert answer.status_code == 403, answer.text
+    assert "keys" in answer.text and not signed_in(web, gw)
+
+
 def test_a_callback_not_started_in_this_browser_or_used_twice_is_refused(
     start_gateway: Any, upstream: FakeUpstream, provider: Any, tmp_path: Path
 ) -> None:

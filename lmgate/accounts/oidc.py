@@ -212,10 +212,12 @@ class OpenIdProvider:
             if status != 200 or not isinstance(body, dict):
                 raise OidcError(f"the provider's keys ({metadata['jwks_uri']}) answered {status}")
             try:
-                self._keys = jwt.PyJWKSet.from_dict(body)
-                self._algorithms = {k.get("kid"): k.get("alg") for k in body["keys"]}
-            except jwt.PyJWTError as error:
-                raise OidcError(f"the provider's keys are unusable: {error}") from None
+                keys = jwt.PyJWKSet.from_dict(body)
+                algorithms = {k.get("kid"): k.get("alg") for k in body["keys"]}
+            except (jwt.PyJWTError, AttributeError, KeyError, TypeError, ValueError) as error:
+                # A provider's broken document is its failure, never lmgate's 500.
+                raise OidcError(f"the provider's keys are unusable: {error!r}"[:300]) from None
+            self._keys, self._algorithms = keys, algorithms
             self._keys_at = self.clock.monotonic()
             key = self._find(kid)
         if key is None:

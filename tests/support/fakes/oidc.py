@@ -35,6 +35,7 @@ class FakeProvider:
     # Turns the claims and the signing key of an honest ID token into the token sent.
     tamper: Callable[[dict[str, Any], FakeProvider], str] | None = None
     jwks_fetches: int = 0
+    broken_jwks: Any = None  # a JWKS document to send instead of the keys
     keys: list[tuple[str, rsa.RSAPrivateKey]] = field(default_factory=lambda: [("k1", _new_key())])
     _codes: dict[str, dict[str, str]] = field(default_factory=dict)
     _serial: itertools.count[int] = field(default_factory=itertools.count)
@@ -58,6 +59,8 @@ class FakeProvider:
             })  # fmt: skip
         if path == "/jwks":
             self.jwks_fetches += 1
+            if self.broken_jwks is not None:
+                return Script(json=self.broken_jwks)
             found = []
             for kid, key in self.keys:
                 public = jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key(), as_dict=True)
