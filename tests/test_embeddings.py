@@ -35,6 +35,15 @@ def vector_of(text: str) -> list[float]:
     return [float(len(text)), float(sum(map(ord, text)) % 997), 0.5]
 
 
+LIES = {
+    "short": {"data": [{"index": 0, "embedding": [1.0]}]},  # one vector for two inputs
+    "strings": {"data": [{"index": 0, "embedding": ["a"]}, {"index": 1, "embedding": [1.0]}]},
+    "indexes": {"data": [{"index": "x", "embedding": [1.0]}, {"index": 0, "embedding": [1.0]}]},
+    "shape": {"data": {"0": [1.0]}},
+    "nested": {"data": [{"index": 0, "embedding": [[1.0]]}, {"index": 1, "embedding": [1.0]}]},
+}
+
+
 def answer(recorded: Recorded) -> Script:
     """Every embedding API's reply, by path; the request's shape checked as the real
     service would (a wrong shape is a 400)."""
@@ -47,6 +56,8 @@ def answer(recorded: Recorded) -> Script:
             return Script(status=401, json={"error": {"message": "bad key"}})  # fmt: skip
         if body.get("model") == "down-embed":
             return Script(status=503, json={"error": {"message": "overloaded"}})
+        if body.get("model") == "liar-embed":  # the input says how the upstream lies
+            return Script(json=LIES[body["input"][0]])
         inputs = body["input"]
         if body.get("encoding_format") != "float" or not isinstance(inputs, list):
             return Script(status=400, json={"error": {"message": f"bad body {body}"}})
@@ -105,6 +116,7 @@ def config(upstream: FakeUpstream) -> dict[str, Any]:
             {"id": "small", "kind": "embedding", "dimensions": 1536, "max_input_tokens": 50,
              "price": PRICE, "provider": "compat", "model": "text-embedding-3-small"},
             {"id": "flaky", "kind": "embedding", "provider": "compat", "model": "down-embed"},
+            {"id": "liar", "kind": "embedding", "provider": "compat", "model": "liar-embed"},
             {"id": "gem-embed", "kind": "embedding", "provider": "google", "model": "gem-embed"},
             {"id": "az-embed", "kind": "embedding", "provider": "az", "model": "embed-prod"},
             {"id": "titan", "kind": "embedding", "provider": "aws",
@@ -279,3 +291,10 @@ def test_a_model_of_the_other_kind_and_bad_inputs_are_400s_naming_what(
     models = orjson.loads(gw.request("GET", "/v1/models").body)["data"]
     small = next(m for m in models if m["id"] == "small")
     assert small["kind"] == "embedding" and small["dimensions"] == 1536
+
+
+@pytest.mark.parametrize("lie", list(LIES))
+def test_an_upstream_that_lies_is_a_502_naming_it_never_a_500(gw: RunningGateway, lie: str) -> None:
+    refused = gw.request("POST", "/v1/embeddings", {"model": "liar", "input": [lie, "two"]})
+    assert refused.status == 502, refused.body
+    assert refused.json()["error"]["message"].startswith("upstream compat")

@@ -73,7 +73,12 @@ def openai_vectors(data: Any, provider: str) -> Vectors:
     listed = data.get("data") if isinstance(data, dict) else None
     if not isinstance(listed, list) or not all(isinstance(item, dict) for item in listed):
         raise bad_reply(provider, "no data list")
-    ordered = sorted(listed, key=lambda item: item.get("index", 0))
+    indexes = [item.get("index") for item in listed]
+    ordered = listed  # in order already, or without indexes (some servers send none)
+    if indexes != list(range(len(listed))) and any(i is not None for i in indexes):
+        if sorted(i for i in indexes if type(i) is int) != list(range(len(listed))):
+            raise bad_reply(provider, "the indexes are not 0 to n-1")
+        ordered = sorted(listed, key=lambda item: item["index"])
     usage = data.get("usage")
     used = count(usage.get("prompt_tokens")) if isinstance(usage, dict) else None
     return [_vector(item.get("embedding"), provider) for item in ordered], used
