@@ -117,11 +117,13 @@ def test_nothing_is_logged_per_chunk(
 
 def test_the_default_config_loads_only_what_it_uses() -> None:
     # The echo model alone needs no HTTP client, no Redis and (until scraped) no
-    # Prometheus library: each costs import time and memory at every start.
+    # Prometheus library, no JWT library (sign-in is off): each costs import time and
+    # memory at every start.
     script = (
         "import sys; from lmgate.web.app import build_app; from lmgate.config import load_config;"
         "build_app(load_config(None));"
-        "print(' '.join(m for m in ('aiohttp', 'redis', 'prometheus_client', 'asyncpg', 'botocore')"
+        "print(' '.join(m for m in ('aiohttp', 'redis', 'prometheus_client', 'asyncpg', 'botocore',"
+        " 'jwt')"
         " if m in sys.modules))"
     )
     environment = {k: v for k, v in os.environ.items() if k != "DEEPSEEK_API_KEY"}
