@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The peers bench/run.py --peers measures beside lmgate, pinned, into bench/.peers/:
-# LiteLLM's proxy from PyPI (in a venv of its own) and Portkey's gateway from npm.
+# LiteLLM's proxy from PyPI (in a venv of its own), Portkey's gateway and
+# claude-code-router from npm.
 set -euo pipefail
 cd "$(dirname "$0")"
 LITELLM=1.109.1
 PORTKEY=1.15.2
+CCR=1.0.73  # claude-code-router, for bench/ccr.py (its 1.x line is the one Claude Code users run)
 mkdir -p .peers
 python3 -m venv .peers/venv
 # litellm[proxy] pins litellm-proxy-extras and litellm-enterprise to releases PyPI may
@@ -26,5 +28,6 @@ for requirement in metadata.requires("litellm") or []:
 PY
 .peers/venv/bin/pip install -q -r .peers/proxy-requirements.txt
 (cd .peers && { [ -f package.json ] || echo '{"private": true}' > package.json; } \
-  && npm install --no-audit --no-fund "@portkey-ai/gateway@$PORTKEY")
+  && npm install --no-audit --no-fund "@portkey-ai/gateway@$PORTKEY" \
+     "@musistudio/claude-code-router@$CCR")
 echo "peers installed in bench/.peers"
