@@ -43,6 +43,8 @@ from lmgate.config import OidcConfig
 from lmgate.errors import GatewayError, invalid
 from lmgate.frontends import openai_chat
 from lmgate.frontends.base import error_reply, request_id
+from lmgate.web.admin import json_object
+from lmgate.web.admin_people import checked_name
 
 SESSION_COOKIE = "lmgate_session"
 LOGIN_COOKIE = "lmgate_login"
@@ -229,9 +231,6 @@ class SignIn:
     async def device_token(self, request: Request) -> Response:
         """Once the user approved: a personal key for them, named after their machine
         (the same name again replaces that machine's earlier key)."""
-        from lmgate.web.admin import json_object
-        from lmgate.web.admin_people import checked_name
-
         assert self.provider is not None
         try:
             body = await json_object(request)
