@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from common import free_port, wait_listening, wait_ready
-from run import BODY, STREAM_BODY, pinned, wrk
+from run import BODY, STREAM_BODY, pinned, serve_bench, start_upstream, wrk
 
 HERE = Path(__file__).resolve().parent
 CCR = HERE / ".peers" / "node_modules" / "@musistudio" / "claude-code-router" / "dist" / "cli.js"
@@ -35,11 +35,7 @@ MESSAGES_STREAM = MESSAGES.replace('"stream":false', '"stream":true')
 def start_lmgate(up_port: int) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     env = {**os.environ, "BENCH_UPSTREAM_PORT": str(up_port), "BENCH_STORE_URL": "none"}
-    process = subprocess.Popen(
-        pinned(0, [sys.executable, "-m", "lmgate", "serve", "--config", str(HERE / "bench.yaml"),
-                   "--port", str(port), "--log-level", "warning"]),
-        env=env,
-    )  # fmt: skip
+    process = serve_bench(port, env)
     wait_ready(f"http://127.0.0.1:{port}/ready")
     return process, port
 
@@ -74,9 +70,7 @@ def main() -> int:
         print("claude-code-router is not installed: bash bench/install_peers.sh", file=sys.stderr)
         return 2
     up_port = free_port()
-    upstream = subprocess.Popen(
-        pinned(1, [sys.executable, str(HERE / "upstream.py"), str(up_port)])
-    )
+    upstream = start_upstream(up_port)
     wait_listening(up_port)
     starters = {"lmgate": start_lmgate, "claude-code-router": start_ccr}
     best: dict[tuple[str, str, int], float] = {}

@@ -13,13 +13,12 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 from common import free_port, wait_ready
-from run import BODY, STREAM_BODY, pinned, wrk
+from run import BODY, STREAM_BODY, serve_bench, start_upstream, wrk
 
 HERE = Path(__file__).resolve().parent
 MODELS = {"OpenAI-compatible": "bench", "Bedrock": "bench-bedrock", "Vertex": "bench-vertex",
@@ -37,14 +36,7 @@ def main() -> int:
     up_port, port = free_port(), free_port()
     env = {**os.environ, "BENCH_UPSTREAM_PORT": str(up_port),
            "BENCH_STORE_URL": f"sqlite:///{tempfile.mkdtemp(prefix='lmgate-clouds-')}/u.db"}  # fmt: skip
-    upstream = subprocess.Popen(
-        pinned(1, [sys.executable, str(HERE / "upstream.py"), str(up_port)])
-    )
-    gateway = subprocess.Popen(
-        pinned(0, [sys.executable, "-m", "lmgate", "serve", "--config", str(HERE / "bench.yaml"),
-                   "--port", str(port), "--log-level", "warning"]),
-        env=env,
-    )  # fmt: skip
+    upstream, gateway = start_upstream(up_port), serve_bench(port, env)
     best: dict[tuple[str, str], float] = {}
     try:
         wait_ready(f"http://127.0.0.1:{port}/ready")

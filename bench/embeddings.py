@@ -12,14 +12,13 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import orjson
 from common import free_port, wait_ready
-from run import pinned, wrk
+from run import serve_bench, start_upstream, wrk
 from upstream import EMBED_INPUTS
 
 HERE = Path(__file__).resolve().parent
@@ -42,14 +41,7 @@ def main() -> int:
     store = tempfile.mkdtemp(prefix="lmgate-embed-")
     env = {**os.environ, "BENCH_UPSTREAM_PORT": str(up_port),
            "BENCH_STORE_URL": f"sqlite:///{store}/u.db"}  # fmt: skip
-    upstream = subprocess.Popen(
-        pinned(1, [sys.executable, str(HERE / "upstream.py"), str(up_port)])
-    )
-    gateway = subprocess.Popen(
-        pinned(0, [sys.executable, "-m", "lmgate", "serve", "--config", str(HERE / "bench.yaml"),
-                   "--port", str(port), "--log-level", "warning"]),
-        env=env,
-    )  # fmt: skip
+    upstream, gateway = start_upstream(up_port), serve_bench(port, env)
     targets = {
         "direct": (f"http://127.0.0.1:{up_port}/v1/embeddings", "bench-embed"),
         "gateway": (f"http://127.0.0.1:{port}/v1/embeddings", "bench-embed"),

@@ -75,6 +75,20 @@ def pinned(cpu: int, command: list[str]) -> list[str]:
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
 
+def start_upstream(port: int) -> subprocess.Popen[bytes]:
+    """bench/upstream.py on CPU 1 (beside the load generator)."""
+    return subprocess.Popen(pinned(1, [sys.executable, str(HERE / "upstream.py"), str(port)]))
+
+
+def serve_bench(port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """lmgate on bench.yaml, one worker on CPU 0; ``env`` holds its BENCH_ variables."""
+    return subprocess.Popen(
+        pinned(0, [sys.executable, "-m", "lmgate", "serve", "--config", str(HERE / "bench.yaml"),
+                   "--port", str(port), "--log-level", "warning"]),
+        env=env,
+    )  # fmt: skip
+
+
 def wrk(
     url: str, body: str, connections: int, seconds: int, headers: dict[str, str] | None = None
 ) -> dict[str, float]:
@@ -291,9 +305,7 @@ def main() -> int:
         return 2
     up_port = free_port()
     env = {**os.environ, "BENCH_UPSTREAM_PORT": str(up_port)}
-    upstream = subprocess.Popen(
-        pinned(1, [sys.executable, str(HERE / "upstream.py"), str(up_port)])
-    )
+    upstream = start_upstream(up_port)
     store_dir = tempfile.mkdtemp(prefix="lmgate-bench-")
     sink = trace_sink()
 
@@ -301,12 +313,11 @@ def main() -> int:
         store_url: str, metrics: bool = True, otel: bool = False, ratio: float = 1.0
     ) -> tuple[subprocess.Popen[bytes], int]:
         port = free_port()
-        process = subprocess.Popen(
-            pinned(0, [sys.executable, "-m", "lmgate", "serve", "--config", str(HERE / "bench.yaml"),
-                       "--port", str(port), "--log-level", "warning"]),
-            env={**env, "BENCH_STORE_URL": store_url, "BENCH_METRICS": str(metrics).lower(),
-                 "BENCH_OTEL": str(otel).lower(), "BENCH_OTEL_PORT": str(sink.server_port),
-                 "BENCH_OTEL_RATIO": str(ratio)},
+        process = serve_bench(
+            port,
+            {**env, "BENCH_STORE_URL": store_url, "BENCH_METRICS": str(metrics).lower(),
+             "BENCH_OTEL": str(otel).lower(), "BENCH_OTEL_PORT": str(sink.server_port),
+             "BENCH_OTEL_RATIO": str(ratio)},
         )  # fmt: skip
         return process, port
 
