@@ -38,6 +38,7 @@ from lmgate.frontends.validate import INT64, require_json
 from lmgate.routing.catalog import Catalog
 from lmgate.routing.router import Router
 from lmgate.web.admin_people import PeopleAdmin, checked_name
+from lmgate.web.guard import same_origin
 
 if TYPE_CHECKING:
     from lmgate.web.signin import SignIn
@@ -485,7 +486,7 @@ def _from_own_page(request: Request) -> bool:
     every change, naming the page's origin (Guard already refused foreign ones not
     allowed by CORS; a signed-in change takes the gateway's own only)."""
     origin, host = request.headers.get("origin"), request.headers.get("host")
-    return origin is not None and host is not None and origin.partition("://")[2] == host
+    return origin is not None and host is not None and same_origin(origin.encode(), host.encode())
 
 
 async def json_object(request: Request) -> dict[str, Any]:

@@ -71,7 +71,7 @@ class Guard:
         ):
             shown = host.decode("latin-1")
             return f"Host {shown!r} is not allowed (server.allowed_hosts)", None
-        if origin is None or (host is not None and _same_origin(origin, host)):
+        if origin is None or (host is not None and same_origin(origin, host)):
             return None, None
         if not (self._any_origin or origin.rstrip(b"/").lower() in self._origins):
             shown = origin.decode("latin-1")
@@ -116,7 +116,7 @@ def _hostname(host: bytes) -> bytes:
     return host.partition(b":")[0].lower()
 
 
-def _same_origin(origin: bytes, host: bytes) -> bool:
+def same_origin(origin: bytes, host: bytes) -> bool:
     """The page comes from the gateway itself (the dashboard): its origin names the
     host the request went to."""
     return origin.partition(b"://")[2].lower() == host.lower()
