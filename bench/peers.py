@@ -279,7 +279,8 @@ def run(rig: Rig) -> dict[str, Any]:
 def workers(rig: Rig) -> dict[str, Any]:
     """lmgate non-stream throughput with 1 and 2 workers (on CPU 0, and on CPUs 0 and
     1: this machine has two, so the second worker shares CPU 1 with the upstream and
-    wrk), and how the connections spread: each worker's share of the CPU."""
+    wrk), how the connections spread (each worker's share of the CPU), and the CPU
+    each request took, all workers together."""
     found: dict[str, Any] = {}
     for count in (1, 2):
         who = contenders(rig.upstream_port, f"sqlite:///{rig.store_dir}/workers-{count}.db")[0]
@@ -301,6 +302,10 @@ def workers(rig: Rig) -> dict[str, Any]:
                 )
                 after = _worker_cpu(who.process.pid)
                 used = [after[pid] - before.get(pid, 0.0) for pid in after]
+                served = row[connections]["rps"] * rig.seconds
+                # CPU per request, all workers together: the same with 1 and 2 workers
+                # means they share nothing, and requests/s grows with the cores given.
+                row[f"{connections}_cpu_us"] = sum(used) / served * 1e6
                 row[f"{connections}_cpu_shares"] = sorted(
                     (u / sum(used) for u in used if u > 0.01 * sum(used)), reverse=True
                 )
@@ -380,9 +385,12 @@ def report(results: dict[str, Any]) -> None:
         for connections in (16, 64):
             one, two = scaled["1"][connections]["rps"], scaled["2"][connections]["rps"]
             shares = ", ".join(f"{share:.0%}" for share in scaled["2"][f"{connections}_cpu_shares"])
+            cost = [scaled[n].get(f"{connections}_cpu_us", 0.0) for n in ("1", "2")]
             print(
                 f"  c={connections}: {one:,.0f} vs {two:,.0f} rps, {two / one:.2f}x;"
-                f" the workers' shares of the CPU: {shares}"
+                f" the workers' shares of the CPU: {shares};"
+                f" CPU per request {cost[0]:.0f} vs {cost[1]:.0f} us"
+                f" ({1e6 / cost[0]:,.0f} vs {1e6 / cost[1]:,.0f} requests per CPU-second)"
             )
 
 

@@ -225,7 +225,7 @@ def test_a_sqlite_connection_returned_mid_transaction_is_rolled_back(tmp_path: P
         store = Store(url)
         await store.migrate()
         async with store.engine.connect() as connection:
-            raw = await connection.get_raw_connection()
+            raw = connection.sync_connection.connection  # checked out already
             # Behind SQLAlchemy's back, so that its own rollback does not run.
             await raw.driver_connection.execute("BEGIN IMMEDIATE")  # type: ignore[union-attr]
         free = _write_lock_is_free(url)

@@ -1,6 +1,6 @@
 """Durable state: API keys (hashes only) and usage records, in SQLite or PostgreSQL
-through one SQLAlchemy async code path. The schema is created and upgraded at start
-by append-only numbered migrations."""
+through one code path (SQLAlchemy Core, awaited: ``lmgate.accounts.aio``). The schema
+is created and upgraded at start by append-only numbered migrations."""
 
 from __future__ import annotations
 
@@ -22,9 +22,9 @@ from typing import Any, NamedTuple, TypeVar
 import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import PoolResetState
 
+from lmgate.accounts.aio import AsyncEngine, create_engine
 from lmgate.accounts.periods import Budgeted, bounds
 from lmgate.accounts.schema import keys, migrate, responses, teams, usage, users
 from lmgate.clock import SYSTEM, Clock
@@ -140,7 +140,7 @@ class Store:
             # finds out (one round trip, once per batch or key lookup) and reconnects,
             # rather than failing the batch or request that drew it.
             options["pool_pre_ping"] = True
-        self.engine: AsyncEngine = create_async_engine(engine_url(url), **options)
+        self.engine = create_engine(engine_url(url), **options)
         if url.startswith("sqlite"):
             _sqlite_transactions(self.engine)
             _adapt_sqlite_parameters()
