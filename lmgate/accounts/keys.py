@@ -7,8 +7,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
+
+from starlette.datastructures import Headers
 
 from lmgate.accounts.people import Account, Kind, People
 from lmgate.accounts.store import KEY_PREFIX, KeyInfo, Spent, Store, hash_key
@@ -24,12 +25,22 @@ class Caller:
 ANONYMOUS = Caller(None)
 
 
-def presented_key(headers: Mapping[str, str]) -> str:
+_KEY_HEADERS = {b"authorization": 0, b"x-api-key": 1, b"x-goog-api-key": 2}
+
+
+def presented_key(headers: Headers) -> str:
     """The key a request presents: ``Authorization: Bearer KEY``, else ``x-api-key``,
     else Google's ``x-goog-api-key``."""
-    header = headers.get("authorization", "")
+    # One pass over the raw headers: Starlette's ``get`` raises and catches a KeyError
+    # for each header that is absent, and two of these three always are.
+    found = ["", "", ""]
+    for name, value in headers.raw:
+        rank = _KEY_HEADERS.get(name)
+        if rank is not None and not found[rank]:
+            found[rank] = value.decode("latin-1")
+    header = found[0]
     key = header[7:].strip() if header[:7].lower() == "bearer " else ""
-    return key or headers.get("x-api-key", "") or headers.get("x-goog-api-key", "")
+    return key or found[1] or found[2]
 
 
 def config_key_id(key: str) -> str:

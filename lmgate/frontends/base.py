@@ -152,9 +152,12 @@ def from_google(request: Request) -> bool:
 
 
 def request_id(request: Request) -> str:
-    given = request.headers.get("x-request-id")
-    if given and len(given) <= 128 and given.isprintable():
-        return given
+    for name, value in request.headers.raw:  # no KeyError raised when it is absent
+        if name == b"x-request-id":
+            given = value.decode("latin-1")
+            if given and len(given) <= 128 and given.isprintable():
+                return given
+            break
     return unique_hex()
 
 

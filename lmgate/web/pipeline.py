@@ -79,7 +79,9 @@ class Pipeline:
 
     async def authenticate(self, request: Request) -> Caller:
         # Google's clients may send the key as ?key= (logs redact it).
-        key = presented_key(request.headers) or request.query_params.get("key", "")
+        key = presented_key(request.headers)
+        if not key and request.scope.get("query_string"):  # parsed only when there is one
+            key = request.query_params.get("key", "")
         return await self.accounts.identify(key)
 
     async def read_body(self, request: Request) -> bytes:
@@ -88,13 +90,21 @@ class Pipeline:
         length = headers.get("content-length", "")
         if length.isdigit() and int(length) > self.max_body:
             raise self._too_large()
-        chunks, size = [], 0
-        async for chunk in request.stream():
+        # The ASGI messages themselves, not Starlette's ``request.stream()``: an async
+        # generator per request (and its registration with the loop) for what is
+        # nearly always one message.
+        chunks, size, receive = [], 0, request.receive
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # http.disconnect
+                raise ClientDisconnect()
+            chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body:
                 raise self._too_large()
             chunks.append(chunk)
-        return b"".join(chunks)
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def _too_large(self) -> GatewayError:
         limit = self.config.server.max_body_mb
