@@ -14,7 +14,6 @@ and the CPU per request (from /proc), whose difference is lmgate's own work.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import subprocess
 import sys
@@ -112,7 +111,9 @@ def main() -> int:
                         cpu[name, load] = min(cpu.get((name, load), used), used)
                     best[name, load] = max(best.get((name, load), 0.0), rps)
         print("\nc=16, best of each; CPU per request from /proc (the gateway's includes its store)")
-        print("  load   | direct rps | floor rps (share) | gateway rps (share) | floor us | gateway us")
+        print(
+            "  load   | direct rps | floor rps (share) | gateway rps (share) | floor us | gateway us"
+        )
         for load in ("chat", "stream"):
             direct = best["direct", load]
             floor_rps, gateway_rps = best["floor", load], best["gateway", load]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Coroutine
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Unpack
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection as SyncConnection
@@ -17,6 +17,7 @@ from sqlalchemy.engine import CursorResult, Engine
 from sqlalchemy.util import greenlet_spawn
 
 T = TypeVar("T")
+Rows = CursorResult[Unpack[tuple[Any, ...]]]  # rows of any shape
 
 
 def create_engine(url: str, **options: Any) -> AsyncEngine:
@@ -63,10 +64,10 @@ class AsyncConnection:
     def dialect(self) -> sa.Dialect:
         return self.sync_connection.dialect
 
-    async def execute(self, statement: Any, parameters: Any = None) -> CursorResult[Any]:
+    async def execute(self, statement: Any, parameters: Any = None) -> Rows:
         return await greenlet_spawn(self.sync_connection.execute, statement, parameters)
 
-    async def exec_driver_sql(self, statement: str, parameters: Any = None) -> CursorResult[Any]:
+    async def exec_driver_sql(self, statement: str, parameters: Any = None) -> Rows:
         return await greenlet_spawn(self.sync_connection.exec_driver_sql, statement, parameters)
 
     async def execution_options(self, **options: Any) -> AsyncConnection:
