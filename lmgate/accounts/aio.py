@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Coroutine
-from typing import Any, TypeVar, Unpack
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection as SyncConnection
@@ -17,7 +17,7 @@ from sqlalchemy.engine import CursorResult, Engine
 from sqlalchemy.util import greenlet_spawn
 
 T = TypeVar("T")
-Rows = CursorResult[Unpack[tuple[Any, ...]]]  # rows of any shape
+Rows = CursorResult[*tuple[Any, ...]]  # rows of any shape
 
 
 def create_engine(url: str, **options: Any) -> AsyncEngine:
