@@ -7,9 +7,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
-
-from starlette.datastructures import Headers
 
 from lmgate.accounts.people import Account, Kind, People
 from lmgate.accounts.store import KEY_PREFIX, KeyInfo, Spent, Store, hash_key
@@ -28,13 +27,13 @@ ANONYMOUS = Caller(None)
 _KEY_HEADERS = {b"authorization": 0, b"x-api-key": 1, b"x-goog-api-key": 2}
 
 
-def presented_key(headers: Headers) -> str:
+def presented_key(headers: Iterable[tuple[bytes, bytes]]) -> str:
     """The key a request presents: ``Authorization: Bearer KEY``, else ``x-api-key``,
-    else Google's ``x-goog-api-key``."""
-    # One pass over the raw headers: Starlette's ``get`` raises and catches a KeyError
-    # for each header that is absent, and two of these three always are.
+    else Google's ``x-goog-api-key``. ``headers``: the raw ones (ASGI's), read in one
+    pass: Starlette's ``get`` raises and catches a KeyError for each header that is
+    absent, and two of these three always are."""
     found = ["", "", ""]
-    for name, value in headers.raw:
+    for name, value in headers:
         rank = _KEY_HEADERS.get(name)
         if rank is not None and not found[rank]:
             found[rank] = value.decode("latin-1")

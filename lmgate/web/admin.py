@@ -144,7 +144,7 @@ class Admin:
         the dashboard's own page: a cookie rides along with any page's request)."""
         if self._key is None and self.signin is None:
             raise GatewayError("not_found", "the admin API is off: set server.admin_key or oidc")
-        given = presented_key(request.headers)
+        given = presented_key(request.headers.raw)
         if given:
             if self._key is None or not hmac.compare_digest(given.encode(), self._key):
                 raise GatewayError("permission", "this key is not the admin key", code="not_admin")

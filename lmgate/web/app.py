@@ -91,7 +91,7 @@ def _own_routes(gateway: Gateway) -> list[BaseRoute]:
             if config.metrics.require_admin_key and (
                 admin_key is None
                 or not hmac.compare_digest(
-                    presented_key(request.headers).encode(), admin_key.encode()
+                    presented_key(request.headers.raw).encode(), admin_key.encode()
                 )
             ):
                 error = GatewayError("authentication", "GET /metrics needs the admin key")

@@ -79,7 +79,7 @@ class Pipeline:
 
     async def authenticate(self, request: Request) -> Caller:
         # Google's clients may send the key as ?key= (logs redact it).
-        key = presented_key(request.headers)
+        key = presented_key(request.headers.raw)
         if not key and request.scope.get("query_string"):  # parsed only when there is one
             key = request.query_params.get("key", "")
         return await self.accounts.identify(key)
