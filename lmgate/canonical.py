@@ -247,6 +247,18 @@ class Heartbeat:
     """The upstream is alive but silent; frontends send a keep-alive."""
 
 
+@dataclass(slots=True, frozen=True)
+class Batch:
+    """The stream events between ``BATCH_BEGINS`` and ``BATCH_ENDS`` (or the stream's
+    end) came in one read from the upstream: a frontend may send their frames as one
+    write. Events outside a batch are sent each at once."""
+
+    begins: bool
+
+
+BATCH_BEGINS, BATCH_ENDS = Batch(True), Batch(False)
+
+
 @dataclass(slots=True)
 class Embeddings:
     """An embeddings reply: one vector per input, in the inputs' order."""
@@ -263,6 +275,7 @@ Event = (
     | Finish
     | Usage
     | Heartbeat
+    | Batch
     | Embeddings
 )
 

@@ -11,6 +11,8 @@ import orjson
 import pytest
 
 from lmgate.canonical import (
+    BATCH_BEGINS,
+    BATCH_ENDS,
     ChatRequest,
     Event,
     Finish,
@@ -101,6 +103,41 @@ def test_openai_failure_mid_stream_is_an_error_payload_and_no_done() -> None:
     frames = [d for _, d in sse(run(openai_chat.stream_encoder(START, request()), REPLY[:3], boom))]
     assert frames[-1]["error"]["message"] == "upstream went away"
     assert "[DONE]" not in frames
+
+
+def frames_of(items: list[Event], fail: GatewayError | None = None) -> list[bytes]:
+    async def collect() -> list[bytes]:
+        encoder = openai_chat.stream_encoder(START, request())
+        return [frame async for frame in stream(encoder, events(items, fail))]
+
+    return asyncio.run(collect())
+
+
+def test_a_batch_of_events_leaves_as_one_frame_and_others_each_at_once() -> None:
+    """Events that came in one upstream read go as one ASGI message; events outside a
+    batch (a paced stream's) are not held for the next."""
+
+    def contents(frame: bytes) -> list[str]:
+        return [d["choices"][0]["delta"].get("content", "") for _, d in sse(frame) if d != "[DONE]"]
+
+    text = [TextDelta("a"), TextDelta("b"), TextDelta("c")]
+    assert len(frames_of(text)) == 1 + 3 + 1  # the role chunk, one per delta, the end
+    batched = frames_of([BATCH_BEGINS, *text, BATCH_ENDS, TextDelta("d")])
+    assert [contents(frame) for frame in batched[1:3]] == [["a", "b", "c"], ["d"]]
+    assert len(batched) == 4
+    # A batch the stream ends in (the reply's last read) goes with the end.
+    ending = frames_of([BATCH_BEGINS, *text])
+    assert len(ending) == 2 and contents(ending[1]) == ["a", "b", "c"]
+    assert ending[1].endswith(b"data: [DONE]\n\n")
+    # A failure within a batch: its frames first, then the error.
+    boom = GatewayError("upstream", "upstream went away")
+    failed = frames_of([BATCH_BEGINS, *text], boom)
+    assert len(failed) == 2 and [d.get("error", {}).get("message") for _, d in sse(failed[1])] == [
+        None,
+        None,
+        None,
+        "upstream went away",
+    ]
 
 
 def test_anthropic_blocks_in_order() -> None:

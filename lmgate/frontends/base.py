@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from starlette.requests import Request
 from starlette.responses import Response
 
-from lmgate.canonical import ChatRequest, Event, Reply, Start
+from lmgate.canonical import Batch, ChatRequest, Event, Reply, Start
 from lmgate.errors import GatewayError, from_exception
 from lmgate.ids import unique_hex
 
@@ -78,19 +78,31 @@ async def stream(
     encoder: StreamEncoder, events: AsyncGenerator[Event, None]
 ) -> AsyncGenerator[bytes, None]:
     """The one stream loop of every protocol: ``events`` (after ``Start``) as frames.
-    A failure after the headers left is the protocol's error frame, never a cut."""
+    A failure after the headers left is the protocol's error frame, never a cut.
+
+    The frames of a ``Batch`` of events go as one: an upstream's chunks mostly arrive
+    several at a time, and each frame sent alone is an ASGI message."""
     if head := await encoder.begin():
         yield head
+    held: list[bytes] | None = None  # within a batch: its frames so far
     try:
         async with aclosing(events):
             async for event in events:
-                if frame := encoder.event(event):
-                    yield frame
+                if isinstance(event, Batch):
+                    if held:
+                        yield b"".join(held)
+                    held = [] if event.begins else None
+                elif frame := encoder.event(event):
+                    if held is None:
+                        yield frame
+                    else:
+                        held.append(frame)
     except Exception as error:
-        yield encoder.fail(from_exception(error))
+        yield b"".join([*(held or ()), encoder.fail(from_exception(error))])
         return
-    if tail := await encoder.end():
-        yield tail
+    tail = await encoder.end()
+    if held or tail:
+        yield b"".join([*(held or ()), tail])
 
 
 class Services(Protocol):

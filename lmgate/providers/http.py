@@ -14,7 +14,7 @@ from urllib.parse import unquote, urlsplit
 import orjson
 from pydantic import Field, field_validator
 
-from lmgate.canonical import Event, Heartbeat
+from lmgate.canonical import BATCH_BEGINS, BATCH_ENDS, Event, Heartbeat
 from lmgate.config import ConfigError
 from lmgate.errors import GatewayError, encodable, redact
 from lmgate.providers import lenient_json
@@ -257,12 +257,16 @@ class HttpProvider(Provider):
                     events = decoder.feed(chunk)
                 except EventTooLarge:
                     raise self.too_large_error("stream event") from None
+                if batch := len(events) > 1:
+                    yield BATCH_BEGINS
                 for frame in events:
                     for event in feed(frame[1] if sse else frame):
                         yield event
                     if ended():
                         complete = True
                         return
+                if batch:
+                    yield BATCH_ENDS
             for frame in decoder.flush():
                 for event in feed(frame[1] if sse else frame):
                     yield event
