@@ -6,17 +6,22 @@ revision (a change that should cost nothing is checked here).
 Both gateways run bench/bench.yaml in front of one bench/upstream.py, each pinned
 to CPU 0 in turn (one at a time: they never share the core), the load generator to
 CPU 1. Every protocol is driven at concurrency 16, streamed and not, in alternating
-rounds; the table gives each version's best requests/s and the ratio new / base.
+rounds; the table gives each version's best requests/s and the ratio new / base. Each
+round also starts each version on the built-in default (a fresh data directory) and
+times it from the process's start to its first answered chat.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
 from pathlib import Path
 
 from common import free_port, wait_ready
@@ -60,6 +65,35 @@ def start(source: Path, env: dict[str, str], store: str) -> tuple[subprocess.Pop
     return process, port
 
 
+def first_answer(source: Path, work: Path) -> float:
+    """Seconds from starting ``lmgate serve`` (the built-in default, on CPU 0, in a
+    fresh home) to its first answered chat."""
+    port, home = free_port(), Path(tempfile.mkdtemp(dir=work))
+    body = json.dumps({"model": "echo", "messages": [{"role": "user", "content": "hi"}]})
+    chat = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v1/chat/completions", body.encode(),
+        {"Content-Type": "application/json"},
+    )  # fmt: skip
+    began = time.monotonic()
+    process = subprocess.Popen(
+        pinned(0, [sys.executable, "-m", "lmgate", "serve", "--port", str(port)]),
+        env={**os.environ, "PYTHONPATH": str(source), "HOME": str(home)},
+        cwd=home, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        while time.monotonic() - began < 60:
+            try:
+                with urllib.request.urlopen(chat, timeout=5) as answer:
+                    answer.read()
+                return time.monotonic() - began
+            except OSError:
+                time.sleep(0.005)
+        raise RuntimeError(f"{source}: no answer within 60 s")
+    finally:
+        process.terminate()
+        process.wait(15)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--base", default="HEAD")
@@ -81,12 +115,14 @@ def main() -> int:
         pinned(1, [sys.executable, str(HERE / "upstream.py"), str(up_port)])
     )
     best: dict[str, dict[str, float]] = {"base": {}, "new": {}}
+    starts: dict[str, list[float]] = {"base": [], "new": []}
     try:
         for round_number in range(args.rounds):
             order = [("base", base), ("new", ROOT)]
             if round_number % 2:
                 order.reverse()
             for name, source in order:
+                starts[name].append(first_answer(source, work))
                 process, port = start(source, env, f"sqlite:///{work}/{name}.db")
                 try:
                     url = f"http://127.0.0.1:{port}"
@@ -107,6 +143,11 @@ def main() -> int:
     for load in loads:
         old, new = best["base"][load], best["new"][load]
         print(f"{load:<18}{old:>10.0f}{new:>10.0f}{new / old:>10.3f}")
+    old, new = min(starts["base"]), min(starts["new"])
+    print(f"{'start (s), best':<18}{old:>10.3f}{new:>10.3f}{new / old:>10.3f}")
+    print(
+        "  every start (s):", {name: [round(s, 3) for s in found] for name, found in starts.items()}
+    )
     return 0
 
 
