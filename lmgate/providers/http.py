@@ -257,6 +257,9 @@ class HttpProvider(Provider):
                     events = decoder.feed(chunk)
                 except EventTooLarge:
                     raise self.too_large_error("stream event") from None
+                # Several events from one read are a batch (their frames leave as one).
+                # Each provider yields its Start before these: the router's wait for
+                # the reply's first event never ends at a batch.
                 if batch := len(events) > 1:
                     yield BATCH_BEGINS
                 for frame in events:
