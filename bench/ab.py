@@ -14,10 +14,8 @@ restarts) and times it from the process's start to its first answered chat.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -25,7 +23,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from common import free_port, wait_ready
+from common import arguments, free_port, have_wrk, stop, wait_ready
 from run import (
     BODY,
     GEMINI_BODY,
@@ -34,6 +32,7 @@ from run import (
     RESPONSES_STREAM_BODY,
     STREAM_BODY,
     pinned,
+    start_upstream,
     wrk,
 )
 
@@ -92,20 +91,16 @@ def first_answer(source: Path, home: Path) -> float:
                 time.sleep(0.005)
         raise RuntimeError(f"{source}: no answer within 60 s")
     finally:
-        process.terminate()
-        process.wait(15)
+        stop(process)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = arguments(__doc__, rounds=3)
     parser.add_argument("--base", default="HEAD")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--seconds", type=int, default=4)
     parser.add_argument("--loads", default=",".join(LOADS), help="which loads, comma-separated")
     args = parser.parse_args()
     loads = {name: LOADS[name] for name in args.loads.split(",")}
-    if not shutil.which("wrk"):
-        print("bench needs wrk: apt-get install wrk", file=sys.stderr)
+    if not have_wrk():
         return 2
     work = Path(tempfile.mkdtemp(prefix="lmgate-ab-"))
     base = work / "base"
@@ -113,9 +108,7 @@ def main() -> int:
                     args.base], check=True)  # fmt: skip
     up_port = free_port()
     env = {**os.environ, "BENCH_UPSTREAM_PORT": str(up_port)}
-    upstream = subprocess.Popen(
-        pinned(1, [sys.executable, str(HERE / "upstream.py"), str(up_port)])
-    )
+    upstream = start_upstream(up_port)
     best: dict[str, dict[str, float]] = {"base": {}, "new": {}}
     starts: dict[str, list[float]] = {"base": [], "new": []}
     try:
@@ -133,11 +126,9 @@ def main() -> int:
                         rps = wrk(url + path, body, 16, args.seconds)["rps"]
                         best[name][load] = max(best[name].get(load, 0.0), rps)
                 finally:
-                    process.terminate()
-                    process.wait(15)
+                    stop(process)
     finally:
-        upstream.terminate()
-        upstream.wait(15)
+        stop(upstream)
         subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base)],
                        check=False)  # fmt: skip
     print(f"\nrequests/s at c=16, best of {args.rounds} rounds (base: {args.base})")

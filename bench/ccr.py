@@ -11,7 +11,6 @@ without a translating router). Rounds in A B B A order; the best requests/s of e
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -19,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import free_port, wait_listening, wait_ready
+from common import arguments, free_port, have_wrk, stop, wait_listening, wait_ready
 from run import BODY, STREAM_BODY, pinned, serve_bench, start_upstream, wrk
 
 HERE = Path(__file__).resolve().parent
@@ -62,10 +61,9 @@ def start_ccr(up_port: int) -> tuple[subprocess.Popen[bytes], int]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--seconds", type=int, default=4)
-    args = parser.parse_args()
+    args = arguments(__doc__, rounds=2).parse_args()
+    if not have_wrk():
+        return 2
     if not CCR.exists():
         print("claude-code-router is not installed: bash bench/install_peers.sh", file=sys.stderr)
         return 2
@@ -94,11 +92,9 @@ def main() -> int:
                     wrk(url, MESSAGES, 4, 1)  # warm-up
                     measure(name, url, {"chat": MESSAGES, "stream": MESSAGES_STREAM})
                 finally:
-                    process.terminate()
-                    process.wait(15)
+                    stop(process)
     finally:
-        upstream.terminate()
-        upstream.wait(15)
+        stop(upstream)
     print(f"\nAnthropic Messages in, OpenAI-compatible out: requests/s, best of {args.rounds}")
     print(
         f"{'':<20}{'chat c=1':>10}{'c=16':>9}{'ratio':>8}{'stream c=1':>12}{'c=16':>9}{'ratio':>8}"

@@ -10,14 +10,12 @@ OpenAI-compatible upstream's.
 
 from __future__ import annotations
 
-import argparse
 import os
-import shutil
 import sys
 import tempfile
 from pathlib import Path
 
-from common import free_port, wait_ready
+from common import arguments, free_port, have_wrk, stop, wait_ready
 from run import BODY, STREAM_BODY, serve_bench, start_upstream, wrk
 
 HERE = Path(__file__).resolve().parent
@@ -26,12 +24,8 @@ MODELS = {"OpenAI-compatible": "bench", "Bedrock": "bench-bedrock", "Vertex": "b
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--seconds", type=int, default=4)
-    args = parser.parse_args()
-    if not shutil.which("wrk"):
-        print("bench needs wrk: apt-get install wrk", file=sys.stderr)
+    args = arguments(__doc__, rounds=3).parse_args()
+    if not have_wrk():
         return 2
     up_port, port = free_port(), free_port()
     env = {**os.environ, "BENCH_UPSTREAM_PORT": str(up_port),
@@ -52,10 +46,7 @@ def main() -> int:
                     rps = wrk(url, body.replace('"bench"', f'"{model}"'), 16, args.seconds)["rps"]
                     best[name, kind] = max(best.get((name, kind), 0.0), rps)
     finally:
-        gateway.terminate()
-        upstream.terminate()
-        gateway.wait(15)
-        upstream.wait(15)
+        stop(gateway, upstream)
     print(f"\nrequests/s at c=16 through one gateway worker, best of {args.rounds}")
     print(f"{'upstream':<20}{'chat':>8}{'ratio':>8}{'stream':>9}{'ratio':>8}")
     for name in MODELS:

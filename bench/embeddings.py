@@ -9,15 +9,13 @@ A B B A order; the best requests/s of each and the gateway's ratio to direct.
 
 from __future__ import annotations
 
-import argparse
 import os
-import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 import orjson
-from common import free_port, wait_ready
+from common import arguments, free_port, have_wrk, stop, wait_ready
 from run import serve_bench, start_upstream, wrk
 from upstream import EMBED_INPUTS
 
@@ -30,12 +28,8 @@ def body(model: str, encoding: str) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--seconds", type=int, default=4)
-    args = parser.parse_args()
-    if not shutil.which("wrk"):
-        print("bench needs wrk: apt-get install wrk", file=sys.stderr)
+    args = arguments(__doc__, rounds=2).parse_args()
+    if not have_wrk():
         return 2
     up_port, port = free_port(), free_port()
     store = tempfile.mkdtemp(prefix="lmgate-embed-")
@@ -62,10 +56,7 @@ def main() -> int:
                         key = (name, encoding, connections)
                         best[key] = max(best.get(key, 0.0), found["rps"])
     finally:
-        gateway.terminate()
-        upstream.terminate()
-        gateway.wait(15)
-        upstream.wait(15)
+        stop(gateway, upstream)
     print(f"\n/v1/embeddings, {EMBED_INPUTS} inputs, 1536-float vectors: requests/s, best of "
           f"{args.rounds} rounds")  # fmt: skip
     print(f"{'':<22}{'c=1':>8}{'ratio':>8}{'c=16':>9}{'ratio':>8}")

@@ -13,7 +13,6 @@ and the CPU per request (from /proc), whose difference is lmgate's own work.
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
@@ -21,7 +20,15 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from common import free_port, wait_listening, wait_ready
+from common import (
+    arguments,
+    cpu_seconds,
+    free_port,
+    have_wrk,
+    stop,
+    wait_listening,
+    wait_ready,
+)
 from run import BODY, STREAM_BODY, pinned, serve_bench, start_upstream, wrk
 
 HERE = Path(__file__).resolve().parent
@@ -65,16 +72,10 @@ def serve_floor(port: int, upstream_port: int) -> None:
                 http="lmgate.web.server:GuardedProtocol", log_level="warning")  # fmt: skip
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--seconds", type=int, default=4)
-    args = parser.parse_args()
+    args = arguments(__doc__, rounds=2).parse_args()
+    if not have_wrk():
+        return 2
     up_port = free_port()
     upstream = start_upstream(up_port)
     store = tempfile.mkdtemp(prefix="lmgate-floor-")
@@ -104,10 +105,10 @@ def main() -> int:
         for _ in range(args.rounds):
             for load, body in (("chat", BODY), ("stream", STREAM_BODY)):
                 for name in order:
-                    before = _cpu_seconds(pids[name]) if name in pids else 0.0
+                    before = cpu_seconds(pids[name]) if name in pids else 0.0
                     rps = wrk(urls[name], body, 16, args.seconds)["rps"]
                     if name in pids:
-                        used = (_cpu_seconds(pids[name]) - before) / (rps * args.seconds)
+                        used = (cpu_seconds(pids[name]) - before) / (rps * args.seconds)
                         cpu[name, load] = min(cpu.get((name, load), used), used)
                     best[name, load] = max(best.get((name, load), 0.0), rps)
         print("\nc=16, best of each; CPU per request from /proc (the gateway's includes its store)")
@@ -123,9 +124,7 @@ def main() -> int:
                 f" {cpu['floor', load] * 1e6:8.0f} | {cpu['gateway', load] * 1e6:10.0f}"
             )
     finally:
-        for process in (floor, gateway, upstream):
-            process.terminate()
-            process.wait()
+        stop(floor, gateway, upstream)
     return 0
 
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common import free_port, wait_listening
+from common import cpu_seconds, free_port, wait_listening
 
 HERE = Path(__file__).resolve().parent
 PEERS = HERE / ".peers"  # what install_peers.sh installs: a venv and node_modules
@@ -321,10 +321,9 @@ def _worker_cpu(pid: int) -> dict[int, float]:
     times = {}
     for process in _tree(pid):
         try:
-            fields = Path(f"/proc/{process}/stat").read_text().rsplit(")", 1)[1].split()
+            times[process] = cpu_seconds(process)
         except FileNotFoundError:
             continue
-        times[process] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return times
 
 

@@ -35,7 +35,7 @@ from typing import Any
 import instructions
 import peers
 import uvloop
-from common import free_port, wait_ready
+from common import free_port, have_wrk, wait_ready
 
 HERE = Path(__file__).resolve().parent
 BODY = json.dumps(
@@ -300,8 +300,7 @@ def main() -> int:
         help="only what recording, metrics and tracing cost (pairs of gateways)",
     )
     args = parser.parse_args()
-    if not shutil.which("wrk"):
-        print("bench needs wrk: apt-get install wrk", file=sys.stderr)
+    if not have_wrk():
         return 2
     up_port = free_port()
     env = {**os.environ, "BENCH_UPSTREAM_PORT": str(up_port)}
