@@ -13,7 +13,7 @@ import logging
 import random
 from collections import deque
 from collections.abc import AsyncGenerator, Callable
-from contextlib import aclosing
+from dataclasses import dataclass
 from typing import Protocol
 
 from lmgate.canonical import (
@@ -98,27 +98,57 @@ class Router:
         with ``Start`` (which names the model, deployment and attempts) and always
         ending with ``Usage`` (counted offline when the upstream reported none).
         ``tally`` is told of every attempt; a reply cut short before its usage (the
-        client left) is counted offline too, and told to ``tally.cut_short``: what the
-        upstream produced is still spent.
+        client left, even before ``Start`` reached it) is counted offline too, and told
+        to ``tally.cut_short``: the upstream was sent the prompt and may have produced
+        the answer.
 
-        ``cut()`` ends it early with an error, wherever it is waiting."""
+        ``cut()`` ends it early with an error, wherever it is waiting.
+
+        One generator from the answering attempt to the caller: every layer of
+        generators costs each event about a microsecond."""
         task = asyncio.current_task()
         assert task is not None
         self._live.add(task)
         try:
-            async with aclosing(self._route(request, chain, tally)) as events:
-                async for event in events:
-                    yield event
-                    break
-                # A streamed reply may be read on by another task than the one that
-                # waited for its start (asked once: per event it cost a sixth of a
-                # 200-chunk stream's CPU).
-                reader = asyncio.current_task()
-                if reader is not task and reader is not None:
-                    self._live.discard(task)
-                    self._live.add(task := reader)
-                async for event in events:
-                    yield event
+            answer = await self._answer(request, chain, tally)
+            deployment, events = answer.deployment, answer.events
+            count = _Count(answer.sent, answer.keeper)
+            try:
+                try:
+                    yield answer.start
+                    # A streamed reply may be read on by another task than the one that
+                    # waited for its start (asked once: per event it cost a sixth of a
+                    # 200-chunk stream's CPU).
+                    reader = asyncio.current_task()
+                    if reader is not task and reader is not None:
+                        self._live.discard(task)
+                        self._live.add(task := reader)
+                    if not isinstance(answer.first, Start):
+                        count.note(answer.first)
+                        yield answer.first
+                    async for event in events:
+                        count.note(event)
+                        yield event
+                        if count.held > _HELD_TEXT and not count.usage_seen:
+                            await count.let_go()  # a long reply is counted as it goes
+                except (asyncio.CancelledError, GeneratorExit):
+                    if not count.usage_seen and tally is not None:
+                        tally.cut_short(await count.estimate())
+                    raise
+                if answer.keeper is not None:
+                    answer.keeper.done()
+                if not count.usage_seen:
+                    yield await count.estimate()
+            except GatewayError as error:
+                if error.kind in _UNHEALTHY_KINDS:
+                    self._failed(deployment)
+                    self._note(deployment, error)
+                raise
+            finally:
+                deployment.health.release()
+                await events.aclose()
+                if tally is not None:
+                    tally.upstream_ended()
         except GatewayError as error:
             raise self._redactor.error(error) from None
         except asyncio.CancelledError as cancel:
@@ -140,9 +170,12 @@ class Router:
         key = (what, name)
         self.counts[key] = self.counts.get(key, 0) + 1
 
-    async def _route(
+    async def _answer(
         self, request: ChatRequest, chain: list[ModelEntry], tally: Tally | None
-    ) -> AsyncGenerator[Event, None]:
+    ) -> _Answer:
+        """The first attempt along ``chain`` whose reply began, holding its
+        deployment's slot (released by ``stream``); failed attempts are retried,
+        and their models fallen back from, as the routing config says."""
         attempts = 0
         failure: GatewayError | None = None
         adapter = Adapter(request, self._fetcher)
@@ -215,25 +248,8 @@ class Router:
                     self.affinity.served(entry.id, request.session, deployment.key)
                 if tally is not None:
                     tally.answered(deployment)
-                try:
-                    start = Start(entry.id, deployment.name, attempts, dropped)
-                    # Closed here, not whenever it is collected: a reply closed at any
-                    # yield (the client left) is counted before the meter finishes.
-                    metered_events = _metered(sent, start, first, events, tally, keeper)
-                    async with aclosing(metered_events) as metered:
-                        async for event in metered:
-                            yield event
-                except GatewayError as error:
-                    if error.kind in _UNHEALTHY_KINDS:
-                        self._failed(deployment)
-                        self._note(deployment, error)
-                    raise
-                finally:
-                    health.release()
-                    await events.aclose()
-                    if tally is not None:
-                        tally.upstream_ended()
-                return
+                start = Start(entry.id, deployment.name, attempts, dropped)
+                return _Answer(deployment, sent, start, first, events, keeper)
             failure = failure or _cooling(entry, self._clock.monotonic())
         assert failure is not None
         failure.attempts = attempts
@@ -323,62 +339,54 @@ def _cooling(entry: ModelEntry, now: float) -> GatewayError:
     )
 
 
-async def _metered(
-    request: ChatRequest,
-    start: Start,
-    first: Event,
-    events: AsyncGenerator[Event, None],
-    tally: Tally | None,
-    keeper: Keeper | None = None,
-) -> AsyncGenerator[Event, None]:
-    """``start``, then the reply's events, its text held for an offline count. A reply
-    cut short (the client left, even before ``start`` reached it) is counted offline:
-    the upstream was sent the prompt and may have produced the answer."""
-    output: list[str] = []  # the reply's text not counted yet
-    held = counted = 0  # its characters; the tokens of what was counted already
-    usage_seen = False
+@dataclass(slots=True)
+class _Answer:
+    """An attempt whose reply began: its ``first`` event is read from ``events``."""
 
-    def note(event: Event) -> None:
-        nonlocal usage_seen, held
-        if keeper is not None:
-            keeper.see(event)
+    deployment: Deployment
+    sent: ChatRequest  # the request as this deployment was sent it
+    start: Start
+    first: Event
+    events: AsyncGenerator[Event, None]
+    keeper: Keeper | None
+
+
+class _Count:
+    """A reply's text held for an offline count of its tokens, for when the upstream
+    reports none (or the reply is cut short before it does)."""
+
+    __slots__ = ("_counted", "_keeper", "_output", "_request", "held", "usage_seen")
+
+    def __init__(self, request: ChatRequest, keeper: Keeper | None) -> None:
+        self._request, self._keeper = request, keeper
+        self._output: list[str] = []  # the reply's text not counted yet
+        self.held = self._counted = 0  # its characters; the tokens counted already
+        self.usage_seen = False
+
+    def note(self, event: Event) -> None:
+        if self._keeper is not None:
+            self._keeper.see(event)
         if isinstance(event, TextDelta | ReasoningDelta):
-            output.append(event.text)
-            held += len(event.text)
+            self._output.append(event.text)
+            self.held += len(event.text)
         elif isinstance(event, ToolCallDelta):
-            output.append(event.arguments)
-            held += len(event.arguments)
+            self._output.append(event.arguments)
+            self.held += len(event.arguments)
         elif isinstance(event, ToolCallStart):
-            output.append(event.name)
+            self._output.append(event.name)
         elif isinstance(event, Usage):
-            usage_seen = True
+            self.usage_seen = True
 
-    async def estimate() -> Usage:
-        prompt = await tokens.count_request_async(request)
-        output_tokens = counted + await tokens.count_text_async("".join(output))
-        return Usage(prompt, output_tokens, estimated=True)
+    async def let_go(self) -> None:
+        """Count the text held so far, and let it go."""
+        self._counted += await tokens.count_text_async("".join(self._output))
+        self._output.clear()
+        self.held = 0
 
-    try:
-        yield start
-        if not isinstance(first, Start):
-            note(first)
-            yield first
-        async for event in events:
-            note(event)
-            yield event
-            if held > _HELD_TEXT and not usage_seen:
-                # A long reply is counted as it goes, so that its text is not all kept.
-                counted += await tokens.count_text_async("".join(output))
-                output.clear()
-                held = 0
-    except (asyncio.CancelledError, GeneratorExit):
-        if not usage_seen and tally is not None:
-            tally.cut_short(await estimate())
-        raise
-    if keeper is not None:
-        keeper.done()
-    if not usage_seen:
-        yield await estimate()
+    async def estimate(self) -> Usage:
+        prompt = await tokens.count_request_async(self._request)
+        output = self._counted + await tokens.count_text_async("".join(self._output))
+        return Usage(prompt, output, estimated=True)
 
 
 def _unrun_server_tools(request: ChatRequest, deployment: Deployment) -> tuple[str, ...]:
