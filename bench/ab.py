@@ -6,7 +6,8 @@ revision (a change that should cost nothing is checked here).
 Both gateways run bench/bench.yaml in front of one bench/upstream.py, each pinned
 to CPU 0 in turn (one at a time: they never share the core), the load generator to
 CPU 1. Every protocol is driven at concurrency 16, streamed and not, in alternating
-rounds; the table gives each version's best requests/s and the ratio new / base. Each
+rounds; the table gives each version's best requests/s and the ratio new / base, and
+its least CPU time per request (from /proc: what the machine's noise moves least). Each
 round also starts each version on the built-in default (each in a home of its own,
 kept across rounds: the first start makes its store and caches, later ones are
 restarts) and times it from the process's start to its first answered chat.
@@ -23,7 +24,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from common import arguments, free_port, have_wrk, stop, wait_ready
+from common import arguments, cpu_seconds, free_port, have_wrk, stop, wait_ready
 from run import (
     BODY,
     GEMINI_BODY,
@@ -110,6 +111,7 @@ def main() -> int:
     env = {**os.environ, "BENCH_UPSTREAM_PORT": str(up_port)}
     upstream = start_upstream(up_port)
     best: dict[str, dict[str, float]] = {"base": {}, "new": {}}
+    cpu: dict[str, dict[str, float]] = {"base": {}, "new": {}}  # seconds per request
     starts: dict[str, list[float]] = {"base": [], "new": []}
     try:
         for round_number in range(args.rounds):
@@ -123,8 +125,11 @@ def main() -> int:
                     url = f"http://127.0.0.1:{port}"
                     wrk(url + "/v1/chat/completions", BODY, 16, 1)  # warm-up
                     for load, (path, body) in loads.items():
+                        before = cpu_seconds(process.pid)
                         rps = wrk(url + path, body, 16, args.seconds)["rps"]
+                        used = (cpu_seconds(process.pid) - before) / (rps * args.seconds)
                         best[name][load] = max(best[name].get(load, 0.0), rps)
+                        cpu[name][load] = min(cpu[name].get(load, used), used)
                 finally:
                     stop(process)
     finally:
@@ -132,10 +137,12 @@ def main() -> int:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base)],
                        check=False)  # fmt: skip
     print(f"\nrequests/s at c=16, best of {args.rounds} rounds (base: {args.base})")
-    print(f"{'load':<18}{'base':>10}{'new':>10}{'new/base':>10}")
+    print(f"{'load':<18}{'base':>10}{'new':>10}{'new/base':>10}   CPU µs: base   new  new/base")
     for load in loads:
         old, new = best["base"][load], best["new"][load]
-        print(f"{load:<18}{old:>10.0f}{new:>10.0f}{new / old:>10.3f}")
+        used = cpu["base"][load] * 1e6, cpu["new"][load] * 1e6
+        print(f"{load:<18}{old:>10.0f}{new:>10.0f}{new / old:>10.3f}   "
+              f"{used[0]:>11.0f}{used[1]:>6.0f}{used[1] / used[0]:>10.3f}")  # fmt: skip
     old, new = min(starts["base"]), min(starts["new"])
     print(f"{'start (s), best':<18}{old:>10.3f}{new:>10.3f}{new / old:>10.3f}")
     print(

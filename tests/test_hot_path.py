@@ -9,13 +9,15 @@ import os
 import subprocess
 import sys
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.support.fakes.upstream import FakeUpstream, Script, text_stream
-from tests.support.gateway import RunningGateway
+from tests.support.gateway import API_KEY, RunningGateway
 
 # Audit events of calls that block the thread that makes them (see the audit events
 # table in Python's docs). Made on the event loop's thread, each stalls every request.
@@ -76,6 +78,40 @@ def test_the_loop_never_blocks_while_answering(
         model="chat-model", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
     )
     assert watched == []
+
+
+def test_requests_on_a_kept_alive_connection_make_no_loop_timer_each(
+    gateway: RunningGateway, upstream: FakeUpstream
+) -> None:
+    # A loop timer costs microseconds to make and cancel; each request's deadlines
+    # (its head, its body, the keep-alive, the upstream's first byte and pauses, the
+    # watch for a client that leaves) are moved on alarms that outlive it instead.
+    # One kept-alive connection (the OpenAI SDK drops its connection after each stream).
+    http = httpx.Client(base_url=gateway.url, headers={"Authorization": f"Bearer {API_KEY}"})
+    hello: Any = {"model": "chat-model", "messages": [{"role": "user", "content": "hi"}]}
+    assert http.post("/v1/chat/completions", json=hello).status_code == 200  # connections made
+    made: list[str] = []
+    loop: Any = gateway.loop
+    call_at, call_later = loop.call_at, loop.call_later
+
+    def counted(make: Any) -> Any:
+        def timer(*args: Any, **kwargs: Any) -> Any:
+            made.append(getattr(args[1], "__qualname__", "?"))
+            return make(*args, **kwargs)
+
+        return timer
+
+    loop.call_at, loop.call_later = counted(call_at), counted(call_later)
+    try:
+        for _ in range(20):
+            assert http.post("/v1/chat/completions", json=hello).status_code == 200
+            upstream.push(Script(chunks=text_stream(["a"] * 5)))
+            streamed = http.post("/v1/chat/completions", json={**hello, "stream": True})
+            assert streamed.text.endswith("data: [DONE]\n\n")
+    finally:
+        del loop.call_at, loop.call_later
+        http.close()
+    assert len(made) < 10, Counter(made)  # the store's flushes and such; not 4 a request
 
 
 def test_the_audit_hook_sees_a_blocking_call(

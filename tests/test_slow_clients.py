@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 import pytest
 
+from lmgate.clock import Alarm
 from lmgate.web.server import EventStream
 from tests.support.fakes.upstream import FakeUpstream
 from tests.support.gateway import Served, wait_until
@@ -167,6 +168,107 @@ def test_an_idle_keep_alive_connection_is_closed(
     reply = read_all(sock)  # ends when the gateway closes the idle connection
     assert reply.startswith(b"HTTP/1.1 200 ") and reply.endswith(b'{"status":"ok"}')
     assert 0.4 < time.monotonic() - started < 5
+
+
+def read_reply(sock: socket.socket) -> bytes:
+    """One whole reply with a content-length, on a connection kept open."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536) or b"<closed>"
+        assert not data.endswith(b"<closed>"), data
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head + b"\r\n\r\n" + body
+
+
+def test_the_deadlines_follow_a_kept_alive_connection(
+    serve: Any, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    # One alarm per connection holds its head, body and keep-alive deadlines in turn:
+    # a busy connection outlives many keep-alive periods, and a head begun after an
+    # idle spell gets the (shorter) head deadline, not what was left of the keep-alive.
+    served = start(serve, upstream, tmp_path, timeouts={"keep_alive": 0.3, "head": 0.5})
+    sock = connect(served)
+    started = time.monotonic()
+    answered = 0
+    while time.monotonic() - started < 1.5:  # five keep-alive periods, never idle long
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert read_reply(sock).startswith(b"HTTP/1.1 200 ")
+        answered += 1
+        time.sleep(0.1)
+    assert answered >= 10
+    # A head that stops halfway, sent before the keep-alive ran out: a 408 for the head.
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+    began = time.monotonic()
+    reply = read_all(sock)
+    assert reply.startswith(b"HTTP/1.1 408 ") and b"server.timeouts.head" in reply, reply
+    assert 0.4 < time.monotonic() - began < 5
+    # And one idle past its keep-alive is closed.
+    idle = connect(served)
+    idle.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    assert read_reply(idle).startswith(b"HTTP/1.1 200 ")
+    began = time.monotonic()
+    assert idle.recv(1) == b""
+    assert 0.2 < time.monotonic() - began < 5
+
+
+class _Timer:
+    def __init__(self, when: float, callback: Any) -> None:
+        self.when, self.callback, self.cancelled = when, callback, False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class _Loop:
+    """What an alarm uses of its event loop, with time moved by hand."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.timers: list[_Timer] = []
+
+    def time(self) -> float:
+        return self.now
+
+    def call_at(self, when: float, callback: Any) -> _Timer:
+        self.timers.append(timer := _Timer(when, callback))
+        return timer
+
+    def run_until(self, moment: float) -> None:
+        while due := [t for t in self.timers if not t.cancelled and t.when <= moment]:
+            timer = min(due, key=lambda t: t.when)
+            self.timers.remove(timer)
+            self.now = timer.when
+            timer.callback()
+        self.now = moment
+
+
+def test_an_alarm_moves_its_deadline_without_a_timer_each_time() -> None:
+    loop = _Loop()
+    rang: list[float] = []
+    alarm = Alarm(loop, lambda: rang.append(loop.now))  # type: ignore[arg-type]
+    alarm.set(10)
+    for moment in range(1, 6):  # moved later five times: still the one timer
+        loop.run_until(moment)
+        alarm.set(10)
+    assert len(loop.timers) == 1 and rang == []
+    loop.run_until(14.9)  # the timer fired at 10, early: it waits for the rest
+    assert rang == [] and alarm.pending
+    loop.run_until(15)
+    assert rang == [15] and not alarm.pending
+    alarm.set(10)  # then sooner than its timer: a new one, at the sooner time
+    alarm.set(1)
+    loop.run_until(16)
+    assert rang == [15, 16]
+    alarm.set(1)
+    alarm.clear()  # cleared: its timer finds nothing to do
+    loop.run_until(30)
+    assert rang == [15, 16]
+    alarm.set(1)
+    alarm.close()  # closed: no timer left
+    assert all(timer.cancelled for timer in loop.timers)
 
 
 def test_connections_beyond_the_cap_get_a_503(

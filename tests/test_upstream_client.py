@@ -207,6 +207,45 @@ def test_at_most_limit_connections_are_in_use_and_the_rest_wait() -> None:
     run(main)
 
 
+def test_a_head_not_in_within_its_time_is_a_timeout_that_frees_its_connection() -> None:
+    silent = asyncio.Event()  # set: the upstream reads requests and answers none
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await upstream.read_request(reader)
+            if not silent.is_set():
+                writer.write(OK)
+                await writer.drain()
+
+    async def main() -> None:
+        async with upstream:
+            pool = Pool(1, connect_timeout=2)
+            # A kept-alive connection whose last deadline was long: a shorter one holds.
+            first = await pool.request("POST", upstream.url, {}, b"{}", within=30)
+            assert await first.read() == b"{}"
+            silent.set()
+            began = asyncio.get_running_loop().time()
+            with pytest.raises(TimeoutError):
+                await pool.request("POST", upstream.url, {}, b"{}", within=0.2)
+            assert asyncio.get_running_loop().time() - began < 2
+            assert (pool.in_use, pool.idle) == (0, 0)  # the connection it waited on: cut
+            # Waiting for a free connection counts: the one slot is held.
+            silent.clear()
+            held = await pool.request("POST", upstream.url, {}, b"{}", within=1)
+            began = asyncio.get_running_loop().time()
+            with pytest.raises(TimeoutError):
+                await pool.request("POST", upstream.url, {}, b"{}", within=0.2)
+            assert asyncio.get_running_loop().time() - began < 2
+            assert await held.read() == b"{}"
+            answered = await pool.request("POST", upstream.url, {}, b"{}", within=1)
+            assert await answered.read() == b"{}"
+            assert pool.in_use == 0 and upstream.connections == 2
+            await pool.close()
+
+    upstream = Upstream(handler)
+    run(main)
+
+
 def test_a_body_nobody_reads_stops_the_upstream_at_a_bounded_buffer() -> None:
     sent = 0
 

@@ -203,8 +203,24 @@ class ErrorShape:
     error_body: Callable[[GatewayError], bytes]
 
 
+class JsonReply(Response):
+    """A JSON body and its headers, encoded in one pass (Starlette's constructor
+    lowercases, scans and re-encodes them in several): the reply of every request."""
+
+    media_type = "application/json"
+
+    def __init__(self, body: bytes, headers: Mapping[str, str], status_code: int = 200) -> None:
+        self.status_code, self.body, self.background = status_code, body, None
+        self.raw_headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", b"%d" % len(body)),
+            *[(name.lower().encode("latin-1"), value.encode("latin-1"))
+              for name, value in headers.items()],
+        ]  # fmt: skip
+
+
 def json_reply(body: bytes, request_id: str) -> Response:
-    return Response(body, media_type="application/json", headers=ids(request_id))
+    return JsonReply(body, ids(request_id))
 
 
 async def json_answer(
@@ -250,12 +266,7 @@ def error_reply(shape: Frontend | ErrorShape, error: GatewayError, request_id: s
         # A spent budget or a full store: no wait makes it pass. The SDKs retry a 429
         # (three requests for one call) unless told not to.
         headers["x-should-retry"] = "false"
-    return Response(
-        shape.error_body(error),
-        status_code=status,
-        media_type="application/json",
-        headers=headers,
-    )
+    return JsonReply(shape.error_body(error), headers, status)
 
 
 # The headers of a WebSocket upgrade, which a request made from it does not carry.

@@ -25,6 +25,8 @@ from urllib.request import (  # type: ignore[attr-defined]  # typeshed lacks the
 
 import httptools
 
+from lmgate.clock import Alarm
+
 # Body bytes a response buffers before its connection stops reading: a slow client's
 # stream holds at most this much of what a fast upstream sent, and one socket read.
 _BUFFER_LIMIT = 128 * 1024
@@ -150,22 +152,27 @@ class Response:
 
     async def read_chunk(self, limit: int, idle: float | None = None) -> bytes:
         """Up to ``limit`` bytes of the body, as soon as any are there; b"" at its end.
-        ``TimeoutError`` if none come within ``idle`` seconds. (A timer only when there
-        is nothing to read yet: under load there mostly is. ``asyncio.timeout`` around
-        each read was a tenth of a stream's CPU.)"""
+        ``TimeoutError`` if none come within ``idle`` seconds. (A deadline only when
+        there is nothing to read yet: under load there mostly is. ``asyncio.timeout``
+        around each read was a tenth of a stream's CPU.)"""
         while not self._chunks:
             if self._error is not None:
                 raise self._error
             if self._done:
                 return b""
+            if self._connection is None:  # closed by its reader: nothing more comes
+                raise ClientError("the response was closed")
             waiter = self._waiter = self._pool.loop.create_future()
-            timer = None if idle is None else self._pool.loop.call_later(idle, _expire, waiter)
+            alarm = None
+            if idle is not None:
+                alarm = self._connection.alarm
+                alarm.set(idle)
             try:
                 await waiter
             finally:
                 self._waiter = None
-                if timer is not None:
-                    timer.cancel()
+                if alarm is not None:
+                    alarm.clear()
         chunks = self._chunks
         chunk = chunks.popleft()
         if chunks and len(chunk) < limit:  # all that came in one read: one piece
@@ -207,15 +214,16 @@ class Response:
             self.close()
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
-    def release(self) -> None:
-        """Give the connection back once the body has ended (now, if it has)."""
+    def release(self) -> bool:
+        """Give the connection back once the body has ended; whether it is gone now."""
         if self._connection is None:
-            return
+            return True
         if self._done and self._error is None:
             connection, self._connection = self._connection, None
             self._pool._put(connection)
-        else:
-            self._release_at_end = True
+            return True
+        self._release_at_end = True
+        return False
 
     def discard(self) -> None:
         """Whatever happened to the reader (a hang-up, a cancellation, an error): drop
@@ -279,10 +287,11 @@ class Response:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
-
-def _expire(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_exception(TimeoutError())
+    def _timed_out(self) -> None:
+        """What it waits for (its head, or more of its body) took too long."""
+        waiting = self._head if not self._head.done() else self._waiter
+        if waiting is not None and not waiting.done():
+            waiting.set_exception(TimeoutError())
 
 
 class _Connection(asyncio.Protocol):
@@ -297,9 +306,15 @@ class _Connection(asyncio.Protocol):
         self.received = False  # any byte of the current exchange
         self.lost = False
         self.idle_since = 0.0
+        # The deadline of the exchange on it (its first byte, or a pause in its body).
+        self.alarm = Alarm(pool.loop, self._timed_out)
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
+
+    def _timed_out(self) -> None:
+        if self.response is not None:
+            self.response._timed_out()
 
     def data_received(self, data: bytes) -> None:
         if self.response is None:  # bytes nobody asked for: this connection is not to be trusted
@@ -319,6 +334,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
+        self.alarm.close()
         response = self.response
         if response is None:
             self.pool._discard(self)
@@ -436,11 +452,18 @@ class Pool:
         return sum(len(connections) for connections in self._idle.values())
 
     async def request(
-        self, method: str, url: str, headers: dict[str, str], body: bytes = b""
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        body: bytes = b"",
+        within: float | None = None,
     ) -> Response:
-        """Send a request and wait for its response's head. A kept-alive connection
-        that turns out closed before any byte of the answer is retried once on a new
-        one: the upstream closed it for idleness as the request went out."""
+        """Send a request and wait for its response's head; ``TimeoutError`` when that
+        takes over ``within`` seconds (waiting for a free connection and connecting
+        included). A kept-alive connection that turns out closed before any byte of
+        the answer is retried once on a new one: the upstream closed it for idleness
+        as the request went out."""
         target = self._targets.get(url)
         if target is None:
             try:
@@ -460,14 +483,20 @@ class Pool:
             head = "".join(lines).encode("latin-1")
         except UnicodeEncodeError:
             raise ClientError("a header holds a character HTTP cannot carry") from None
+        deadline = None if within is None else self.loop.time() + within
         for attempt in (0, 1):
-            connection, reused = await self._acquire(target)
+            connection, reused = await self._acquire(target, deadline)
             response = Response(connection, self)
             connection.response = response
             connection.received = False
             try:
                 connection.transport.writelines((head, body))  # no copy of the body
-                await response._head
+                if deadline is not None:
+                    connection.alarm.set(deadline - self.loop.time())
+                try:
+                    await response._head
+                finally:
+                    connection.alarm.clear()
             except ClientError:
                 response.close()
                 if reused and attempt == 0 and not connection.received:
@@ -486,7 +515,28 @@ class Pool:
                 connection.transport.close()
         self._idle.clear()
 
-    async def _acquire(self, target: _Target) -> tuple[_Connection, bool]:
+    async def _acquire(self, target: _Target, deadline: float | None) -> tuple[_Connection, bool]:
+        """A connection to ``target`` (a kept-alive one if any), once one is free;
+        ``TimeoutError`` past ``deadline`` (of the loop's clock)."""
+        if self.in_use >= self.limit:
+            async with asyncio.timeout_at(deadline):
+                await self._slot()
+        self.in_use += 1
+        try:
+            idle = self._idle.get(target.key)
+            now = time.monotonic()
+            while idle:
+                connection = idle.pop()
+                if not connection.lost and now - connection.idle_since < self.keepalive:
+                    return connection, True
+                connection.transport.close()
+            return await self._connect(target, deadline), False
+        except BaseException:
+            self.in_use -= 1
+            self._wake_one()
+            raise
+
+    async def _slot(self) -> None:
         while self.in_use >= self.limit:
             waiter = self.loop.create_future()
             self._waiters.append(waiter)
@@ -499,30 +549,17 @@ class Pool:
             finally:
                 if waiter in self._waiters:
                     self._waiters.remove(waiter)
-        self.in_use += 1
-        try:
-            idle = self._idle.get(target.key)
-            now = time.monotonic()
-            while idle:
-                connection = idle.pop()
-                if not connection.lost and now - connection.idle_since < self.keepalive:
-                    return connection, True
-                connection.transport.close()
-            return await self._connect(target), False
-        except BaseException:
-            self.in_use -= 1
-            self._wake_one()
-            raise
 
-    async def _connect(self, target: _Target) -> _Connection:
+    async def _connect(self, target: _Target, deadline: float | None) -> _Connection:
         tls = None
         if target.tls:
             if self._tls is None:
                 self._tls = ssl.create_default_context()
             tls = self._tls
         proxy = target.proxy
+        limit = self.loop.time() + self.connect_timeout
         try:
-            async with asyncio.timeout(self.connect_timeout):
+            async with asyncio.timeout_at(limit if deadline is None else min(limit, deadline)):
                 if proxy is None:
                     _, connection = await self.loop.create_connection(
                         lambda: _Connection(self, target.key),
@@ -538,6 +575,8 @@ class Pool:
                 else:
                     connection = await self._tunnel(target, proxy, tls)
         except TimeoutError:
+            if deadline is not None and deadline < limit:
+                raise  # the request's own deadline
             raise ClientError(f"no connection within {self.connect_timeout:g}s") from None
         except (OSError, ssl.SSLError) as error:
             where = f" (through the proxy {proxy.shown})" if proxy is not None else ""

@@ -152,9 +152,9 @@ class HttpProvider(Provider):
         data = encodable(body, "the request")  # a pass-through field too deep: 400
         if self.signs_requests:
             headers.update(await self.sign(url, data, headers))
+        within = min(timeouts.first_byte, deadline - time.monotonic())
         try:
-            async with asyncio.timeout(min(timeouts.first_byte, deadline - time.monotonic())):
-                response = await pool.request("POST", url, headers, data)
+            response = await pool.request("POST", url, headers, data, within)
         except TimeoutError:
             raise GatewayError(
                 "timeout",
@@ -278,8 +278,8 @@ class HttpProvider(Provider):
                 # The body's end (a chunked terminator) usually follows the last event
                 # within microseconds; when it comes, the connection goes back to the
                 # pool. Closing now would throw that connection away.
-                response.release()
-                asyncio.get_running_loop().call_later(_BODY_END_GRACE, response.close)
+                if not response.release():
+                    asyncio.get_running_loop().call_later(_BODY_END_GRACE, response.close)
             else:
                 # Closing (not releasing) drops a connection whose reply was cut short,
                 # which is also how a client disconnect cancels the upstream request.

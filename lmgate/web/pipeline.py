@@ -24,12 +24,14 @@ from lmgate.accounts.keys import ANONYMOUS, Caller, presented_key
 from lmgate.accounts.request_log import RequestLog
 from lmgate.accounts.usage import CLIENT_LEFT
 from lmgate.canonical import ChatRequest, Reply, Start, accumulate
+from lmgate.clock import TIMER_SLACK
 from lmgate.config import Config
 from lmgate.errors import GatewayError
 from lmgate.frontends.base import (
     Answer,
     ErrorShape,
     Frontend,
+    JsonReply,
     error_reply,
     ids,
     json_reply,
@@ -76,6 +78,7 @@ class Pipeline:
         self.tracing = tracing
         self.max_body = int(config.server.max_body_mb * 1024 * 1024)
         self.sockets_opened = 0  # Responses API WebSocket connections (for the metrics)
+        self._departures = _Departures()
 
     async def authenticate(self, request: Request) -> Caller:
         # Google's clients may send the key as ?key= (logs redact it).
@@ -156,7 +159,7 @@ class Pipeline:
                 reply = Reply()
                 if meter is not None:
                     meter.reply = reply  # read when the meter finishes: no per-event work
-                await _unless_client_leaves(request, accumulate(events, reply))
+                await self._departures.unless_client_leaves(request, accumulate(events, reply))
                 answer = frontend.reply_body(reply, chat)
                 if (finish := getattr(frontend, "finish", None)) is not None:
                     await finish(chat, answer)
@@ -167,7 +170,7 @@ class Pipeline:
                     meter.finish(200)
                 if logged is not None:
                     logged.add(rid, arrived, caller.key_id, body, answer)
-                return Response(answer, media_type="application/json", headers=headers)
+                return JsonReply(answer, headers)
             if meter is not None:
                 events = meter.watch(events)
             # Wait for the upstream to accept before sending 200, so that an early
@@ -256,26 +259,49 @@ _LEFT = "lmgate: the client left"
 _WATCH_AFTER = 0.5
 
 
-async def _unless_client_leaves(request: Request, work: Awaitable[T]) -> T:
-    """``await work``, or ``ClientDisconnect`` once the client has gone (nothing
-    else notices during a non-stream reply: no byte is sent until it is whole)."""
-    task = asyncio.current_task()
-    assert task is not None
-    watchers: list[asyncio.Task[None]] = []
-    timer = asyncio.get_running_loop().call_later(
-        _WATCH_AFTER, lambda: watchers.append(asyncio.create_task(_on_disconnect(request, task)))
-    )
-    try:
-        return await work
-    except asyncio.CancelledError as cancel:
-        if cancel.args != (_LEFT,):
-            raise
-        task.uncancel()
-        raise ClientDisconnect() from None
-    finally:
-        timer.cancel()
-        for watcher in watchers:
-            watcher.cancel()
+class _Departures:
+    """Non-stream requests whose clients may leave unnoticed (no byte is sent until the
+    reply is whole): one that waits over ``_WATCH_AFTER`` gets a watcher, which cancels
+    it (and so its upstream request) when its client leaves. One timer serves every
+    request; a timer each cost a few percent of the CPU."""
+
+    def __init__(self) -> None:
+        # By arrival, so by when each is due a watcher: (that time, its request).
+        self._waiting: dict[asyncio.Task[Any], tuple[float, Request]] = {}
+        self._watchers: dict[asyncio.Task[Any], asyncio.Task[None]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+
+    async def unless_client_leaves(self, request: Request, work: Awaitable[T]) -> T:
+        """``await work``, or ``ClientDisconnect`` once the client has gone."""
+        task = asyncio.current_task()
+        assert task is not None
+        loop = task.get_loop()
+        self._waiting[task] = (loop.time() + _WATCH_AFTER, request)
+        if self._timer is None:
+            self._timer = loop.call_later(_WATCH_AFTER, self._watch, loop)
+        try:
+            return await work
+        except asyncio.CancelledError as cancel:
+            if cancel.args != (_LEFT,):
+                raise
+            task.uncancel()
+            raise ClientDisconnect() from None
+        finally:
+            if self._waiting.pop(task, None) is None:
+                self._watchers.pop(task).cancel()
+
+    def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Watchers for the requests due one; the timer again for the next."""
+        self._timer = None
+        now, waiting = loop.time(), self._waiting
+        while waiting:
+            task = next(iter(waiting))
+            due, request = waiting[task]
+            if due > now + TIMER_SLACK:
+                self._timer = loop.call_at(due, self._watch, loop)
+                return
+            del waiting[task]
+            self._watchers[task] = loop.create_task(_on_disconnect(request, task))
 
 
 async def _on_disconnect(request: Request, task: asyncio.Task[Any]) -> None:

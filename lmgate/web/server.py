@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.websockets import WebSocket
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from lmgate.clock import Alarm
 from lmgate.config import ServerConfig
 from lmgate.errors import GatewayError
 from lmgate.frontends import openai_chat
@@ -212,7 +213,7 @@ class GuardedProtocol(HttpToolsProtocol):
     - ``body``: from the end of the headers to the end of the body; a 408.
     - ``write``: a client that takes nothing from a full send buffer for this long is
       disconnected (its stream then ends as a 499, and its memory is given back).
-    - ``keep_alive``: idle time between requests (uvicorn's own timer).
+    - ``keep_alive``: idle time between requests.
     - ``server.max_connections``: beyond it a new connection gets a 503 at once.
 
     And a lingering close, as nginx does: a connection closed after an early answer
@@ -229,8 +230,9 @@ class GuardedProtocol(HttpToolsProtocol):
         super().__init__(config, server_state, app_state, _loop)
         limits: ClientLimits = app_state.get("client_limits") or ClientLimits(ServerConfig())
         self.limits = limits
-        self.timeout_keep_alive = limits.keep_alive  # type: ignore[assignment]  # a float works
-        self._reading: asyncio.TimerHandle | None = None
+        # The read deadline of the moment: a request's head or body, or the keep-alive.
+        self._alarm = Alarm(self.loop, self._timed_out)
+        self._phase = ""  # "head", "body" or "keep_alive": the deadline set
         self._writing: asyncio.TimerHandle | None = None
         self._body_open = False  # a request's body is still coming
         self._lingering: asyncio.TimerHandle | None = None
@@ -251,24 +253,25 @@ class GuardedProtocol(HttpToolsProtocol):
             transport.write(_BUSY)
             transport.close()
             return
-        self._arm_read(self.limits.head, "head")
+        self._arm("head")
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        if self._reading is None:
-            self._arm_read(self.limits.head, "head")
+        if self._phase != "head" or not self._alarm.pending:  # not the connection's own
+            self._arm("head")
 
     def on_headers_complete(self) -> None:
-        self._disarm_read()
+        self._disarm()
         if self.parser.should_upgrade() and self._should_upgrade():
+            self._alarm.close()
             super().on_headers_complete()  # a WebSocket: its own protocol takes over
             return
         self._body_open = True
         super().on_headers_complete()
-        self._arm_read(self.limits.body, "body")
+        self._arm("body")
 
     def on_message_complete(self) -> None:
-        self._disarm_read()
+        self._disarm()
         self._body_open = False
         super().on_message_complete()
 
@@ -293,7 +296,7 @@ class GuardedProtocol(HttpToolsProtocol):
             return True
         if not self._body_open or self.transport.is_closing():
             return False
-        self._disarm_read()
+        self._disarm()
         transport = self.transport
         if transport.can_write_eof():
             transport.write_eof()  # the answer, then FIN: the client reads it whole
@@ -317,8 +320,22 @@ class GuardedProtocol(HttpToolsProtocol):
             self._writing.cancel()
             self._writing = None
 
+    def on_response_complete(self) -> None:
+        # uvicorn's, but for the keep-alive: this connection's alarm, not a timer of its
+        # own per response. A deadline still set (a body still coming, the head of a
+        # pipelined request) stays.
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+        elif not self._alarm.pending:
+            self._arm("keep_alive")
+
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm_read()
+        self._alarm.close()
         if self._lingering is not None:
             self._lingering.cancel()
         if self._writing is not None:
@@ -326,22 +343,26 @@ class GuardedProtocol(HttpToolsProtocol):
             self._writing = None
         super().connection_lost(exc)
 
-    def _arm_read(self, seconds: float, part: str) -> None:
-        self._disarm_read()
-        self._reading = self.loop.call_later(seconds, self._read_timed_out, seconds, part)
+    def _arm(self, phase: str) -> None:
+        self._phase = phase
+        self._alarm.set(getattr(self.limits, phase))
 
-    def _disarm_read(self) -> None:
-        if self._reading is not None:
-            self._reading.cancel()
-            self._reading = None
+    def _disarm(self) -> None:
+        self._phase = ""
+        self._alarm.clear()
 
-    def _read_timed_out(self, seconds: float, part: str) -> None:
-        self._reading = None
+    def _timed_out(self) -> None:
+        part, self._phase = self._phase, ""
+        if part == "keep_alive":
+            self.timeout_keep_alive_handler()
+            return
         if self.transport.is_closing():
             return
+        seconds = getattr(self.limits, part)
         message = f"the request's {part} took over {seconds:g}s (server.timeouts.{part})"
         log.info("client %s: %s", _peer(self.client), message)
-        if self.cycle is None or not self.cycle.response_started:
+        cycle = self.cycle  # the request's, or (its head still coming) the one before
+        if cycle is None or not cycle.response_started or cycle.response_complete:
             self.transport.write(_timeout_reply(message))
         self._body_open = False  # too slow to linger for
         self.transport.close()
