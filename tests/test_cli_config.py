@@ -277,13 +277,16 @@ def test_workers_option_serves_from_several_processes(serve: Any) -> None:
         assert status == 200
 
 
-def test_readme_config_examples_are_valid(tmp_path: Path) -> None:
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
-    blocks = [block.split("```", 1)[0] for block in readme.split("```yaml\n")[1:]]
-    examples = [block for block in blocks if "providers:" in block]
-    assert len(examples) >= 2  # the configuration reference and the routing example
+def test_the_docs_config_examples_are_valid(tmp_path: Path) -> None:
+    root = Path(__file__).parent.parent
+    pages = [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+    examples = []
+    for page in pages:
+        blocks = [b.split("```", 1)[0] for b in page.read_text().split("```yaml\n")[1:]]
+        examples += [block for block in blocks if "providers:" in block]
+    assert len(examples) >= 8  # the README, configuration, routing, the clouds, cost
     env = {"LMGATE_KEY": "k", "DEEPSEEK_API_KEY": "sk-x", "DS_KEY_A": "a", "DS_KEY_B": "b",
-           "AZURE_OPENAI_API_KEY": "az", "LMGATE_OIDC_SECRET": "s"}  # fmt: skip
+           "AZURE_OPENAI_API_KEY": "az", "LMGATE_OIDC_SECRET": "s", "PROXY_PASSWORD": "p"}  # fmt: skip
     for number, example in enumerate(examples):
         path = tmp_path / f"readme{number}.yaml"
         path.write_text(example)

@@ -5,6 +5,7 @@ declared once (``ROUTES``) and served by both routers."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -114,3 +115,34 @@ def test_both_routers_serve_every_declared_route() -> None:
         assert {"/v1beta/models/", "/api/v1beta/models/", "/v1/models/"} <= prefixes
     finally:
         gateway.stop()
+
+
+def test_the_readme_links_every_docs_page_and_every_link_resolves() -> None:
+    root = PACKAGE.parent
+    readme = root / "README.md"
+    pages = sorted((root / "docs").glob("*.md"))
+    linked = {link.partition("#")[0] for link in _links(readme)}
+    assert {f"docs/{page.name}" for page in pages} <= linked
+    for page in [readme, *pages]:
+        for link in _links(page):
+            path, _, anchor = link.partition("#")
+            target = (page.parent / path).resolve() if path else page
+            assert target.exists(), (page.name, link)
+            if anchor and target.suffix == ".md":
+                assert anchor in _anchors(target), (page.name, link)
+
+
+def _links(page: Path) -> list[str]:
+    return [link for link in re.findall(r"\]\(([^)\s]+)\)", page.read_text())
+            if not link.startswith(("http://", "https://", "mailto:"))]  # fmt: skip
+
+
+def _anchors(page: Path) -> set[str]:
+    """GitHub's anchors of a page's headings."""
+    found, fenced = set(), False
+    for line in page.read_text().splitlines():
+        fenced ^= line.startswith("```")
+        if not fenced and line.startswith("#"):
+            title = re.sub(r"[^\w\- ]", "", line.lstrip("#").strip().lower())
+            found.add(title.replace(" ", "-"))
+    return found
