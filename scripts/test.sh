@@ -27,6 +27,15 @@ if ! cmp -s "$clients/package-lock.json" "$clients/node_modules/.lmgate-installe
     (cd "$clients" && npm install --no-audit --no-fund --loglevel=error)
     cp "$clients/package-lock.json" "$clients/node_modules/.lmgate-installed"
 fi
+# aider pins its own litellm and openai: it gets a venv of its own, made again when its
+# pin (tests/clients/aider.txt) changes.
+aider=$clients/.aider
+if ! cmp -s "$clients/aider.txt" "$aider/.lmgate-installed"; then
+    rm -rf "$aider"
+    python3 -m venv "$aider"
+    "$aider/bin/pip" install --quiet --disable-pip-version-check -r "$clients/aider.txt"
+    cp "$clients/aider.txt" "$aider/.lmgate-installed"
+fi
 python3 -m ruff check .
 python3 -m ruff format --check .
 python3 -m mypy

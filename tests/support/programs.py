@@ -114,3 +114,9 @@ def npm_bin(name: str) -> str:
         f"{path} is missing: scripts/test.sh installs the client programs (npm ci)"
     )
     return str(path)
+
+
+def aider_bin() -> str:
+    path = HERE / ".aider" / "bin" / "aider"
+    assert path.exists(), f"{path} is missing: scripts/test.sh installs aider (its own venv)"
+    return str(path)

@@ -9,7 +9,9 @@ streamed or not as asked:
   arguments built from that schema; failing that, its shell tool (a ``cmd`` string),
   with a command that writes the file;
 * a request that carries a tool result: a final text;
-* a request without tools (titles, summaries): a short text.
+* a request without tools (titles, summaries): a short text;
+* a request that asks for aider's *file listing* (its ``whole`` edit format, which
+  edits files by the reply's text rather than by tools): the file, listed whole.
 
 ``reasoning`` makes it think first: ``"deepseek"`` streams ``reasoning_content`` and
 enforces DeepSeek's rule (every earlier assistant turn with tool calls must carry its
@@ -71,10 +73,14 @@ class Agent:
                 )
         tool = _write_tool(body.get("tools") or [], anthropic)
         done = _has_tool_result(body.get("messages") or [], anthropic)
-        if tool is None or done or _compacted(body):
+        if tool is None and _asks_for_a_file_listing(body):
+            self.finals += 1
+            listing = f"{self.path}\n```\n{self.content}```\n\n{FINAL}"
+            reply: tuple[str | None, dict[str, Any] | None] = (listing, None)
+        elif tool is None or done or _compacted(body):
             if tool is not None:
                 self.finals += 1
-            reply: tuple[str | None, dict[str, Any] | None] = (FINAL if tool else "OK", None)
+            reply = (FINAL if tool else "OK", None)
         else:
             self.calls += 1
             reply = (None, {"name": tool[0], "arguments": tool[1](self.path, self.content)})
@@ -159,6 +165,16 @@ class Agent:
             bedrock.event("metadata", {"usage": usage}),
         ]
         return bedrock.stream(*frames)
+
+
+def _asks_for_a_file_listing(body: dict[str, Any]) -> bool:
+    """aider's whole-file edit format: its prompt asks for a *file listing*."""
+    for message in [*(body.get("messages") or []), {"content": body.get("system")}]:
+        content = message.get("content") if isinstance(message, dict) else None
+        blocks = content if isinstance(content, list) else [{"text": content}]
+        if any("*file listing*" in str(block.get("text") or "") for block in blocks):
+            return True
+    return False
 
 
 def _write_tool(tools: list[Any], anthropic: bool) -> tuple[str, Any] | None:
