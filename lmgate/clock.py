@@ -30,8 +30,8 @@ class Alarm:
     single loop timer, moved on when it fires early, calls ``expired`` once it passes.
 
     A timer of the loop costs microseconds to make and to cancel (uvloop's, each a
-    libuv timer), and a request moved four of them (its head's and body's deadlines,
-    the keep-alive, the upstream's first byte): a tenth of the gateway's CPU. On a
+    libuv timer), and a request made four (its head's and body's deadlines, the
+    keep-alive, the upstream's first byte): a tenth of the gateway's CPU. On a
     kept-alive connection an alarm's timer is made about once per deadline's length.
     """
 
