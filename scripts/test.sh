@@ -5,14 +5,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # The tests run real PostgreSQL and Redis servers (private instances, started by
-# the tests themselves) and drive the dashboard in the system's Chromium; install
+# the tests themselves) and drive the dashboard in the system's Chromium; aider gets a
+# venv of its own (below), which Debian's python3 makes only with python3-venv. Install
 # them when missing.
 if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || ! command -v redis-server >/dev/null \
-    || ! command -v chromium >/dev/null; then
+    || ! command -v chromium >/dev/null || ! python3 -c "import ensurepip" 2>/dev/null; then
     sudo=""
     if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
     $sudo apt-get update -q
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q postgresql redis-server chromium
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q postgresql redis-server chromium \
+        python3-venv
 fi
 export LMGATE_REQUIRE_SERVERS=1  # here a missing server is a failure, not a skip
 
