@@ -207,8 +207,6 @@ class JsonReply(Response):
     """A JSON body and its headers, encoded in one pass (Starlette's constructor
     lowercases, scans and re-encodes them in several): the reply of every request."""
 
-    media_type = "application/json"
-
     def __init__(self, body: bytes, headers: Mapping[str, str], status_code: int = 200) -> None:
         self.status_code, self.body, self.background = status_code, body, None
         self.raw_headers = [
